@@ -1,0 +1,29 @@
+# Quick start: `make demo` (end-to-end on the default builtin model) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_MODEL ?= builtin:tiny-unet3d
+DEMO_DIR ?= demo
+
+.PHONY: venv demo test clean
+
+# The CPU wheel of torch is pinned first so pip never resolves the multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/f3compile calibrate $(DEMO_MODEL) --prompts examples/prompts.txt -o $(DEMO_DIR)/calib
+	$(VENV)/bin/f3compile plan $(DEMO_DIR)/calib --ratio 0.5 --granularity head --stages 2 -o $(DEMO_DIR)/plan.json
+	$(VENV)/bin/f3compile inspect $(DEMO_DIR)/plan.json --model $(DEMO_MODEL)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build

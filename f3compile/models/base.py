@@ -1,0 +1,128 @@
+"""The model contract every later stage works from: `VideoModel` and its temporal units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TemporalUnit:
+    """One temporal attention module: self-attention whose sequence axis is the frame axis.
+
+    `id` is the module path inside the denoiser (stable, human-readable); `block` is the
+    path of the enclosing temporal block (the outermost module that holds only temporal
+    attention), which is what `drop_blocks` removes.
+    """
+
+    id: str
+    block: str
+    heads: int
+    head_dim: int
+    frames: int
+    channels: int  # width of the attention's input/output
+
+
+@dataclass(frozen=True)
+class TemporalBlock:
+    """A temporal block: pruning it makes its output equal to its input."""
+
+    id: str
+    units: tuple[str, ...]
+
+
+@dataclass
+class VideoShapes:
+    """Shapes of one denoising call, before classifier-free guidance doubles the batch."""
+
+    batch: int = 1
+    frames: int = 8
+    height: int = 64  # pixels
+    width: int = 64  # pixels
+
+    def to_dict(self) -> dict[str, int]:
+        return {"batch": self.batch, "frames": self.frames, "height": self.height, "width": self.width}
+
+
+class DenoiseModule(nn.Module):
+    """`(sample, timestep, encoder_hidden_states) -> noise_pred` as an nn.Module.
+
+    The denoiser is registered as the submodule ``denoiser``, so every unit id `u` appears
+    in traced graphs as ``denoiser.<u>``. This is exactly the function that is exported.
+    """
+
+    PREFIX = "denoiser."
+
+    def __init__(self, denoiser: nn.Module, call: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.denoiser = denoiser
+        self._call = call
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._call(self.denoiser, sample, timestep, encoder_hidden_states)
+
+
+@dataclass
+class VideoModel:
+    """A loaded text-to-video model, normalized across architectures.
+
+    - `denoise(sample, timestep, encoder_hidden_states) -> noise_pred`: sample is
+      (B, C, F, h, w) latents, timestep (B,) or scalar, encoder_hidden_states (B, L, D)
+      for every family (AnimateDiff's per-frame repetition happens inside);
+      noise_pred has the sample's shape (a learned-variance half is dropped).
+    - `encode_prompts(prompts, negative)` → (cond, uncond), each (B, L, D).
+    """
+
+    spec: str
+    family: str
+    denoiser: nn.Module
+    scheduler: Any
+    text_encoder: nn.Module | None
+    tokenizer: Any
+    pipeline: Any  # the diffusers pipeline where there is one (VAE decode, parity checks)
+    shapes: VideoShapes
+    latent_channels: int
+    vae_scale_factor: int
+    text_length: int
+    text_dim: int
+    fingerprint: str
+    denoise_call: Callable[..., torch.Tensor]
+    encode_call: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    sample_layout: str = "B,C,F,H,W"
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
+
+    def denoise_module(self) -> DenoiseModule:
+        """The normalized call wrapped as a module (what torch.export captures)."""
+        return DenoiseModule(self.denoiser, self.denoise_call)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], negative: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        negative = negative if negative is not None else [""] * len(prompts)
+        return self.encode_call(self, prompts, negative)
+
+    def latent_shape(self, shapes: VideoShapes) -> tuple[int, int, int, int, int]:
+        return (
+            shapes.batch,
+            self.latent_channels,
+            shapes.frames,
+            shapes.height // self.vae_scale_factor,
+            shapes.width // self.vae_scale_factor,
+        )
+
+    def example_inputs(self, shapes: VideoShapes | None = None, cfg: bool = True, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random inputs of the exported signature (batch doubled when `cfg`)."""
+        shapes = shapes or self.shapes
+        generator = torch.Generator().manual_seed(seed)
+        batch = shapes.batch * (2 if cfg else 1)
+        latent = (batch,) + self.latent_shape(shapes)[1:]
+        sample = torch.randn(latent, generator=generator)
+        timestep = torch.full((batch,), 500.0)
+        ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
+        return sample, timestep, ehs

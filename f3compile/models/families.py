@@ -1,0 +1,98 @@
+"""Per-architecture glue: how each family's denoiser is called and how prompts are encoded.
+
+This is the only place that knows the calling conventions of the diffusers classes; discovery,
+calibration and the compiler passes work from `VideoModel` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _timesteps(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    # (B,) float32: the exported signature; diffusers' sinusoidal embeddings cast to float anyway.
+    timestep = torch.as_tensor(timestep, device=device).reshape(-1).to(torch.float32)
+    return timestep.expand(batch)
+
+
+def _denoise_unet3d(denoiser: nn.Module, sample, timestep, encoder_hidden_states):
+    # sample (B, C, F, h, w); encoder_hidden_states (B, L, D)
+    t = _timesteps(timestep, sample.shape[0], sample.device)
+    return denoiser(sample, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+def _denoise_animatediff(denoiser: nn.Module, sample, timestep, encoder_hidden_states):
+    # UNetMotionModel wants the text embeddings per frame: (B, L, D) -> (B*F, L, D)
+    frames = sample.shape[2]
+    t = _timesteps(timestep, sample.shape[0], sample.device)
+    per_frame = encoder_hidden_states.repeat_interleave(frames, dim=0)
+    return denoiser(sample, t, encoder_hidden_states=per_frame, return_dict=False)[0]
+
+
+def _denoise_latte(denoiser: nn.Module, sample, timestep, encoder_hidden_states):
+    t = _timesteps(timestep, sample.shape[0], sample.device)
+    out = denoiser(
+        hidden_states=sample,
+        encoder_hidden_states=encoder_hidden_states,
+        timestep=t,
+        enable_temporal_attentions=True,
+        return_dict=False,
+    )[0]
+    # Latte predicts [eps; learned variance] along channels; the sampling loop uses eps.
+    channels = sample.shape[1]
+    return out[:, :channels] if out.shape[1] == 2 * channels else out
+
+
+def _encode_clip_like(model, prompts: list[str], negative: list[str]):
+    pipe = model.pipeline
+    cond, uncond = pipe.encode_prompt(
+        prompts, device=torch.device("cpu"), num_images_per_prompt=1,
+        do_classifier_free_guidance=True, negative_prompt=negative,
+    )
+    return cond, uncond
+
+
+def _encode_latte(model, prompts: list[str], negative: list[str]):
+    pipe = model.pipeline
+    cond, uncond = pipe.encode_prompt(
+        prompts, do_classifier_free_guidance=True, negative_prompt=negative,
+        num_images_per_prompt=1, device=torch.device("cpu"), clean_caption=False, mask_feature=False,
+    )
+    return cond, uncond
+
+
+def _encode_hashed(model, prompts: list[str], negative: list[str]):
+    """Bare denoisers have no text encoder: each prompt maps to a fixed pseudo-random embedding
+    (seeded by its sha256), so calibration still sees distinct, reproducible conditions."""
+    import hashlib
+
+    def embed(text: str) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn((model.text_length, model.text_dim), generator=gen)
+
+    return torch.stack([embed(p) for p in prompts]), torch.stack([embed(n) for n in negative])
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    denoiser_class: str
+    pipeline_class: str
+    denoise: Callable
+    encode: Callable
+
+
+FAMILIES: dict[str, Family] = {
+    "unet3d": Family("unet3d", "UNet3DConditionModel", "TextToVideoSDPipeline", _denoise_unet3d, _encode_clip_like),
+    "animatediff": Family("animatediff", "UNetMotionModel", "AnimateDiffPipeline", _denoise_animatediff, _encode_clip_like),
+    "latte": Family("latte", "LatteTransformer3DModel", "LattePipeline", _denoise_latte, _encode_latte),
+}
+
+BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}
+BY_PIPELINE_CLASS = {family.pipeline_class: family for family in FAMILIES.values()}
+encode_hashed = _encode_hashed

@@ -1,0 +1,188 @@
+"""`load_model(spec)`: builtin names, local diffusers directories and locally cached hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import F3Error
+from .base import VideoModel, VideoShapes
+from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, encode_hashed
+
+DEFAULT_FRAMES = 8
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (deprecations, optional backends) would drown the tool's own output.
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - logging is cosmetic
+        pass
+
+
+def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None) -> str:
+    """sha256 over the denoiser config (canonical JSON) and every parameter and buffer."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _denoiser_of(pipe) -> torch.nn.Module:
+    return pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+
+
+def _default_shapes(family: Family, denoiser, vae_scale_factor: int) -> VideoShapes:
+    config = denoiser.config
+    latent = config.get("sample_size", 32)
+    latent = latent[0] if isinstance(latent, (list, tuple)) else latent
+    frames = config.get("video_length", None) or DEFAULT_FRAMES
+    return VideoShapes(batch=1, frames=int(frames), height=int(latent) * vae_scale_factor, width=int(latent) * vae_scale_factor)
+
+
+def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
+    if family.name == "latte":
+        dim = denoiser.config.caption_channels
+        length = 120  # LattePipeline pads prompts to 120 tokens
+    else:
+        dim = denoiser.config.cross_attention_dim
+        length = pipe.tokenizer.model_max_length if pipe is not None else 77
+    if pipe is not None and getattr(pipe, "text_encoder", None) is not None:
+        dim = pipe.text_encoder.config.hidden_size if hasattr(pipe.text_encoder.config, "hidden_size") else dim
+    return int(length), int(dim)
+
+
+def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -> VideoModel:
+    """Wrap a diffusers text-to-video pipeline as a `VideoModel`."""
+    family = BY_PIPELINE_CLASS.get(type(pipe).__name__)
+    if family is None:
+        raise F3Error(
+            f"pipeline class {type(pipe).__name__} is not supported; "
+            f"use one of: {', '.join(sorted(BY_PIPELINE_CLASS))}"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    denoiser = _denoiser_of(pipe).eval()
+    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1) if getattr(pipe, "vae", None) is not None else 8
+    if shapes is not None:
+        frames, height, width = shapes
+        default = VideoShapes(1, frames, height, width)
+    else:
+        default = _default_shapes(family, denoiser, vae_scale)
+    length, dim = _text_dims(family, denoiser, pipe)
+    return VideoModel(
+        spec=spec, family=family.name, denoiser=denoiser, scheduler=pipe.scheduler,
+        text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, pipeline=pipe, shapes=default,
+        latent_channels=int(denoiser.config.in_channels), vae_scale_factor=vae_scale,
+        text_length=length, text_dim=dim,
+        fingerprint=fingerprint_modules(dict(denoiser.config), denoiser, pipe.text_encoder),
+        denoise_call=family.denoise, encode_call=family.encode,
+        info={"pipeline_class": type(pipe).__name__, "denoiser_class": type(denoiser).__name__,
+              "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
+              "scheduler_class": type(pipe.scheduler).__name__},
+    )
+
+
+def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
+    import diffusers
+
+    family = BY_DENOISER_CLASS[class_name]
+    denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
+    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    length, dim = _text_dims(family, denoiser, None)
+    return VideoModel(
+        spec=spec, family=family.name, denoiser=denoiser, scheduler=scheduler, text_encoder=None, tokenizer=None,
+        pipeline=None, shapes=_default_shapes(family, denoiser, 8), latent_channels=int(denoiser.config.in_channels),
+        vae_scale_factor=8, text_length=length, text_dim=dim,
+        fingerprint=fingerprint_modules(dict(denoiser.config), denoiser),
+        denoise_call=family.denoise, encode_call=encode_hashed,
+        info={"pipeline_class": None, "denoiser_class": class_name, "text_encoder_class": None,
+              "scheduler_class": "DDIMScheduler", "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
+    )
+
+
+def _load_directory(path: Path, spec: str) -> VideoModel:
+    import diffusers
+
+    if (path / "model_index.json").is_file():
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise F3Error(f"{path}/model_index.json is not valid JSON ({exc.msg}); re-save the pipeline") from None
+        class_name = index.get("_class_name")
+        if class_name not in BY_PIPELINE_CLASS:
+            raise F3Error(
+                f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
+            )
+        pipe = getattr(diffusers, class_name).from_pretrained(path)
+        return from_pipeline(pipe, spec)
+    if (path / "config.json").is_file():
+        try:
+            class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+        except json.JSONDecodeError as exc:
+            raise F3Error(f"{path}/config.json is not valid JSON ({exc.msg})") from None
+        if class_name in BY_DENOISER_CLASS:
+            return _from_bare_denoiser(path, spec, class_name)
+        raise F3Error(
+            f"{path}/config.json describes a {class_name}; a bare denoiser must be one of "
+            f"{', '.join(sorted(BY_DENOISER_CLASS))}"
+        )
+    raise F3Error(f"{path} has neither model_index.json (pipeline) nor config.json (denoiser); pass a diffusers model directory")
+
+
+def _resolve_hub_id(spec: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise F3Error(
+            f"model '{spec}' is neither a local directory nor in the local Hugging Face cache ({cache}); "
+            "download it where there is network access, or pass a local directory or builtin:NAME"
+        ) from None
+
+
+def load_model(spec: str) -> VideoModel:
+    """Load a text-to-video model from `spec` and normalize it as a `VideoModel`.
+
+    `spec` is ``builtin:NAME``, a local diffusers pipeline directory (``model_index.json``),
+    a bare denoiser directory (``config.json``), or a Hugging Face id already in the local cache
+    (never fetched from the network).
+    """
+    _quiet_libraries()
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        from .builtin import build_builtin
+
+        pipe, shapes = build_builtin(spec.split(":", 1)[1])
+        return from_pipeline(pipe, spec, shapes)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_directory(path, spec)
+    if path.exists():
+        raise F3Error(f"model spec '{spec}' is a file; pass a diffusers model directory, a cached hub id or builtin:NAME")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _load_directory(_resolve_hub_id(spec), spec)
+    raise F3Error(f"model '{spec}' does not exist; pass a diffusers model directory, a cached hub id or builtin:NAME")
+
+
+__all__ = ["load_model", "from_pipeline", "fingerprint_modules", "FAMILIES"]
