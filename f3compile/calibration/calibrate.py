@@ -1,0 +1,184 @@
+"""`calibrate`: run the real sampling loop over prompts and record temporal attention.
+
+The data loop (prompts → encoded batches → `denoise_loop`) is kept apart from the statistics
+(`AttentionRecorder`); the denoiser's train/eval state is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_dir, sha256_file
+from ..config import option
+from ..errors import F3Error
+from ..models.base import VideoModel, VideoShapes
+from ..models.discovery import find_temporal_units, temporal_blocks
+from ..sampling import denoise_loop, initial_latents
+from .recorder import AttentionRecorder
+from .stats import SCHEMA, STATS_FILE, CalibrationStats
+
+
+@dataclass
+class CalibrationConfig:
+    """How the calibration sampling runs."""
+
+    steps: int = option(25, "denoising steps per prompt")
+    frames: int | None = option(None, "frames per video (default: the model's)")
+    height: int | None = option(None, "video height in pixels (default: the model's)")
+    width: int | None = option(None, "video width in pixels (default: the model's)")
+    guidance_scale: float = option(7.5, "classifier-free guidance scale (<= 1 disables CFG)")
+    seed: int = option(0, "seed of the initial latents")
+    batch_size: int = option(1, "prompts per sampling call")
+    heatmaps: bool = option(True, "write heatmap PNGs")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line, '#' comments) or JSON lines with a "prompt" key."""
+    path = Path(path)
+    if not path.is_file():
+        raise F3Error(f"prompts file {path} does not exist; pass a text file with one prompt per line")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise F3Error(f"{path}:{number} starts with '{{' but is not valid JSON; fix the line or quote the prompt") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise F3Error(f"{path}:{number}: a JSON line needs a string \"prompt\" field")
+            line = record["prompt"]
+        prompts.append(line)
+    if not prompts:
+        raise F3Error(f"prompts file {path} has no prompts; add one prompt per line")
+    return prompts
+
+
+def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, width: int | None, batch: int = 1) -> VideoShapes:
+    """The model's default shapes with the given overrides, checked against the architecture."""
+    shapes = VideoShapes(batch, frames or model.shapes.frames, height or model.shapes.height, width or model.shapes.width)
+    for name, value in (("batch", shapes.batch), ("frames", shapes.frames), ("height", shapes.height), ("width", shapes.width)):
+        if value < 1:
+            raise F3Error(f"--{name} must be a positive integer, got {value}")
+    if shapes.frames < 2:
+        raise F3Error("--frames must be at least 2: temporal attention needs several frames")
+    fixed = model.denoiser.config.get("video_length") if hasattr(model.denoiser, "config") else None
+    if fixed and shapes.frames != fixed:
+        raise F3Error(f"{model.spec} has a fixed temporal position embedding for {fixed} frames; use --frames {fixed}")
+    multiple = model.vae_scale_factor * 2
+    for name, value in (("height", shapes.height), ("width", shapes.width)):
+        if value % multiple:
+            raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")
+    return shapes
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("f3compile", "torch", "diffusers", "transformers", "safetensors"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def calibrate(
+    model: VideoModel,
+    prompts: list[str],
+    config: CalibrationConfig | None = None,
+    output_dir: str | Path | None = None,
+    prompts_sha256: str | None = None,
+    progress: bool = False,
+) -> CalibrationStats:
+    """Sample every prompt with the model's scheduler and CFG, recording temporal attention.
+
+    With `output_dir`, writes stats.safetensors, calibration.json and heatmaps/ atomically.
+    """
+    config = config or CalibrationConfig()
+    if config.steps < 1:
+        raise F3Error(f"--steps must be at least 1, got {config.steps}")
+    if config.batch_size < 1:
+        raise F3Error(f"--batch-size must be at least 1, got {config.batch_size}")
+    if not prompts:
+        raise F3Error("no prompts to calibrate on; pass at least one prompt")
+    shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
+    if shapes.frames != model.shapes.frames or (shapes.height, shapes.width) != (model.shapes.height, model.shapes.width):
+        model.shapes = dataclasses.replace(shapes, batch=1)
+        model.info.pop("_temporal_units", None)
+    units = find_temporal_units(model)
+    blocks = temporal_blocks(units)
+    scheduler = model.scheduler
+    scheduler.set_timesteps(config.steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+
+    started = time.perf_counter()
+    was_training = model.denoiser.training
+    model.denoiser.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) * config.steps, desc="calibrate", unit="step", leave=False)
+    recorder = AttentionRecorder(model.denoiser, units, blocks, len(timesteps))
+
+    def on_step(index: int, t) -> None:
+        recorder.step = index
+        if bar is not None and index:
+            bar.update(1)
+
+    try:
+        with recorder, torch.no_grad():
+            for batch in batches:
+                cond, uncond = model.encode_prompts(batch)
+                latents = initial_latents(model.latent_shape(dataclasses.replace(shapes, batch=len(batch))), scheduler, generator)
+                denoise_loop(model.denoise, scheduler, latents, cond, uncond, config.steps,
+                             config.guidance_scale, generator, on_step=on_step)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.denoiser.train(was_training)
+
+    tensors = recorder.tensors()
+    tensors["timesteps"] = torch.tensor(timesteps, dtype=torch.float32)
+    prompt_digest = prompts_sha256 or "sha256:" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    meta = {
+        "schema": SCHEMA,
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
+        "prompts": {"count": len(prompts), "sha256": prompt_digest},
+        "seed": config.seed,
+        "shapes": dataclasses.replace(shapes, batch=config.batch_size).to_dict(),
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "scheduler": type(scheduler).__name__,
+        "num_train_timesteps": int(scheduler.config.num_train_timesteps),
+        "timesteps": timesteps,
+        "units": [dataclasses.asdict(unit) for unit in units],
+        "versions": library_versions(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    stats = CalibrationStats(meta=meta, tensors=tensors)
+    if output_dir is not None:
+        with atomic_dir(output_dir) as tmp:
+            stats.save(tmp)
+            meta["stats_sha256"] = sha256_file(tmp / STATS_FILE)
+            (tmp / "calibration.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if config.heatmaps:
+                from .heatmaps import write_heatmaps
+
+                write_heatmaps(stats, tmp / "heatmaps")
+    return stats

@@ -1,0 +1,171 @@
+"""Observe temporal attention without changing it.
+
+`AttentionRecorder` only registers forward hooks that *read* tensors: the q/k/v projections'
+outputs, the attention's output, the norm in front of it (the residual input) and the enclosing
+block's input and output. The attention probabilities are recomputed from q and k in fp32
+(SDPA never exposes them), so the model's own computation is untouched and its outputs are
+bit-identical with and without recording.
+
+Per unit and denoising step it accumulates:
+  attn        (S, H, F, F)  sum over calls, batch rows (prompts, CFG halves, spatial positions)
+                            of softmax(q kᵀ / sqrt(d)); each row sums to `rows`
+  rows        (S,)          number of summed rows per (head, query frame)
+  branch      (S,)          sum over calls of ‖attention output‖ / ‖residual input‖
+  head_branch (S, H)        same per head: ‖o_h W_out[:, h]ᵀ‖ / ‖residual input‖
+  calls       (S,)
+and per block: ratio (S,) = Σ ‖block output − block input‖ / ‖block input‖, calls (S,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import F3Error
+from ..models.base import TemporalBlock, TemporalUnit
+
+
+@dataclass
+class _UnitState:
+    unit: TemporalUnit
+    attn: torch.Tensor
+    rows: torch.Tensor
+    branch: torch.Tensor
+    head_branch: torch.Tensor
+    calls: torch.Tensor
+    captured: dict = field(default_factory=dict)
+
+
+class AttentionRecorder:
+    """Collects per-step temporal attention statistics while attached to a denoiser."""
+
+    def __init__(self, denoiser: nn.Module, units: list[TemporalUnit], blocks: list[TemporalBlock], steps: int):
+        self.denoiser = denoiser
+        self.units = units
+        self.blocks = blocks
+        self.steps = steps
+        self.step = 0
+        self._handles: list = []
+        self.reset()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        steps = self.steps
+        self._state = {
+            unit.id: _UnitState(
+                unit=unit,
+                attn=torch.zeros(steps, unit.heads, unit.frames, unit.frames),
+                rows=torch.zeros(steps),
+                branch=torch.zeros(steps),
+                head_branch=torch.zeros(steps, unit.heads),
+                calls=torch.zeros(steps),
+            )
+            for unit in self.units
+        }
+        self._block_ratio = {block.id: torch.zeros(steps) for block in self.blocks}
+        self._block_calls = {block.id: torch.zeros(steps) for block in self.blocks}
+
+    def __enter__(self) -> "AttentionRecorder":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        modules = dict(self.denoiser.named_modules())
+        for unit in self.units:
+            attention = modules[unit.id]
+            state = self._state[unit.id]
+            for name in ("to_q", "to_k", "to_v"):
+                self._handles.append(getattr(attention, name).register_forward_hook(self._capture(state, name)))
+            parent_name, _, attr = unit.id.rpartition(".")
+            norm = getattr(modules.get(parent_name), attr.replace("attn", "norm"), None) if attr.startswith("attn") else None
+            if isinstance(norm, nn.Module):
+                self._handles.append(norm.register_forward_hook(self._capture_residual(state)))
+            self._handles.append(attention.register_forward_hook(self._record(state, attention), with_kwargs=True))
+        for block in self.blocks:
+            self._handles.append(modules[block.id].register_forward_hook(self._record_block(block.id), with_kwargs=True))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # -- hooks -------------------------------------------------------------------------------
+    @staticmethod
+    def _capture(state: _UnitState, name: str):
+        def hook(module, args, output):
+            state.captured[name] = output.detach()
+        return hook
+
+    @staticmethod
+    def _capture_residual(state: _UnitState):
+        def hook(module, args, output):
+            state.captured["residual"] = args[0].detach()
+        return hook
+
+    def _record(self, state: _UnitState, attention: nn.Module):
+        unit = state.unit
+
+        def hook(module, args, kwargs, output):
+            captured = state.captured
+            q, k, v = captured.pop("to_q"), captured.pop("to_k"), captured.pop("to_v")
+            residual = captured.pop("residual", None)
+            if residual is None:
+                residual = args[0] if args else kwargs["hidden_states"]
+            rows, frames = q.shape[0], q.shape[1]
+            # (N, F, H*d) -> (N, H, F, d) in fp32
+            def heads(x):
+                return x.float().reshape(rows, frames, unit.heads, unit.head_dim).transpose(1, 2)
+            q_h, k_h, v_h = heads(q), heads(k), heads(v)
+            if getattr(attention, "norm_q", None) is not None:
+                q_h = attention.norm_q(q_h)
+            if getattr(attention, "norm_k", None) is not None:
+                k_h = attention.norm_k(k_h)
+            probs = torch.softmax(q_h @ k_h.transpose(-1, -2) * unit.head_dim ** -0.5, dim=-1)  # (N, H, F, F)
+            if not torch.isfinite(probs).all():
+                raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
+            step = self.step
+            state.attn[step] += probs.sum(dim=0)
+            state.rows[step] += rows
+            residual_norm = residual.float().norm().clamp_min(1e-12)
+            state.branch[step] += (output.float().norm() / residual_norm).item()
+            # per-head contribution through the output projection: (N, H, F, d) @ (H, d, C)
+            weight = attention.to_out[0].weight.float()  # (C, H*d)
+            per_head_out = probs @ v_h
+            w_heads = weight.reshape(weight.shape[0], unit.heads, unit.head_dim).permute(1, 2, 0)
+            contribution = torch.einsum("nhfd,hdc->nhfc", per_head_out, w_heads)
+            state.head_branch[step] += contribution.pow(2).sum(dim=(0, 2, 3)).sqrt() / residual_norm
+            state.calls[step] += 1
+
+        return hook
+
+    def _record_block(self, block_id: str):
+        def hook(module, args, kwargs, output):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
+            ratio = (out.float() - hidden.float()).norm() / hidden.float().norm().clamp_min(1e-12)
+            if not torch.isfinite(ratio):
+                raise F3Error(f"calibration saw NaN/inf in block {block_id}; check the model weights and inputs")
+            self._block_ratio[block_id][self.step] += ratio.item()
+            self._block_calls[block_id][self.step] += 1
+
+        return hook
+
+    # -- results -----------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """All statistics as a flat dict of fp32 tensors (the layout of stats.safetensors)."""
+        out: dict[str, torch.Tensor] = {}
+        for unit_id, state in self._state.items():
+            out[f"unit/{unit_id}/attn"] = state.attn.clone()
+            out[f"unit/{unit_id}/rows"] = state.rows.clone()
+            out[f"unit/{unit_id}/branch"] = state.branch.clone()
+            out[f"unit/{unit_id}/head_branch"] = state.head_branch.clone()
+            out[f"unit/{unit_id}/calls"] = state.calls.clone()
+        for block_id in self._block_ratio:
+            out[f"block/{block_id}/ratio"] = self._block_ratio[block_id].clone()
+            out[f"block/{block_id}/calls"] = self._block_calls[block_id].clone()
+        return out

@@ -1,0 +1,84 @@
+"""Scores ("aggregate temporal attention value") derived from calibration statistics.
+
+All scores are computed over a set of denoising steps (a stage) from sums, so a stage's score is
+the aggregate over exactly its own steps. Higher score = more temporal work = kept longer.
+
+cross_frame_mass (default)
+    A = attention probabilities averaged over rows (prompts, CFG halves, spatial positions):
+    head score = mean over query frames i of (1 − A[h, i, i]), the probability mass a frame
+    pays to *other* frames. Unit score = mean over heads.
+output_norm
+    unit score = mean ‖attention output‖ / ‖residual input‖; head score = the same for each
+    head's contribution through the output projection.
+Frames (both criteria): key frame k's score = mean over heads and query frames of A[h, q, k],
+the attention mass it receives. Blocks: the mean of their attentions' scores
+(cross_frame_mass) or the measured ‖block output − input‖ / ‖input‖ (output_norm).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..calibration.stats import CalibrationStats
+
+CRITERIA = ("cross_frame_mass", "output_norm")
+DEFAULT_CRITERION = "cross_frame_mass"
+
+
+def _steps(stats: CalibrationStats, steps: Sequence[int] | None) -> list[int]:
+    return list(range(len(stats.timesteps))) if steps is None else list(steps)
+
+
+def mean_attention(stats: CalibrationStats, unit_id: str, steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(H, F, F) attention probabilities averaged over every recorded row of `steps`."""
+    steps = _steps(stats, steps)
+    attn = stats.unit(unit_id, "attn")[steps].double().sum(0)
+    rows = stats.unit(unit_id, "rows")[steps].double().sum()
+    return (attn / rows.clamp_min(1)).float()
+
+
+def head_scores(stats: CalibrationStats, unit_id: str, criterion: str, steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(H,) score per head of `unit_id`."""
+    steps = _steps(stats, steps)
+    if criterion == "cross_frame_mass":
+        attn = mean_attention(stats, unit_id, steps)
+        return 1.0 - torch.diagonal(attn, dim1=-2, dim2=-1).mean(-1)
+    if criterion == "output_norm":
+        calls = stats.unit(unit_id, "calls")[steps].sum().clamp_min(1)
+        return stats.unit(unit_id, "head_branch")[steps].sum(0) / calls
+    raise ValueError(criterion)
+
+
+def unit_score(stats: CalibrationStats, unit_id: str, criterion: str, steps: Sequence[int] | None = None) -> float:
+    """Score of one attention unit."""
+    steps = _steps(stats, steps)
+    if criterion == "output_norm":
+        calls = stats.unit(unit_id, "calls")[steps].sum().clamp_min(1)
+        return float(stats.unit(unit_id, "branch")[steps].sum() / calls)
+    return float(head_scores(stats, unit_id, criterion, steps).mean())
+
+
+def frame_scores(stats: CalibrationStats, unit_id: str, steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(F,) attention mass each key frame receives (mean over heads and query frames)."""
+    return mean_attention(stats, unit_id, steps).mean(dim=(0, 1))
+
+
+def block_score(stats: CalibrationStats, block_id: str, criterion: str, steps: Sequence[int] | None = None) -> float:
+    steps = _steps(stats, steps)
+    if criterion == "output_norm":
+        calls = stats.block(block_id, "calls")[steps].sum().clamp_min(1)
+        return float(stats.block(block_id, "ratio")[steps].sum() / calls)
+    unit_ids = next(block.units for block in stats.blocks if block.id == block_id)
+    return float(sum(unit_score(stats, u, criterion, steps) for u in unit_ids) / len(unit_ids))
+
+
+def score_by_step(stats: CalibrationStats, criterion: str) -> torch.Tensor:
+    """(units, steps) unit scores computed on each step alone (for the per-model heatmap)."""
+    units = stats.units
+    table = torch.zeros(len(units), len(stats.timesteps))
+    for row, unit in enumerate(units):
+        for step in range(len(stats.timesteps)):
+            table[row, step] = unit_score(stats, unit.id, criterion, [step])
+    return table
