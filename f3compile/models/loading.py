@@ -34,8 +34,13 @@ def _quiet_libraries() -> None:
 
 
 def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None) -> str:
-    """sha256 over the denoiser config (canonical JSON) and every parameter and buffer."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    """sha256 over the denoiser config (canonical JSON) and every parameter and buffer.
+
+    Private config keys (``_diffusers_version``, ``_use_default_values``, …) are bookkeeping,
+    not architecture: a model saved and loaded back keeps its fingerprint.
+    """
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    digest = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
     for module in modules:
         if module is None:
             continue

@@ -1,0 +1,145 @@
+"""The `f3compile` command line: a thin layer over the Python API of the same verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import F3Error
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line `error: …`, exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _done(started: float, what: str) -> None:
+    print(f"{what} in {time.perf_counter() - started:.1f}s")
+
+
+def cmd_calibrate(args) -> None:
+    """Run the real sampling loop on prompts and record aggregate temporal attention.
+
+    example: f3compile calibrate builtin:tiny-unet3d --prompts examples/prompts.txt -o calib
+    """
+    from ._io import sha256_file
+    from .calibration import CalibrationConfig, calibrate, read_prompts
+    from .models import load_model
+
+    started = time.perf_counter()
+    prompts = read_prompts(args.prompts)
+    config = CalibrationConfig(
+        steps=args.steps, frames=args.frames, height=args.height, width=args.width,
+        guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
+    )
+    model = load_model(args.model)
+    stats = calibrate(model, prompts, config, output_dir=args.output, prompts_sha256=sha256_file(args.prompts), progress=True)
+    _done(started, f"calibrated {len(stats.units)} temporal attention units on {len(prompts)} prompts x "
+                   f"{config.steps} steps -> {args.output}")
+
+
+def cmd_plan(args) -> None:
+    """Rank temporal units by their calibration scores and write a pruning plan.
+
+    example: f3compile plan calib --ratio 0.5 --granularity head --stages 2 -o plan.json
+    """
+    from .calibration import CalibrationStats
+    from .planning import make_plan
+
+    started = time.perf_counter()
+    stats = CalibrationStats.load(args.calibration)
+    plan = make_plan(stats, args.ratio, args.granularity, args.criterion, args.stages)
+    plan.save(args.output)
+    pruned = sum(len(s.drop_blocks) + len(s.drop_attention) + sum(map(len, s.prune_heads.values()))
+                 + len(s.keep_frames) for s in plan.stages)
+    _done(started, f"wrote {args.output}: {args.granularity} plan, ratio {args.ratio:g}, {len(plan.stages)} stage(s), "
+                   f"{pruned} pruning decisions")
+
+
+def cmd_inspect(args) -> None:
+    """Print what a plan keeps and prunes per stage, and (with --model) what it saves.
+
+    example: f3compile inspect plan.json --model builtin:tiny-unet3d
+    """
+    from .planning import PruningPlan
+    from .planning.inspect import render
+
+    plan = PruningPlan.load(args.plan)
+    model = None
+    if args.model:
+        from .models import load_model
+
+        model = load_model(args.model)
+    print(render(plan, model))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .planning.criteria import CRITERIA, DEFAULT_CRITERION
+    from .planning.plan import GRANULARITIES
+
+    parser = _Parser(prog="f3compile", description="Training-free temporal-attention pruning compiler for text-to-video models.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name, fn):
+        doc = fn.__doc__.strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("calibrate", cmd_calibrate)
+    p.add_argument("model", help="builtin:NAME, a diffusers directory or a cached hub id")
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line (or JSON lines with \"prompt\")")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--frames", type=int, help="frames (default: the model's)")
+    p.add_argument("--height", type=int, help="height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="width in pixels (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default 7.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default 1)")
+    p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
+
+    p = add("plan", cmd_plan)
+    p.add_argument("calibration", type=Path, help="directory written by `f3compile calibrate`")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of units to prune, in [0, 1]")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
+    p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"score (default {DEFAULT_CRITERION})")
+    p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
+
+    p = add("inspect", cmd_inspect)
+    p.add_argument("plan", type=Path, help="plan.json")
+    p.add_argument("--model", help="count parameters and FLOPs removed on this model")
+    return parser
+
+
+def _version() -> str:
+    try:
+        import importlib.metadata as md
+
+        return f"f3compile {md.version('f3compile')}"
+    except Exception:
+        return "f3compile (uninstalled)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except F3Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

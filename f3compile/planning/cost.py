@@ -1,0 +1,129 @@
+"""Counted cost of a denoiser call and of what a plan stage removes from it.
+
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on a real forward pass of the
+normalized denoise function at the export shapes (CFG-doubled batch), per module. What a stage
+removes is then derived from those per-module counts with the exact semantics of each unit:
+
+  drop block      all FLOPs and parameters inside the block
+  drop attention  the attention's FLOPs; its parameters and those of the norm feeding it
+  prune heads     q/k/v/out projections and the attention core scale with kept heads / heads
+  keep frames     k/v projections and the attention core scale with kept frames / frames
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes
+
+aten = torch.ops.aten
+
+
+def _sdpa_formula():
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    return formula
+
+
+def flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
+    """A FlopCounterMode that also counts the CPU attention kernel (QKᵀ and PV)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_formula()}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(fn: Callable, inputs: tuple) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, FLOPs per module path) of one call `fn(*inputs)`."""
+    with flop_counter() as counter, torch.no_grad():
+        fn(*inputs)
+    per_module: dict[str, int] = {}
+    prefix = "DenoiseModule." + DenoiseModule.PREFIX
+    for name, ops in counter.get_flop_counts().items():
+        if name.startswith(prefix):
+            per_module[name[len(prefix):]] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+def _params(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class ModelCost:
+    """Counted FLOPs and parameters of one denoiser call, per temporal unit and block."""
+
+    total_flops: int
+    total_params: int
+    flops: dict[str, int]  # module path -> FLOPs (all modules)
+    units: dict[str, TemporalUnit]
+    unit_params: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> q/k/v/out/norm/bias params
+    block_params: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def measure(cls, model: VideoModel, units: list[TemporalUnit], shapes: VideoShapes | None = None) -> "ModelCost":
+        module = model.denoise_module()
+        total, per_module = count_flops(module, model.example_inputs(shapes or model.shapes, cfg=True))
+        modules = dict(model.denoiser.named_modules())
+        unit_params = {}
+        for unit in units:
+            attention = modules[unit.id]
+            parent, _, attr = unit.id.rpartition(".")
+            norm = getattr(modules.get(parent), attr.replace("attn", "norm"), None) if attr.startswith("attn") else None
+            unit_params[unit.id] = {
+                "q": _params(attention.to_q), "k": _params(attention.to_k), "v": _params(attention.to_v),
+                "out_weight": attention.to_out[0].weight.numel(),
+                "out_bias": 0 if attention.to_out[0].bias is None else attention.to_out[0].bias.numel(),
+                "attention": _params(attention),
+                "norm": _params(norm) if isinstance(norm, nn.Module) else 0,
+            }
+        blocks = {unit.block for unit in units}
+        return cls(
+            total_flops=total, total_params=_params(model.denoiser), flops=per_module,
+            units={unit.id: unit for unit in units}, unit_params=unit_params,
+            block_params={block: _params(modules[block]) for block in blocks},
+        )
+
+    def _attention_split(self, unit_id: str) -> dict[str, int]:
+        flops = self.flops
+        q, k, v = (flops.get(f"{unit_id}.{name}", 0) for name in ("to_q", "to_k", "to_v"))
+        out = flops.get(f"{unit_id}.to_out.0", 0)
+        total = flops.get(unit_id, 0)
+        return {"q": q, "k": k, "v": v, "out": out, "core": total - q - k - v - out, "total": total}
+
+    def stage_removed(self, stage) -> tuple[int, int]:
+        """(FLOPs, parameters) that `stage` removes from one denoiser call."""
+        flops = params = 0
+        dropped_blocks = set(stage.drop_blocks)
+        for block in dropped_blocks:
+            flops += self.flops.get(block, 0)
+            params += self.block_params.get(block, 0)
+        dropped = set(stage.drop_attention)
+        for unit_id, unit in self.units.items():
+            if unit.block in dropped_blocks:
+                continue
+            split = self._attention_split(unit_id)
+            counts = self.unit_params[unit_id]
+            if unit_id in dropped:
+                flops += split["total"]
+                params += counts["attention"] + counts["norm"]
+                continue
+            pruned_heads = len(stage.prune_heads.get(unit_id, []))
+            kept_heads = (unit.heads - pruned_heads) / unit.heads
+            kept_frames = len(stage.keep_frames.get(unit_id, range(unit.frames))) / unit.frames
+            remaining = (
+                split["q"] * kept_heads + split["out"] * kept_heads
+                + (split["k"] + split["v"] + split["core"]) * kept_heads * kept_frames
+            )
+            flops += round(split["total"] - remaining)
+            if pruned_heads:
+                fraction = pruned_heads / unit.heads
+                params += round((counts["q"] + counts["k"] + counts["v"] + counts["out_weight"]) * fraction)
+        return int(flops), int(params)

@@ -1,0 +1,109 @@
+"""Render a plan as a table: per stage and unit what is kept and pruned, and what it saves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .plan import PruningPlan, split_steps
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _unit_ids(plan: PruningPlan) -> list[str]:
+    return [uid for uid, entry in plan.scores.items() if entry["per_head"]]
+
+
+def summarize(plan: PruningPlan, model=None, units=None, shapes=None) -> dict[str, Any]:
+    """Per-stage and total savings; FLOPs/params need the model (they are counted on it)."""
+    summary: dict[str, Any] = {"stages": []}
+    cost = None
+    if model is not None:
+        from ..models.discovery import find_temporal_units
+        from .cost import ModelCost
+
+        units = units or find_temporal_units(model)
+        plan.check_model(model, units)
+        cost = ModelCost.measure(model, units, shapes)
+        summary.update(total_flops=cost.total_flops, total_params=cost.total_params)
+    steps = plan.calibration.get("steps") or len(plan.stages)
+    groups = split_steps(max(steps, len(plan.stages)), len(plan.stages))
+    weighted_flops = 0.0
+    for stage, group in zip(plan.stages, groups):
+        entry: dict[str, Any] = {"timesteps": list(stage.timesteps), "steps": len(group)}
+        if cost is not None:
+            flops, params = cost.stage_removed(stage)
+            entry.update(flops_removed=flops, params_removed=params)
+            weighted_flops += flops * len(group)
+        summary["stages"].append(entry)
+    if cost is not None:
+        total_steps = sum(len(g) for g in groups)
+        summary["trajectory_flops_removed"] = weighted_flops / total_steps
+        summary["params_removed_any_stage"] = max(s["params_removed"] for s in summary["stages"])
+    return summary
+
+
+def render(plan: PruningPlan, model=None, shapes=None) -> str:
+    """The text `f3compile inspect` prints."""
+    units = None
+    if model is not None:
+        from ..models.discovery import find_temporal_units
+
+        units = find_temporal_units(model)
+    summary = summarize(plan, model, units, shapes)
+    unit_ids = _unit_ids(plan)
+    block_of = {}
+    for block_id, entry in plan.scores.items():
+        if not entry["per_head"]:
+            for unit_id in unit_ids:
+                if unit_id.startswith(block_id + "."):
+                    block_of[unit_id] = block_id
+    width = max(len(u) for u in unit_ids)
+    lines = [
+        f"plan: {plan.granularity} granularity, criterion {plan.criterion}, ratio {plan.ratio:g}, "
+        f"{len(plan.stages)} stage(s); model {plan.model.get('spec')}",
+    ]
+    for number, (stage, info) in enumerate(zip(plan.stages, summary["stages"])):
+        lines.append("")
+        lines.append(f"stage {number}: timesteps {stage.timesteps[0]}..{stage.timesteps[1]} ({info['steps']} calibration steps)")
+        lines.append(f"  {'unit':<{width}}  {'score':>7}  {'heads':>7}  {'frames':>7}  action")
+        for unit_id in unit_ids:
+            entry = plan.scores[unit_id]
+            heads, frames = len(entry["per_head"]), len(entry["per_frame"])
+            kept_heads, kept_frames = heads, frames
+            if block_of.get(unit_id) in stage.drop_blocks:
+                action, kept_heads, kept_frames = f"pruned (block {block_of[unit_id]})", 0, 0
+            elif unit_id in stage.drop_attention:
+                action, kept_heads, kept_frames = "pruned (attention)", 0, 0
+            else:
+                parts = []
+                if unit_id in stage.prune_heads:
+                    kept_heads = heads - len(stage.prune_heads[unit_id])
+                    parts.append(f"prune heads {stage.prune_heads[unit_id]}")
+                if unit_id in stage.keep_frames:
+                    kept_frames = len(stage.keep_frames[unit_id])
+                    parts.append(f"keep frames {stage.keep_frames[unit_id]}")
+                action = "; ".join(parts) or "kept"
+            lines.append(
+                f"  {unit_id:<{width}}  {entry['score']:>7.4f}  {kept_heads:>3}/{heads:<3}  {kept_frames:>3}/{frames:<3}  {action}"
+            )
+        if "flops_removed" in info:
+            lines.append(
+                f"  removed per denoiser call: {_human(info['flops_removed'])}FLOPs "
+                f"({100 * info['flops_removed'] / summary['total_flops']:.2f}% of {_human(summary['total_flops'])}), "
+                f"{_human(info['params_removed'])} params ({100 * info['params_removed'] / summary['total_params']:.2f}% of {_human(summary['total_params'])})"
+            )
+    lines.append("")
+    if "trajectory_flops_removed" in summary:
+        share = summary["trajectory_flops_removed"] / summary["total_flops"]
+        lines.append(
+            f"total: {_human(summary['trajectory_flops_removed'])}FLOPs removed per call averaged over the trajectory "
+            f"({100 * share:.2f}%, FLOP-predicted speedup {1 / max(1e-9, 1 - share):.3f}x)"
+        )
+    else:
+        lines.append("pass --model to count the parameters and FLOPs each stage removes")
+    return "\n".join(lines)

@@ -1,0 +1,336 @@
+"""Pruning plans: schema `f3compile.plan/1`, selection from calibration, validation.
+
+Selection (per stage): rank the units of the chosen granularity by their score computed on the
+stage's own steps, and prune the lowest `round(ratio × count)`. Ties break by module order.
+Frame pruning always keeps at least one key frame per attention (softmax over no keys is
+undefined), so at high ratios slightly fewer frames than the ratio asks may be pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import write_json_atomic
+from ..errors import F3Error
+from . import criteria
+from ..calibration.stats import CalibrationStats
+
+SCHEMA = "f3compile.plan/1"
+GRANULARITIES = ("block", "attention", "head", "frame")
+PLAN_KEYS = ("schema", "model", "calibration", "granularity", "criterion", "ratio", "stages", "scores")
+STAGE_KEYS = ("timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames")
+SCORE_KEYS = ("score", "per_head", "per_frame")
+
+
+@dataclass
+class Stage:
+    """What is pruned while the scheduler timestep lies in [timesteps[0], timesteps[1]] (inclusive)."""
+
+    timesteps: tuple[int, int]
+    drop_blocks: list[str] = field(default_factory=list)
+    drop_attention: list[str] = field(default_factory=list)
+    prune_heads: dict[str, list[int]] = field(default_factory=dict)
+    keep_frames: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timesteps": [int(self.timesteps[0]), int(self.timesteps[1])],
+            "drop_blocks": list(self.drop_blocks),
+            "drop_attention": list(self.drop_attention),
+            "prune_heads": {k: list(v) for k, v in self.prune_heads.items()},
+            "keep_frames": {k: list(v) for k, v in self.keep_frames.items()},
+        }
+
+    def contains(self, timestep: int) -> bool:
+        return self.timesteps[1] <= timestep <= self.timesteps[0]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.drop_blocks or self.drop_attention or self.prune_heads or self.keep_frames)
+
+
+@dataclass
+class PruningPlan:
+    """A validated pruning plan. `load`/`save` read and write plan.json."""
+
+    model: dict[str, str]
+    calibration: dict[str, Any]
+    granularity: str
+    criterion: str
+    ratio: float
+    stages: list[Stage]
+    scores: dict[str, dict[str, Any]]
+
+    # -- (de)serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "model": dict(self.model), "calibration": dict(self.calibration),
+            "granularity": self.granularity, "criterion": self.criterion, "ratio": self.ratio,
+            "stages": [stage.to_dict() for stage in self.stages], "scores": self.scores,
+        }
+
+    def save(self, path: str | Path) -> None:
+        validate_plan_dict(self.to_dict(), str(path))
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PruningPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise F3Error(f"plan file {path} does not exist; create one with `f3compile plan`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise F3Error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix it or re-run `f3compile plan`") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "plan") -> "PruningPlan":
+        validate_plan_dict(data, where)
+        stages = [
+            Stage(
+                timesteps=(int(s["timesteps"][0]), int(s["timesteps"][1])),
+                drop_blocks=list(s["drop_blocks"]), drop_attention=list(s["drop_attention"]),
+                prune_heads={k: [int(h) for h in v] for k, v in s["prune_heads"].items()},
+                keep_frames={k: [int(f) for f in v] for k, v in s["keep_frames"].items()},
+            )
+            for s in data["stages"]
+        ]
+        return cls(
+            model=dict(data["model"]), calibration=dict(data["calibration"]), granularity=data["granularity"],
+            criterion=data["criterion"], ratio=float(data["ratio"]), stages=stages, scores=data["scores"],
+        )
+
+    @classmethod
+    def dense(cls, model, units) -> "PruningPlan":
+        """The empty plan (one stage, nothing pruned) for `model`: the dense baseline."""
+        return cls(
+            model={"spec": model.spec, "fingerprint": model.fingerprint},
+            calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": model.shapes.frames},
+            granularity="block", criterion=criteria.DEFAULT_CRITERION, ratio=0.0,
+            stages=[Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
+            scores={u.id: {"score": 0.0, "per_head": [0.0] * u.heads, "per_frame": [0.0] * u.frames} for u in units}
+            | {u.block: {"score": 0.0, "per_head": [], "per_frame": []} for u in units},
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+    def stage_for(self, timestep: int) -> int:
+        for index, stage in enumerate(self.stages):
+            if stage.contains(int(timestep)):
+                return index
+        raise F3Error(f"timestep {timestep} is outside every stage of the plan")
+
+    def check_model(self, model, units) -> None:
+        """Refuse a plan made for another model, or whose ids/heads/frames do not fit it."""
+        if self.model.get("fingerprint") != model.fingerprint:
+            raise F3Error(
+                f"the plan was made for model {self.model.get('spec')} ({str(self.model.get('fingerprint'))[:19]}…), "
+                f"not {model.spec} ({model.fingerprint[:19]}…); calibrate and plan for this model"
+            )
+        by_id = {unit.id: unit for unit in units}
+        blocks = {unit.block for unit in units}
+        for number, stage in enumerate(self.stages):
+            for block in stage.drop_blocks:
+                if block not in blocks:
+                    raise F3Error(f"plan stage {number}: '{block}' is not a temporal block of {model.spec}")
+            for kind, ids in (("drop_attention", stage.drop_attention), ("prune_heads", stage.prune_heads),
+                              ("keep_frames", stage.keep_frames)):
+                for unit_id in ids:
+                    if unit_id not in by_id:
+                        raise F3Error(f"plan stage {number} {kind}: '{unit_id}' is not a temporal attention of {model.spec}")
+            for unit_id, heads in stage.prune_heads.items():
+                if max(heads) >= by_id[unit_id].heads:
+                    raise F3Error(f"plan stage {number}: head {max(heads)} of '{unit_id}' is out of range (it has {by_id[unit_id].heads})")
+            for unit_id, frames in stage.keep_frames.items():
+                if max(frames) >= by_id[unit_id].frames:
+                    raise F3Error(f"plan stage {number}: frame {max(frames)} of '{unit_id}' is out of range (the model runs {by_id[unit_id].frames})")
+
+
+def _fail(where: str, message: str) -> None:
+    raise F3Error(f"{where}: {message}")
+
+
+def _check_keys(obj: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(obj, dict):
+        _fail(where, "must be a JSON object")
+    unknown = sorted(set(obj) - set(keys))
+    missing = [k for k in keys if k not in obj]
+    if unknown:
+        _fail(where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(keys)}")
+    if missing:
+        _fail(where, f"missing key(s) {', '.join(missing)}")
+
+
+def _index_list(value: Any, size: int, where: str, what: str) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        _fail(where, f"{what} must be a non-empty list of integers")
+    if len(set(value)) != len(value):
+        _fail(where, f"{what} has duplicates")
+    bad = [v for v in value if not 0 <= v < size]
+    if bad:
+        _fail(where, f"{what} {bad[0]} is out of range [0, {size - 1}]")
+
+
+def validate_plan_dict(data: Any, where: str = "plan") -> None:
+    """Structural validation of a plan.json document; raises `F3Error` naming the problem."""
+    _check_keys(data, PLAN_KEYS, where)
+    if data["schema"] != SCHEMA:
+        _fail(where, f"schema is {data['schema']!r}, expected {SCHEMA!r}")
+    if not isinstance(data["model"], dict) or not isinstance(data["model"].get("fingerprint"), str):
+        _fail(where, "model must be an object with a string fingerprint")
+    if not isinstance(data["calibration"], dict):
+        _fail(where, "calibration must be an object")
+    if data["granularity"] not in GRANULARITIES:
+        _fail(where, f"granularity {data['granularity']!r} is unknown; use one of {', '.join(GRANULARITIES)}")
+    if data["criterion"] not in criteria.CRITERIA:
+        _fail(where, f"criterion {data['criterion']!r} is unknown; use one of {', '.join(criteria.CRITERIA)}")
+    ratio = data["ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        _fail(where, f"ratio must be a number in [0, 1], got {ratio!r}")
+    scores = data["scores"]
+    if not isinstance(scores, dict):
+        _fail(where, "scores must be an object keyed by unit id")
+    for unit_id, entry in scores.items():
+        _check_keys(entry, SCORE_KEYS, f"{where}: scores[{unit_id!r}]")
+    attention_ids = {k for k, v in scores.items() if v["per_head"]}
+    block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") or a == k for a in attention_ids)}
+    stages = data["stages"]
+    if not isinstance(stages, list) or not stages:
+        _fail(where, "stages must be a non-empty list")
+    previous_low = None
+    for number, stage in enumerate(stages):
+        at = f"{where}: stages[{number}]"
+        _check_keys(stage, STAGE_KEYS, at)
+        span = stage["timesteps"]
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(t, int) and not isinstance(t, bool) for t in span)) or span[0] < span[1] or span[1] < 0:
+            _fail(at, f"timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
+        if previous_low is not None and span[0] != previous_low - 1:
+            _fail(at, f"timesteps {span} must start right below the previous stage's low end ({previous_low})")
+        previous_low = span[1]
+        for key in ("drop_blocks", "drop_attention"):
+            if not isinstance(stage[key], list) or not all(isinstance(v, str) for v in stage[key]):
+                _fail(at, f"{key} must be a list of unit ids")
+        for block in stage["drop_blocks"]:
+            if block not in block_ids:
+                _fail(at, f"drop_blocks: '{block}' is not a temporal block in this plan's scores")
+        for unit_id in stage["drop_attention"]:
+            if unit_id not in attention_ids:
+                _fail(at, f"drop_attention: '{unit_id}' is not a temporal attention in this plan's scores")
+        for key, size_key in (("prune_heads", "per_head"), ("keep_frames", "per_frame")):
+            if not isinstance(stage[key], dict):
+                _fail(at, f"{key} must be an object mapping unit ids to index lists")
+            for unit_id, indices in stage[key].items():
+                if unit_id not in attention_ids:
+                    _fail(at, f"{key}: '{unit_id}' is not a temporal attention in this plan's scores")
+                _index_list(indices, len(scores[unit_id][size_key]), at, f"{key}[{unit_id!r}]")
+    if previous_low != 0:
+        _fail(where, f"the last stage must end at timestep 0, not {previous_low}")
+
+
+# -- selection ------------------------------------------------------------------------------
+def split_steps(num_steps: int, num_stages: int) -> list[list[int]]:
+    """Step indices split into `num_stages` contiguous, near-equal groups."""
+    return [list(map(int, group)) for group in np.array_split(np.arange(num_steps), num_stages)]
+
+
+def stage_ranges(timesteps: list[int], groups: list[list[int]], num_train_timesteps: int) -> list[tuple[int, int]]:
+    """Inclusive timestep ranges covering [num_train_timesteps - 1, 0] without gaps."""
+    ranges = []
+    high = num_train_timesteps - 1
+    for number, group in enumerate(groups):
+        low = 0 if number == len(groups) - 1 else int(timesteps[group[-1]])
+        ranges.append((high, low))
+        high = low - 1
+    return ranges
+
+
+def _n_pruned(ratio: float, count: int) -> int:
+    return min(count, int(math.floor(ratio * count + 0.5)))
+
+
+def make_plan(
+    stats: CalibrationStats,
+    ratio: float,
+    granularity: str = "head",
+    criterion: str = criteria.DEFAULT_CRITERION,
+    stages: int = 1,
+) -> PruningPlan:
+    """Rank units by `criterion` on each stage's steps and prune the lowest `ratio` fraction."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise F3Error(f"--ratio must be in [0, 1], got {ratio}")
+    if granularity not in GRANULARITIES:
+        raise F3Error(f"--granularity {granularity!r} is unknown; use one of {', '.join(GRANULARITIES)}")
+    if criterion not in criteria.CRITERIA:
+        raise F3Error(f"--criterion {criterion!r} is unknown; use one of {', '.join(criteria.CRITERIA)}")
+    steps = len(stats.timesteps)
+    if not 1 <= stages <= steps:
+        raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")
+    units, blocks = stats.units, stats.blocks
+    order = {unit.id: index for index, unit in enumerate(units)}
+    groups = split_steps(steps, stages)
+    plan_stages = []
+    for group, span in zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps)):
+        stage = Stage(timesteps=span)
+        if granularity == "block":
+            ranked = sorted(blocks, key=lambda b: (criteria.block_score(stats, b.id, criterion, group), order[b.units[0]]))
+            stage.drop_blocks = sorted((b.id for b in ranked[: _n_pruned(ratio, len(blocks))]), key=lambda b: [x.id for x in blocks].index(b))
+        elif granularity == "attention":
+            ranked = sorted(units, key=lambda u: (criteria.unit_score(stats, u.id, criterion, group), order[u.id]))
+            stage.drop_attention = sorted((u.id for u in ranked[: _n_pruned(ratio, len(units))]), key=order.__getitem__)
+        elif granularity == "head":
+            candidates = [
+                (float(score), order[unit.id], head, unit.id)
+                for unit in units
+                for head, score in enumerate(criteria.head_scores(stats, unit.id, criterion, group))
+            ]
+            candidates.sort()
+            chosen: dict[str, list[int]] = {}
+            for _, _, head, unit_id in candidates[: _n_pruned(ratio, len(candidates))]:
+                chosen.setdefault(unit_id, []).append(head)
+            stage.prune_heads = {u: sorted(chosen[u]) for u in sorted(chosen, key=order.__getitem__)}
+        else:  # frame
+            candidates = [
+                (float(score), order[unit.id], frame, unit.id)
+                for unit in units
+                for frame, score in enumerate(criteria.frame_scores(stats, unit.id, group))
+            ]
+            candidates.sort()
+            pruned: dict[str, set[int]] = {}
+            for _, _, frame, unit_id in candidates[: _n_pruned(ratio, len(candidates))]:
+                pruned.setdefault(unit_id, set()).add(frame)
+            keep = {}
+            for unit in units:
+                dropped = pruned.get(unit.id, set())
+                if not dropped:
+                    continue
+                kept = [f for f in range(unit.frames) if f not in dropped]
+                if not kept:  # keep the key frame that receives the most attention
+                    kept = [int(criteria.frame_scores(stats, unit.id, group).argmax())]
+                keep[unit.id] = kept
+            stage.keep_frames = keep
+        plan_stages.append(stage)
+
+    scores: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        scores[unit.id] = {
+            "score": round(criteria.unit_score(stats, unit.id, criterion), 6),
+            "per_head": [round(float(x), 6) for x in criteria.head_scores(stats, unit.id, criterion)],
+            "per_frame": [round(float(x), 6) for x in criteria.frame_scores(stats, unit.id)],
+        }
+    for block in blocks:
+        scores[block.id] = {"score": round(criteria.block_score(stats, block.id, criterion), 6), "per_head": [], "per_frame": []}
+    meta = stats.meta
+    return PruningPlan(
+        model={"spec": meta["model"]["spec"], "fingerprint": meta["model"]["fingerprint"]},
+        calibration={
+            "fingerprint": meta.get("stats_sha256"), "prompts": meta["prompts"]["count"],
+            "steps": meta["steps"], "frames": meta["shapes"]["frames"],
+        },
+        granularity=granularity, criterion=criterion, ratio=float(ratio), stages=plan_stages, scores=scores,
+    )

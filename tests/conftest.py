@@ -1,0 +1,43 @@
+"""Shared fixtures: one registry of tiny models (the builtins) and small calibrations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from f3compile.models import load_model
+
+from f3compile.models.builtin import BUILTINS  # one registry of tiny models
+
+# Numerical tolerances, named in one place.
+EXACT = 0.0
+FP32_REL = 1e-6
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def models():
+    """builtin name -> VideoModel (built once per session)."""
+    return {name: load_model(f"builtin:{name}") for name in BUILTINS}
+
+
+@pytest.fixture(scope="session")
+def calibrations(models, tmp_path_factory):
+    """builtin name -> (directory, CalibrationStats) from a 6-step, 2-prompt calibration."""
+    from f3compile.calibration import CalibrationConfig, CalibrationStats, calibrate
+
+    out = {}
+    for name, model in models.items():
+        directory = tmp_path_factory.mktemp(f"calib-{name}") / "calib"
+        calibrate(model, ["a red circle moving left", "a blue square"], CalibrationConfig(steps=6, heatmaps=False),
+                  output_dir=directory)
+        out[name] = (directory, CalibrationStats.load(directory))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("# calibration prompts\na red circle moving left\n\na blue square moving up\n")
+    return path
