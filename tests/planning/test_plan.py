@@ -1,0 +1,172 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from f3compile import F3Error
+from f3compile.models import find_temporal_units, temporal_blocks
+from f3compile.models.builtin import BUILTINS
+from f3compile.planning import GRANULARITIES, PruningPlan, make_plan
+from f3compile.planning import criteria
+from f3compile.planning.cost import ModelCost, count_flops
+from f3compile.planning.inspect import render
+
+FLOP_REL = 1e-9  # counted FLOPs are integers: derived removals must match exactly (up to rounding)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("stages", [1, 2])
+def test_make_plan_counts_and_stage_ranges(calibrations, name, granularity, stages, tmp_path):
+    _, stats = calibrations[name]
+    plan = make_plan(stats, 0.5, granularity, stages=stages)
+    assert len(plan.stages) == stages
+    assert plan.stages[0].timesteps[0] == 999 and plan.stages[-1].timesteps[1] == 0
+    for before, after in zip(plan.stages, plan.stages[1:]):
+        assert after.timesteps[0] == before.timesteps[1] - 1
+    units, blocks = stats.units, stats.blocks
+    for stage in plan.stages:
+        if granularity == "block":
+            assert len(stage.drop_blocks) == round(0.5 * len(blocks) + 1e-9)
+        elif granularity == "attention":
+            assert len(stage.drop_attention) == int(0.5 * len(units) + 0.5)
+        elif granularity == "head":
+            total = sum(u.heads for u in units)
+            assert sum(map(len, stage.prune_heads.values())) == int(0.5 * total + 0.5)
+        else:
+            total = sum(u.frames for u in units)
+            pruned = sum(u.frames - len(stage.keep_frames.get(u.id, range(u.frames))) for u in units)
+            assert pruned == int(0.5 * total + 0.5)
+    plan.save(tmp_path / "plan.json")
+    assert PruningPlan.load(tmp_path / "plan.json").to_dict() == plan.to_dict()
+
+
+def test_selection_prunes_the_lowest_scores(calibrations):
+    _, stats = calibrations["tiny-unet3d"]
+    plan = make_plan(stats, 0.3, "attention")
+    scores = {u.id: criteria.unit_score(stats, u.id, "cross_frame_mass") for u in stats.units}
+    dropped = set(plan.stages[0].drop_attention)
+    assert max(scores[u] for u in dropped) <= min(scores[u] for u in scores if u not in dropped)
+
+
+def test_cross_frame_mass_is_one_minus_the_diagonal(calibrations):
+    _, stats = calibrations["tiny-latte"]
+    unit = stats.units[0]
+    attn = stats.unit(unit.id, "attn").double().sum(0) / stats.unit(unit.id, "rows").double().sum()
+    expected = 1 - torch.diagonal(attn, dim1=-2, dim2=-1).mean(-1)
+    torch.testing.assert_close(criteria.head_scores(stats, unit.id, "cross_frame_mass"), expected.float())
+
+
+def test_ratio_extremes(calibrations):
+    _, stats = calibrations["tiny-unet3d"]
+    assert all(s.is_empty for s in make_plan(stats, 0.0, "head", stages=2).stages)
+    full_blocks = make_plan(stats, 1.0, "block").stages[0]
+    assert full_blocks.drop_blocks == [b.id for b in stats.blocks]
+    full_frames = make_plan(stats, 1.0, "frame").stages[0]
+    assert all(len(full_frames.keep_frames[u.id]) == 1 for u in stats.units)  # one key frame always kept
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ratio": 1.5}, "--ratio must be in"),
+    ({"ratio": -0.1}, "--ratio must be in"),
+    ({"ratio": 0.5, "granularity": "layer"}, "--granularity"),
+    ({"ratio": 0.5, "criterion": "magic"}, "--criterion"),
+    ({"ratio": 0.5, "stages": 0}, "--stages"),
+    ({"ratio": 0.5, "stages": 99}, "--stages"),
+])
+def test_make_plan_rejects_bad_arguments(calibrations, kwargs, message):
+    _, stats = calibrations["tiny-latte"]
+    with pytest.raises(F3Error, match=message):
+        make_plan(stats, **kwargs)
+
+
+def _plan_dict(calibrations):
+    _, stats = calibrations["tiny-unet3d"]
+    return make_plan(stats, 0.5, "head", stages=2).to_dict()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(extra=1), "unknown key"),
+    (lambda d: d["stages"][0].update(drop_everything=True), "unknown key"),
+    (lambda d: d.pop("scores"), "missing key"),
+    (lambda d: d.update(schema="f3compile.plan/0"), "schema"),
+    (lambda d: d.update(ratio=2), "ratio"),
+    (lambda d: d.update(granularity="layer"), "granularity"),
+    (lambda d: d["stages"][0].update(drop_attention=["no.such.unit"]), "not a temporal attention"),
+    (lambda d: d["stages"][0].update(drop_blocks=["no.such.block"]), "not a temporal block"),
+    (lambda d: d["stages"][0].update(prune_heads={"transformer_in.transformer_blocks.0.attn1": [8]}), "out of range"),
+    (lambda d: d["stages"][0].update(keep_frames={"transformer_in.transformer_blocks.0.attn1": [0, 9]}), "out of range"),
+    (lambda d: d["stages"][0].update(keep_frames={"transformer_in.transformer_blocks.0.attn1": []}), "non-empty"),
+    (lambda d: d["stages"][1].update(timesteps=[400, 0]), "right below"),
+    (lambda d: d["stages"][1].update(timesteps=[d["stages"][0]["timesteps"][1] - 1, 5]), "end at timestep 0"),
+])
+def test_plan_validation(calibrations, tmp_path, mutate, message):
+    data = copy.deepcopy(_plan_dict(calibrations))
+    mutate(data)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(F3Error, match=message):
+        PruningPlan.load(path)
+
+
+def test_invalid_json_and_missing_file(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(F3Error, match="not valid JSON"):
+        PruningPlan.load(tmp_path / "bad.json")
+    with pytest.raises(F3Error, match="does not exist"):
+        PruningPlan.load(tmp_path / "none.json")
+
+
+def test_plan_for_another_model_is_refused(calibrations, models):
+    _, stats = calibrations["tiny-unet3d"]
+    plan = make_plan(stats, 0.5, "head")
+    other = models["tiny-animatediff"]
+    with pytest.raises(F3Error, match="was made for model builtin:tiny-unet3d"):
+        plan.check_model(other, find_temporal_units(other))
+
+
+@pytest.mark.parametrize("name", ["tiny-unet3d", "tiny-latte"])
+def test_block_flops_removed_match_a_recount_without_the_block(models, calibrations, name, monkeypatch):
+    """Independent check of `inspect`'s numbers: count the model again with blocks bypassed."""
+    model = models[name]
+    _, stats = calibrations[name]
+    units = find_temporal_units(model)
+    plan = make_plan(stats, 0.5, "block")
+    cost = ModelCost.measure(model, units)
+    flops_removed, params_removed = cost.stage_removed(plan.stages[0])
+    modules = dict(model.denoiser.named_modules())
+    for block in plan.stages[0].drop_blocks:
+        # output = input, in the return type the caller expects (Latte blocks return a tensor)
+        identity = (lambda hidden_states, *a, **k: hidden_states) if model.family == "latte" \
+            else (lambda hidden_states, *a, **k: (hidden_states,))
+        monkeypatch.setattr(modules[block], "forward", identity)
+    recount, _ = count_flops(model.denoise_module(), model.example_inputs())
+    monkeypatch.undo()
+    assert flops_removed == cost.total_flops - recount
+    removed_params = sum(sum(p.numel() for p in modules[b].parameters()) for b in plan.stages[0].drop_blocks)
+    assert params_removed == removed_params
+
+
+def test_head_flops_scale_with_kept_heads(models, calibrations):
+    model = models["tiny-unet3d"]
+    _, stats = calibrations["tiny-unet3d"]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    unit = units[0]
+    plan = PruningPlan.from_dict(make_plan(stats, 0.0, "head").to_dict())
+    plan.stages[0].prune_heads = {unit.id: list(range(unit.heads // 2))}
+    flops, params = cost.stage_removed(plan.stages[0])
+    assert flops == round(cost.flops[unit.id] / 2)
+    attention = dict(model.denoiser.named_modules())[unit.id]
+    qkv = sum(p.numel() for m in (attention.to_q, attention.to_k, attention.to_v) for p in m.parameters())
+    assert params == (qkv + attention.to_out[0].weight.numel()) // 2
+
+
+def test_render_lists_every_unit_and_savings(models, calibrations):
+    _, stats = calibrations["tiny-unet3d"]
+    text = render(make_plan(stats, 0.5, "attention", stages=2), models["tiny-unet3d"])
+    for unit in stats.units:
+        assert text.count(unit.id) == 2  # one row per stage
+    assert text.count("removed per denoiser call") == 2 and "FLOP-predicted speedup" in text
+    assert "pruned (attention)" in text and "kept" in text
