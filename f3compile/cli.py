@@ -77,6 +77,36 @@ def cmd_inspect(args) -> None:
     print(render(plan, model))
 
 
+def cmd_compile(args) -> None:
+    """Rewrite the exported denoiser graph per plan stage into pruned, static torch.export programs.
+
+    example: f3compile compile builtin:tiny-unet3d --plan plan.json -o build
+    Writes BUILD_DIR/stageK/denoiser.pt2 per plan stage and BUILD_DIR/manifest.json.
+    Without --plan the dense model is compiled (one stage). --list-passes prints the pipeline.
+    """
+    from .compiler.pipeline import describe_pipeline
+
+    if args.list_passes:
+        print(describe_pipeline())
+        return
+    if not args.model or not args.output:
+        raise F3Error("compile needs MODEL and -o BUILD_DIR (or --list-passes)")
+    from .calibration.calibrate import resolve_shapes
+    from .compiler import compile_to_dir
+    from .models import load_model
+    from .planning import PruningPlan
+
+    started = time.perf_counter()
+    plan = PruningPlan.load(args.plan) if args.plan else None
+    model = load_model(args.model)
+    shapes = resolve_shapes(model, args.frames, args.height, args.width, args.batch)
+    manifest = compile_to_dir(model, plan, args.output, shapes, plan_path=args.plan)
+    for stage in manifest["stages"]:
+        print(f"stage{stage['index']}: timesteps {stage['timesteps'][0]}..{stage['timesteps'][1]}, "
+              f"{stage['parameters']:,} parameters -> {args.output}/{stage['files']['pt2']['path']}")
+    _done(started, f"compiled {len(manifest['stages'])} stage(s) -> {args.output}/manifest.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -111,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"score (default {DEFAULT_CRITERION})")
     p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
+
+    p = add("compile", cmd_compile)
+    p.add_argument("model", nargs="?", help="builtin:NAME, a diffusers directory or a cached hub id")
+    p.add_argument("--plan", type=Path, help="plan.json (default: no pruning, the dense baseline)")
+    p.add_argument("-o", "--output", type=Path, help="build directory")
+    p.add_argument("--batch", type=int, default=1, help="prompts per call; the program's batch is twice this (CFG)")
+    p.add_argument("--frames", type=int, help="frames (default: the model's)")
+    p.add_argument("--height", type=int, help="height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="width in pixels (default: the model's)")
+    p.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

@@ -98,6 +98,10 @@ class VideoModel:
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
 
+    def info_public(self) -> dict[str, Any]:
+        """`info` without private cache entries (safe to write to JSON)."""
+        return {k: v for k, v in self.info.items() if not k.startswith("_")}
+
     def denoise_module(self) -> DenoiseModule:
         """The normalized call wrapped as a module (what torch.export captures)."""
         return DenoiseModule(self.denoiser, self.denoise_call)

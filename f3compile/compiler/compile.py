@@ -1,0 +1,142 @@
+"""`compile`: capture the denoiser with torch.export, run the passes per plan stage, save.
+
+capture (non-strict torch.export at fixed shapes, CFG-doubled batch) → unlifted graph →
+pass pipeline → re-export (the pruned graph is traced again, which re-checks every shape and
+lifts only the weights still used) → `stageK/denoiser.pt2` + `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_dir, sha256_file, write_json_atomic
+from ..errors import F3Error
+from ..models.base import VideoModel, VideoShapes
+from ..models.discovery import find_temporal_units
+from ..passes import PassContext
+from ..planning.plan import PruningPlan, Stage
+from .pipeline import run_pipeline
+
+INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states")
+OUTPUT_NAMES = ("noise_pred",)
+MANIFEST_SCHEMA = "f3compile.manifest/1"
+
+
+@dataclass
+class CompiledStage:
+    """One plan stage as a pruned, static torch.export program."""
+
+    stage: Stage
+    program: torch.export.ExportedProgram
+    passes: dict[str, bool]
+
+    @property
+    def parameters(self) -> int:
+        """Number of parameters (buffers such as frame indices or positional tables excluded)."""
+        names = self.program.graph_signature.parameters
+        return sum(self.program.state_dict[name].numel() for name in names)
+
+
+def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Example inputs of the exported signature: batch = shapes.batch × 2 (CFG)."""
+    return model.example_inputs(shapes, cfg=True, seed=seed)
+
+
+def capture(model: VideoModel, shapes: VideoShapes) -> torch.export.ExportedProgram:
+    """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`."""
+    module = model.denoise_module().eval()
+    with torch.no_grad():
+        return torch.export.export(module, export_inputs(model, shapes), strict=False)
+
+
+def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs) -> CompiledStage:
+    """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it."""
+    gm = program.module()
+    ctx = PassContext(units={u.id: u for u in units}, stage=stage)
+    results = run_pipeline(gm, ctx)
+    with torch.no_grad():
+        pruned = torch.export.export(gm, inputs, strict=False)
+    return CompiledStage(stage=stage, program=pruned, passes=results)
+
+
+def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> None:
+    frames = plan.calibration.get("frames")
+    uses_frames = any(stage.keep_frames for stage in plan.stages)
+    if uses_frames and frames and shapes.frames != frames:
+        raise F3Error(f"the plan prunes key frames of a {frames}-frame video; compile with --frames {frames}")
+
+
+def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None) -> list[CompiledStage]:
+    """One pruned program per plan stage (the dense model when `plan` is None)."""
+    from ..calibration.calibrate import resolve_shapes
+
+    shapes = shapes or model.shapes
+    shapes = resolve_shapes(model, shapes.frames, shapes.height, shapes.width, shapes.batch)
+    if shapes.frames != model.shapes.frames or (shapes.height, shapes.width) != (model.shapes.height, model.shapes.width):
+        model.shapes = dataclasses.replace(shapes, batch=1)
+        model.info.pop("_temporal_units", None)
+    units = find_temporal_units(model)
+    plan = plan or PruningPlan.dense(model, units)
+    _check_shapes(model, plan, shapes)
+    plan.check_model(model, units)
+    program = capture(model, shapes)
+    inputs = export_inputs(model, shapes)
+    return [apply_stage(program, model, stage, units, inputs) for stage in plan.stages]
+
+
+def _io_spec(model: VideoModel, shapes: VideoShapes) -> dict:
+    inputs = export_inputs(model, shapes)
+    with torch.no_grad():
+        output = model.denoise(*inputs)
+    return {
+        "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in zip(INPUT_NAMES, inputs)],
+        "outputs": [{"name": OUTPUT_NAMES[0], "shape": list(output.shape), "dtype": str(output.dtype).replace("torch.", "")}],
+    }
+
+
+def compile_to_dir(model: VideoModel, plan: PruningPlan | None, output_dir: str | Path,
+                   shapes: VideoShapes | None = None, plan_path: str | Path | None = None) -> dict:
+    """Compile every stage and write `stageK/denoiser.pt2` and `manifest.json` atomically."""
+    from ..calibration.calibrate import library_versions
+
+    started = time.perf_counter()
+    compiled = compile(model, plan, shapes)
+    shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
+    io = _io_spec(model, shapes)
+    with atomic_dir(output_dir) as tmp:
+        stages = []
+        for number, stage in enumerate(compiled):
+            stage_dir = tmp / f"stage{number}"
+            stage_dir.mkdir()
+            path = stage_dir / "denoiser.pt2"
+            torch.export.save(stage.program, str(path))
+            stages.append({
+                "index": number,
+                "timesteps": list(stage.stage.timesteps),
+                "plan": stage.stage.to_dict(),
+                "files": {"pt2": {"path": f"stage{number}/denoiser.pt2", "sha256": sha256_file(path)}},
+                "parameters": stage.parameters,
+                "passes": stage.passes,
+                "precision": "fp32",
+                **io,
+            })
+        manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family, **model.info_public()},
+            "plan": {"path": str(plan_path) if plan_path else None,
+                     "fingerprint": sha256_file(plan_path) if plan_path else None,
+                     "granularity": plan.granularity if plan else None, "ratio": plan.ratio if plan else 0.0},
+            "shapes": {**shapes.to_dict(), "cfg_batch": shapes.batch * 2},
+            "sample_layout": model.sample_layout,
+            "scheduler": {"class": type(model.scheduler).__name__, "config": dict(model.scheduler.config)},
+            "versions": library_versions(),
+            "stages": stages,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,49 @@
+"""annotate_temporal_attention: tag each temporal unit's attention node in the graph.
+
+Before: `scaled_dot_product_attention` nodes known only by their module path.
+After:  the nodes of discovered temporal units carry `meta["f3_unit"] = <unit id>`.
+
+The frame axis is confirmed from shapes: the query is (N, heads, frames, head_dim) with the
+unit's head count and the plan's frame count. A unit planned for head or frame pruning that is
+missing from the graph, or
+whose attention does not run over the frame axis at these shapes, is an error. Spatial and
+cross-attention nodes, and units not in discovery, are never tagged.
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from ..errors import F3Error
+from .base import PassContext, PassResult, aten, innermost, shape_of
+
+
+def annotate_temporal_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    modified = False
+    found: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.target != aten.scaled_dot_product_attention.default:
+            continue
+        unit = ctx.units.get(innermost(node, ctx.prefix) or "")
+        if unit is None:
+            continue
+        query = shape_of(node.args[0])
+        if query is None or len(query) != 4 or query[1] != unit.heads or query[2] != unit.frames:
+            raise F3Error(
+                f"{unit.id} does not attend over {unit.frames} frames with {unit.heads} heads at these shapes "
+                f"(query {query}); compile with the plan's --frames"
+            )
+        found.add(unit.id)
+        if node.meta.get("f3_unit") != unit.id:
+            node.meta["f3_unit"] = unit.id
+            modified = True
+    stage = ctx.stage
+    # units whose attention must still be in the graph for head or frame pruning (dropped
+    # units may already be gone when the pipeline runs again)
+    removed = set(stage.drop_attention) | {u for u in ctx.units if ctx.units[u].block in stage.drop_blocks}
+    removed |= {u for u, heads in stage.prune_heads.items() if len(heads) == ctx.units[u].heads}
+    planned = (set(stage.prune_heads) | set(stage.keep_frames)) - removed
+    missing = sorted(planned - found)
+    if missing:
+        raise F3Error(f"planned unit(s) {', '.join(missing)} have no attention node in the exported graph")
+    return PassResult(modified)

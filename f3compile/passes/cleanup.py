@@ -1,0 +1,123 @@
+"""cleanup: the one helper run after any mutation (and as the pipeline's last pass).
+
+1. fold known zeros (`meta["f3_zero"]`), produced when a branch is removed:
+     0 + h → h,  h + 0 → h,  h − 0 → h,  0 × g → 0,  0 / s → 0,
+     view/reshape/permute/transpose/(un)squeeze/clone/dropout/to(0) → 0,
+     linear(0, W, b) → b broadcast (0 without bias)
+   so residual adds disappear instead of adding zeros at run time;
+2. dead code elimination (shape/dtype assertions on dead tensors included);
+3. unused parameters and buffers deleted from the module;
+4. lint and recompile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from .base import PassContext, PassResult, aten, new_zeros_like, shape_of
+
+_SHAPE_ONLY = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default, aten.transpose.int,
+    aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default, aten.clone.default, aten.dropout.default,
+    aten.contiguous.default, aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default, aten.alias.default,
+    aten.flatten.using_ints, aten.expand.default,
+}
+_ASSERTS = {aten._assert_tensor_metadata.default}
+
+
+def _is_zero(arg) -> bool:
+    return isinstance(arg, fx.Node) and bool(arg.meta.get("f3_zero"))
+
+
+def _replace(node: fx.Node, new: fx.Node) -> None:
+    node.replace_all_uses_with(new)
+
+
+def fold_zeros(gm: fx.GraphModule) -> bool:
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not any(_is_zero(a) for a in node.args):
+            continue
+        target, args = node.target, node.args
+        out_shape = shape_of(node)
+        if target in (aten.add.Tensor, aten.sub.Tensor) and len(args) == 2:
+            a, b = args
+            other = b if _is_zero(a) and target == aten.add.Tensor else a if _is_zero(b) else None
+            if isinstance(other, fx.Node) and shape_of(other) == out_shape:
+                _replace(node, other)
+                changed = True
+            elif _is_zero(a) and _is_zero(b) and out_shape is not None:
+                _replace(node, new_zeros_like(gm.graph, a, out_shape, before=node))
+                changed = True
+        elif target in (aten.mul.Tensor, aten.div.Tensor) and out_shape is not None:
+            zero = args[0] if _is_zero(args[0]) else (args[1] if target == aten.mul.Tensor and _is_zero(args[1]) else None)
+            if zero is not None:
+                _replace(node, new_zeros_like(gm.graph, zero, out_shape, before=node))
+                changed = True
+        elif target in _SHAPE_ONLY and _is_zero(args[0]) and out_shape is not None:
+            _replace(node, new_zeros_like(gm.graph, args[0], out_shape, before=node))
+            changed = True
+        elif target == aten.linear.default and _is_zero(args[0]) and out_shape is not None:
+            bias = args[2] if len(args) > 2 else None
+            if bias is None:
+                new = new_zeros_like(gm.graph, args[0], out_shape, before=node)
+            else:
+                with gm.graph.inserting_before(node):
+                    new = gm.graph.call_function(aten.expand.default, (bias, list(out_shape)))
+                new.meta["f3_shape"] = tuple(out_shape)
+            _replace(node, new)
+            changed = True
+    return changed
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> bool:
+    """Erase nodes whose results are unused.
+
+    fx's own DCE keeps ops tagged nondeterministic (dropout, which is the identity in an eval
+    graph) and metadata assertions; here every aten op of an export graph is functional, and an
+    assertion is dead when nothing but assertions reads the tensor it checks.
+    """
+    changed = False
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op not in ("call_function", "get_attr") or node.users:
+            continue
+        if node.target in _ASSERTS:
+            checked = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            if checked is not None and not all(user.target in _ASSERTS for user in checked.users):
+                continue
+        gm.graph.erase_node(node)
+        changed = True
+    return changed
+
+
+def _delete_unused_attributes(gm: fx.GraphModule) -> int:
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    removed = 0
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            module = gm.get_submodule(owner) if owner else gm
+            delattr(module, attr)
+            removed += 1
+    gm.delete_all_unused_submodules()
+    return removed
+
+
+def run_cleanup(gm: fx.GraphModule) -> bool:
+    """Fold zeros, eliminate dead code and unused weights, lint and recompile. True if changed."""
+    changed = False
+    while True:
+        step = fold_zeros(gm)
+        step |= eliminate_dead_code(gm)
+        if not step:
+            break
+        changed = True
+    changed |= _delete_unused_attributes(gm) > 0
+    gm.graph.lint()
+    gm.recompile()
+    return changed
+
+
+def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    return PassResult(run_cleanup(gm))
