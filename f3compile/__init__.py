@@ -25,6 +25,8 @@ _LAZY = {
     "read_prompts": ".calibration",
     "make_plan": ".planning",
     "PruningPlan": ".planning",
+    "compile": ".compiler",
+    "compile_to_dir": ".compiler",
 }
 
 __all__ = ["F3Error", *_LAZY]

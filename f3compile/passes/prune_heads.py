@@ -39,7 +39,7 @@ def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if not nodes:
             continue
         linears = {name: linear_of(nodes, f"{unit_id}.{name}", ctx.prefix) for name in ("to_q", "to_k", "to_v", "to_out.0")}
-        if len(pruned) == unit.heads and linears["to_out.0"] is not None and linears["to_q"] is None:
+        if len(pruned) == unit.heads and linears["to_q"] is None:
             continue  # every head already pruned: q/k/v are gone, only the output bias is left
         if any(node is None for node in linears.values()):
             raise F3Error(f"{unit_id}: could not find its q/k/v/out projections in the graph; head pruning needs them")
