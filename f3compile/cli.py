@@ -107,6 +107,41 @@ def cmd_compile(args) -> None:
     _done(started, f"compiled {len(manifest['stages'])} stage(s) -> {args.output}/manifest.json")
 
 
+def cmd_export(args) -> None:
+    """Export pruned stages as ONNX (and TensorRT engines), verified numerically, with a manifest.
+
+    example: f3compile export builtin:tiny-unet3d --plan plan.json --target onnx -o build
+    Omit --plan to export the dense baseline. --target trt needs the [trt] extra and a GPU.
+    """
+    from .calibration.calibrate import resolve_shapes
+    from .exporters import ExportConfig, export
+    from .exporters.export import parse_batch_profile
+    from .models import load_model
+    from .planning import PruningPlan
+
+    started = time.perf_counter()
+    config = ExportConfig(
+        target=args.target, precision=args.precision, opset=args.opset,
+        dynamic_batch=parse_batch_profile(args.dynamic_batch), verify=not args.no_verify,
+        triton_repo=args.triton_repo,
+    )
+    config.check()
+    if config.target == "trt":
+        from .exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    plan = PruningPlan.load(args.plan) if args.plan else None
+    model = load_model(args.model)
+    shapes = resolve_shapes(model, args.frames, args.height, args.width, args.batch)
+    manifest = export(model, plan, args.output, shapes, config, plan_path=args.plan, progress=True)
+    for stage in manifest["stages"]:
+        verify = stage.get("verify", {}).get("onnxruntime_vs_torch")
+        check = f"onnxruntime vs torch rel. L2 {verify['relative_l2_error']:.1e}" if verify else "not verified"
+        print(f"stage{stage['index']}: {', '.join(sorted(stage['files']))}; {check}; "
+              f"{stage['audit']['attention_nodes']} attention cores, {stage['audit']['initializer_bytes']:,} initializer bytes")
+    _done(started, f"exported {len(manifest['stages'])} stage(s) ({config.target}, {config.precision}) -> {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -151,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="height in pixels (default: the model's)")
     p.add_argument("--width", type=int, help="width in pixels (default: the model's)")
     p.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
+
+    p = add("export", cmd_export)
+    p.add_argument("model", help="builtin:NAME, a diffusers directory or a cached hub id")
+    p.add_argument("--plan", type=Path, help="plan.json (default: the dense baseline)")
+    p.add_argument("--target", choices=("onnx", "trt"), default="onnx", help="onnx, or trt (needs a GPU)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the exported graph")
+    p.add_argument("--batch", type=int, default=1, help="prompts per call; the graph's batch is twice this (CFG)")
+    p.add_argument("--frames", type=int, help="frames (default: the model's)")
+    p.add_argument("--height", type=int, help="height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="width in pixels (default: the model's)")
+    p.add_argument("--dynamic-batch", metavar="MIN:OPT:MAX", help="TensorRT optimization profile over the CFG batch")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
+    p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository")
+    p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
+    p.add_argument("-o", "--output", required=True, type=Path, help="build directory")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

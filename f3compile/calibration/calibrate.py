@@ -18,6 +18,7 @@ import torch
 from .._io import atomic_dir, sha256_file
 from ..config import option
 from ..errors import F3Error
+from ..manifest import library_versions
 from ..models.base import VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..sampling import denoise_loop, initial_latents
@@ -79,18 +80,6 @@ def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, wi
         if value % multiple:
             raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")
     return shapes
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("f3compile", "torch", "diffusers", "transformers", "safetensors"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
 
 
 def calibrate(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_dir, sha256_file, write_json_atomic
+from .._io import atomic_dir, sha256_file
 from ..errors import F3Error
 from ..models.base import VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units
@@ -22,9 +22,9 @@ from ..passes import PassContext
 from ..planning.plan import PruningPlan, Stage
 from .pipeline import run_pipeline
 
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states")
 OUTPUT_NAMES = ("noise_pred",)
-MANIFEST_SCHEMA = "f3compile.manifest/1"
 
 
 @dataclass
@@ -42,16 +42,37 @@ class CompiledStage:
         return sum(self.program.state_dict[name].numel() for name in names)
 
 
-def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Example inputs of the exported signature: batch = shapes.batch × 2 (CFG)."""
-    return model.example_inputs(shapes, cfg=True, seed=seed)
+def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Example inputs of the exported signature: batch = shapes.batch × 2 (CFG).
+
+    `sample` and `encoder_hidden_states` take `dtype`; `timestep` stays float32.
+    """
+    sample, timestep, ehs = model.example_inputs(shapes, cfg=True, seed=seed)
+    return sample.to(dtype), timestep, ehs.to(dtype)
 
 
-def capture(model: VideoModel, shapes: VideoShapes) -> torch.export.ExportedProgram:
-    """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`."""
+def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
+    """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`.
+
+    For fp16/bf16 the denoiser is cast for the capture only (dtype casts inside the model are
+    traced as constants, so the graph must be captured in its final precision)."""
     module = model.denoise_module().eval()
-    with torch.no_grad():
-        return torch.export.export(module, export_inputs(model, shapes), strict=False)
+    original = next(model.denoiser.parameters()).dtype
+    try:
+        model.denoiser.to(dtype)
+        with torch.no_grad():
+            program = torch.export.export(module, export_inputs(model, shapes, dtype=dtype), strict=False)
+        # the program must not share storage with the model we are about to cast back
+        return program if dtype == original else _detached(program)
+    finally:
+        model.denoiser.to(original)
+
+
+def _detached(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    for name, tensor in list(program.state_dict.items()):
+        copy = tensor.detach().clone()
+        program.state_dict[name] = torch.nn.Parameter(copy, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else copy
+    return program
 
 
 def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs) -> CompiledStage:
@@ -71,8 +92,9 @@ def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> 
         raise F3Error(f"the plan prunes key frames of a {frames}-frame video; compile with --frames {frames}")
 
 
-def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None) -> list[CompiledStage]:
-    """One pruned program per plan stage (the dense model when `plan` is None)."""
+def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None,
+            dtype: torch.dtype = torch.float32) -> list[CompiledStage]:
+    """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`."""
     from ..calibration.calibrate import resolve_shapes
 
     shapes = shapes or model.shapes
@@ -84,59 +106,82 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     plan = plan or PruningPlan.dense(model, units)
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
-    program = capture(model, shapes)
-    inputs = export_inputs(model, shapes)
+    program = capture(model, shapes, dtype)
+    inputs = export_inputs(model, shapes, dtype=dtype)
     return [apply_stage(program, model, stage, units, inputs) for stage in plan.stages]
 
 
-def _io_spec(model: VideoModel, shapes: VideoShapes) -> dict:
-    inputs = export_inputs(model, shapes)
+def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> dict:
+    inputs = export_inputs(model, shapes, dtype=dtype)
     with torch.no_grad():
-        output = model.denoise(*inputs)
+        output = model.denoise(*export_inputs(model, shapes)).to(dtype)
     return {
         "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in zip(INPUT_NAMES, inputs)],
         "outputs": [{"name": OUTPUT_NAMES[0], "shape": list(output.shape), "dtype": str(output.dtype).replace("torch.", "")}],
     }
 
 
+def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: Path, shapes: VideoShapes,
+                  precision: str = "fp32") -> list[dict]:
+    """Save each stage's program under `directory/stageK/` and describe it for the manifest."""
+    io = _io_spec(model, shapes, PRECISION_DTYPES[precision])
+    entries = []
+    for number, stage in enumerate(compiled):
+        stage_dir = directory / f"stage{number}"
+        stage_dir.mkdir(exist_ok=True)
+        path = stage_dir / "denoiser.pt2"
+        torch.export.save(stage.program, str(path))
+        entries.append({
+            "index": number,
+            "timesteps": list(stage.stage.timesteps),
+            "plan": stage.stage.to_dict(),
+            "files": {"pt2": {"path": f"stage{number}/denoiser.pt2", "sha256": sha256_file(path)}},
+            "parameters": stage.parameters,
+            "passes": stage.passes,
+            "precision": precision,
+            **io,
+        })
+    return entries
+
+
+def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shapes: VideoShapes, stages: list[dict],
+                   started: float, **extra) -> dict:
+    from ..manifest import SCHEMA, library_versions, text_encoder_info
+
+    return {
+        "schema": SCHEMA,
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family, **model.info_public()},
+        "plan": {"path": str(plan_path) if plan_path else None,
+                 "fingerprint": sha256_file(plan_path) if plan_path else None,
+                 "granularity": plan.granularity if plan else None, "ratio": plan.ratio if plan else 0.0},
+        "shapes": {**shapes.to_dict(), "cfg_batch": shapes.batch * 2},
+        "sample_layout": model.sample_layout,
+        "scheduler": {"class": type(model.scheduler).__name__, "config": json_safe(dict(model.scheduler.config))},
+        "text_encoder": text_encoder_info(model),
+        "versions": library_versions(),
+        "stages": stages,
+        **extra,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def json_safe(value):
+    """Scheduler configs hold tuples and numpy scalars; make them plain JSON."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
 def compile_to_dir(model: VideoModel, plan: PruningPlan | None, output_dir: str | Path,
                    shapes: VideoShapes | None = None, plan_path: str | Path | None = None) -> dict:
     """Compile every stage and write `stageK/denoiser.pt2` and `manifest.json` atomically."""
-    from ..calibration.calibrate import library_versions
+    from ..manifest import write_manifest
 
     started = time.perf_counter()
     compiled = compile(model, plan, shapes)
     shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
-    io = _io_spec(model, shapes)
     with atomic_dir(output_dir) as tmp:
-        stages = []
-        for number, stage in enumerate(compiled):
-            stage_dir = tmp / f"stage{number}"
-            stage_dir.mkdir()
-            path = stage_dir / "denoiser.pt2"
-            torch.export.save(stage.program, str(path))
-            stages.append({
-                "index": number,
-                "timesteps": list(stage.stage.timesteps),
-                "plan": stage.stage.to_dict(),
-                "files": {"pt2": {"path": f"stage{number}/denoiser.pt2", "sha256": sha256_file(path)}},
-                "parameters": stage.parameters,
-                "passes": stage.passes,
-                "precision": "fp32",
-                **io,
-            })
-        manifest = {
-            "schema": MANIFEST_SCHEMA,
-            "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family, **model.info_public()},
-            "plan": {"path": str(plan_path) if plan_path else None,
-                     "fingerprint": sha256_file(plan_path) if plan_path else None,
-                     "granularity": plan.granularity if plan else None, "ratio": plan.ratio if plan else 0.0},
-            "shapes": {**shapes.to_dict(), "cfg_batch": shapes.batch * 2},
-            "sample_layout": model.sample_layout,
-            "scheduler": {"class": type(model.scheduler).__name__, "config": dict(model.scheduler.config)},
-            "versions": library_versions(),
-            "stages": stages,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        write_json_atomic(tmp / "manifest.json", manifest)
+        stages = stage_entries(model, compiled, tmp, shapes)
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started)
+        write_manifest(tmp, manifest)
     return manifest

@@ -1,0 +1,161 @@
+"""`export`: pruned programs → ONNX (+ TensorRT engines), verified, with a manifest.
+
+Per stage: save the pruned torch.export program, export ONNX, verify onnxruntime against the
+torch program on fresh random inputs (Polygraphy comparator), audit that pruned modules are gone
+from the ONNX, and for `--target trt` build an engine, verify it against onnxruntime and read
+back its precisions. A failed verification fails the export and leaves no artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_dir, sha256_file
+from ..config import option
+from ..errors import F3Error
+from ..models.base import VideoModel, VideoShapes
+
+TARGETS = ("onnx", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class ExportConfig:
+    """What `export` builds and how it checks it."""
+
+    target: str = option("onnx", "onnx, or trt (ONNX + TensorRT engines; needs a GPU)")
+    precision: str = option("fp32", "fp32, fp16 or bf16: the dtype of the exported graph")
+    opset: int = option(20, "ONNX opset (onnxruntime and TensorRT 10/11 parse 17..23)")
+    dynamic_batch: tuple[int, int, int] | None = option(None, "TensorRT profile over the CFG batch: (min, opt, max)")
+    verify: bool = option(True, "compare onnxruntime with torch, and TensorRT with onnxruntime")
+    samples: int = option(2, "random input sets per verification")
+    triton_repo: Path | None = option(None, "also write a Triton model repository here")
+    timing_cache: Path | None = option(None, "TensorRT timing cache (default: ~/.cache/f3compile/trt-timing.cache)")
+
+    def check(self) -> None:
+        if self.target not in TARGETS:
+            raise F3Error(f"--target {self.target!r} is unknown; use one of {', '.join(TARGETS)}")
+        if self.precision not in PRECISIONS:
+            raise F3Error(f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        if not 17 <= self.opset <= 23:
+            raise F3Error(f"--opset {self.opset} is outside 17..23, the range onnxruntime and TensorRT parse")
+        if self.dynamic_batch is not None:
+            low, opt, high = self.dynamic_batch
+            if not 1 <= low <= opt <= high:
+                raise F3Error(f"--dynamic-batch {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX")
+        if self.samples < 1:
+            raise F3Error("--samples must be at least 1")
+
+
+def parse_batch_profile(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        low, opt, high = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise F3Error(f"--dynamic-batch {text!r} must be MIN:OPT:MAX, e.g. 2:2:8") from None
+    return low, opt, high
+
+
+def removed_modules(stage_plan: dict, units: dict) -> list[str]:
+    """Module paths a stage removes entirely (dropped blocks/attentions, q/k/v of all-pruned units)."""
+    removed = list(stage_plan["drop_blocks"]) + list(stage_plan["drop_attention"])
+    for unit_id, heads in stage_plan["prune_heads"].items():
+        if len(heads) == units[unit_id].heads:
+            removed += [f"{unit_id}.to_q", f"{unit_id}.to_k", f"{unit_id}.to_v"]
+    return removed
+
+
+def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes | None = None,
+           config: ExportConfig | None = None, plan_path: str | Path | None = None, progress: bool = False) -> dict:
+    """Build the artifacts of `config.target` for every plan stage into `output_dir`; returns the manifest."""
+    from ..compiler.compile import PRECISION_DTYPES, build_manifest, compile, stage_entries
+    from ..manifest import write_manifest
+    from ..models.discovery import find_temporal_units
+    from . import onnx as onnx_export
+    from .verify import compare, random_feeds, torch_runner
+
+    config = config or ExportConfig()
+    config.check()
+    trt_info = None
+    if config.target == "trt":  # fail at once, before any work
+        from .tensorrt import require_tensorrt
+
+        _, trt_version, compute = require_tensorrt()
+        trt_info = (trt_version, compute)
+    started = time.perf_counter()
+    dtype = PRECISION_DTYPES[config.precision]
+    compiled = compile(model, plan, shapes, dtype=dtype)
+    shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
+    units = {u.id: u for u in find_temporal_units(model)}
+    from ..compiler.compile import export_inputs
+
+    inputs = export_inputs(model, shapes, dtype=dtype)
+    with atomic_dir(output_dir) as tmp:
+        stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
+        for entry, stage in zip(stages, compiled):
+            stage_dir = tmp / f"stage{entry['index']}"
+            onnx_path = stage_dir / "denoiser.onnx"
+            if progress:
+                print(f"stage{entry['index']}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
+            onnx_export.export_onnx(stage.program, inputs, onnx_path, opset=config.opset)
+            entry["files"]["onnx"] = {"path": f"stage{entry['index']}/denoiser.onnx", "sha256": sha256_file(onnx_path)}
+            data_file = onnx_path.with_name(onnx_path.name + ".data")
+            if data_file.exists():
+                entry["files"]["onnx_data"] = {"path": f"stage{entry['index']}/{data_file.name}", "sha256": sha256_file(data_file)}
+            audit = onnx_export.audit_onnx(onnx_path, removed_modules(entry["plan"], units))
+            audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in stage.program.state_dict.values()))
+            entry["audit"] = audit
+            if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
+                raise F3Error(f"stage{entry['index']}: the ONNX still holds nodes or weights of pruned modules; "
+                              "this is a bug, please report it with the plan")
+            verify: dict = {}
+            if config.verify:
+                feeds = random_feeds(entry["inputs"], config.samples)
+                try:
+                    verify["onnxruntime_vs_torch"] = compare(
+                        torch_runner(stage.program.module(), entry["inputs"], ["noise_pred"]),
+                        onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
+                except Exception as exc:
+                    if "onnxruntime" not in type(exc).__module__:
+                        raise
+                    reason = str(exc).splitlines()[0][:200]
+                    raise F3Error(f"onnxruntime cannot run the {config.precision} ONNX of stage{entry['index']} ({reason}); "
+                                  "use --precision fp16/fp32, or --no-verify and verify on TensorRT") from None
+                if not verify["onnxruntime_vs_torch"]["passed"]:
+                    raise F3Error(f"stage{entry['index']}: onnxruntime differs from the torch program "
+                                  f"(relative L2 {verify['onnxruntime_vs_torch']['relative_l2_error']:.2e}); "
+                                  "try another --opset or --precision fp32")
+            if config.target == "trt":
+                from .tensorrt import build_engine, engine_name, tensorrt_runner
+
+                version, compute = trt_info
+                engine_path = stage_dir / engine_name(version, compute)
+                cache = config.timing_cache or Path.home() / ".cache" / "f3compile" / "trt-timing.cache"
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                entry["tensorrt"] = build_engine(onnx_path, engine_path, entry["inputs"], config.precision,
+                                                 config.dynamic_batch, cache)
+                entry["files"]["trt"] = {"path": f"stage{entry['index']}/{engine_path.name}", "sha256": sha256_file(engine_path)}
+                if config.verify:
+                    feeds = random_feeds(entry["inputs"], config.samples)
+                    verify["tensorrt_vs_onnxruntime"] = compare(
+                        onnx_export.onnxruntime_runner(onnx_path), tensorrt_runner(engine_path), feeds, config.precision)
+                    if not verify["tensorrt_vs_onnxruntime"]["passed"]:
+                        raise F3Error(f"stage{entry['index']}: TensorRT differs from onnxruntime "
+                                      f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
+            entry["verify"] = verify
+            (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": audit}, indent=2) + "\n")
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target])
+        write_manifest(tmp, manifest)
+        if config.triton_repo is not None:
+            from .triton import write_triton_repo
+
+            with atomic_dir(config.triton_repo) as repo:
+                write_triton_repo(repo, model.spec, stages, tmp)
+    return manifest

@@ -1,0 +1,53 @@
+"""A Triton Inference Server model repository: one model per stage.
+
+<repo>/<name>_stage<K>/config.pbtxt + <name>_stage<K>/1/model.{plan,onnx}. `max_batch_size: 0`
+means the dims below are full shapes. The denoising loop (scheduler, CFG, stage switching by
+timestep) runs in the client or a BLS model around these stage models.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64"}
+
+
+def model_name(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", spec.split(":")[-1].rstrip("/").split("/")[-1]).strip("_") or "model"
+
+
+def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dict]) -> str:
+    def tensor(spec: dict) -> str:
+        dims = ", ".join(str(d) for d in spec["shape"])
+        return f'  {{\n    name: "{spec["name"]}"\n    data_type: {_DTYPES[spec["dtype"]]}\n    dims: [ {dims} ]\n  }}'
+
+    return (
+        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: 0\n'
+        f"input [\n" + ",\n".join(tensor(s) for s in inputs) + "\n]\n"
+        f"output [\n" + ",\n".join(tensor(s) for s in outputs) + "\n]\n"
+        "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
+    )
+
+
+def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path) -> list[str]:
+    """Write one Triton model per stage; TensorRT plans where built, else ONNX. Returns model names."""
+    names = []
+    base = model_name(spec)
+    for stage in stages:
+        name = f"{base}_stage{stage['index']}"
+        files = stage["files"]
+        if "trt" in files:
+            platform, source, target = "tensorrt_plan", files["trt"]["path"], "model.plan"
+        else:
+            platform, source, target = "onnxruntime_onnx", files["onnx"]["path"], "model.onnx"
+        version_dir = repo / name / "1"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(build_dir / source, version_dir / target)
+        data = build_dir / (source + ".data")
+        if target == "model.onnx" and data.exists():
+            shutil.copyfile(data, version_dir / data.name)
+        (repo / name / "config.pbtxt").write_text(config_pbtxt(name, platform, stage["inputs"], stage["outputs"]))
+        names.append(name)
+    return names

@@ -1,0 +1,126 @@
+"""build/manifest.json (schema `f3compile.manifest/1`): everything a runtime needs, validated.
+
+A runtime on another machine reads the manifest to run the denoising loop: the scheduler class
+and config, the text encoder and prompt-encoding settings, and per stage the timestep range,
+artifact files with sha256, I/O names/shapes/dtypes, precision and verification summary. It
+refuses artifacts whose hashes do not match (`load_manifest`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ._io import sha256_file, write_json_atomic
+from .errors import F3Error
+
+SCHEMA = "f3compile.manifest/1"
+TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_layout": str, "scheduler": dict,
+            "text_encoder": dict, "versions": dict, "stages": list}
+STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
+              "inputs": list, "outputs": list}
+OPTIONAL_TOP = {"seconds", "targets"}
+OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt"}
+PRECISIONS = ("fp32", "fp16", "bf16")
+IO_NAMES = ["sample", "timestep", "encoder_hidden_states"]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("f3compile", "torch", "diffusers", "transformers", "safetensors", "onnx", "onnxruntime",
+                    "onnxruntime-gpu", "tensorrt", "polygraphy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def text_encoder_info(model) -> dict[str, Any]:
+    """Identity of the text encoder and how prompts are encoded (so a runtime encodes the same)."""
+    return {
+        "class": model.info.get("text_encoder_class"),
+        "tokenizer_class": type(model.tokenizer).__name__ if model.tokenizer is not None else None,
+        "max_length": model.text_length,
+        "hidden_size": model.text_dim,
+        "padding": "max_length",
+        "negative_prompt": "",
+        "family": model.family,
+        "hashed_embeddings": model.pipeline is None,
+    }
+
+
+def _check(obj: Any, keys: dict[str, type], optional: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise F3Error(f"{where} must be an object")
+    unknown = sorted(set(obj) - set(keys) - optional)
+    missing = sorted(set(keys) - set(obj))
+    if unknown or missing:
+        raise F3Error(f"{where}: " + "; ".join(filter(None, [
+            f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+            f"missing key(s) {', '.join(missing)}" if missing else ""])))
+    for key, kind in keys.items():
+        if not isinstance(obj[key], kind) or (kind is int and isinstance(obj[key], bool)):
+            raise F3Error(f"{where}: {key} must be {kind.__name__}")
+
+
+def validate_manifest(data: Any, where: str = "manifest") -> None:
+    """Raise `F3Error` unless `data` is a well-formed f3compile.manifest/1 document."""
+    _check(data, TOP_KEYS, OPTIONAL_TOP, where)
+    if data["schema"] != SCHEMA:
+        raise F3Error(f"{where}: schema is {data['schema']!r}, expected {SCHEMA!r}")
+    if not isinstance(data["model"].get("fingerprint"), str):
+        raise F3Error(f"{where}: model.fingerprint must be a string")
+    if "class" not in data["scheduler"] or "config" not in data["scheduler"]:
+        raise F3Error(f"{where}: scheduler needs class and config")
+    if not data["stages"]:
+        raise F3Error(f"{where}: stages must not be empty")
+    previous_low = None
+    for number, stage in enumerate(data["stages"]):
+        at = f"{where}: stages[{number}]"
+        _check(stage, STAGE_KEYS, OPTIONAL_STAGE, at)
+        high, low = stage["timesteps"]
+        if previous_low is not None and high != previous_low - 1:
+            raise F3Error(f"{at}: timesteps {stage['timesteps']} leave a gap after {previous_low}")
+        previous_low = low
+        if stage["precision"] not in PRECISIONS:
+            raise F3Error(f"{at}: precision must be one of {', '.join(PRECISIONS)}")
+        if [i.get("name") for i in stage["inputs"]] != IO_NAMES or [o.get("name") for o in stage["outputs"]][:1] != ["noise_pred"]:
+            raise F3Error(f"{at}: inputs must be {IO_NAMES} and the first output noise_pred")
+        for kind, entry in stage["files"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not str(entry.get("sha256", "")).startswith("sha256:"):
+                raise F3Error(f"{at}: files.{kind} needs a path and a sha256")
+            if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts:
+                raise F3Error(f"{at}: files.{kind}.path must stay inside the build directory")
+    if previous_low != 0:
+        raise F3Error(f"{where}: the last stage must end at timestep 0")
+
+
+def write_manifest(directory: Path, data: dict) -> None:
+    validate_manifest(data, "manifest being written")
+    write_json_atomic(directory / "manifest.json", data)
+
+
+def load_manifest(directory: str | Path, check_hashes: bool = True) -> dict:
+    """Read and validate `directory/manifest.json`; with `check_hashes`, refuse changed artifacts."""
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise F3Error(f"{directory} has no manifest.json; run `f3compile compile` or `f3compile export` first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise F3Error(f"{path} is not valid JSON ({exc.msg}); rebuild the artifacts") from None
+    validate_manifest(data, str(path))
+    if check_hashes:
+        for stage in data["stages"]:
+            for kind, entry in stage["files"].items():
+                file = directory / entry["path"]
+                if not file.is_file():
+                    raise F3Error(f"{file} is missing; rebuild the artifacts")
+                if sha256_file(file) != entry["sha256"]:
+                    raise F3Error(f"{file} does not match the sha256 in the manifest; rebuild the artifacts")
+    return data
