@@ -22,6 +22,7 @@ demo: venv
 	$(VENV)/bin/f3compile plan $(DEMO_DIR)/calib --ratio 0.5 --granularity head --stages 2 -o $(DEMO_DIR)/plan.json
 	$(VENV)/bin/f3compile inspect $(DEMO_DIR)/plan.json --model $(DEMO_MODEL)
 	$(VENV)/bin/f3compile compile $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json -o $(DEMO_DIR)/build
+	$(VENV)/bin/f3compile export $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --target onnx -o $(DEMO_DIR)/export
 
 test: venv
 	$(PY) -m pytest -q tests

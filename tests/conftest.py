@@ -41,3 +41,20 @@ def prompts_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     path.write_text("# calibration prompts\na red circle moving left\n\na blue square moving up\n")
     return path
+
+
+def _gpu_stack_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_stack_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA and TensorRT")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

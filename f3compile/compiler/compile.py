@@ -16,7 +16,7 @@ import torch
 
 from .._io import atomic_dir, sha256_file
 from ..errors import F3Error
-from ..models.base import VideoModel, VideoShapes
+from ..models.base import DenoiseModule, VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units
 from ..passes import PassContext
 from ..planning.plan import PruningPlan, Stage
@@ -54,25 +54,17 @@ def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: 
 def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
     """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`.
 
-    For fp16/bf16 the denoiser is cast for the capture only (dtype casts inside the model are
-    traced as constants, so the graph must be captured in its final precision)."""
-    module = model.denoise_module().eval()
+    For fp16/bf16 a cast copy of the denoiser is captured (dtype casts inside the model are
+    traced as constants, so the graph must be captured in its final precision); the model
+    itself is never modified.
+    """
+    import copy
+
     original = next(model.denoiser.parameters()).dtype
-    try:
-        model.denoiser.to(dtype)
-        with torch.no_grad():
-            program = torch.export.export(module, export_inputs(model, shapes, dtype=dtype), strict=False)
-        # the program must not share storage with the model we are about to cast back
-        return program if dtype == original else _detached(program)
-    finally:
-        model.denoiser.to(original)
-
-
-def _detached(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    for name, tensor in list(program.state_dict.items()):
-        copy = tensor.detach().clone()
-        program.state_dict[name] = torch.nn.Parameter(copy, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else copy
-    return program
+    denoiser = model.denoiser if dtype == original else copy.deepcopy(model.denoiser).to(dtype)
+    module = DenoiseModule(denoiser, model.denoise_call).eval()
+    with torch.no_grad():
+        return torch.export.export(module, export_inputs(model, shapes, dtype=dtype), strict=False)
 
 
 def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs) -> CompiledStage:

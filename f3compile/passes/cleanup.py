@@ -3,7 +3,7 @@
 1. fold known zeros (`meta["f3_zero"]`), produced when a branch is removed:
      0 + h → h,  h + 0 → h,  h − 0 → h,  0 × g → 0,  0 / s → 0,
      view/reshape/permute/transpose/(un)squeeze/clone/dropout/to(0) → 0,
-     linear(0, W, b) → b broadcast (0 without bias)
+     linear(0, W, b) → b broadcast as 0 × x + b (0 without bias)
    so residual adds disappear instead of adding zeros at run time;
 2. dead code elimination (shape/dtype assertions on dead tensors included);
 3. unused parameters and buffers deleted from the module;
@@ -32,6 +32,24 @@ def _is_zero(arg) -> bool:
 
 def _replace(node: fx.Node, new: fx.Node) -> None:
     node.replace_all_uses_with(new)
+
+
+def _broadcast_bias(graph: fx.Graph, zero: fx.Node, bias: fx.Node, shape: tuple[int, ...], before: fx.Node) -> fx.Node:
+    """`bias` broadcast to `shape`, written as `0 × x + bias` with the tensor the zero stood in for.
+
+    A plain `expand(bias)` is constant-folded by ONNX exporters into a full-size initializer
+    (batch × tokens × channels of weights); tying it to a run-time tensor keeps it an
+    elementwise op of one bias vector.
+    """
+    source = zero.args[0] if zero.args and isinstance(zero.args[0], fx.Node) else None
+    with graph.inserting_before(before):
+        if source is not None and shape_of(source) == tuple(shape):
+            scaled = graph.call_function(aten.mul.Tensor, (source, 0.0))
+            new = graph.call_function(aten.add.Tensor, (scaled, bias))
+        else:
+            new = graph.call_function(aten.expand.default, (bias, list(shape)))
+    new.meta["f3_shape"] = tuple(shape)
+    return new
 
 
 def fold_zeros(gm: fx.GraphModule) -> bool:
@@ -63,9 +81,7 @@ def fold_zeros(gm: fx.GraphModule) -> bool:
             if bias is None:
                 new = new_zeros_like(gm.graph, args[0], out_shape, before=node)
             else:
-                with gm.graph.inserting_before(node):
-                    new = gm.graph.call_function(aten.expand.default, (bias, list(out_shape)))
-                new.meta["f3_shape"] = tuple(out_shape)
+                new = _broadcast_bias(gm.graph, args[0], bias, out_shape, before=node)
             _replace(node, new)
             changed = True
     return changed

@@ -51,8 +51,9 @@ def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         out = linears["to_out.0"]
         if not kept:
             # every head pruned: the output projection sees zeros and yields its bias
-            source = out.args[0]
-            zero = new_zeros_like(gm.graph, source, shape_of(source), before=out)
+            # the zero refers to the unit's input (not to q/k/v, which must become dead)
+            source, unit_input = out.args[0], linears["to_q"].args[0]
+            zero = new_zeros_like(gm.graph, unit_input, shape_of(source), before=out)
             out.replace_input_with(source, zero)
             linears["to_q"].meta["f3_kept_heads"] = []
             modified = True

@@ -7,7 +7,8 @@ removes is then derived from those per-module counts with the exact semantics of
   drop block      all FLOPs and parameters inside the block
   drop attention  the attention's FLOPs; its parameters and those of the norm feeding it
   prune heads     q/k/v/out projections and the attention core scale with kept heads / heads
-                  (all heads pruned: only the output bias is left, the norm feeding q/k/v goes too)
+                  (all heads pruned: the output is the bias, written 0 × norm(h) + b so that
+                  exporters do not fold it into a full-size constant; the norm stays)
   keep frames     k/v projections and the attention core scale with kept frames / frames
 """
 
@@ -127,6 +128,4 @@ class ModelCost:
             if pruned_heads:
                 fraction = pruned_heads / unit.heads
                 params += round((counts["q"] + counts["k"] + counts["v"] + counts["out_weight"]) * fraction)
-                if pruned_heads == unit.heads:  # only the output bias is left: the norm feeding q/k/v is dead too
-                    params += counts["norm"]
         return int(flops), int(params)

@@ -1,0 +1,150 @@
+"""ONNX export, verification, audit, manifest and Triton layout (CPU); TensorRT behind `gpu`."""
+
+import json
+
+import pytest
+
+from f3compile import F3Error
+from f3compile.exporters import ExportConfig, export
+from f3compile.manifest import load_manifest, validate_manifest
+from f3compile.models import find_temporal_units
+from f3compile.models.builtin import BUILTINS
+from f3compile.planning import make_plan
+from f3compile.planning.cost import ModelCost
+
+from ..test_cli import assert_one_line_error, run
+
+REL_ORT = 1e-5          # onnxruntime vs torch program, fp32
+CONSTANT_SLACK = 8192   # bytes of exporter constants (shapes, frame indices) beside the weights
+
+
+@pytest.fixture(scope="module")
+def dense_exports(models, tmp_path_factory):
+    out = {}
+    for name in BUILTINS:
+        directory = tmp_path_factory.mktemp(f"dense-{name}") / "build"
+        out[name] = export(models[name], None, directory, config=ExportConfig(samples=1))
+    return out
+
+
+def _removed_attention_units(stage, units):
+    by_id = {u.id: u for u in units}
+    removed = {u.id for u in units if u.block in stage.drop_blocks} | set(stage.drop_attention)
+    removed |= {u for u, heads in stage.prune_heads.items() if len(heads) == by_id[u].heads}
+    return removed
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("granularity, stages", [("block", 2), ("attention", 1), ("head", 1), ("frame", 1)])
+def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, dense_exports, tmp_path, name, granularity, stages):
+    model, (_, stats) = models[name], calibrations[name]
+    ratio = 0.5 if granularity != "attention" else 1.0
+    plan = make_plan(stats, ratio, granularity, stages=stages)
+    manifest = export(model, plan, tmp_path / "build", config=ExportConfig(samples=1))
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    dense = dense_exports[name]["stages"][0]["audit"]
+    assert len(manifest["stages"]) == stages
+    for entry, stage in zip(manifest["stages"], plan.stages):
+        check = entry["verify"]["onnxruntime_vs_torch"]
+        assert check["passed"] and check["relative_l2_error"] <= REL_ORT
+        audit = entry["audit"]
+        assert audit["nodes_from_removed_modules"] == 0 and audit["weights_from_removed_modules"] == 0
+        assert dense["attention_nodes"] - audit["attention_nodes"] == len(_removed_attention_units(stage, units))
+        _, params_removed = cost.stage_removed(stage)
+        saved = dense["initializer_bytes"] - audit["initializer_bytes"]
+        assert abs(saved - 4 * params_removed) <= CONSTANT_SLACK
+        if granularity != "frame":
+            assert saved > 0
+        verify_file = json.loads((tmp_path / "build" / f"stage{entry['index']}" / "verify.json").read_text())
+        assert verify_file["audit"] == audit
+    assert load_manifest(tmp_path / "build")["stages"][0]["files"]["onnx"]["path"] == "stage0/denoiser.onnx"
+
+
+def test_manifest_refuses_changed_artifacts_and_bad_documents(dense_exports, tmp_path, models):
+    build = tmp_path / "build"
+    manifest = export(models["tiny-latte"], None, build, config=ExportConfig(verify=False))
+    assert "verify" in manifest["stages"][0] and manifest["stages"][0]["verify"] == {}
+    validate_manifest(manifest)
+    data = json.loads((build / "manifest.json").read_text())
+    (build / "manifest.json").write_text(json.dumps(dict(data, extra=1)))
+    with pytest.raises(F3Error, match="unknown key"):
+        load_manifest(build)
+    bad_io = json.loads(json.dumps(data))
+    bad_io["stages"][0]["inputs"][0]["name"] = "x"
+    with pytest.raises(F3Error, match="inputs must be"):
+        validate_manifest(bad_io)
+    escaping = json.loads(json.dumps(data))
+    escaping["stages"][0]["files"]["onnx"]["path"] = "../elsewhere.onnx"
+    with pytest.raises(F3Error, match="inside the build directory"):
+        validate_manifest(escaping)
+    (build / "manifest.json").write_text(json.dumps(data))
+    with open(build / "stage0" / "denoiser.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(F3Error, match="does not match the sha256"):
+        load_manifest(build)
+
+
+def test_triton_repository_layout(models, tmp_path):
+    export(models["tiny-latte"], None, tmp_path / "build", config=ExportConfig(verify=False, triton_repo=tmp_path / "repo"))
+    config = (tmp_path / "repo" / "tiny_latte_stage0" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 0" in config
+    assert 'name: "sample"' in config and "dims: [ 2, 4, 8, 8, 8 ]" in config and "TYPE_FP32" in config
+    assert 'name: "noise_pred"' in config
+    onnx_copy = tmp_path / "repo" / "tiny_latte_stage0" / "1" / "model.onnx"
+    assert onnx_copy.read_bytes() == (tmp_path / "build" / "stage0" / "denoiser.onnx").read_bytes()
+
+
+def test_fp16_export_is_typed_in_the_graph(models, tmp_path):
+    import onnx
+
+    from f3compile.models.loading import fingerprint_modules
+
+    model = models["tiny-latte"]
+    before = fingerprint_modules(dict(model.denoiser.config), model.denoiser, model.text_encoder)
+    manifest = export(model, None, tmp_path / "b", config=ExportConfig(precision="fp16", samples=1))
+    # the model itself is never cast: its weights (and so its fingerprint) are unchanged
+    assert fingerprint_modules(dict(model.denoiser.config), model.denoiser, model.text_encoder) == before
+    assert next(model.denoiser.parameters()).dtype == __import__("torch").float32
+    stage = manifest["stages"][0]
+    assert stage["precision"] == "fp16" and stage["verify"]["onnxruntime_vs_torch"]["passed"]
+    graph = onnx.load(str(tmp_path / "b" / "stage0" / "denoiser.onnx")).graph
+    types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    assert types["sample"] == onnx.TensorProto.FLOAT16 and types["timestep"] == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None
+                    and __import__("torch").cuda.is_available(), reason="this machine has a GPU stack")
+def test_trt_target_without_gpu_fails_cleanly(capsys, tmp_path):
+    code, _, err = run(capsys, "export", "builtin:tiny-latte", "--target", "trt", "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "--target trt needs")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_cli_errors(capsys, tmp_path):
+    cases = [
+        (["export", "builtin:tiny-latte", "--precision", "bf16", "-o", tmp_path / "out"], "onnxruntime cannot run the bf16"),
+        (["export", "builtin:tiny-latte", "--opset", "12", "-o", tmp_path / "out"], "--opset 12"),
+        (["export", "builtin:tiny-latte", "--dynamic-batch", "4:2:8", "-o", tmp_path / "out"], "MIN <= OPT <= MAX"),
+        (["export", "builtin:tiny-latte", "--dynamic-batch", "two", "-o", tmp_path / "out"], "MIN:OPT:MAX"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, message)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engines_verified_against_onnxruntime(models, calibrations, tmp_path, precision):
+    _, stats = calibrations["tiny-unet3d"]
+    plan = make_plan(stats, 0.5, "block", stages=2)
+    manifest = export(models["tiny-unet3d"], plan, tmp_path / "build",
+                      config=ExportConfig(target="trt", precision=precision, timing_cache=tmp_path / "cache"))
+    for stage in manifest["stages"]:
+        assert "trt" in stage["files"] and ".sm" in stage["files"]["trt"]["path"]
+        assert stage["verify"]["tensorrt_vs_onnxruntime"]["passed"]
+        assert stage["tensorrt"]["requested"] == precision
+    assert (tmp_path / "cache").stat().st_size > 0
+    load_manifest(tmp_path / "build")
