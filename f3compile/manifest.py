@@ -20,7 +20,7 @@ TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_
             "text_encoder": dict, "versions": dict, "stages": list}
 STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
               "inputs": list, "outputs": list}
-OPTIONAL_TOP = {"seconds", "targets"}
+OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch"}
 OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt"}
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_NAMES = ["sample", "timestep", "encoder_hidden_states"]

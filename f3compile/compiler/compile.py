@@ -51,7 +51,28 @@ def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: 
     return sample.to(dtype), timestep, ehs.to(dtype)
 
 
-def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
+def batch_dims(batch_range: tuple[int, int] | None):
+    """torch.export dynamic shapes with one symbolic CFG batch over all three inputs (or None)."""
+    if batch_range is None:
+        return None
+    batch = torch.export.Dim("batch", min=batch_range[0], max=batch_range[1])
+    return ({0: batch}, {0: batch}, {0: batch})
+
+
+def _export(module, inputs, batch_range):
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, inputs, dynamic_shapes=batch_dims(batch_range), strict=False)
+    except Exception as exc:
+        if batch_range is None or "Constraints violated" not in str(exc):
+            raise
+        hint = next((line.strip() for line in str(exc).splitlines() if "Dim(" in line), "")
+        raise F3Error(f"the graph does not support a batch of {batch_range[0]}..{batch_range[1]} ({hint}); "
+                      "narrow --dynamic-batch") from None
+
+
+def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32,
+            batch_range: tuple[int, int] | None = None) -> torch.export.ExportedProgram:
     """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`.
 
     For fp16/bf16 a cast copy of the denoiser is captured (dtype casts inside the model are
@@ -63,17 +84,16 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
     original = next(model.denoiser.parameters()).dtype
     denoiser = model.denoiser if dtype == original else copy.deepcopy(model.denoiser).to(dtype)
     module = DenoiseModule(denoiser, model.denoise_call).eval()
-    with torch.no_grad():
-        return torch.export.export(module, export_inputs(model, shapes, dtype=dtype), strict=False)
+    return _export(module, export_inputs(model, shapes, dtype=dtype), batch_range)
 
 
-def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs) -> CompiledStage:
+def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs,
+                batch_range: tuple[int, int] | None = None) -> CompiledStage:
     """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it."""
     gm = program.module()
     ctx = PassContext(units={u.id: u for u in units}, stage=stage)
     results = run_pipeline(gm, ctx)
-    with torch.no_grad():
-        pruned = torch.export.export(gm, inputs, strict=False)
+    pruned = _export(gm, inputs, batch_range)
     return CompiledStage(stage=stage, program=pruned, passes=results)
 
 
@@ -85,8 +105,10 @@ def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> 
 
 
 def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None,
-            dtype: torch.dtype = torch.float32) -> list[CompiledStage]:
-    """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`."""
+            dtype: torch.dtype = torch.float32, batch_range: tuple[int, int] | None = None) -> list[CompiledStage]:
+    """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`.
+
+    With `batch_range` (min, max) the CFG batch dimension stays symbolic in the programs."""
     from ..calibration.calibrate import resolve_shapes
 
     shapes = shapes or model.shapes
@@ -98,9 +120,9 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     plan = plan or PruningPlan.dense(model, units)
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
-    program = capture(model, shapes, dtype)
+    program = capture(model, shapes, dtype, batch_range)
     inputs = export_inputs(model, shapes, dtype=dtype)
-    return [apply_stage(program, model, stage, units, inputs) for stage in plan.stages]
+    return [apply_stage(program, model, stage, units, inputs, batch_range) for stage in plan.stages]
 
 
 def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> dict:

@@ -91,7 +91,8 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
         trt_info = (trt_version, compute)
     started = time.perf_counter()
     dtype = PRECISION_DTYPES[config.precision]
-    compiled = compile(model, plan, shapes, dtype=dtype)
+    batch_range = (config.dynamic_batch[0], config.dynamic_batch[2]) if config.dynamic_batch else None
+    compiled = compile(model, plan, shapes, dtype=dtype, batch_range=batch_range)
     shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
     units = {u.id: u for u in find_temporal_units(model)}
     from ..compiler.compile import export_inputs
@@ -151,11 +152,12 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
                                       f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
             entry["verify"] = verify
             (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": audit}, indent=2) + "\n")
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target])
+        extra = {"dynamic_batch": list(config.dynamic_batch)} if config.dynamic_batch else {}
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target], **extra)
         write_manifest(tmp, manifest)
         if config.triton_repo is not None:
             from .triton import write_triton_repo
 
             with atomic_dir(config.triton_repo) as repo:
-                write_triton_repo(repo, model.spec, stages, tmp)
+                write_triton_repo(repo, model.spec, stages, tmp, dynamic_batch=config.dynamic_batch is not None)
     return manifest

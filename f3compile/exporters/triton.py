@@ -1,7 +1,7 @@
 """A Triton Inference Server model repository: one model per stage.
 
 <repo>/<name>_stage<K>/config.pbtxt + <name>_stage<K>/1/model.{plan,onnx}. `max_batch_size: 0`
-means the dims below are full shapes. The denoising loop (scheduler, CFG, stage switching by
+means the dims below are full shapes (-1 for a dynamic CFG batch). The denoising loop (scheduler, CFG, stage switching by
 timestep) runs in the client or a BLS model around these stage models.
 """
 
@@ -18,9 +18,10 @@ def model_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", spec.split(":")[-1].rstrip("/").split("/")[-1]).strip("_") or "model"
 
 
-def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dict]) -> str:
+def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dict], dynamic_batch: bool = False) -> str:
     def tensor(spec: dict) -> str:
-        dims = ", ".join(str(d) for d in spec["shape"])
+        shape = ([-1] + list(spec["shape"][1:])) if dynamic_batch else spec["shape"]
+        dims = ", ".join(str(d) for d in shape)
         return f'  {{\n    name: "{spec["name"]}"\n    data_type: {_DTYPES[spec["dtype"]]}\n    dims: [ {dims} ]\n  }}'
 
     return (
@@ -31,7 +32,7 @@ def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dic
     )
 
 
-def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path) -> list[str]:
+def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path, dynamic_batch: bool = False) -> list[str]:
     """Write one Triton model per stage; TensorRT plans where built, else ONNX. Returns model names."""
     names = []
     base = model_name(spec)
@@ -48,6 +49,6 @@ def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path
         data = build_dir / (source + ".data")
         if target == "model.onnx" and data.exists():
             shutil.copyfile(data, version_dir / data.name)
-        (repo / name / "config.pbtxt").write_text(config_pbtxt(name, platform, stage["inputs"], stage["outputs"]))
+        (repo / name / "config.pbtxt").write_text(config_pbtxt(name, platform, stage["inputs"], stage["outputs"], dynamic_batch))
         names.append(name)
     return names

@@ -148,3 +148,25 @@ def test_tensorrt_engines_verified_against_onnxruntime(models, calibrations, tmp
         assert stage["tensorrt"]["requested"] == precision
     assert (tmp_path / "cache").stat().st_size > 0
     load_manifest(tmp_path / "build")
+
+
+def test_dynamic_batch_onnx_runs_other_batches(models, tmp_path):
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    model = models["tiny-latte"]
+    manifest = export(model, None, tmp_path / "b", config=ExportConfig(dynamic_batch=(2, 2, 8), samples=1,
+                                                                      triton_repo=tmp_path / "repo"))
+    assert manifest["dynamic_batch"] == [2, 2, 8]
+    session = onnxruntime.InferenceSession(str(tmp_path / "b" / "stage0" / "denoiser.onnx"))
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(6, 4, 8, 8, 8, generator=generator)
+    timestep = torch.full((6,), 321.0)
+    context = torch.randn(6, model.text_length, model.text_dim, generator=generator)
+    ours = session.run(None, {"sample": sample.numpy(), "timestep": timestep.numpy(),
+                              "encoder_hidden_states": context.numpy()})[0]
+    with torch.no_grad():
+        reference = model.denoise(sample, timestep, context).numpy()
+    assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) <= REL_ORT
+    assert "dims: [ -1, 4, 8, 8, 8 ]" in (tmp_path / "repo" / "tiny_latte_stage0" / "config.pbtxt").read_text()
