@@ -1,10 +1,8 @@
 """TensorRT engines from the exported ONNX (needs the `[trt]` extra and an NVIDIA GPU).
 
-TensorRT 10 and 11 are both handled:
-- 11.x networks are always strongly typed: precision comes from the ONNX's own dtypes (the
-  exporter writes fp16/bf16 graphs for those precisions) and there are no precision flags;
-- 10.x uses a strongly typed network too when the ONNX is already fp16/bf16, and the FP16/BF16
-  builder flags otherwise.
+TensorRT 10 and 11 are both handled the same way: the network is strongly typed (always so on
+11.x, opted into on 10.x), so precision comes from the ONNX's own dtypes — the exporter writes
+fp16/bf16 graphs for those precisions — and no precision builder flag is used (11.x removed them).
 One optimization profile over the batch, a timing cache reused across stages and runs, and engine
 files named `denoiser.trt<version>.sm<major><minor>.plan` (plans are tied to both). After the
 build the engine's I/O and layer precisions are read back and compared with the request.
@@ -48,13 +46,11 @@ def build_engine(onnx_path: Path, engine_path: Path, io_specs: list[dict], preci
     trt, version, _ = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = int(version.split(".")[0])
-    strongly_typed = major >= 11 or precision != "fp32"
+    # Strongly typed on every version: required semantics on 11.x (where the flag is accepted and
+    # ignored), opt-in on 10.x; the ONNX already carries the requested precision in its dtypes.
     flags = 0
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -62,8 +58,6 @@ def build_engine(onnx_path: Path, engine_path: Path, io_specs: list[dict], preci
         raise F3Error(f"TensorRT {version} could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 1024**3))
-    if not strongly_typed and precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
-        config.set_flag(trt.BuilderFlag.FP16)
     cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
