@@ -142,6 +142,37 @@ def cmd_export(args) -> None:
     _done(started, f"exported {len(manifest['stages'])} stage(s) ({config.target}, {config.precision}) -> {args.output}")
 
 
+def cmd_generate(args) -> None:
+    """Generate a video from built artifacts, as a deployment would (manifest + stage artifacts).
+
+    example: f3compile generate build --prompt "a red circle moving left" -o video.gif
+    --backend torch runs the .pt2 programs (from compile or export), onnxruntime the .onnx files,
+    tensorrt the engines. The output is .gif, .mp4 or .png (frames side by side).
+    """
+    from .runtime import Runtime, save_video
+
+    started = time.perf_counter()
+    suffix = args.output.suffix.lower()
+    if suffix not in (".gif", ".mp4", ".png"):
+        raise F3Error(f"-o {args.output}: the output must end in .gif, .mp4 or .png")
+    runtime = Runtime(args.build, backend=args.backend)
+    latents = runtime.generate(args.prompt, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale)
+    frames = runtime.decode(latents)[0]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f".{args.output.stem}.tmp{suffix}")
+    try:
+        save_video(frames, tmp, fps=args.fps)
+        tmp.replace(args.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if args.latents:
+        from safetensors.torch import save_file
+
+        save_file({"latents": latents.contiguous()}, str(args.latents))
+    _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
+                   f"{args.steps} steps, backend {args.backend})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -201,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
     p.add_argument("-o", "--output", required=True, type=Path, help="build directory")
+
+    p = add("generate", cmd_generate)
+    p.add_argument("build", type=Path, help="build directory with manifest.json")
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default 7.5)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch", help="artifact runtime")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of .gif/.mp4 (default 8)")
+    p.add_argument("--latents", type=Path, help="also write the final latents (safetensors)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

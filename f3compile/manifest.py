@@ -20,7 +20,7 @@ TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_
             "text_encoder": dict, "versions": dict, "stages": list}
 STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
               "inputs": list, "outputs": list}
-OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch"}
+OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch", "components"}
 OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt"}
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_NAMES = ["sample", "timestep", "encoder_hidden_states"]
@@ -49,7 +49,9 @@ def text_encoder_info(model) -> dict[str, Any]:
         "padding": "max_length",
         "negative_prompt": "",
         "family": model.family,
-        "hashed_embeddings": model.pipeline is None,
+        # how prompts are tokenized and encoded: "clip" (CLIP-style, mask only if the encoder asks),
+        # "t5" (lower-cased, attention mask passed), "hashed" (bare denoiser: seeded pseudo-embeddings)
+        "style": "hashed" if model.pipeline is None else ("t5" if model.family == "latte" else "clip"),
     }
 
 
@@ -116,6 +118,9 @@ def load_manifest(directory: str | Path, check_hashes: bool = True) -> dict:
         raise F3Error(f"{path} is not valid JSON ({exc.msg}); rebuild the artifacts") from None
     validate_manifest(data, str(path))
     if check_hashes:
+        for name, entry in data.get("components", {}).items():
+            if not (directory / entry["path"]).is_dir():
+                raise F3Error(f"{directory / entry['path']} ({name}) is missing; rebuild the artifacts")
         for stage in data["stages"]:
             for kind, entry in stage["files"].items():
                 file = directory / entry["path"]

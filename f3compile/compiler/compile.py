@@ -20,6 +20,7 @@ from ..models.base import DenoiseModule, VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units
 from ..passes import PassContext
 from ..planning.plan import PruningPlan, Stage
+from ..runtime.components import save_components
 from .pipeline import run_pipeline
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -196,6 +197,7 @@ def compile_to_dir(model: VideoModel, plan: PruningPlan | None, output_dir: str 
     shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
     with atomic_dir(output_dir) as tmp:
         stages = stage_entries(model, compiled, tmp, shapes)
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started)
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started,
+                                  components=save_components(model, tmp / "pipeline"))
         write_manifest(tmp, manifest)
     return manifest

@@ -153,7 +153,10 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
             entry["verify"] = verify
             (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": audit}, indent=2) + "\n")
         extra = {"dynamic_batch": list(config.dynamic_batch)} if config.dynamic_batch else {}
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target], **extra)
+        from ..runtime.components import save_components
+
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target],
+                                  components=save_components(model, tmp / "pipeline"), **extra)
         write_manifest(tmp, manifest)
         if config.triton_repo is not None:
             from .triton import write_triton_repo

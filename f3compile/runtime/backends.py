@@ -1,0 +1,106 @@
+"""Run one stage artifact: torch (.pt2), onnxruntime (.onnx) or TensorRT (.plan).
+
+Each backend is a callable `(sample, timestep, encoder_hidden_states) -> noise_pred` on torch
+tensors. TensorRT engines share one device-memory buffer (the stages never run at once) and use
+name-based I/O.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import F3Error
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+_NAMES = ("sample", "timestep", "encoder_hidden_states")
+
+
+class TorchBackend:
+    kind = "pt2"
+
+    def __init__(self, path: Path, stage: dict):
+        self.module = torch.export.load(str(path)).module()
+
+    def __call__(self, sample, timestep, context):
+        with torch.no_grad():
+            return self.module(sample, timestep, context)
+
+
+class OnnxruntimeBackend:
+    kind = "onnx"
+
+    def __init__(self, path: Path, stage: dict):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise F3Error("--backend onnxruntime needs onnxruntime: pip install onnxruntime") from None
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.dtypes = {spec["name"]: spec["dtype"] for spec in stage["inputs"]}
+
+    def __call__(self, sample, timestep, context):
+        feed = {}
+        for name, tensor in zip(_NAMES, (sample, timestep, context)):
+            feed[name] = tensor.detach().cpu().to(getattr(torch, self.dtypes[name])).numpy()
+        return torch.from_numpy(np.asarray(self.session.run(["noise_pred"], feed)[0])).float()
+
+
+class TensorrtBackend:
+    kind = "trt"
+    _shared: dict = {}
+
+    def __init__(self, path: Path, stage: dict):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise F3Error("--backend tensorrt needs TensorRT: pip install 'f3compile[trt]'") from None
+        if not torch.cuda.is_available():
+            raise F3Error("--backend tensorrt needs an NVIDIA GPU with CUDA")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise F3Error(f"{path} is not an engine for this TensorRT/GPU; rebuild it with `f3compile export --target trt`")
+        size = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
+        shared = TensorrtBackend._shared
+        if shared.get("bytes", 0) < size:  # one scratch buffer for every stage engine
+            shared["buffer"] = torch.empty(size, dtype=torch.uint8, device="cuda")
+            shared["bytes"] = size
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        self.context = (self.engine.create_execution_context(strategy.USER_MANAGED) if strategy
+                        else self.engine.create_execution_context_without_device_memory())
+        self.dtypes = {spec["name"]: getattr(torch, spec["dtype"]) for spec in stage["inputs"] + stage["outputs"]}
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, sample, timestep, context):
+        buffer = TensorrtBackend._shared["buffer"]
+        if hasattr(self.context, "set_device_memory"):
+            self.context.set_device_memory(buffer.data_ptr(), buffer.numel())
+        else:
+            self.context.device_memory = buffer.data_ptr()
+        inputs = {}
+        for name, tensor in zip(_NAMES, (sample, timestep, context)):
+            inputs[name] = tensor.to("cuda", self.dtypes[name]).contiguous()
+            self.context.set_input_shape(name, tuple(inputs[name].shape))
+            self.context.set_tensor_address(name, inputs[name].data_ptr())
+        shape = tuple(self.context.get_tensor_shape("noise_pred"))
+        output = torch.empty(shape, dtype=self.dtypes["noise_pred"], device="cuda")
+        self.context.set_tensor_address("noise_pred", output.data_ptr())
+        with torch.cuda.stream(self.stream):
+            self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return output.float().cpu()
+
+
+def make_backend(name: str, build: Path, stage: dict):
+    classes = {"torch": TorchBackend, "onnxruntime": OnnxruntimeBackend, "tensorrt": TensorrtBackend}
+    if name not in classes:
+        raise F3Error(f"--backend {name!r} is unknown; use one of {', '.join(BACKENDS)}")
+    cls = classes[name]
+    entry = stage["files"].get(cls.kind)
+    if entry is None:
+        hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt"}.get(cls.kind, "f3compile compile")
+        raise F3Error(f"stage{stage['index']} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
+    return cls(build / entry["path"], stage)

@@ -1,0 +1,161 @@
+"""Run exported artifacts as a deployment would: manifest → text encoder → denoising loop over
+stage artifacts switched by timestep → VAE decode. Depends on the manifest and the artifacts
+only (no calibration, passes or exporters are imported)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import F3Error
+from ..manifest import load_manifest
+from ..sampling import denoise_loop, initial_latents
+from .backends import make_backend
+from .components import load_component
+
+
+def _installed(package: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
+class Runtime:
+    """A loaded build directory: `generate(prompt)` returns latents, `decode(latents)` frames."""
+
+    def __init__(self, build_dir: str | Path, backend: str = "torch"):
+        self.build = Path(build_dir)
+        self.manifest = load_manifest(self.build)  # validates and checks every artifact's sha256
+        self.backend_name = backend
+        self._check_versions()
+        self.stages = [make_backend(backend, self.build, stage) for stage in self.manifest["stages"]]
+        self._components: dict = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _check_versions(self) -> None:
+        recorded = self.manifest["versions"]
+        if self.backend_name == "tensorrt":
+            built, here = recorded.get("tensorrt"), _installed("tensorrt")
+            if built and here and built != here:
+                raise F3Error(f"the engines were built with TensorRT {built} but {here} is installed; "
+                              "rebuild them with `f3compile export --target trt`")
+        for package in ("torch", "onnxruntime"):
+            built, here = recorded.get(package), _installed(package)
+            if built and here and built.split(".")[:2] != here.split(".")[:2]:
+                print(f"warning: artifacts were built with {package} {built}, running with {here}", file=sys.stderr)
+
+    def component(self, name: str):
+        if name not in self._components:
+            entry = self.manifest.get("components", {}).get(name)
+            self._components[name] = None if entry is None else load_component(self.build, entry, name)
+        return self._components[name]
+
+    @property
+    def scheduler(self):
+        scheduler = self.component("scheduler")
+        if scheduler is None:
+            import diffusers
+
+            spec = self.manifest["scheduler"]
+            scheduler = getattr(diffusers, spec["class"]).from_config(spec["config"])
+            self._components["scheduler"] = scheduler
+        return scheduler
+
+    # -- text --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) embeddings exactly as the source pipeline encodes them."""
+        info = self.manifest["text_encoder"]
+        negative = [info["negative_prompt"]] * len(prompts)
+        tokenizer, encoder = self.component("tokenizer"), self.component("text_encoder")
+        if tokenizer is None or encoder is None:
+            return self._hashed(prompts, info), self._hashed(negative, info)
+        style = info.get("style", "clip")
+
+        def run(texts: list[str], length: int) -> torch.Tensor:
+            if style == "t5":
+                texts = [t.lower().strip() for t in texts]
+            tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                               return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+            use_mask = style == "t5" or getattr(encoder.config, "use_attention_mask", False)
+            return encoder(tokens.input_ids, attention_mask=tokens.attention_mask if use_mask else None)[0]
+
+        cond = run(prompts, info["max_length"])
+        return cond, run(negative, cond.shape[1])
+
+    @staticmethod
+    def _hashed(texts: list[str], info: dict) -> torch.Tensor:
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            rows.append(torch.randn((info["max_length"], info["hidden_size"]), generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows)
+
+    # -- sampling ----------------------------------------------------------------------------
+    def stage_for(self, timestep: int):
+        for backend, stage in zip(self.stages, self.manifest["stages"]):
+            high, low = stage["timesteps"]
+            if low <= timestep <= high:
+                return backend
+        raise F3Error(f"timestep {timestep} is outside every stage of {self.build}")
+
+    def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
+                 eta: float = 0.0) -> torch.Tensor:
+        """Final latents (B, C, F, h, w) for `prompt` (one prompt per batch row of the artifacts)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = self.manifest["shapes"]["batch"]
+        if len(prompts) != batch and "dynamic_batch" not in self.manifest:
+            raise F3Error(f"these artifacts take {batch} prompt(s) per call, got {len(prompts)}; "
+                          "export with --batch or --dynamic-batch for other counts")
+        if guidance_scale <= 1.0:
+            raise F3Error("--guidance-scale must be > 1: the artifacts take the CFG-doubled batch")
+        shape = list(self.manifest["stages"][0]["inputs"][0]["shape"])
+        shape[0] = len(prompts)
+        cond, uncond = self.encode(prompts)
+        generator = torch.Generator().manual_seed(seed)
+        latents = initial_latents(tuple(shape), self.scheduler, generator)
+        return denoise_loop(None, self.scheduler, latents, cond, uncond, steps, guidance_scale, generator,
+                            eta=eta, denoise_for=self.stage_for)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) frames in [0, 1] decoded frame by frame with the VAE."""
+        vae = self.component("vae")
+        if vae is None:
+            raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --latents instead")
+        batch, channels, frames, height, width = latents.shape
+        flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+        images = vae.decode(flat).sample  # (B*F, 3, H, W) in [-1, 1]
+        video = images.reshape(batch, frames, *images.shape[1:]).permute(0, 1, 3, 4, 2)
+        return (video.float() / 2 + 0.5).clamp(0, 1)
+
+
+def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
+    """Write (F, H, W, 3) frames in [0, 1] as .gif, .mp4 or .png (frames side by side)."""
+    import numpy as np
+
+    array = (frames.numpy() * 255).round().astype(np.uint8)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        import imageio.v2 as imageio
+
+        imageio.mimsave(str(path), list(array), duration=1000 / fps, loop=0)
+    elif suffix == ".png":
+        import imageio.v2 as imageio
+
+        imageio.imwrite(str(path), np.concatenate(list(array), axis=1))
+    elif suffix == ".mp4":
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimsave(str(path), list(array), fps=fps, macro_block_size=1)
+        except Exception as exc:
+            raise F3Error(f"writing {path.name} needs imageio-ffmpeg ({exc}); use .gif or .png") from None
+    else:
+        raise F3Error(f"{path.name}: the output must end in .gif, .mp4 or .png")

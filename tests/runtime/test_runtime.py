@@ -1,0 +1,134 @@
+"""The runtime runs artifacts like a deployment: parity with diffusers, stage switching, CLI."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from f3compile.compiler import compile_to_dir
+from f3compile.exporters import ExportConfig, export
+from f3compile.models import find_temporal_units
+from f3compile.planning import make_plan
+from f3compile.runtime import Runtime
+from f3compile.sampling import denoise_loop, initial_latents
+
+from ..passes.reference import masked
+from ..test_cli import assert_one_line_error, run
+
+REL_LOOP = 1e-5  # whole sampling loop, fp32, artifacts vs eager
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def unet3d_builds(models, calibrations, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rt")
+    model = models["tiny-unet3d"]
+    plan = make_plan(calibrations["tiny-unet3d"][1], 0.5, "attention", stages=2)
+    export(model, None, root / "dense", config=ExportConfig(samples=1))
+    export(model, plan, root / "pruned", config=ExportConfig(samples=1))
+    return root, plan
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_dense_artifacts_reproduce_the_diffusers_pipeline(models, unet3d_builds, backend):
+    root, _ = unet3d_builds
+    model = models["tiny-unet3d"]
+    shapes = model.shapes
+    reference = model.pipeline(prompt=["a red circle"], num_inference_steps=4, height=shapes.height, width=shapes.width,
+                               num_frames=shapes.frames, output_type="latent", guidance_scale=7.5,
+                               generator=torch.Generator().manual_seed(9)).frames
+    ours = Runtime(root / "dense", backend=backend).generate("a red circle", seed=9, steps=4, guidance_scale=7.5)
+    assert ours.shape == reference.shape
+    assert rel(ours, reference) <= REL_LOOP
+
+
+def test_latte_dense_pt2_reproduces_the_pipeline(models, tmp_path):
+    model = models["tiny-latte"]
+    compile_to_dir(model, None, tmp_path / "b")
+    shapes = model.shapes
+    reference = model.pipeline(prompt=["A Blue Square"], num_inference_steps=3, height=shapes.height, width=shapes.width,
+                               video_length=shapes.frames, output_type="latent", clean_caption=False, mask_feature=False,
+                               generator=torch.Generator().manual_seed(2)).frames
+    ours = Runtime(tmp_path / "b").generate("A Blue Square", seed=2, steps=3)
+    assert rel(ours, reference) <= REL_LOOP
+
+
+def test_stage_switching_follows_the_plan(models, unet3d_builds):
+    """Two-stage artifacts equal the eager model masked with each stage's plan at its timesteps."""
+    root, plan = unet3d_builds
+    model = models["tiny-unet3d"]
+    units = find_temporal_units(model)
+    runtime = Runtime(root / "pruned")
+    assert [s["timesteps"] for s in runtime.manifest["stages"]] == [list(s.timesteps) for s in plan.stages]
+    ours = runtime.generate("a green triangle", seed=5, steps=6)
+
+    def reference_for(t):
+        stage = plan.stages[plan.stage_for(t)]
+
+        def call(sample, timestep, context):
+            with masked(model, stage, units):
+                return model.denoise(sample, timestep, context)
+        return call
+
+    cond, uncond = model.encode_prompts(["a green triangle"])
+    generator = torch.Generator().manual_seed(5)
+    latents = initial_latents(model.latent_shape(model.shapes), model.scheduler, generator)
+    expected = denoise_loop(None, model.scheduler, latents, cond, uncond, 6, 7.5, generator, denoise_for=reference_for)
+    assert rel(ours, expected) <= REL_LOOP
+    dense = Runtime(root / "dense").generate("a green triangle", seed=5, steps=6)
+    assert rel(ours, dense) > 1e-4
+
+
+@pytest.mark.parametrize("backend, suffix", [("torch", ".gif"), ("onnxruntime", ".png")])
+def test_generate_cli_writes_videos(capsys, unet3d_builds, tmp_path, backend, suffix):
+    root, _ = unet3d_builds
+    out = tmp_path / f"video{suffix}"
+    code, stdout, err = run(capsys, "generate", root / "pruned", "--prompt", "a red circle", "--steps", "3",
+                            "--backend", backend, "-o", out, "--latents", tmp_path / "l.safetensors")
+    assert code == 0, err
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(str(out)) if suffix == ".gif" else [imageio.imread(str(out))]
+    if suffix == ".gif":
+        assert len(frames) == 8 and frames[0].shape[:2] == (32, 32)
+    else:
+        assert frames[0].shape[:2] == (32, 8 * 32)
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "l.safetensors"))["latents"].shape == (1, 4, 8, 16, 16)
+
+
+def test_generate_errors(capsys, unet3d_builds, tmp_path):
+    root, _ = unet3d_builds
+    cases = [
+        (["generate", root / "dense", "--prompt", "x", "-o", tmp_path / "v.avi"], "must end in .gif, .mp4 or .png"),
+        (["generate", tmp_path, "--prompt", "x", "-o", tmp_path / "v.gif"], "has no manifest.json"),
+        (["generate", root / "dense", "--prompt", "x", "--guidance-scale", "1", "-o", tmp_path / "v.gif"], "--guidance-scale"),
+    ]
+    if __import__("importlib").util.find_spec("tensorrt") is None:
+        cases.append((["generate", root / "dense", "--prompt", "x", "--backend", "tensorrt", "-o", tmp_path / "v.gif"],
+                      "no trt artifact"))
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, message)
+        assert not (tmp_path / "v.gif").exists()
+
+
+def test_tampered_artifacts_are_refused(capsys, models, tmp_path):
+    compile_to_dir(models["tiny-latte"], None, tmp_path / "b")
+    with open(tmp_path / "b" / "stage0" / "denoiser.pt2", "ab") as handle:
+        handle.write(b"x")
+    code, _, err = run(capsys, "generate", tmp_path / "b", "--prompt", "x", "-o", tmp_path / "v.gif")
+    assert_one_line_error(code, err, "does not match the sha256")
+
+
+def test_runtime_import_stays_light():
+    code = ("import sys, f3compile.runtime; "
+            "bad = [m for m in sys.modules if m.startswith(('f3compile.calibration', 'f3compile.passes', 'f3compile.exporters'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
