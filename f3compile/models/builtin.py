@@ -137,10 +137,22 @@ BUILTINS: dict[str, tuple[Callable, tuple[int, int, int], str]] = {
 
 
 def build_builtin(name: str, seed: int = 0):
-    """Build the pipeline of `builtin:NAME` with weights drawn from `seed` (deterministic)."""
-    if name not in BUILTINS:
-        raise F3Error(f"unknown builtin model '{name}'; choose one of: {', '.join(sorted(BUILTINS))}")
-    builder, shapes, _ = BUILTINS[name]
+    """Build the pipeline of `builtin:NAME` with weights drawn from `seed` (deterministic).
+
+    NAME is a tiny model (BUILTINS) or an architecture preset (`arch-*[,width-scale=S]`).
+    """
+    from .presets import PRESETS, parse_preset
+
+    if name.startswith("arch-"):
+        base, scale = parse_preset(name)
+        if base not in PRESETS:
+            raise F3Error(f"unknown preset '{base}'; choose one of: {', '.join(sorted(PRESETS))}")
+        preset, shapes, _ = PRESETS[base]
+        builder = lambda: preset(scale)  # noqa: E731
+    elif name not in BUILTINS:
+        raise F3Error(f"unknown builtin model '{name}'; choose one of: {', '.join(sorted(BUILTINS) + sorted(PRESETS))}")
+    else:
+        builder, shapes, _ = BUILTINS[name]
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
