@@ -173,6 +173,74 @@ def cmd_generate(args) -> None:
                    f"{args.steps} steps, backend {args.backend})")
 
 
+def _parse_shape(text: str | None):
+    from .models.base import VideoShapes
+
+    if text is None:
+        return None
+    try:
+        frames, height, width = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise F3Error(f"--shape {text!r} must be FRAMESxHEIGHTxWIDTH in pixels, e.g. 16x128x128") from None
+    return VideoShapes(1, frames, height, width)
+
+
+def cmd_bench(args) -> None:
+    """Time dense vs pruned artifacts side by side (interleaved, medians) and compare with FLOPs.
+
+    example: f3compile bench builtin:tiny-unet3d --plan plan.json --backend onnxruntime --repeat 20
+    sweep:   f3compile bench MODEL --calibration calib --sweep 0,0.25,0.5,0.75,1 --granularity block --plot s.png
+    """
+    import json
+
+    from .bench import bench, format_table, plot
+    from .models import load_model
+    from .planning import PruningPlan, make_plan
+
+    started = time.perf_counter()
+    spec = args.model
+    if args.width_scale is not None:
+        if not spec.startswith("builtin:arch-"):
+            raise F3Error("--width-scale applies to the builtin:arch-* presets only")
+        spec = f"{spec},width-scale={args.width_scale}"
+    if (args.plan is None) == (args.sweep is None):
+        raise F3Error("pass either --plan PLAN or --sweep RATIOS with --calibration DIR")
+    plans = []
+    if args.sweep is not None:
+        from .calibration import CalibrationStats
+
+        if args.calibration is None:
+            raise F3Error("--sweep needs --calibration DIR (the plans are made from it)")
+        try:
+            ratios = [float(x) for x in args.sweep.split(",")]
+        except ValueError:
+            raise F3Error(f"--sweep {args.sweep!r} must be comma-separated ratios, e.g. 0,0.5,1") from None
+        stats = CalibrationStats.load(args.calibration)
+        plans = [(r, make_plan(stats, r, args.granularity, args.criterion, args.stages)) for r in ratios]
+    else:
+        plans = [(None, PruningPlan.load(args.plan))]
+    model = load_model(spec)
+    shapes = _parse_shape(args.shape)
+    results = []
+    for ratio, plan in plans:
+        for backend in args.backend:
+            rows = bench(model, plan, backend, shapes, repeat=args.repeat)
+            for row in rows:
+                if ratio is not None:
+                    row["ratio"] = ratio
+            results += rows
+            if ratio is not None:
+                print(f"ratio {ratio:g}:")
+            print(format_table(rows), flush=True)
+    if args.json:
+        from ._io import write_json_atomic
+
+        write_json_atomic(args.json, {"model": spec, "shape": args.shape, "results": results})
+    if args.plot:
+        plot(results, args.plot)
+    _done(started, f"benchmarked {len(plans)} plan(s) on {', '.join(args.backend)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -243,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8, help="frames per second of .gif/.mp4 (default 8)")
     p.add_argument("--latents", type=Path, help="also write the final latents (safetensors)")
     p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
+
+    p = add("bench", cmd_bench)
+    p.add_argument("model", help="builtin:NAME (e.g. builtin:arch-modelscope), a diffusers directory or a cached hub id")
+    p.add_argument("--plan", type=Path, help="plan.json to compare with the dense model")
+    p.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime", "tensorrt"), default=["torch"], help="one or more backends")
+    p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
+    p.add_argument("--width-scale", type=float, help="channel multiplier for builtin:arch-* presets")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per variant (default 10)")
+    p.add_argument("--sweep", help="comma-separated ratios to plan and bench (needs --calibration)")
+    p.add_argument("--calibration", type=Path, help="calibration directory for --sweep")
+    p.add_argument("--granularity", choices=("block", "attention", "head", "frame"), default="block", help="for --sweep")
+    p.add_argument("--criterion", choices=("cross_frame_mass", "output_norm"), default="cross_frame_mass", help="for --sweep")
+    p.add_argument("--stages", type=int, default=1, help="for --sweep")
+    p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.add_argument("--plot", type=Path, help="write a speedup plot (PNG)")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

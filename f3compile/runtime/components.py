@@ -21,6 +21,7 @@ def directory_sha256(path: Path) -> str:
 
 def save_components(model, directory: Path) -> dict:
     """Save the model's tokenizer, text encoder, VAE and scheduler under `directory/`."""
+    _quiet()
     pipe = model.pipeline
     entries = {}
     for name in COMPONENTS:

@@ -1,0 +1,174 @@
+"""`bench`: dense vs pruned, in one process, interleaved, after warm-up.
+
+Per stage the dense and the pruned artifact run alternately on the same random inputs, so both
+see the same clocks and neighbours; medians and p90 are reported. A whole denoising loop is
+estimated from the per-stage medians weighted by each stage's share of the steps. FLOPs are
+counted on the torch programs (`torch.utils.flop_counter`), parameters on the programs' weights;
+efficiency = measured speedup / FLOP-predicted speedup; gain_efficiency = (measured − 1) /
+(predicted − 1), the share of the predicted *saving* that turned into time (stricter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import F3Error
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def time_interleaved(dense: Callable, pruned: Callable, inputs: tuple, repeat: int, warmup: int = 2) -> dict:
+    """Alternate dense and pruned calls; returns per-variant lists of milliseconds."""
+    for _ in range(warmup):
+        dense(*inputs)
+        pruned(*inputs)
+    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    for index in range(repeat):
+        order = (("dense", dense), ("pruned", pruned)) if index % 2 == 0 else (("pruned", pruned), ("dense", dense))
+        for name, fn in order:
+            start = time.perf_counter()
+            fn(*inputs)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _program_params(program) -> int:
+    return sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
+
+
+def _callables(backend: str, model, plan, shapes, work: Path):
+    """(dense stages, pruned stages, dense programs, pruned programs) as callables + torch programs."""
+    from .compiler.compile import compile
+
+    dense_programs = [s.program for s in compile(model, None, shapes)]
+    pruned_programs = [s.program for s in compile(model, plan, shapes)]
+    if backend == "torch":
+        def wrap(program):
+            module = program.module()
+
+            def call(*args):
+                with torch.no_grad():
+                    return module(*args)
+            return call
+        return [wrap(p) for p in dense_programs], [wrap(p) for p in pruned_programs], dense_programs, pruned_programs
+    from .exporters import ExportConfig, export
+    from .runtime.backends import make_backend
+
+    target = "trt" if backend == "tensorrt" else "onnx"
+    config = ExportConfig(target=target, verify=False, precision="fp16" if backend == "tensorrt" else "fp32")
+    dense_manifest = export(model, None, work / "dense", shapes, config)
+    pruned_manifest = export(model, plan, work / "pruned", shapes, config)
+    dense = [make_backend(backend, work / "dense", s) for s in dense_manifest["stages"]]
+    pruned = [make_backend(backend, work / "pruned", s) for s in pruned_manifest["stages"]]
+    return dense, pruned, dense_programs, pruned_programs
+
+
+def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2) -> list[dict]:
+    """Benchmark `plan` against the dense model; one row per stage plus a `loop` row."""
+    from .calibration.calibrate import resolve_shapes
+    from .compiler.compile import export_inputs
+    from .planning.cost import count_flops
+    from .planning.plan import split_steps
+
+    if backend not in BACKENDS:
+        raise F3Error(f"--backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    if repeat < 1:
+        raise F3Error("--repeat must be at least 1")
+    if backend == "tensorrt":
+        from .exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    from .models.discovery import find_temporal_units
+
+    shapes = resolve_shapes(model, *(dataclasses.astuple(shapes)[1:] if shapes else (None, None, None)))
+    model.shapes = dataclasses.replace(shapes, batch=1)
+    model.info.pop("_temporal_units", None)
+    plan.check_model(model, find_temporal_units(model))  # before any heavy work
+    inputs = export_inputs(model, shapes, seed=3)
+    with tempfile.TemporaryDirectory(prefix="f3bench-") as work:
+        dense, pruned, dense_programs, pruned_programs = _callables(backend, model, plan, shapes, Path(work))
+        dense_flops, _ = count_flops(dense_programs[0].module(), inputs)
+        rows = []
+        steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
+        for index, (stage, program) in enumerate(zip(plan.stages, pruned_programs)):
+            times = time_interleaved(dense[0], pruned[index], inputs, repeat, warmup)
+            flops, _ = count_flops(program.module(), inputs)
+            dense_ms, pruned_ms = statistics.median(times["dense"]), statistics.median(times["pruned"])
+            speedup, predicted = dense_ms / pruned_ms, dense_flops / max(flops, 1)
+            rows.append({
+                "backend": backend, "stage": index, "timesteps": list(stage.timesteps), "steps": len(steps[index]),
+                "dense_ms": dense_ms, "pruned_ms": pruned_ms,
+                "dense_p90_ms": _percentile(times["dense"], 0.9), "pruned_p90_ms": _percentile(times["pruned"], 0.9),
+                "speedup": speedup, "predicted_speedup": predicted,
+                "efficiency": speedup / predicted,
+                "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
+                "dense_params": _program_params(dense_programs[0]), "pruned_params": _program_params(program),
+                "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
+            })
+    total_steps = sum(r["steps"] for r in rows)
+    loop_dense = sum(r["dense_ms"] * r["steps"] for r in rows)
+    loop_pruned = sum(r["pruned_ms"] * r["steps"] for r in rows)
+    loop_flops = sum(r["pruned_flops"] * r["steps"] for r in rows) / total_steps
+    predicted = dense_flops / loop_flops
+    speedup = loop_dense / loop_pruned
+    rows.append({
+        "backend": backend, "stage": "loop", "steps": total_steps, "dense_ms": loop_dense, "pruned_ms": loop_pruned,
+        "speedup": speedup, "predicted_speedup": predicted,
+        "efficiency": speedup / predicted,
+        "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'backend':<11} {'stage':>5} {'dense ms':>9} {'pruned ms':>9} {'p90 d':>8} {'p90 p':>8} {'speedup':>8} {'FLOP pred':>9} {'eff':>6} {'params':>12}"
+    lines = [header]
+    for row in rows:
+        eff = f"{row['efficiency']:.2f}"
+        params = f"{row['pruned_params'] / max(row['dense_params'], 1):.3f}x" if "pruned_params" in row else ""
+        lines.append(
+            f"{row['backend']:<11} {row['stage']!s:>5} {row['dense_ms']:>9.1f} {row['pruned_ms']:>9.1f} "
+            f"{row.get('dense_p90_ms', float('nan')):>8.1f} {row.get('pruned_p90_ms', float('nan')):>8.1f} "
+            f"{row['speedup']:>7.3f}x {row['predicted_speedup']:>8.3f}x {eff:>6} {params:>12}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    loops = [r for r in results if r["stage"] == "loop"]
+    if any("ratio" in r for r in loops):
+        for backend in sorted({r["backend"] for r in loops}):
+            points = sorted((r["ratio"], r["speedup"], r["predicted_speedup"]) for r in loops if r["backend"] == backend)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{backend} measured")
+            ax.plot([p[0] for p in points], [p[2] for p in points], "k--", alpha=0.5, label="FLOP-predicted" if backend == sorted({r["backend"] for r in loops})[0] else None)
+        ax.set_xlabel("pruning ratio")
+    else:
+        labels = [f"{r['backend']}:{r['stage']}" for r in results]
+        ax.bar(labels, [r["speedup"] for r in results], label="measured")
+        ax.plot(labels, [r["predicted_speedup"] for r in results], "k_", markersize=20, label="FLOP-predicted")
+    ax.set_ylabel("speedup vs dense")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
