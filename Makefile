@@ -23,6 +23,8 @@ demo: venv
 	$(VENV)/bin/f3compile inspect $(DEMO_DIR)/plan.json --model $(DEMO_MODEL)
 	$(VENV)/bin/f3compile compile $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json -o $(DEMO_DIR)/build
 	$(VENV)/bin/f3compile export $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --target onnx -o $(DEMO_DIR)/export
+	$(VENV)/bin/f3compile generate $(DEMO_DIR)/export --prompt "a red circle moving to the left" --backend onnxruntime -o $(DEMO_DIR)/pruned.gif
+	$(VENV)/bin/f3compile bench $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --backend torch onnxruntime --repeat 5 --json $(DEMO_DIR)/bench.json
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -88,7 +88,7 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
     return _export(module, export_inputs(model, shapes, dtype=dtype), batch_range)
 
 
-def apply_stage(program: torch.export.ExportedProgram, model: VideoModel, stage: Stage, units, inputs,
+def apply_stage(program: torch.export.ExportedProgram, stage: Stage, units, inputs,
                 batch_range: tuple[int, int] | None = None) -> CompiledStage:
     """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it."""
     gm = program.module()
@@ -123,7 +123,7 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     plan.check_model(model, units)
     program = capture(model, shapes, dtype, batch_range)
     inputs = export_inputs(model, shapes, dtype=dtype)
-    return [apply_stage(program, model, stage, units, inputs, batch_range) for stage in plan.stages]
+    return [apply_stage(program, stage, units, inputs, batch_range) for stage in plan.stages]
 
 
 def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> dict:

@@ -4,8 +4,9 @@ A module is a temporal attention unit when, traced on real inputs, it is *self*-
 sequence length equals the number of frames at two different spatial sizes (spatial attention's
 sequence follows the spatial size; cross-attention has a separate key/value input). Names are
 only used afterwards, to report ids (= module paths) and to find each unit's enclosing block:
-the outermost ancestor that holds temporal attention only and maps its input to an output of
-the same shape (so "output = input" is a well-defined pruning).
+the outermost ancestor that holds temporal attention only, no convolution (those belong to the
+spatial path: resnets, temporal convs, samplers), and maps its input to an output of the same
+shape (so "output = input" is a well-defined pruning).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import F3Error
 from .base import TemporalBlock, TemporalUnit, VideoModel, VideoShapes
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -74,7 +76,7 @@ def _probe(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str]) 
 def _second_size(model: VideoModel) -> list[VideoShapes]:
     base = model.shapes
     options = []
-    for factor in (0.5, 2.0):
+    for factor in (2.0, 0.5):  # doubling first: halving can collapse the deepest level to 1x1 in both probes
         height, width = int(base.height * factor), int(base.width * factor)
         options.append(VideoShapes(1, base.frames, height, width))
     return options
@@ -122,7 +124,11 @@ def find_temporal_units(model: VideoModel) -> list[TemporalUnit]:
 
     def only_temporal(prefix: str) -> bool:
         inside = [n for n in attention_names if n.startswith(prefix + ".")]
-        return bool(inside) and all(n in temporal_set for n in inside)
+        if not inside or not any(n in temporal_set for n in inside) or not all(n in temporal_set for n in inside):
+            return False
+        # a temporal block mixes tokens across frames; convolutions (resnets, temporal convs,
+        # up/down samplers) belong to the surrounding path, so a module holding one is not a block
+        return not any(isinstance(m, _CONVS) for m in modules[prefix].modules())
 
     units = []
     for name in sorted(temporal_names, key=list(modules).index):

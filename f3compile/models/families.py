@@ -65,17 +65,22 @@ def _encode_latte(model, prompts: list[str], negative: list[str]):
     return cond, uncond
 
 
+def hashed_embeddings(texts: list[str], length: int, dim: int) -> torch.Tensor:
+    """(N, length, dim) fixed pseudo-random embeddings, each seeded by its text's sha256."""
+    import hashlib
+
+    rows = []
+    for text in texts:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        rows.append(torch.randn((length, dim), generator=torch.Generator().manual_seed(seed)))
+    return torch.stack(rows)
+
+
 def _encode_hashed(model, prompts: list[str], negative: list[str]):
     """Bare denoisers have no text encoder: each prompt maps to a fixed pseudo-random embedding
     (seeded by its sha256), so calibration still sees distinct, reproducible conditions."""
-    import hashlib
-
-    def embed(text: str) -> torch.Tensor:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn((model.text_length, model.text_dim), generator=gen)
-
-    return torch.stack([embed(p) for p in prompts]), torch.stack([embed(n) for n in negative])
+    return (hashed_embeddings(prompts, model.text_length, model.text_dim),
+            hashed_embeddings(negative, model.text_length, model.text_dim))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ ids), never architecture names, so a new architecture needs no pass changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -32,7 +32,6 @@ class PassContext:
     units: dict[str, TemporalUnit]
     stage: Stage
     prefix: str = DenoiseModule.PREFIX
-    log: list[str] = field(default_factory=list)
 
 
 GraphPass = Callable[[fx.GraphModule, PassContext], PassResult]

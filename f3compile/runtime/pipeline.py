@@ -4,7 +4,6 @@ only (no calibration, passes or exporters are imported)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -75,7 +74,10 @@ class Runtime:
         negative = [info["negative_prompt"]] * len(prompts)
         tokenizer, encoder = self.component("tokenizer"), self.component("text_encoder")
         if tokenizer is None or encoder is None:
-            return self._hashed(prompts, info), self._hashed(negative, info)
+            from ..models.families import hashed_embeddings
+
+            return (hashed_embeddings(prompts, info["max_length"], info["hidden_size"]),
+                    hashed_embeddings(negative, info["max_length"], info["hidden_size"]))
         style = info.get("style", "clip")
 
         def run(texts: list[str], length: int) -> torch.Tensor:
@@ -88,14 +90,6 @@ class Runtime:
 
         cond = run(prompts, info["max_length"])
         return cond, run(negative, cond.shape[1])
-
-    @staticmethod
-    def _hashed(texts: list[str], info: dict) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            rows.append(torch.randn((info["max_length"], info["hidden_size"]), generator=torch.Generator().manual_seed(seed)))
-        return torch.stack(rows)
 
     # -- sampling ----------------------------------------------------------------------------
     def stage_for(self, timestep: int):

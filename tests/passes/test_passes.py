@@ -65,7 +65,7 @@ def stages_for(units):
 @pytest.mark.parametrize("name", BUILTINS)
 def test_empty_plan_equals_the_original_denoiser(captured, name):
     model, units, program, inputs = captured[name]
-    compiled = apply_stage(program, model, Stage((999, 0)), units, inputs)
+    compiled = apply_stage(program, Stage((999, 0)), units, inputs)
     with torch.no_grad():
         assert rel_err(compiled.program.module()(*inputs), model.denoise(*inputs)) <= REL_EMPTY
     assert compiled.parameters == sum(p.numel() for p in model.denoiser.parameters())
@@ -76,7 +76,7 @@ def test_empty_plan_equals_the_original_denoiser(captured, name):
 def test_pruned_program_equals_masking_reference(captured, name, kind):
     model, units, program, inputs = captured[name]
     stage = stages_for(units)[kind]
-    compiled = apply_stage(program, model, stage, units, inputs)
+    compiled = apply_stage(program, stage, units, inputs)
     with torch.no_grad():
         ours = compiled.program.module()(*inputs)
         with masked(model, stage, units):
@@ -128,13 +128,13 @@ def test_structure_of_each_pass(captured, name):
         assert params[f"denoiser.{unit_id}.to_q.weight"].shape == (kept * unit.head_dim, unit.channels)
         assert params[f"denoiser.{unit_id}.to_out.0.weight"].shape == (unit.channels, kept * unit.head_dim)
         assert sdpa[unit_id].args[0].meta.get("val") is not None
-    compiled = apply_stage(captured[name][2], model, stages["head"], units, captured[name][3])
+    compiled = apply_stage(captured[name][2], stages["head"], units, captured[name][3])
     shapes = {innermost(n, "denoiser."): n.meta["val"].shape for n in compiled.program.graph.nodes
               if n.target == aten.scaled_dot_product_attention.default}
     for unit_id, pruned in stages["head"].prune_heads.items():
         assert shapes[unit_id][1] == by_id[unit_id].heads - len(pruned)
     # gather_key_frames: keys/values of the kept frames only
-    compiled = apply_stage(captured[name][2], model, stages["frame"], units, captured[name][3])
+    compiled = apply_stage(captured[name][2], stages["frame"], units, captured[name][3])
     for node in compiled.program.graph.nodes:
         if node.target == aten.scaled_dot_product_attention.default and innermost(node, "denoiser.") in stages["frame"].keep_frames:
             q, k = node.args[0].meta["val"].shape, node.args[1].meta["val"].shape
