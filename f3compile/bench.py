@@ -45,10 +45,6 @@ def time_interleaved(dense: Callable, pruned: Callable, inputs: tuple, repeat: i
     return times
 
 
-def _program_params(program) -> int:
-    return sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
-
-
 def _callables(backend: str, model, plan, shapes, work: Path):
     """(dense stages, pruned stages, dense programs, pruned programs) as callables + torch programs."""
     from .compiler.compile import compile
@@ -79,7 +75,7 @@ def _callables(backend: str, model, plan, shapes, work: Path):
 def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2) -> list[dict]:
     """Benchmark `plan` against the dense model; one row per stage plus a `loop` row."""
     from .calibration.calibrate import resolve_shapes
-    from .compiler.compile import export_inputs
+    from .compiler.compile import export_inputs, program_parameters
     from .planning.cost import count_flops
     from .planning.plan import split_steps
 
@@ -115,7 +111,7 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
                 "speedup": speedup, "predicted_speedup": predicted,
                 "efficiency": speedup / predicted,
                 "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
-                "dense_params": _program_params(dense_programs[0]), "pruned_params": _program_params(program),
+                "dense_params": program_parameters(dense_programs[0]), "pruned_params": program_parameters(program),
                 "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
             })
     total_steps = sum(r["steps"] for r in rows)

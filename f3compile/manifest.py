@@ -23,7 +23,9 @@ STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "par
 OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch", "components"}
 OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt"}
 PRECISIONS = ("fp32", "fp16", "bf16")
-IO_NAMES = ["sample", "timestep", "encoder_hidden_states"]
+# the I/O names of every artifact, for every model (in call order)
+INPUT_NAMES = ["sample", "timestep", "encoder_hidden_states"]
+OUTPUT_NAMES = ["noise_pred"]
 
 
 def library_versions() -> dict[str, str]:
@@ -90,8 +92,8 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
         previous_low = low
         if stage["precision"] not in PRECISIONS:
             raise F3Error(f"{at}: precision must be one of {', '.join(PRECISIONS)}")
-        if [i.get("name") for i in stage["inputs"]] != IO_NAMES or [o.get("name") for o in stage["outputs"]][:1] != ["noise_pred"]:
-            raise F3Error(f"{at}: inputs must be {IO_NAMES} and the first output noise_pred")
+        if [i.get("name") for i in stage["inputs"]] != INPUT_NAMES or [o.get("name") for o in stage["outputs"]][:1] != OUTPUT_NAMES:
+            raise F3Error(f"{at}: inputs must be {INPUT_NAMES} and the first output {OUTPUT_NAMES[0]}")
         for kind, entry in stage["files"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not str(entry.get("sha256", "")).startswith("sha256:"):
                 raise F3Error(f"{at}: files.{kind} needs a path and a sha256")

@@ -16,6 +16,7 @@ import torch
 
 from .._io import atomic_dir, sha256_file
 from ..errors import F3Error
+from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 from ..models.base import DenoiseModule, VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units
 from ..passes import PassContext
@@ -24,8 +25,6 @@ from ..runtime.components import save_components
 from .pipeline import run_pipeline
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states")
-OUTPUT_NAMES = ("noise_pred",)
 
 
 @dataclass
@@ -38,9 +37,12 @@ class CompiledStage:
 
     @property
     def parameters(self) -> int:
-        """Number of parameters (buffers such as frame indices or positional tables excluded)."""
-        names = self.program.graph_signature.parameters
-        return sum(self.program.state_dict[name].numel() for name in names)
+        return program_parameters(self.program)
+
+
+def program_parameters(program: torch.export.ExportedProgram) -> int:
+    """Number of parameters (buffers such as frame indices or positional tables excluded)."""
+    return sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
 
 
 def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:

@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .._io import atomic_dir, sha256_file
 from ..config import option
 from ..errors import F3Error
+from ..manifest import OUTPUT_NAMES
 from ..models.base import VideoModel, VideoShapes
 
 TARGETS = ("onnx", "trt")
@@ -121,7 +120,7 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
                 feeds = random_feeds(entry["inputs"], config.samples)
                 try:
                     verify["onnxruntime_vs_torch"] = compare(
-                        torch_runner(stage.program.module(), entry["inputs"], ["noise_pred"]),
+                        torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES),
                         onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
                 except Exception as exc:
                     if "onnxruntime" not in type(exc).__module__:

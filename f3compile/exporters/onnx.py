@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-INPUT_NAMES = ["sample", "timestep", "encoder_hidden_states"]
-OUTPUT_NAMES = ["noise_pred"]
+from ..manifest import INPUT_NAMES, OUTPUT_NAMES
+
 DEFAULT_OPSET = 20  # parsed by onnxruntime and by TensorRT 10.x/11.x; >= 23 turns SDPA into one Attention node
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for the graph
 

@@ -27,7 +27,7 @@ def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dic
     return (
         f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: 0\n'
         f"input [\n" + ",\n".join(tensor(s) for s in inputs) + "\n]\n"
-        f"output [\n" + ",\n".join(tensor(s) for s in outputs) + "\n]\n"
+        "output [\n" + ",\n".join(tensor(s) for s in outputs) + "\n]\n"
         "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
     )
 

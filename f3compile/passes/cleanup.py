@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import fx
 
 from .base import PassContext, PassResult, aten, new_zeros_like, shape_of

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from f3compile.cli import main
 from f3compile.compiler.compile import export_inputs
 from f3compile.models.builtin import BUILTINS
-from f3compile.planning import PruningPlan, make_plan
+from f3compile.planning import make_plan
 
 from ..test_cli import assert_one_line_error, run
 

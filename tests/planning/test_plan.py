@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from f3compile import F3Error
-from f3compile.models import find_temporal_units, temporal_blocks
+from f3compile.models import find_temporal_units
 from f3compile.models.builtin import BUILTINS
 from f3compile.planning import GRANULARITIES, PruningPlan, make_plan
 from f3compile.planning import criteria
