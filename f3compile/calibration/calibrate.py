@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_dir, sha256_file
+from .._io import atomic_dir
 from ..config import option
 from ..errors import F3Error
 from ..manifest import library_versions
@@ -23,7 +23,7 @@ from ..models.base import VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..sampling import denoise_loop, initial_latents
 from .recorder import AttentionRecorder
-from .stats import SCHEMA, STATS_FILE, CalibrationStats
+from .stats import SCHEMA, CalibrationStats
 
 
 @dataclass
@@ -164,8 +164,6 @@ def calibrate(
     if output_dir is not None:
         with atomic_dir(output_dir) as tmp:
             stats.save(tmp)
-            meta["stats_sha256"] = sha256_file(tmp / STATS_FILE)
-            (tmp / "calibration.json").write_text(json.dumps(meta, indent=2) + "\n")
             if config.heatmaps:
                 from .heatmaps import write_heatmaps
 

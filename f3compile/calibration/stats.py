@@ -50,9 +50,13 @@ class CalibrationStats:
         return self.tensors[f"block/{block_id}/{name}"]
 
     def save(self, directory: Path) -> None:
+        """Write the tensors, then the metadata with the tensors' sha256 (`stats_sha256`)."""
         from safetensors.torch import save_file
 
+        from .._io import sha256_file
+
         save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(directory / STATS_FILE))
+        self.meta["stats_sha256"] = sha256_file(directory / STATS_FILE)
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
 
     @classmethod
