@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import fx
 
+from ..errors import F3Error
 from ..models.base import DenoiseModule, TemporalUnit
 from ..planning.plan import Stage
 
@@ -32,6 +33,10 @@ class PassContext:
     units: dict[str, TemporalUnit]
     stage: Stage
     prefix: str = DenoiseModule.PREFIX
+
+    def removed(self, unit_id: str) -> bool:
+        """True when the stage removes the unit whole (its block or the attention is dropped)."""
+        return self.units[unit_id].block in self.stage.drop_blocks or unit_id in self.stage.drop_attention
 
 
 GraphPass = Callable[[fx.GraphModule, PassContext], PassResult]
@@ -61,6 +66,16 @@ def innermost(node: fx.Node, prefix: str) -> str | None:
 def region(graph: fx.Graph, path: str, prefix: str) -> list[fx.Node]:
     """All compute nodes traced inside the module at `path`."""
     return [n for n in graph.nodes if n.op == "call_function" and inside(n, path, prefix)]
+
+
+def single_output(graph: fx.Graph, path: str, prefix: str, what: str) -> tuple[list[fx.Node], fx.Node | None]:
+    """(nodes, output) of the module at `path`; output None when nothing of it is used any more
+    (already removed). More than one output cannot be replaced as a whole: an error."""
+    nodes = region(graph, path, prefix)
+    outputs = region_outputs(nodes)
+    if len(outputs) > 1:
+        raise F3Error(f"{what} {path} has {len(outputs)} outputs in the graph; it cannot be removed as a whole")
+    return nodes, (outputs[0] if outputs else None)
 
 
 def region_outputs(nodes: Iterable[fx.Node]) -> list[fx.Node]:

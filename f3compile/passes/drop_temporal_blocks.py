@@ -13,19 +13,15 @@ from __future__ import annotations
 from torch import fx
 
 from ..errors import F3Error
-from .base import PassContext, PassResult, dtype_of, region, region_inputs, region_outputs, shape_of
+from .base import PassContext, PassResult, dtype_of, region_inputs, shape_of, single_output
 
 
 def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     modified = False
     for block in ctx.stage.drop_blocks:
-        nodes = region(gm.graph, block, ctx.prefix)
-        outputs = region_outputs(nodes)
-        if not outputs:
+        nodes, output = single_output(gm.graph, block, ctx.prefix, "temporal block")
+        if output is None:
             continue  # already dropped
-        if len(outputs) != 1:
-            raise F3Error(f"temporal block {block} has {len(outputs)} outputs in the graph; it cannot be dropped as a whole")
-        output = outputs[0]
         candidates = [n for n in region_inputs(nodes)
                       if shape_of(n) == shape_of(output) and dtype_of(n) == dtype_of(output)]
         if len(candidates) != 1:

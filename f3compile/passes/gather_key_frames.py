@@ -23,7 +23,7 @@ def gather_key_frames(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     stage = ctx.stage
     for unit_id, kept in stage.keep_frames.items():
         unit = ctx.units[unit_id]
-        if unit.block in stage.drop_blocks or unit_id in stage.drop_attention:
+        if ctx.removed(unit_id):
             continue
         if len(stage.prune_heads.get(unit_id, ())) == unit.heads:
             continue  # no head left: keys and values are dead anyway

@@ -33,7 +33,7 @@ def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     stage = ctx.stage
     for unit_id, pruned in stage.prune_heads.items():
         unit = ctx.units[unit_id]
-        if unit.block in stage.drop_blocks or unit_id in stage.drop_attention:
+        if ctx.removed(unit_id):
             continue
         nodes = region(gm.graph, unit_id, ctx.prefix)
         if not nodes:
