@@ -55,6 +55,16 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """Parse a JSON file; invalid JSON is a user error naming the line and what to do (`fix`)."""
+    from .errors import F3Error
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise F3Error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -8,11 +8,10 @@ refuses artifacts whose hashes do not match (`load_manifest`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ._io import sha256_file, write_json_atomic
+from ._io import read_json, sha256_file, write_json_atomic
 from .errors import F3Error
 
 SCHEMA = "f3compile.manifest/1"
@@ -114,10 +113,7 @@ def load_manifest(directory: str | Path, check_hashes: bool = True) -> dict:
     path = directory / "manifest.json"
     if not path.is_file():
         raise F3Error(f"{directory} has no manifest.json; run `f3compile compile` or `f3compile export` first")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise F3Error(f"{path} is not valid JSON ({exc.msg}); rebuild the artifacts") from None
+    data = read_json(path, "rebuild the artifacts")
     validate_manifest(data, str(path))
     if check_hashes:
         for name, entry in data.get("components", {}).items():

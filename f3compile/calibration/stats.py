@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._io import read_json, sha256_file
 from ..errors import F3Error
 from ..models.base import TemporalBlock, TemporalUnit
 
@@ -53,8 +54,6 @@ class CalibrationStats:
         """Write the tensors, then the metadata with the tensors' sha256 (`stats_sha256`)."""
         from safetensors.torch import save_file
 
-        from .._io import sha256_file
-
         save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(directory / STATS_FILE))
         self.meta["stats_sha256"] = sha256_file(directory / STATS_FILE)
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
@@ -68,10 +67,7 @@ class CalibrationStats:
         meta_path, stats_path = directory / META_FILE, directory / STATS_FILE
         if not meta_path.is_file() or not stats_path.is_file():
             raise F3Error(f"{directory} is not a calibration directory (needs {META_FILE} and {STATS_FILE}); run `f3compile calibrate` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise F3Error(f"{meta_path} is not valid JSON ({exc.msg}); re-run `f3compile calibrate`") from None
+        meta = read_json(meta_path, "re-run `f3compile calibrate`")
         if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
             raise F3Error(f"{meta_path} is not a {SCHEMA} file; re-run `f3compile calibrate`")
         try:

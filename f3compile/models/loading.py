@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._io import read_json
 from ..errors import F3Error
 from .base import VideoModel, VideoShapes
 from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, encode_hashed
@@ -128,10 +129,7 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
     import diffusers
 
     if (path / "model_index.json").is_file():
-        try:
-            index = json.loads((path / "model_index.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise F3Error(f"{path}/model_index.json is not valid JSON ({exc.msg}); re-save the pipeline") from None
+        index = read_json(path / "model_index.json", "re-save the pipeline")
         class_name = index.get("_class_name")
         if class_name not in BY_PIPELINE_CLASS:
             raise F3Error(
@@ -140,10 +138,7 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
         pipe = getattr(diffusers, class_name).from_pretrained(path)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():
-        try:
-            class_name = json.loads((path / "config.json").read_text()).get("_class_name")
-        except json.JSONDecodeError as exc:
-            raise F3Error(f"{path}/config.json is not valid JSON ({exc.msg})") from None
+        class_name = read_json(path / "config.json", "re-save the denoiser").get("_class_name")
         if class_name in BY_DENOISER_CLASS:
             return _from_bare_denoiser(path, spec, class_name)
         raise F3Error(

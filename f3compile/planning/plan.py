@@ -8,7 +8,6 @@ undefined), so at high ratios slightly fewer frames than the ratio asks may be p
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import write_json_atomic
+from .._io import read_json, write_json_atomic
 from ..errors import F3Error
 from . import criteria
 from ..calibration.stats import CalibrationStats
@@ -84,10 +83,7 @@ class PruningPlan:
         path = Path(path)
         if not path.is_file():
             raise F3Error(f"plan file {path} does not exist; create one with `f3compile plan`")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise F3Error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix it or re-run `f3compile plan`") from None
+        data = read_json(path, "fix it or re-run `f3compile plan`")
         return cls.from_dict(data, str(path))
 
     @classmethod
