@@ -52,7 +52,7 @@ def cmd_plan(args) -> None:
 
     started = time.perf_counter()
     stats = CalibrationStats.load(args.calibration)
-    plan = make_plan(stats, args.ratio, args.granularity, args.criterion, args.stages)
+    plan = make_plan(stats, args.ratio, args.granularity, args.criterion, args.stages, seed=args.seed)
     plan.save(args.output)
     _done(started, f"wrote {args.output}: {args.granularity} plan, ratio {args.ratio:g}, {len(plan.stages)} stage(s)")
 
@@ -236,6 +236,77 @@ def cmd_bench(args) -> None:
     _done(started, f"benchmarked {len(plans)} plan(s) on {', '.join(args.backend)}")
 
 
+def _eval_variants(args) -> list:
+    """The dense model, each --plan, and with --sweep/--random the plans made from --calibration."""
+    from .evaluation import Variant
+    from .planning import PruningPlan, make_plan
+
+    def meta(plan, **extra):
+        return {"granularity": plan.granularity, "ratio": plan.ratio, "stages": len(plan.stages),
+                "criterion": plan.criterion, **extra}
+
+    variants = [Variant("dense")]
+    for path in args.plan or []:
+        plan = PruningPlan.load(path)
+        variants.append(Variant(path.stem, plan, meta(plan, file=str(path))))
+    if args.sweep or args.random:
+        from .calibration import CalibrationStats
+
+        if args.calibration is None:
+            raise F3Error("--sweep and --random make plans: pass --calibration DIR")
+        stats = CalibrationStats.load(args.calibration)
+
+        def floats(text, what):
+            try:
+                return [float(x) for x in text.split(",")]
+            except ValueError:
+                raise F3Error(f"--{what} {text!r} must be comma-separated numbers, e.g. 0.5,1") from None
+
+        ratios = floats(args.ratios, "ratios")
+        stage_counts = [int(x) for x in floats(args.stages, "stages")]
+        granularities = args.granularities.split(",")
+        criteria = args.criteria.split(",")
+        for granularity in granularities:
+            for ratio in ratios:
+                for stages in stage_counts:
+                    for criterion in criteria:
+                        plan = make_plan(stats, ratio, granularity, criterion, stages)
+                        suffix = "" if criterion == "cross_frame_mass" else f"-{criterion}"
+                        variants.append(Variant(f"{granularity}-{ratio:g}-s{stages}{suffix}", plan, meta(plan)))
+                    for seed in range(args.random):
+                        plan = make_plan(stats, ratio, granularity, "random", stages, seed=seed)
+                        variants.append(Variant(f"{granularity}-{ratio:g}-s{stages}-random{seed}", plan, meta(plan)))
+    if len(variants) == 1:
+        raise F3Error("nothing to compare with the dense model: pass --plan PLAN, or --calibration DIR with --sweep")
+    return variants
+
+
+def cmd_eval(args) -> None:
+    """Score dense vs pruned videos: probe accuracy, Fréchet distance, PSNR, consistency, speedup.
+
+    example: f3compile eval builtin:ref-latte --plan plan.json -o eval
+    sweep:   f3compile eval builtin:ref-latte --calibration calib --sweep --random 5 -o eval-sweep
+    Writes eval.json, eval.md and grid.png (and sweep.png with --sweep) to the output directory.
+    Prompts are JSON lines {"prompt", "color", "shape", "direction"}; by default every label
+    combination once, in held-out wording.
+    """
+    from .evaluation import EvalConfig, default_prompts, evaluate, markdown, read_eval_prompts, write_report
+    from .models import load_model
+
+    started = time.perf_counter()
+    variants = _eval_variants(args)
+    prompts = read_eval_prompts(args.prompts) if args.prompts else default_prompts(args.seed)
+    if args.limit:
+        prompts = prompts[: args.limit]
+    config = EvalConfig(samples=args.samples, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                        batch=args.batch, real_per_prompt=args.real, repeat=args.repeat)
+    model = load_model(args.model)
+    result = evaluate(model, variants, prompts, config, log=lambda line: print(line, flush=True))
+    write_report(result, args.output, sweep=args.sweep)
+    print(markdown(result))
+    _done(started, f"evaluated {len(variants)} variant(s) -> {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -269,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
     p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"score (default {DEFAULT_CRITERION})")
     p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (a control plan)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
 
     p = add("compile", cmd_compile)
@@ -321,6 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, default=1, help="for --sweep")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--plot", type=Path, help="write a speedup plot (PNG)")
+
+    p = add("eval", cmd_eval)
+    p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d, or another moving-shapes model")
+    p.add_argument("--plan", type=Path, nargs="+", help="plan.json file(s) to compare with the dense model")
+    p.add_argument("--prompts", type=Path, help="JSON lines {prompt, color, shape, direction} (default: 60 held-out)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--samples", type=int, default=2, help="videos per prompt, one seed each (default 2)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--batch", type=int, default=20, help="prompts per sampling call (default 20)")
+    p.add_argument("--real", type=int, default=10, help="real clips per prompt for the Fréchet reference (default 10)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per variant for the speedup (default 5)")
+    p.add_argument("--calibration", type=Path, help="calibration directory for --sweep / --random")
+    p.add_argument("--sweep", action="store_true", help="plans for every ratio x granularity x stages x criterion")
+    p.add_argument("--ratios", default="0.25,0.5,0.75,1", help="for --sweep/--random (default 0.25,0.5,0.75,1)")
+    p.add_argument("--granularities", default="block,attention,head", help="for --sweep/--random")
+    p.add_argument("--stages", default="1,2", help="stage counts for --sweep/--random (default 1,2)")
+    p.add_argument("--criteria", default="cross_frame_mass", help="for --sweep, e.g. cross_frame_mass,output_norm")
+    p.add_argument("--random", type=int, default=0, help="also N random plans per ratio x granularity x stages")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

@@ -175,11 +175,20 @@ def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shape
         "sample_layout": model.sample_layout,
         "scheduler": {"class": type(model.scheduler).__name__, "config": json_safe(dict(model.scheduler.config))},
         "text_encoder": text_encoder_info(model),
+        **decoder_info(model),
         "versions": library_versions(),
         "stages": stages,
         **extra,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def decoder_info(model: VideoModel) -> dict:
+    """How samples become frames when the pipeline has no VAE: RGB pixels packed space-to-depth."""
+    pipe = model.pipeline
+    if pipe is None or getattr(pipe, "vae", None) is not None:
+        return {}
+    return {"decoder": {"kind": "pixel_shuffle", "factor": model.vae_scale_factor, "range": [-1, 1]}}
 
 
 def json_safe(value):

@@ -128,11 +128,28 @@ def build_tiny_latte():
     )
 
 
+def build_ref_unet3d():
+    from .reference.models import build_reference
+
+    return build_reference("ref-unet3d")
+
+
+def build_ref_latte():
+    from .reference.models import build_reference
+
+    return build_reference("ref-latte")
+
+
 # name -> (builder, default shapes in pixels (frames, height, width), description)
 BUILTINS: dict[str, tuple[Callable, tuple[int, int, int], str]] = {
     "tiny-unet3d": (build_tiny_unet3d, (8, 32, 32), "ModelScope-style UNet3DConditionModel, 2 levels, CLIP-style text encoder"),
     "tiny-animatediff": (build_tiny_animatediff, (8, 32, 32), "AnimateDiff UNetMotionModel, 2 levels, motion modules"),
     "tiny-latte": (build_tiny_latte, (8, 16, 16), "LatteTransformer3DModel, 2 layers, T5-style text encoder"),
+}
+# trained reference models of the moving-shapes domain (weights in models/reference/weights)
+REFERENCES: dict[str, tuple[Callable, tuple[int, int, int], str]] = {
+    "ref-unet3d": (build_ref_unet3d, (8, 16, 16), "trained moving-shapes UNet3DConditionModel, MiniLM text encoder"),
+    "ref-latte": (build_ref_latte, (8, 16, 16), "trained moving-shapes LatteTransformer3DModel, MiniLM text encoder"),
 }
 
 
@@ -149,10 +166,11 @@ def build_builtin(name: str, seed: int = 0):
             raise F3Error(f"unknown preset '{base}'; choose one of: {', '.join(sorted(PRESETS))}")
         preset, shapes, _ = PRESETS[base]
         builder = lambda: preset(scale)  # noqa: E731
-    elif name not in BUILTINS:
-        raise F3Error(f"unknown builtin model '{name}'; choose one of: {', '.join(sorted(BUILTINS) + sorted(PRESETS))}")
+    elif name not in BUILTINS and name not in REFERENCES:
+        known = sorted(BUILTINS) + sorted(REFERENCES) + sorted(PRESETS)
+        raise F3Error(f"unknown builtin model '{name}'; choose one of: {', '.join(known)}")
     else:
-        builder, shapes, _ = BUILTINS[name]
+        builder, shapes, _ = BUILTINS.get(name) or REFERENCES[name]
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -52,6 +52,15 @@ def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None
     return "sha256:" + digest.hexdigest()
 
 
+def pixel_pack_factor(channels: int) -> int:
+    """k for a pixel-space denoiser whose sample holds RGB frames packed k×k space-to-depth."""
+    factor = round((channels / 3) ** 0.5)
+    if 3 * factor * factor != channels:
+        raise F3Error(f"a pipeline without a VAE works on packed RGB pixels (3·k² channels); "
+                      f"its denoiser has {channels} input channels")
+    return factor
+
+
 def _denoiser_of(pipe) -> torch.nn.Module:
     return pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
 
@@ -86,7 +95,10 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -
         )
     pipe.set_progress_bar_config(disable=True)
     denoiser = _denoiser_of(pipe).eval()
-    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1) if getattr(pipe, "vae", None) is not None else 8
+    if getattr(pipe, "vae", None) is not None:
+        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    else:  # no VAE: pixel space, RGB frames packed space-to-depth into the channels (3·k² of them)
+        vae_scale = pixel_pack_factor(int(denoiser.config.in_channels))
     if shapes is not None:
         frames, height, width = shapes
         default = VideoShapes(1, frames, height, width)

@@ -13,6 +13,9 @@ output_norm
 Frames (both criteria): key frame k's score = mean over heads and query frames of A[h, q, k],
 the attention mass it receives. Blocks: the mean of their attentions' scores
 (cross_frame_mass) or the measured ‖block output − input‖ / ‖input‖ (output_norm).
+random:SEED
+    a control, not a criterion: uniform random scores, reproducible from SEED, the unit id and
+    the stage's steps. Plans made from it show what the calibration statistics are worth.
 """
 
 from __future__ import annotations
@@ -23,8 +26,25 @@ import torch
 
 from ..calibration.stats import CalibrationStats
 
-CRITERIA = ("cross_frame_mass", "output_norm")
+CRITERIA = ("cross_frame_mass", "output_norm", "random")
 DEFAULT_CRITERION = "cross_frame_mass"
+
+
+def is_criterion(name: object) -> bool:
+    """A known criterion name, or ``random:SEED`` (the random-plan control)."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith("random:"):
+        return name[7:].isdigit()
+    return name in CRITERIA and name != "random"
+
+
+def _random(criterion: str, key: str, steps: Sequence[int], count: int) -> torch.Tensor:
+    import hashlib
+
+    text = f"{criterion}|{key}|{','.join(map(str, steps))}".encode()
+    seed = int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+    return torch.rand(count, generator=torch.Generator().manual_seed(seed))
 
 
 def _steps(stats: CalibrationStats, steps: Sequence[int] | None) -> list[int]:
@@ -42,6 +62,8 @@ def mean_attention(stats: CalibrationStats, unit_id: str, steps: Sequence[int] |
 def head_scores(stats: CalibrationStats, unit_id: str, criterion: str, steps: Sequence[int] | None = None) -> torch.Tensor:
     """(H,) score per head of `unit_id`."""
     steps = _steps(stats, steps)
+    if criterion.startswith("random:"):
+        return _random(criterion, unit_id, steps, stats.unit(unit_id, "attn").shape[1])
     if criterion == "cross_frame_mass":
         attn = mean_attention(stats, unit_id, steps)
         return 1.0 - torch.diagonal(attn, dim1=-2, dim2=-1).mean(-1)
@@ -54,6 +76,8 @@ def head_scores(stats: CalibrationStats, unit_id: str, criterion: str, steps: Se
 def unit_score(stats: CalibrationStats, unit_id: str, criterion: str, steps: Sequence[int] | None = None) -> float:
     """Score of one attention unit."""
     steps = _steps(stats, steps)
+    if criterion.startswith("random:"):
+        return float(_random(criterion, unit_id, steps, 1))
     if criterion == "output_norm":
         calls = stats.unit(unit_id, "calls")[steps].sum().clamp_min(1)
         return float(stats.unit(unit_id, "branch")[steps].sum() / calls)
@@ -67,6 +91,8 @@ def frame_scores(stats: CalibrationStats, unit_id: str, steps: Sequence[int] | N
 
 def block_score(stats: CalibrationStats, block_id: str, criterion: str, steps: Sequence[int] | None = None) -> float:
     steps = _steps(stats, steps)
+    if criterion.startswith("random:"):
+        return float(_random(criterion, block_id, steps, 1))
     if criterion == "output_norm":
         calls = stats.block(block_id, "calls")[steps].sum().clamp_min(1)
         return float(stats.block(block_id, "ratio")[steps].sum() / calls)

@@ -184,8 +184,8 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
         _fail(where, "calibration must be an object")
     if data["granularity"] not in GRANULARITIES:
         _fail(where, f"granularity {data['granularity']!r} is unknown; use one of {', '.join(GRANULARITIES)}")
-    if data["criterion"] not in criteria.CRITERIA:
-        _fail(where, f"criterion {data['criterion']!r} is unknown; use one of {', '.join(criteria.CRITERIA)}")
+    if not criteria.is_criterion(data["criterion"]):
+        _fail(where, f"criterion {data['criterion']!r} is unknown; use one of cross_frame_mass, output_norm, random:SEED")
     ratio = data["ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
         _fail(where, f"ratio must be a number in [0, 1], got {ratio!r}")
@@ -256,14 +256,22 @@ def make_plan(
     granularity: str = "head",
     criterion: str = criteria.DEFAULT_CRITERION,
     stages: int = 1,
+    seed: int = 0,
 ) -> PruningPlan:
-    """Rank units by `criterion` on each stage's steps and prune the lowest `ratio` fraction."""
+    """Rank units by `criterion` on each stage's steps and prune the lowest `ratio` fraction.
+
+    ``criterion="random"`` draws the scores from `seed` instead (the plan records ``random:SEED``).
+    """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
         raise F3Error(f"--ratio must be in [0, 1], got {ratio}")
     if granularity not in GRANULARITIES:
         raise F3Error(f"--granularity {granularity!r} is unknown; use one of {', '.join(GRANULARITIES)}")
-    if criterion not in criteria.CRITERIA:
+    if criterion == "random":
+        criterion = f"random:{int(seed)}"
+    if not criteria.is_criterion(criterion):
         raise F3Error(f"--criterion {criterion!r} is unknown; use one of {', '.join(criteria.CRITERIA)}")
+    if criterion.startswith("random:") and granularity == "frame":
+        raise F3Error("random plans are made at block, attention or head granularity, not frame")
     steps = len(stats.timesteps)
     if not 1 <= stages <= steps:
         raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")

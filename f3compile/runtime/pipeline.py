@@ -121,6 +121,11 @@ class Runtime:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, F, H, W, 3) frames in [0, 1] decoded frame by frame with the VAE."""
         vae = self.component("vae")
+        decoder = self.manifest.get("decoder", {})
+        if vae is None and decoder.get("kind") == "pixel_shuffle":  # pixel-space model: unpack, no VAE
+            from ..models.reference.models import unpack
+
+            return unpack(latents, int(decoder["factor"]))
         if vae is None:
             raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --latents instead")
         batch, channels, frames, height, width = latents.shape

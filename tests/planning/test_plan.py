@@ -170,3 +170,33 @@ def test_render_lists_every_unit_and_savings(models, calibrations):
         assert text.count(unit.id) == 2  # one row per stage
     assert text.count("removed per denoiser call") == 2 and "FLOP-predicted speedup" in text
     assert "pruned (attention)" in text and "kept" in text
+
+
+@pytest.mark.parametrize("granularity", ["block", "attention", "head"])
+def test_random_plans_are_reproducible_controls_of_the_same_size(calibrations, granularity, tmp_path):
+    _, stats = calibrations["tiny-unet3d"]
+    chosen = make_plan(stats, 0.5, granularity, stages=2)
+    first = make_plan(stats, 0.5, granularity, "random", stages=2, seed=1)
+    again = make_plan(stats, 0.5, granularity, "random", stages=2, seed=1)
+    assert first.criterion == "random:1"
+    assert first.to_dict() == again.to_dict()
+    others = [make_plan(stats, 0.5, granularity, "random", stages=2, seed=s).to_dict()["stages"] for s in range(2, 7)]
+    assert any(o != first.to_dict()["stages"] for o in others)  # seeds give different selections
+
+    def size(plan):
+        return [len(s.drop_blocks) + len(s.drop_attention) + sum(map(len, s.prune_heads.values())) for s in plan.stages]
+
+    assert size(first) == size(chosen)
+    first.save(tmp_path / "random.json")
+    assert PruningPlan.load(tmp_path / "random.json").criterion == "random:1"
+
+
+def test_random_criterion_needs_a_numeric_seed_and_no_frames(calibrations, tmp_path):
+    _, stats = calibrations["tiny-unet3d"]
+    with pytest.raises(F3Error, match="not frame"):
+        make_plan(stats, 0.5, "frame", "random")
+    data = make_plan(stats, 0.5, "head", "random", seed=3).to_dict()
+    data["criterion"] = "random:x"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(F3Error, match="criterion 'random:x' is unknown"):
+        PruningPlan.load(tmp_path / "bad.json")

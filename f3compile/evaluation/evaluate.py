@@ -1,0 +1,250 @@
+"""`eval`: generate with the dense and each pruned model from the same seeds and score the videos.
+
+Per variant (the dense model and every plan): probe accuracy of the generated videos against the
+prompts' labels (colour, shape, direction, all three — the CLIPSIM analogue), Fréchet distance of
+probe features against real clips of the same labels (the FVD analogue, with its spread over
+seeds), PSNR against the dense videos of the same seeds, temporal consistency, and the measured
+denoising-loop speedup of the pruned programs over the dense program (interleaved, medians).
+
+Pruned variants run the compiled, pruned torch.export programs — the artifacts that get exported —
+switched by timestep exactly as the deployed runtime switches stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import option
+from ..errors import F3Error
+from . import metrics
+
+SCHEMA = "f3compile.eval/1"
+LABEL_KEYS = ("color", "shape", "direction")
+
+
+@dataclass
+class EvalConfig:
+    samples: int = option(2, "videos per prompt, each from its own seed")
+    steps: int = option(20, "denoising steps")
+    guidance_scale: float = option(5.0, "classifier-free guidance scale")
+    seed: int = option(0, "first seed; sample s of every prompt uses the same noise in every variant")
+    batch: int = option(20, "prompts per sampling call (the programs' batch; CFG doubles it)")
+    real_per_prompt: int = option(10, "real clips per prompt for the Fréchet reference")
+    repeat: int = option(5, "timed calls per variant for the speedup (interleaved, median)")
+
+
+@dataclass
+class Variant:
+    """One model to evaluate: `plan` None is the dense model."""
+
+    name: str
+    plan: Any = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+def read_eval_prompts(path: str | Path) -> list[dict]:
+    """JSON lines {"prompt", "color", "shape", "direction"} (labels from the moving-shapes domain)."""
+    from ..models.reference.domain import COLORS, DIRECTIONS, SHAPES
+
+    allowed = {"color": tuple(COLORS), "shape": SHAPES, "direction": DIRECTIONS}
+    path = Path(path)
+    if not path.is_file():
+        raise F3Error(f"prompts file {path} does not exist; pass a JSON-lines file with prompt, color, shape, direction")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise F3Error(f"{path}:{number} is not JSON; each line must be "
+                          '{"prompt": ..., "color": ..., "shape": ..., "direction": ...}') from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise F3Error(f"{path}:{number} needs a \"prompt\" string")
+        for key, values in allowed.items():
+            if record.get(key) not in values:
+                raise F3Error(f"{path}:{number}: \"{key}\" must be one of {', '.join(values)}, got {record.get(key)!r}")
+        records.append({"prompt": record["prompt"], **{k: record[k] for k in LABEL_KEYS}})
+    if not records:
+        raise F3Error(f"prompts file {path} is empty; add JSON lines with prompt, color, shape, direction")
+    return records
+
+
+def default_prompts(seed: int = 0) -> list[dict]:
+    """Every label combination once (60 prompts), worded with the held-out paraphrase templates."""
+    from ..models.reference.domain import COLORS, DIRECTIONS, SHAPES, Labels, caption
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for shape in SHAPES:
+        for color in COLORS:
+            for direction in DIRECTIONS:
+                labels = Labels(shape, color, direction)
+                records.append({"prompt": caption(labels, rng, "heldout"), "color": color, "shape": shape,
+                                "direction": direction})
+    return records
+
+
+def decode(model, latents: torch.Tensor) -> torch.Tensor:
+    """(B, F, H, W, 3) frames in [0, 1]: pixel unpacking for VAE-less models, else the VAE."""
+    vae = getattr(model.pipeline, "vae", None) if model.pipeline is not None else None
+    if vae is None:
+        from ..models.reference.models import unpack
+
+        return unpack(latents, model.vae_scale_factor)
+    batch, channels, frames = latents.shape[:3]
+    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).flatten(0, 1)
+    with torch.no_grad():
+        images = vae.decode(flat).sample
+    return (images.unflatten(0, (batch, frames)).permute(0, 1, 3, 4, 2) / 2 + 0.5).clamp(0, 1)
+
+
+def _stage_modules(model, plan, shapes) -> tuple[list, list]:
+    from ..compiler.compile import compile
+
+    compiled = compile(model, plan, shapes)
+    return [c.stage for c in compiled], [c.program.module() for c in compiled]
+
+
+def _denoise_for(stages, modules) -> Callable[[int], Callable]:
+    def pick(timestep: int):
+        for stage, module in zip(stages, modules):
+            if stage.contains(timestep):
+                return module
+        raise F3Error(f"timestep {timestep} is outside every stage of the plan")
+    return pick
+
+
+def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond, uncond) -> torch.Tensor:
+    """Frames (samples × prompts, F, H, W, 3), sample-major; identical noise for every variant."""
+    from ..sampling import denoise_loop, initial_latents
+
+    shape = model.latent_shape(dataclasses.replace(model.shapes, batch=config.batch))
+    videos = []
+    for sample in range(config.samples):
+        for start in range(0, len(prompts), config.batch):
+            rows = list(range(start, min(start + config.batch, len(prompts))))
+            pad = config.batch - len(rows)
+            index = torch.tensor(rows + [rows[-1]] * pad)  # static programs: pad the last call
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + sample * 1009 + start)
+            scheduler = type(model.scheduler).from_config(model.scheduler.config)
+            latents = initial_latents(shape, scheduler, generator)
+            latents = denoise_loop(None, scheduler, latents, cond[index], uncond[index], config.steps,
+                                   config.guidance_scale, generator, denoise_for=modules_for)
+            videos.append(decode(model, latents[: len(rows)]))
+    return torch.cat(videos)
+
+
+def _real_features(probe, prompts: list[dict], per_prompt: int, frames: int, size: int, seed: int):
+    from ..models.reference.domain import Labels, render_clip
+
+    rng = np.random.default_rng(seed + 99)
+    clips = [render_clip(Labels(p["shape"], p["color"], p["direction"]), frames, size, seed=int(rng.integers(2**31)))
+             for p in prompts for _ in range(per_prompt)]
+    return torch.from_numpy(np.stack(clips))
+
+
+def _speedup(model, dense_modules, stages, modules, config: EvalConfig) -> float:
+    """Denoising-loop speedup: per stage, dense vs pruned program timed interleaved on the eval
+    batch (medians), weighted by the number of this schedule's steps each stage covers."""
+    from ..bench import time_interleaved
+    from ..compiler.compile import export_inputs
+
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    scheduler.set_timesteps(config.steps)
+    counts = [sum(stage.contains(int(t)) for t in scheduler.timesteps) for stage in stages]
+    inputs = export_inputs(model, dataclasses.replace(model.shapes, batch=config.batch), seed=5)
+    dense_total = pruned_total = 0.0
+
+    def run(module):
+        def call(*args):
+            with torch.no_grad():
+                return module(*args)
+        return call
+
+    for count, module in zip(counts, modules):
+        if count == 0:
+            continue
+        times = time_interleaved(run(dense_modules[0]), run(module), inputs, config.repeat, warmup=1)
+        dense_total += count * statistics.median(times["dense"])
+        pruned_total += count * statistics.median(times["pruned"])
+    return dense_total / pruned_total if pruned_total else 1.0
+
+
+def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalConfig | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Score every variant (the first must be the dense model) on `prompts`; returns eval.json's dict."""
+    from ..models.reference.probe import load_probe
+
+    config = config or EvalConfig()
+    for name in ("samples", "steps", "batch", "real_per_prompt", "repeat"):
+        if getattr(config, name) < 1:
+            raise F3Error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.guidance_scale <= 1.0:
+        raise F3Error("--guidance-scale must be > 1: the programs take the CFG-doubled batch")
+    if not variants or variants[0].plan is not None:
+        raise F3Error("the first variant must be the dense model")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise F3Error(f"variant names must be unique, got {names}")
+    config = dataclasses.replace(config, batch=min(config.batch, len(prompts)))
+    shapes = model.shapes
+    probe = load_probe()
+    cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
+    real = _real_features(probe, prompts, config.real_per_prompt, shapes.frames, shapes.height, config.seed)
+    real_features, real_predicted = probe.classify(real)
+    real_truth = [p for p in prompts for _ in range(config.real_per_prompt)]
+    truth = [p for _ in range(config.samples) for p in prompts]
+    half = len(real) // 2
+    reference = {
+        "accuracy": metrics.accuracy(real_predicted, real_truth),
+        "frechet_real_halves": metrics.frechet_distance(real_features[:half].numpy(), real_features[half:].numpy()),
+        "temporal_consistency": float(metrics.temporal_consistency(real).mean()),
+        "clips": len(real),
+    }
+    batch_shapes = dataclasses.replace(shapes, batch=config.batch)
+    dense_stages, dense_modules = _stage_modules(model, None, batch_shapes)
+    results, dense_frames, grid = {}, None, {}
+    for variant in variants:
+        started = time.perf_counter()
+        if variant.plan is None:
+            stages, modules = dense_stages, dense_modules
+        else:
+            stages, modules = _stage_modules(model, variant.plan, batch_shapes)
+        frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond)
+        features, predicted = probe.classify(frames)
+        per_seed = [metrics.frechet_distance(features[s * len(prompts):(s + 1) * len(prompts)].numpy(),
+                                             real_features.numpy()) for s in range(config.samples)]
+        entry = {
+            **variant.meta,
+            "accuracy": metrics.accuracy(predicted, truth),
+            "frechet": metrics.frechet_distance(features.numpy(), real_features.numpy()),
+            "frechet_by_seed": per_seed,
+            "frechet_spread": float(np.std(per_seed)),
+            "psnr_vs_dense": None if dense_frames is None else float(metrics.psnr(frames, dense_frames).mean()),
+            "temporal_consistency": float(metrics.temporal_consistency(frames).mean()),
+            "speedup": 1.0 if variant.plan is None else _speedup(model, dense_modules, stages, modules, config),
+        }
+        if dense_frames is None:
+            dense_frames = frames
+        results[variant.name] = entry
+        grid[variant.name] = frames[: min(6, len(prompts))]
+        acc = entry["accuracy"]
+        log(f"{variant.name}: colour {acc['color']:.0%} shape {acc['shape']:.0%} direction {acc['direction']:.0%} "
+            f"all {acc['all']:.0%}  Fréchet {entry['frechet']:.2f}  speedup {entry['speedup']:.2f}x "
+            f"({time.perf_counter() - started:.0f}s)")
+    return {
+        "schema": SCHEMA, "model": {"spec": model.spec, "fingerprint": model.fingerprint},
+        "config": dataclasses.asdict(config), "prompts": len(prompts), "videos_per_variant": len(truth),
+        "reference": reference, "results": results, "_grid": grid,
+        "_grid_prompts": [p["prompt"] for p in prompts[: min(6, len(prompts))]],
+    }

@@ -1,0 +1,112 @@
+"""eval.json, eval.md (a markdown table), grid.png (dense vs pruned videos) and the sweep plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_dir, write_json_atomic
+
+COLUMNS = ("variant", "granularity", "ratio", "stages", "criterion", "colour", "shape", "direction", "all",
+           "Fréchet", "PSNR vs dense", "temporal", "speedup")
+
+
+def markdown(result: dict) -> str:
+    ref = result["reference"]
+    lines = [
+        f"Model `{result['model']['spec']}`: {result['prompts']} prompts × {result['config']['samples']} seeds "
+        f"= {result['videos_per_variant']} videos per variant, {result['config']['steps']} steps, "
+        f"guidance {result['config']['guidance_scale']:g}. Real clips ({ref['clips']}): probe accuracy "
+        f"{ref['accuracy']['all']:.1%} (all three), Fréchet between two real halves {ref['frechet_real_halves']:.2f}, "
+        f"temporal consistency {ref['temporal_consistency']:.3f}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for name, entry in result["results"].items():
+        acc = entry["accuracy"]
+        psnr = entry["psnr_vs_dense"]
+        lines.append("| " + " | ".join([
+            name, entry.get("granularity", "—"), f"{entry['ratio']:g}" if "ratio" in entry else "—",
+            str(entry.get("stages", "—")), entry.get("criterion", "—"),
+            f"{acc['color']:.1%}", f"{acc['shape']:.1%}", f"{acc['direction']:.1%}", f"{acc['all']:.1%}",
+            f"{entry['frechet']:.2f} ± {entry['frechet_spread']:.2f}", "—" if psnr is None else f"{psnr:.1f} dB",
+            f"{entry['temporal_consistency']:.3f}", f"{entry['speedup']:.2f}×",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_png(result: dict, path: Path, max_variants: int = 8, scale: int = 4) -> None:
+    """Rows: the first prompts (seed 0); columns: dense and up to `max_variants`-1 pruned variants,
+    each cell the clip's frames side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["_grid"])[:max_variants]
+    prompts = result["_grid_prompts"]
+    fig, axes = plt.subplots(len(prompts), len(names), figsize=(2.6 * len(names), 0.55 * len(prompts) + 0.6),
+                             squeeze=False)
+    for column, name in enumerate(names):
+        videos = result["_grid"][name].numpy()
+        for row in range(len(prompts)):
+            strip = np.concatenate(list(videos[row]), axis=1)
+            strip = strip.repeat(scale, 0).repeat(scale, 1)
+            ax = axes[row][column]
+            ax.imshow(strip, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+            if column == 0:
+                ax.set_ylabel(prompts[row][:28], fontsize=5, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_plot(result: dict, path: Path) -> None:
+    """Quality vs measured speedup: Fréchet and direction accuracy, one marker per plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    markers = {"block": "s", "attention": "o", "head": "^"}
+    dense = result["results"]["dense"]
+    for ax, key in ((left, "frechet"), (right, "direction")):
+        value = (lambda e: e["frechet"]) if key == "frechet" else (lambda e: e["accuracy"]["direction"])
+        ax.axhline(value(dense), color="k", lw=0.8, ls="--", label="dense")
+        for name, entry in result["results"].items():
+            if name == "dense":
+                continue
+            random = str(entry.get("criterion", "")).startswith("random")
+            colour = "0.6" if random else ("C0" if entry.get("stages", 1) == 1 else "C1")
+            if entry.get("criterion") == "output_norm":
+                colour = "C2"
+            ax.scatter(entry["speedup"], value(entry), marker="x" if random else markers.get(entry.get("granularity"), "o"),
+                       color=colour, s=30)
+        ax.set_xlabel("measured denoising-loop speedup (×)")
+        ax.set_ylabel("Fréchet distance (lower is better)" if key == "frechet" else "direction accuracy")
+    handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=g) for g, m in markers.items()]
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=l) for c, l in
+                (("C0", "1 stage"), ("C1", "2 stages"), ("C2", "output_norm"), ("0.6", "random plans"))]
+    right.legend(handles=handles, fontsize=7)
+    fig.suptitle(f"{result['model']['spec']}: quality vs speedup")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(result: dict, output_dir: str | Path, sweep: bool = False) -> None:
+    """eval.json, eval.md, grid.png (and sweep.png) written together: all or nothing."""
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    with atomic_dir(output_dir) as tmp:
+        write_json_atomic(tmp / "eval.json", public)
+        (tmp / "eval.md").write_text(markdown(result))
+        grid_png(result, tmp / "grid.png")
+        if sweep:
+            sweep_plot(result, tmp / "sweep.png")

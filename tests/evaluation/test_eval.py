@@ -1,0 +1,84 @@
+"""`f3compile eval` end to end on the trained ref-latte, and its input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from f3compile.cli import main
+
+EVAL_FLAGS = ["--limit", "4", "--samples", "2", "--steps", "4", "--real", "2", "--repeat", "1", "--batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def latte_plans(tmp_path_factory):
+    work = tmp_path_factory.mktemp("eval-plans")
+    prompts = work / "prompts.txt"
+    prompts.write_text("a red circle moving left\na blue square rising\n")
+    assert main(["calibrate", "builtin:ref-latte", "--prompts", str(prompts), "--steps", "4", "--no-heatmaps",
+                 "-o", str(work / "calib")]) == 0
+    for name, ratio in (("keep", "0"), ("half", "0.5")):
+        assert main(["plan", str(work / "calib"), "--ratio", ratio, "--granularity", "block",
+                     "-o", str(work / f"{name}.json")]) == 0
+    return work
+
+
+def test_eval_writes_table_grid_and_one_entry_per_plan(latte_plans, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "builtin:ref-latte", "--plan", str(latte_plans / "keep.json"), str(latte_plans / "half.json"),
+                 *EVAL_FLAGS, "-o", str(out)])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"eval.json", "eval.md", "grid.png"}
+    result = json.loads((out / "eval.json").read_text())
+    assert list(result["results"]) == ["dense", "keep", "half"]
+    assert result["videos_per_variant"] == 8
+    for entry in result["results"].values():
+        assert set(entry["accuracy"]) == {"color", "shape", "direction", "all"}
+        assert all(0.0 <= v <= 1.0 for v in entry["accuracy"].values())
+        assert len(entry["frechet_by_seed"]) == 2 and entry["frechet"] >= 0
+        assert -1.0 <= entry["temporal_consistency"] <= 1.0
+    dense, keep, half = (result["results"][k] for k in ("dense", "keep", "half"))
+    assert dense["psnr_vs_dense"] is None and dense["speedup"] == 1.0
+    # a plan that prunes nothing runs the same program: identical videos
+    assert keep["psnr_vs_dense"] == pytest.approx(100.0)
+    assert keep["accuracy"] == dense["accuracy"] and keep["frechet"] == pytest.approx(dense["frechet"], rel=1e-6)
+    assert half["psnr_vs_dense"] < 100.0 and half["speedup"] > 0
+    assert half["granularity"] == "block" and half["ratio"] == 0.5
+    table = (out / "eval.md").read_text()
+    assert "| half | block | 0.5 |" in table
+    assert "half" in capsys.readouterr().out
+
+
+def test_eval_sweep_with_random_plans(latte_plans, tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["eval", "builtin:ref-latte", "--calibration", str(latte_plans / "calib"), "--sweep", "--random", "1",
+                 "--ratios", "0.5", "--granularities", "block", "--stages", "1", *EVAL_FLAGS, "-o", str(out)])
+    assert code == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert list(result["results"]) == ["dense", "block-0.5-s1", "block-0.5-s1-random0"]
+    assert result["results"]["block-0.5-s1-random0"]["criterion"] == "random:0"
+    assert (out / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "a red circle", "color": "purple", "shape": "circle", "direction": "left"}'], '"color" must be one of'),
+    (["not json"], "is not JSON"),
+    ([], "is empty"),
+])
+def test_eval_rejects_bad_prompt_files(latte_plans, tmp_path, capsys, lines, message):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(lines))
+    code = main(["eval", "builtin:ref-latte", "--plan", str(latte_plans / "half.json"), "--prompts", str(prompts),
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_needs_something_to_compare(tmp_path, capsys):
+    assert main(["eval", "builtin:ref-latte", "-o", str(tmp_path / "out")]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+    assert main(["eval", "builtin:ref-latte", "--sweep", "-o", str(tmp_path / "out")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
