@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_MODEL ?= builtin:ref-latte
+DEMO_MODEL ?= builtin:ref-unet3d
 DEMO_DIR ?= demo
 DEMO_PROMPT ?= watch the red round dot as it is heading left
 

@@ -195,25 +195,26 @@ def train_denoiser(args) -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     log = DOCS / f"{name}-train.log"
 
-    print("rendering clips and embedding captions ...", flush=True)
-    clips, captions, _ = domain.make_clips(args.clips, seed=args.seed)
-    x_bank = ref.pack(torch.from_numpy(clips)).half()
-    unique = sorted(set(captions))
-    caption_index = torch.tensor([unique.index(c) for c in captions])
-    embeddings, empty = [], None
-    for start in range(0, len(unique), 256):
-        cond, uncond = model.encode_prompts(unique[start:start + 256])
-        embeddings.append(cond.half())
-        empty = uncond[:1]
-    embeddings = torch.cat(embeddings)
-    eval_prompts, eval_labels = evaluation_prompts(args.eval_prompts, args.seed + 7)
-
     params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = {k: v.detach().clone().float() for k, v in denoiser.state_dict().items()}
     step, history = load_checkpoint(work, denoiser, ema, optimizer) if not args.restart else (0, [])
     if step == 0:
         log.write_text("")
+    stop = min(args.steps, args.stop_at or args.steps)
+    if step < stop:
+        print("rendering clips and embedding captions ...", flush=True)
+        clips, captions, _ = domain.make_clips(args.clips, seed=args.seed)
+        x_bank = ref.pack(torch.from_numpy(clips)).half()
+        unique = sorted(set(captions))
+        caption_index = torch.tensor([unique.index(c) for c in captions])
+        embeddings, empty = [], None
+        for start in range(0, len(unique), 256):
+            cond, uncond = model.encode_prompts(unique[start:start + 256])
+            embeddings.append(cond.half())
+            empty = uncond[:1]
+        embeddings = torch.cat(embeddings)
+        eval_prompts, eval_labels = evaluation_prompts(args.eval_prompts, args.seed + 7)
 
     def lr_at(s: int) -> float:
         if s < args.warmup:
@@ -222,7 +223,7 @@ def train_denoiser(args) -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     start, losses = time.time(), []
-    while step < args.steps:
+    while step < stop:
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # resumable: per-step stream
         index = torch.randint(0, len(x_bank), (args.batch,), generator=generator)
         x0 = x_bank[index].float()
@@ -252,20 +253,20 @@ def train_denoiser(args) -> None:
             record = {"step": step, "loss": round(float(np.mean(losses)), 5), "lr": round(lr_at(step), 6),
                       "seconds": round(time.time() - start, 1)}
             losses = []
-            if step % args.eval_every == 0 or step == args.steps:
+            if step % args.eval_every == 0 or step == stop:
                 evaluator = ref.DENOISERS[name]().eval()
                 evaluator.load_state_dict(ema)
                 record["sample_accuracy"] = sample_and_score(model, evaluator, probe, eval_prompts, eval_labels)
             history.append(record)
             log_line(log, record)
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        if step % args.checkpoint_every == 0 or step == stop:
             save_checkpoint(work, step, denoiser, ema, optimizer, history)
 
     plot_history(name, history)
     last = next((h["sample_accuracy"] for h in reversed(history) if "sample_accuracy" in h), None)
     write_weights(name, ema, {
         "command": "python tools/train_reference.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+        "seed": args.seed, "steps": step, "schedule_steps": args.steps, "batch": args.batch, "lr": args.lr,
         "parameters": sum(p.numel() for p in denoiser.parameters()),
         "final_sample_accuracy": last})
 
@@ -302,6 +303,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--clips", type=int, default=16000)
+    parser.add_argument("--stop-at", type=int, help="stop after this step (the schedule still spans --steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", help="checkpoint directory (default runs/NAME)")

@@ -44,6 +44,7 @@ def text_encoder(max_length: int = TEXT_LENGTH):
     from transformers import BertModel, BertTokenizerFast
 
     transformers.utils.logging.set_verbosity_error()  # the checkpoint's unused pooler is expected
+    transformers.utils.logging.disable_progress_bar()
     path = minilm_directory()
     tokenizer = BertTokenizerFast.from_pretrained(str(path), model_max_length=max_length)
     encoder = BertModel.from_pretrained(str(path), add_pooling_layer=False).eval()
