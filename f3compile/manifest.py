@@ -79,6 +79,10 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
         raise F3Error(f"{where}: model.fingerprint must be a string")
     if "class" not in data["scheduler"] or "config" not in data["scheduler"]:
         raise F3Error(f"{where}: scheduler needs class and config")
+    decoder = data.get("decoder")
+    if decoder is not None and (not isinstance(decoder, dict) or decoder.get("kind") != "pixel_shuffle"
+                                or not isinstance(decoder.get("factor"), int) or decoder["factor"] < 1):
+        raise F3Error(f"{where}: decoder must be {{\"kind\": \"pixel_shuffle\", \"factor\": K}} with K >= 1")
     if not data["stages"]:
         raise F3Error(f"{where}: stages must not be empty")
     previous_low = None

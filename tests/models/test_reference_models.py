@@ -86,3 +86,18 @@ def test_runtime_generates_what_the_eager_model_samples(ref_latte, tmp_path):
     frames = runtime.decode(latents)
     assert frames.shape == (1, 8, 16, 16, 3)
     assert torch.equal(frames, ref.unpack(latents))
+
+
+def test_manifest_rejects_a_malformed_decoder(ref_latte, tmp_path):
+    import json
+
+    from f3compile.compiler.compile import compile_to_dir
+    from f3compile.manifest import load_manifest
+
+    compile_to_dir(ref_latte, None, tmp_path / "build")
+    path = tmp_path / "build" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["decoder"] = {"kind": "pixel_shuffle", "factor": "2"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(F3Error, match="decoder must be"):
+        load_manifest(tmp_path / "build")
