@@ -294,9 +294,11 @@ def cmd_eval(args) -> None:
     from .models import load_model
 
     started = time.perf_counter()
+    if args.limit is not None and args.limit < 1:
+        raise F3Error(f"--limit must be at least 1, got {args.limit}")
     variants = _eval_variants(args)
     prompts = read_eval_prompts(args.prompts) if args.prompts else default_prompts(args.seed)
-    if args.limit:
+    if args.limit is not None:
         prompts = prompts[: args.limit]
     config = EvalConfig(samples=args.samples, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
                         batch=args.batch, real_per_prompt=args.real, repeat=args.repeat)

@@ -81,4 +81,6 @@ def test_eval_needs_something_to_compare(tmp_path, capsys):
     assert "nothing to compare" in capsys.readouterr().err
     assert main(["eval", "builtin:ref-latte", "--sweep", "-o", str(tmp_path / "out")]) == 2
     assert "--calibration" in capsys.readouterr().err
+    assert main(["eval", "builtin:ref-latte", "--plan", "missing.json", "--limit", "0", "-o", str(tmp_path / "out")]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
