@@ -23,6 +23,7 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from f3compile._io import sha256_file  # noqa: E402
+from f3compile.evaluation import metrics  # noqa: E402
 from f3compile.models.reference import domain  # noqa: E402
 from f3compile.models.reference import models as ref  # noqa: E402
 from f3compile.models.reference.probe import HEADS, Probe  # noqa: E402
@@ -66,7 +68,7 @@ def train_probe(args) -> None:
     clips, _, labels = domain.make_clips(args.clips, seed=args.seed)
     val_clips, _, val_labels = domain.make_clips(2000, seed=args.seed + 1)
     x, y = torch.from_numpy(clips), labels_tensor(labels)
-    vx, vy = torch.from_numpy(val_clips), labels_tensor(val_labels)
+    vx = torch.from_numpy(val_clips)
     probe = Probe()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = args.steps or 2500
@@ -96,16 +98,13 @@ def train_probe(args) -> None:
             probe.eval()
             _, predicted = probe.classify(vx)
             probe.train()
-            accuracy = {n: float(np.mean([HEADS[n].index(p) == t for p, t in zip(predicted[n], vy[n].tolist())]))
-                        for n in HEADS}
+            accuracy = metrics.accuracy(predicted, [asdict(item) for item in val_labels])
             log_line(log, {"step": step, "loss": round(loss.item(), 5), "val_accuracy": accuracy,
                            "seconds": round(time.time() - start, 1)})
     probe.eval()
     held_clips, _, held_labels = domain.make_clips(3000, seed=args.seed + 2)
     _, predicted = probe.classify(torch.from_numpy(held_clips))
-    truth = labels_tensor(held_labels)
-    accuracy = {n: float(np.mean([HEADS[n].index(p) == t for p, t in zip(predicted[n], truth[n].tolist())]))
-                for n in HEADS}
+    accuracy = metrics.accuracy(predicted, [asdict(item) for item in held_labels])
     print("held-out real clips:", accuracy)
     write_weights("probe", probe.state_dict(), {
         "command": "python tools/train_reference.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -137,10 +136,7 @@ def sample_and_score(model, denoiser, probe, prompts, labels, steps: int = 20, g
     latents = denoise_loop(lambda s, t, e: model.denoise_call(denoiser, s, t, e), scheduler, latents, cond, uncond,
                            steps, guidance, generator)
     _, predicted = probe.classify(ref.unpack(latents))
-    result = {n: float(np.mean([p == getattr(item, n) for p, item in zip(predicted[n], labels)])) for n in HEADS}
-    result["all"] = float(np.mean([all(predicted[n][i] == getattr(item, n) for n in HEADS)
-                                   for i, item in enumerate(labels)]))
-    return result
+    return metrics.accuracy(predicted, [asdict(item) for item in labels])
 
 
 def save_checkpoint(work: Path, step: int, denoiser, ema, optimizer, history: list) -> None:
