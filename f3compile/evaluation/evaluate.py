@@ -101,11 +101,9 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
         from ..models.reference.models import unpack
 
         return unpack(latents, model.vae_scale_factor)
-    batch, channels, frames = latents.shape[:3]
-    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).flatten(0, 1)
-    with torch.no_grad():
-        images = vae.decode(flat).sample
-    return (images.unflatten(0, (batch, frames)).permute(0, 1, 3, 4, 2) / 2 + 0.5).clamp(0, 1)
+    from ..runtime.pipeline import vae_decode
+
+    return vae_decode(vae, latents)
 
 
 def _stage_modules(model, plan, shapes) -> tuple[list, list]:

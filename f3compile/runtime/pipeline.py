@@ -128,11 +128,17 @@ class Runtime:
             return unpack(latents, int(decoder["factor"]))
         if vae is None:
             raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --latents instead")
-        batch, channels, frames, height, width = latents.shape
-        flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
-        images = vae.decode(flat).sample  # (B*F, 3, H, W) in [-1, 1]
-        video = images.reshape(batch, frames, *images.shape[1:]).permute(0, 1, 3, 4, 2)
-        return (video.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(vae, latents)
+
+
+@torch.no_grad()
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, h, w) latents → (B, F, H, W, 3) frames in [0, 1], decoded frame by frame."""
+    batch, channels, frames, height, width = latents.shape
+    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+    images = vae.decode(flat).sample  # (B*F, 3, H, W) in [-1, 1]
+    video = images.reshape(batch, frames, *images.shape[1:]).permute(0, 1, 3, 4, 2)
+    return (video.float() / 2 + 0.5).clamp(0, 1)
 
 
 def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
