@@ -5,7 +5,7 @@ After:  x ─▶ index_select(x, 1, kept) (N, |kept|, C) ─▶ to_k, to_v ─�
         queries still come from all F frames, so every frame still produces output.
 
 The gather reads the projections' input, i.e. after any frame positional embedding has been
-added. Indices are a constant buffer. Idempotent: a projection already fed by the gather is left
+added. Indices are a constant buffer on the device of the graph's tensors. Idempotent: a projection already fed by the gather is left
 alone. Units outside `keep_frames`, or inside dropped blocks/attentions, are untouched.
 """
 
@@ -41,7 +41,10 @@ def gather_key_frames(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if shape is None or len(shape) != 3 or shape[1] != unit.frames:
             raise F3Error(f"{unit_id}: key input {shape} does not have {unit.frames} frames on axis 1")
         name = "f3_keep_frames__" + unit_id.replace(".", "_")
-        gm.register_buffer(name, torch.tensor(list(kept), dtype=torch.long), persistent=True)
+        # the index buffer lives on the device of the tensor it gathers from (meta/cuda/cpu)
+        value = source.meta.get("val")
+        device = value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
+        gm.register_buffer(name, torch.tensor(list(kept), dtype=torch.long, device=device), persistent=True)
         first = next(n for n in gm.graph.nodes if n is k_proj or n is v_proj)
         with gm.graph.inserting_before(first):
             index = gm.graph.get_attr(name)

@@ -25,7 +25,8 @@ _RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 def _slice_rows(gm, node, rows: torch.Tensor, dim: int) -> None:
     tensor = get_attr_tensor(gm, node)
-    set_attr_tensor(gm, node, tensor.detach().index_select(dim, rows).contiguous())
+    # the index lives where the weight lives (cuda, meta, ...): a CPU index on a CUDA weight fails
+    set_attr_tensor(gm, node, tensor.detach().index_select(dim, rows.to(tensor.device)).contiguous())
 
 
 def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
