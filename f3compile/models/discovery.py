@@ -1,17 +1,23 @@
 """Find temporal attention by what it does, not by what it is called.
 
-A module is a temporal attention unit when, traced on real inputs, it is *self*-attention whose
+A module is a temporal attention unit when, traced on example inputs, it is *self*-attention whose
 sequence length equals the number of frames at two different spatial sizes (spatial attention's
 sequence follows the spatial size; cross-attention has a separate key/value input). Names are
 only used afterwards, to report ids (= module paths) and to find each unit's enclosing block:
 the outermost ancestor that holds temporal attention only, no convolution (those belong to the
 spatial path: resnets, temporal convs, samplers), and maps its input to an output of the same
 shape (so "output = input" is a well-defined pruning).
+
+The traces are shape-only: the denoiser runs under fake tensors (`FakeTensorMode`), so the hooks
+see every shape while no convolution, matmul or attention is computed (traced for real, a
+full-width preset at twice its size took minutes on a CPU), and the model is left as it was.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -36,7 +42,13 @@ class _Seen:
     calls: int = 0
 
 
-def _probe(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str]) -> tuple[dict[str, _Seen], dict[str, tuple]]:
+def _probe(
+    model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str], fake: bool = True,
+) -> tuple[dict[str, _Seen], dict[str, tuple]]:
+    """Run the denoiser once at `shapes` and record what the hooks see (shapes only).
+
+    `fake`: trace under fake tensors (no real compute); else run the real forward.
+    """
     seen: dict[str, _Seen] = {}
     io_shapes: dict[str, tuple] = {}
     handles = []
@@ -49,14 +61,14 @@ def _probe(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str]) 
             rows, seq = hidden.shape[0], hidden.shape[2] * hidden.shape[3]
         else:
             rows, seq = hidden.shape[0], hidden.shape[1]
-        record.seq, record.rows, record.calls = seq, rows, record.calls + 1
+        record.seq, record.rows, record.calls = int(seq), int(rows), record.calls + 1
         record.self_attention = record.self_attention and context is None
 
     def block_hook(module, args, kwargs, output):
         hidden = args[0] if args else next(iter(kwargs.values()))
         out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
         if isinstance(hidden, torch.Tensor) and isinstance(out, torch.Tensor):
-            io_shapes[names[module]] = (tuple(hidden.shape), tuple(out.shape))
+            io_shapes[names[module]] = (tuple(int(d) for d in hidden.shape), tuple(int(d) for d in out.shape))
 
     for module, name in names.items():
         if is_attention(module):
@@ -64,13 +76,99 @@ def _probe(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str]) 
         elif name and not isinstance(module, _CONTAINERS):
             handles.append(module.register_forward_hook(block_hook, with_kwargs=True))
     try:
-        sample, timestep, ehs = model.example_inputs(shapes, cfg=False)
-        with torch.no_grad():
-            model.denoise(sample, timestep, ehs)
+        sample, timestep, ehs = model.example_inputs(shapes, cfg=False)  # small real tensors
+        if fake:
+            with _shape_only(model.denoiser) as mode, torch.no_grad():
+                model.denoise(mode.from_tensor(sample), mode.from_tensor(timestep), mode.from_tensor(ehs))
+        else:
+            with torch.no_grad():
+                model.denoise(sample, timestep, ehs)
     finally:
         for handle in handles:
             handle.remove()
     return seen, io_shapes
+
+
+def _has_fake(value: Any, depth: int = 0) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(value, FakeTensor):
+        return True
+    if depth >= 3:
+        return False
+    if isinstance(value, dict):
+        return any(_has_fake(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_has_fake(v, depth + 1) for v in value)
+    return False
+
+
+def _snapshot(holder: Any) -> dict[str, dict]:
+    state = {"__dict__": dict(vars(holder))}
+    if isinstance(holder, nn.Module):
+        state["_parameters"] = dict(holder._parameters)
+        state["_buffers"] = dict(holder._buffers)
+    for key, value in vars(holder).items():  # caches kept in a dict attribute (filled in place)
+        if type(value) is dict:
+            state[key] = dict(value)
+    return state
+
+
+def _restore(holder: Any, before: dict[str, dict]) -> None:
+    """Undo writes of fake tensors into `holder` since `before` (lazily built caches, buffers...)."""
+    targets = {"__dict__": vars(holder)}
+    if isinstance(holder, nn.Module):
+        targets["_parameters"], targets["_buffers"] = holder._parameters, holder._buffers
+    for key, old in before.items():
+        if key not in targets and isinstance(vars(holder).get(key), dict):
+            targets[key] = vars(holder)[key]
+    for key, current in targets.items():
+        old = before.get(key, {})
+        for name in list(current):
+            value = current[name]
+            if (name not in old or old[name] is not value) and _has_fake(value):
+                if name in old:
+                    current[name] = old[name]
+                else:
+                    del current[name]
+
+
+class _FakeLeak(RuntimeError):
+    """Fake tensors stayed in the model after a shape-only probe (a bug to fix, not to fall back on)."""
+
+
+@contextmanager
+def _shape_only(root: nn.Module) -> Iterator[Any]:
+    """A `FakeTensorMode` in which `root` runs on shapes alone and that leaves `root` as it was.
+
+    Real parameters and buffers are converted to fake tensors on use (metadata only: no copy of
+    the weights, the real tensors are never written); anything the forward stores on a module
+    or attention processor that holds a fake tensor is put back afterwards, so a later real
+    forward runs exactly as if discovery had not.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    holders = [holder for _, holder in _named_holders(root)]
+    before = [_snapshot(holder) for holder in holders]
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        with mode:
+            yield mode
+    finally:
+        for holder, state in zip(holders, before):
+            _restore(holder, state)
+        leaked = [name for name, holder in _named_holders(root) if _has_fake(vars(holder))]
+        if leaked:  # a write this guard does not know how to undo: not silently kept
+            raise _FakeLeak(f"fake tensors left in {', '.join(leaked[:3])} after shape-only discovery")
+
+
+def _named_holders(root: nn.Module) -> Iterator[tuple[str, Any]]:
+    """Objects whose attributes a forward may write: every module and its attention processor."""
+    for name, module in root.named_modules():
+        yield name or "<root>", module
+        processor = getattr(module, "processor", None)
+        if processor is not None and not isinstance(processor, nn.Module) and hasattr(processor, "__dict__"):
+            yield f"{name}.processor", processor
 
 
 def _second_size(model: VideoModel) -> list[VideoShapes]:
@@ -82,28 +180,54 @@ def _second_size(model: VideoModel) -> list[VideoShapes]:
     return options
 
 
-def find_temporal_units(model: VideoModel) -> list[TemporalUnit]:
+def _trace(model: VideoModel, names: dict[nn.Module, str], probe_mode: str):
+    """(first, io_shapes, second): the probes at the model's size and at a second spatial size.
+
+    Shape-only (fake tensors) first. A model whose forward cannot run on fake tensors (say, one
+    that branches on tensor *values*) is traced for real instead, as is one whose fake trace fits
+    no second size, so the fallback only costs time, never a different answer.
+    """
+    if probe_mode not in ("fake", "real"):
+        raise ValueError(f"_probe_mode must be 'fake' or 'real', got {probe_mode!r}")
+    frames = model.shapes.frames
+    base_shapes = VideoShapes(1, frames, model.shapes.height, model.shapes.width)
+    modes = (True, False) if probe_mode == "fake" else (False,)
+    for fake in modes:
+        last = fake is modes[-1]
+        try:
+            first, io_shapes = _probe(model, base_shapes, names, fake=fake)
+        except _FakeLeak:
+            raise
+        except Exception:
+            if last:
+                raise
+            continue  # not traceable on fake tensors: trace it for real
+        for shapes in _second_size(model):
+            try:
+                second, _ = _probe(model, shapes, names, fake=fake)
+                if probe_mode == "fake":
+                    model.info["_discovery_probe"] = "fake" if fake else "real"  # which trace answered
+                return first, io_shapes, second
+            except _FakeLeak:
+                raise
+            except Exception:  # this spatial size does not fit the architecture; try the next
+                continue
+    raise F3Error(f"could not trace {model.spec} at a second spatial size to confirm the frame axis")
+
+
+def find_temporal_units(model: VideoModel, *, _probe_mode: str = "fake") -> list[TemporalUnit]:
     """Every temporal attention unit of `model`'s denoiser, in module order.
 
-    Raises `F3Error` when the model has no temporal attention.
+    Raises `F3Error` when the model has no temporal attention. `_probe_mode="real"` traces
+    with real compute (the former behaviour; tests compare both) and bypasses the cache.
     """
-    cached = model.info.get("_temporal_units")
+    cached = model.info.get("_temporal_units") if _probe_mode == "fake" else None
     if cached is not None:
         return list(cached)
     root = model.denoiser
     names = {module: name for name, module in root.named_modules()}
     frames = model.shapes.frames
-    base_shapes = VideoShapes(1, frames, model.shapes.height, model.shapes.width)
-    first, io_shapes = _probe(model, base_shapes, names)
-    second = None
-    for shapes in _second_size(model):
-        try:
-            second, _ = _probe(model, shapes, names)
-            break
-        except Exception:  # this spatial size does not fit the architecture; try the next
-            continue
-    if second is None:
-        raise F3Error(f"could not trace {model.spec} at a second spatial size to confirm the frame axis")
+    first, io_shapes, second = _trace(model, names, _probe_mode)
 
     temporal_names = []
     for name, record in first.items():
@@ -151,7 +275,8 @@ def find_temporal_units(model: VideoModel) -> list[TemporalUnit]:
             id=name, block=block, heads=int(attention.heads), head_dim=int(inner // attention.heads),
             frames=frames, channels=int(attention.to_q.in_features),
         ))
-    model.info["_temporal_units"] = tuple(units)
+    if _probe_mode == "fake":
+        model.info["_temporal_units"] = tuple(units)
     return units
 
 
