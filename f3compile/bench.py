@@ -6,6 +6,10 @@ estimated from the per-stage medians weighted by each stage's share of the steps
 counted on the torch programs (`torch.utils.flop_counter`), parameters on the programs' weights;
 efficiency = measured speedup / FLOP-predicted speedup; gain_efficiency = (measured − 1) /
 (predicted − 1), the share of the predicted *saving* that turned into time (stricter).
+
+On CUDA every call is timed with CUDA events (recorded around the call on the current stream,
+synchronised after it), and each variant's peak device memory is its weights plus the most the
+call allocates on top of what was allocated before it (`torch.cuda.max_memory_allocated`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from .errors import F3Error
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "aoti", "onnxruntime", "tensorrt")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -30,27 +34,56 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def time_interleaved(dense: Callable, pruned: Callable, inputs: tuple, repeat: int, warmup: int = 2) -> dict:
+def _timed(fn: Callable, inputs: tuple, device: torch.device) -> float:
+    """Milliseconds of one call: wall clock on the CPU, CUDA events on a GPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*inputs)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    fn(*inputs)
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_interleaved(dense: Callable, pruned: Callable, inputs: tuple, repeat: int, warmup: int = 2,
+                     device: torch.device | str = "cpu") -> dict:
     """Alternate dense and pruned calls; returns per-variant lists of milliseconds."""
+    device = torch.device(device)
     for _ in range(warmup):
         dense(*inputs)
         pruned(*inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     times: dict[str, list[float]] = {"dense": [], "pruned": []}
     for index in range(repeat):
         order = (("dense", dense), ("pruned", pruned)) if index % 2 == 0 else (("pruned", pruned), ("dense", dense))
         for name, fn in order:
-            start = time.perf_counter()
-            fn(*inputs)
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append(_timed(fn, inputs, device))
     return times
 
 
-def _callables(backend: str, model, plan, shapes, work: Path):
-    """(dense stages, pruned stages, dense programs, pruned programs) as callables + torch programs."""
-    from .compiler.compile import compile
+def peak_device_mb(fn: Callable, inputs: tuple, weight_bytes: int, device: torch.device) -> float | None:
+    """Weights + the most one call allocates beyond what was allocated before it (MiB); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(*inputs)
+    torch.cuda.synchronize(device)
+    return (weight_bytes + torch.cuda.max_memory_allocated(device) - before) / 2**20
 
-    dense_programs = [s.program for s in compile(model, None, shapes)]
-    pruned_programs = [s.program for s in compile(model, plan, shapes)]
+
+def _callables(backend: str, model, plan, shapes, work: Path, device: torch.device, precision: str):
+    """(dense stages, pruned stages, dense programs, pruned programs) as callables + torch programs."""
+    from .compiler.compile import PRECISION_DTYPES, compile
+
+    dtype = PRECISION_DTYPES[precision]
+    dense_programs = [s.program for s in compile(model, None, shapes, dtype=dtype, device=device)]
+    pruned_programs = [s.program for s in compile(model, plan, shapes, dtype=dtype, device=device)]
     if backend == "torch":
         def wrap(program):
             module = program.module()
@@ -63,19 +96,24 @@ def _callables(backend: str, model, plan, shapes, work: Path):
     from .exporters import ExportConfig, export
     from .runtime.backends import make_backend
 
-    target = "trt" if backend == "tensorrt" else "onnx"
-    config = ExportConfig(target=target, verify=False, precision="fp16" if backend == "tensorrt" else "fp32")
+    target = {"tensorrt": "trt", "aoti": "aoti"}.get(backend, "onnx")
+    if backend == "tensorrt" and precision == "fp32":
+        precision = "fp16"  # strongly typed engines run in the ONNX's own precision; fp16 is what deploys
+    config = ExportConfig(target=target, verify=False, precision=precision, device=device.type)
     dense_manifest = export(model, None, work / "dense", shapes, config)
     pruned_manifest = export(model, plan, work / "pruned", shapes, config)
-    dense = [make_backend(backend, work / "dense", s) for s in dense_manifest["stages"]]
-    pruned = [make_backend(backend, work / "pruned", s) for s in pruned_manifest["stages"]]
+    dense = [make_backend(backend, work / "dense", s, device) for s in dense_manifest["stages"]]
+    pruned = [make_backend(backend, work / "pruned", s, device) for s in pruned_manifest["stages"]]
     return dense, pruned, dense_programs, pruned_programs
 
 
-def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2) -> list[dict]:
-    """Benchmark `plan` against the dense model; one row per stage plus a `loop` row."""
+def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2,
+          device: str | torch.device = "cpu", precision: str = "fp32") -> list[dict]:
+    """Benchmark `plan` against the dense model on `device` in `precision`; one row per stage plus
+    a `loop` row."""
     from .calibration.calibrate import resolve_shapes
-    from .compiler.compile import export_inputs, program_parameters
+    from .compiler.compile import PRECISION_DTYPES, export_inputs, program_parameters
+    from .devices import check_device
     from .planning.cost import count_flops
     from .planning.plan import split_steps
 
@@ -83,6 +121,9 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
         raise F3Error(f"--backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     if repeat < 1:
         raise F3Error("--repeat must be at least 1")
+    if precision not in PRECISION_DTYPES:
+        raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
+    device = check_device(device)
     if backend == "tensorrt":
         from .exporters.tensorrt import require_tensorrt
 
@@ -93,14 +134,15 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
     model.shapes = dataclasses.replace(shapes, batch=1)
     model.info.pop("_temporal_units", None)
     plan.check_model(model, find_temporal_units(model))  # before any heavy work
-    inputs = export_inputs(model, shapes, seed=3)
+    inputs = export_inputs(model, shapes, seed=3, dtype=PRECISION_DTYPES[precision], device=device)
     with tempfile.TemporaryDirectory(prefix="f3bench-") as work:
-        dense, pruned, dense_programs, pruned_programs = _callables(backend, model, plan, shapes, Path(work))
+        dense, pruned, dense_programs, pruned_programs = _callables(backend, model, plan, shapes, Path(work), device,
+                                                                    precision)
         dense_flops, _ = count_flops(dense_programs[0].module(), inputs)
         rows = []
         steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
         for index, (stage, program) in enumerate(zip(plan.stages, pruned_programs)):
-            times = time_interleaved(dense[0], pruned[index], inputs, repeat, warmup)
+            times = time_interleaved(dense[0], pruned[index], inputs, repeat, warmup, device)
             flops, _ = count_flops(program.module(), inputs)
             dense_ms, pruned_ms = statistics.median(times["dense"]), statistics.median(times["pruned"])
             speedup, predicted = dense_ms / pruned_ms, dense_flops / max(flops, 1)
@@ -113,6 +155,9 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
                 "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
                 "dense_params": program_parameters(dense_programs[0]), "pruned_params": program_parameters(program),
                 "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
+                "device": device.type, "precision": precision,
+                "dense_peak_mb": peak_device_mb(dense[0], inputs, _weight_bytes(dense_programs[0]), device),
+                "pruned_peak_mb": peak_device_mb(pruned[index], inputs, _weight_bytes(program), device),
             })
     total_steps = sum(r["steps"] for r in rows)
     loop_dense = sum(r["dense_ms"] * r["steps"] for r in rows)
@@ -121,17 +166,26 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
     predicted = dense_flops / loop_flops
     speedup = loop_dense / loop_pruned
     rows.append({
-        "backend": backend, "stage": "loop", "steps": total_steps, "dense_ms": loop_dense, "pruned_ms": loop_pruned,
+        "backend": backend, "stage": "loop", "steps": total_steps, "device": device.type, "precision": precision, "dense_ms": loop_dense, "pruned_ms": loop_pruned,
         "speedup": speedup, "predicted_speedup": predicted,
         "efficiency": speedup / predicted,
         "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dense_peak_mb": max((r["dense_peak_mb"] for r in rows if r["dense_peak_mb"] is not None), default=None),
+        "pruned_peak_mb": max((r["pruned_peak_mb"] for r in rows if r["pruned_peak_mb"] is not None), default=None),
     })
     return rows
 
 
+def _weight_bytes(program) -> int:
+    return int(sum(t.numel() * t.element_size() for t in program.state_dict.values()))
+
+
 def format_table(rows: list[dict]) -> str:
     header = f"{'backend':<11} {'stage':>5} {'dense ms':>9} {'pruned ms':>9} {'p90 d':>8} {'p90 p':>8} {'speedup':>8} {'FLOP pred':>9} {'eff':>6} {'params':>12}"
+    memory = any(row.get("dense_peak_mb") is not None for row in rows)
+    if memory:
+        header += f" {'peak MiB d/p':>15}"
     lines = [header]
     for row in rows:
         eff = f"{row['efficiency']:.2f}"
@@ -140,6 +194,7 @@ def format_table(rows: list[dict]) -> str:
             f"{row['backend']:<11} {row['stage']!s:>5} {row['dense_ms']:>9.1f} {row['pruned_ms']:>9.1f} "
             f"{row.get('dense_p90_ms', float('nan')):>8.1f} {row.get('pruned_p90_ms', float('nan')):>8.1f} "
             f"{row['speedup']:>7.3f}x {row['predicted_speedup']:>8.3f}x {eff:>6} {params:>12}"
+            + (f" {row['dense_peak_mb']:>7.0f}/{row['pruned_peak_mb']:<7.0f}" if memory and row.get("dense_peak_mb") is not None else "")
         )
     return "\n".join(lines)
 

@@ -78,6 +78,7 @@ def cmd_compile(args) -> None:
     """Rewrite the exported denoiser graph per plan stage into pruned, static torch.export programs.
 
     example: f3compile compile builtin:tiny-unet3d --plan plan.json -o build
+    on a GPU: f3compile compile builtin:arch-latte --plan plan.json --device cuda --precision fp16 -o build
     Writes BUILD_DIR/stageK/denoiser.pt2 per plan stage and BUILD_DIR/manifest.json.
     Without --plan the dense model is compiled (one stage). --list-passes prints the pipeline.
     """
@@ -97,7 +98,8 @@ def cmd_compile(args) -> None:
     plan = PruningPlan.load(args.plan) if args.plan else None
     model = load_model(args.model)
     shapes = resolve_shapes(model, args.frames, args.height, args.width, args.batch)
-    manifest = compile_to_dir(model, plan, args.output, shapes, plan_path=args.plan)
+    manifest = compile_to_dir(model, plan, args.output, shapes, plan_path=args.plan, precision=args.precision,
+                              device=args.device)
     for stage in manifest["stages"]:
         print(f"stage{stage['index']}: timesteps {stage['timesteps'][0]}..{stage['timesteps'][1]}, "
               f"{stage['parameters']:,} parameters -> {args.output}/{stage['files']['pt2']['path']}")
@@ -108,7 +110,9 @@ def cmd_export(args) -> None:
     """Export pruned stages as ONNX (and TensorRT engines), verified numerically, with a manifest.
 
     example: f3compile export builtin:tiny-unet3d --plan plan.json --target onnx -o build
-    Omit --plan to export the dense baseline. --target trt needs the [trt] extra and a GPU.
+    compiled engine: f3compile export builtin:tiny-unet3d --plan plan.json --target aoti --device cuda --precision fp16 -o build
+    Omit --plan to export the dense baseline. --target aoti builds an AOTInductor package for --device
+    (needs a C++ compiler); --target trt needs the [trt] extra and a GPU.
     """
     from .calibration.calibrate import resolve_shapes
     from .exporters import ExportConfig, export
@@ -118,7 +122,7 @@ def cmd_export(args) -> None:
 
     started = time.perf_counter()
     config = ExportConfig(
-        target=args.target, precision=args.precision, opset=args.opset,
+        target=args.target, precision=args.precision, opset=args.opset, device=args.device,
         dynamic_batch=parse_batch_profile(args.dynamic_batch), verify=not args.no_verify,
         triton_repo=args.triton_repo,
     )
@@ -132,10 +136,12 @@ def cmd_export(args) -> None:
     shapes = resolve_shapes(model, args.frames, args.height, args.width, args.batch)
     manifest = export(model, plan, args.output, shapes, config, plan_path=args.plan, progress=True)
     for stage in manifest["stages"]:
-        verify = stage.get("verify", {}).get("onnxruntime_vs_torch")
-        check = f"onnxruntime vs torch rel. L2 {verify['relative_l2_error']:.1e}" if verify else "not verified"
-        print(f"stage{stage['index']}: {', '.join(sorted(stage['files']))}; {check}; "
-              f"{stage['audit']['attention_nodes']} attention cores, {stage['audit']['initializer_bytes']:,} initializer bytes")
+        checks = [f"{name.replace('_vs_', ' vs ')} rel. L2 {result['relative_l2_error']:.1e}"
+                  for name, result in stage.get("verify", {}).items()] or ["not verified"]
+        audit = stage.get("audit")
+        detail = (f"; {audit['attention_nodes']} attention cores, {audit['initializer_bytes']:,} initializer bytes"
+                  if audit else f"; compiled in {stage['aoti']['compile_seconds']:.0f}s for {stage['aoti']['device']}")
+        print(f"stage{stage['index']}: {', '.join(sorted(stage['files']))}; {'; '.join(checks)}{detail}")
     _done(started, f"exported {len(manifest['stages'])} stage(s) ({config.target}, {config.precision}) -> {args.output}")
 
 
@@ -143,8 +149,9 @@ def cmd_generate(args) -> None:
     """Generate a video from built artifacts, as a deployment would (manifest + stage artifacts).
 
     example: f3compile generate build --prompt "a red circle moving left" -o video.gif
-    --backend torch runs the .pt2 programs (from compile or export), onnxruntime the .onnx files,
-    tensorrt the engines. The output is .gif, .mp4 or .png (frames side by side).
+    --backend torch runs the .pt2 programs (from compile or export) on --device, aoti the AOTInductor
+    packages, onnxruntime the .onnx files, tensorrt the engines. The output is .gif, .mp4 or .png
+    (frames side by side).
     """
     from .runtime import Runtime, save_video
 
@@ -152,7 +159,7 @@ def cmd_generate(args) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".gif", ".mp4", ".png"):
         raise F3Error(f"-o {args.output}: the output must end in .gif, .mp4 or .png")
-    runtime = Runtime(args.build, backend=args.backend)
+    runtime = Runtime(args.build, backend=args.backend, device=args.device)
     latents = runtime.generate(args.prompt, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale)
     frames = runtime.decode(latents)[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +193,7 @@ def cmd_bench(args) -> None:
     """Time dense vs pruned artifacts side by side (interleaved, medians) and compare with FLOPs.
 
     example: f3compile bench builtin:tiny-unet3d --plan plan.json --backend onnxruntime --repeat 20
+    on a GPU: f3compile bench builtin:arch-latte --plan plan.json --device cuda --precision fp16 --backend torch aoti
     sweep:   f3compile bench MODEL --calibration calib --sweep 0,0.25,0.5,0.75,1 --granularity block --plot s.png
     """
     from .bench import bench, format_table, plot
@@ -219,7 +227,7 @@ def cmd_bench(args) -> None:
     results = []
     for ratio, plan in plans:
         for backend in args.backend:
-            rows = bench(model, plan, backend, shapes, repeat=args.repeat)
+            rows = bench(model, plan, backend, shapes, repeat=args.repeat, device=args.device, precision=args.precision)
             for row in rows:
                 if ratio is not None:
                     row["ratio"] = ratio
@@ -301,7 +309,7 @@ def cmd_eval(args) -> None:
     if args.limit is not None:
         prompts = prompts[: args.limit]
     config = EvalConfig(samples=args.samples, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                        batch=args.batch, real_per_prompt=args.real, repeat=args.repeat)
+                        batch=args.batch, real_per_prompt=args.real, repeat=args.repeat, device=args.device)
     model = load_model(args.model)
     result = evaluate(model, variants, prompts, config, log=lambda line: print(line, flush=True))
     write_report(result, args.output, sweep=args.sweep)
@@ -353,12 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="frames (default: the model's)")
     p.add_argument("--height", type=int, help="height in pixels (default: the model's)")
     p.add_argument("--width", type=int, help="width in pixels (default: the model's)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the program's weights")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: capture and compile where the program will run")
     p.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
 
     p = add("export", cmd_export)
     p.add_argument("model", help="builtin:NAME, a diffusers directory or a cached hub id")
     p.add_argument("--plan", type=Path, help="plan.json (default: the dense baseline)")
-    p.add_argument("--target", choices=("onnx", "trt"), default="onnx", help="onnx, or trt (needs a GPU)")
+    p.add_argument("--target", choices=("onnx", "aoti", "trt"), default="onnx",
+                   help="onnx; aoti (AOTInductor package for --device); trt (needs TensorRT and a GPU)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: capture, compile and verify on this device")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the exported graph")
     p.add_argument("--batch", type=int, default=1, help="prompts per call; the graph's batch is twice this (CFG)")
     p.add_argument("--frames", type=int, help="frames (default: the model's)")
@@ -376,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default 7.5)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch", help="artifact runtime")
+    p.add_argument("--backend", choices=("torch", "aoti", "onnxruntime", "tensorrt"), default="torch", help="artifact runtime")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the torch/aoti programs and the loop run")
     p.add_argument("--fps", type=int, default=8, help="frames per second of .gif/.mp4 (default 8)")
     p.add_argument("--latents", type=Path, help="also write the final latents (safetensors)")
     p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
@@ -384,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench)
     p.add_argument("model", help="builtin:NAME (e.g. builtin:arch-modelscope), a diffusers directory or a cached hub id")
     p.add_argument("--plan", type=Path, help="plan.json to compare with the dense model")
-    p.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime", "tensorrt"), default=["torch"], help="one or more backends")
+    p.add_argument("--backend", nargs="+", choices=("torch", "aoti", "onnxruntime", "tensorrt"), default=["torch"], help="one or more backends")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, peak device memory)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the programs")
     p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
     p.add_argument("--width-scale", type=float, help="channel multiplier for builtin:arch-* presets")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per variant (default 10)")
@@ -408,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=20, help="prompts per sampling call (default 20)")
     p.add_argument("--real", type=int, default=10, help="real clips per prompt for the Fréchet reference (default 10)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per variant for the speedup (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the programs run")
     p.add_argument("--calibration", type=Path, help="calibration directory for --sweep / --random")
     p.add_argument("--sweep", action="store_true", help="plans for every ratio x granularity x stages x criterion")
     p.add_argument("--ratios", default="0.25,0.5,0.75,1", help="for --sweep/--random (default 0.25,0.5,0.75,1)")

@@ -19,8 +19,8 @@ TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_
             "text_encoder": dict, "versions": dict, "stages": list}
 STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
               "inputs": list, "outputs": list}
-OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch", "components", "decoder"}
-OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt"}
+OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch", "components", "decoder", "device"}
+OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt", "aoti"}
 PRECISIONS = ("fp32", "fp16", "bf16")
 # the I/O names of every artifact, for every model (in call order)
 INPUT_NAMES = ["sample", "timestep", "encoder_hidden_states"]

@@ -43,7 +43,7 @@ def prompts_file(tmp_path_factory):
     return path
 
 
-def _gpu_stack_available() -> bool:
+def _tensorrt_available() -> bool:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -52,9 +52,10 @@ def _gpu_stack_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _gpu_stack_available():
-        return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA and TensorRT")
+    """`gpu` tests need CUDA (torch on CUDA, AOTInductor); `tensorrt` tests need TensorRT too."""
+    cuda, tensorrt = torch.cuda.is_available(), _tensorrt_available()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "tensorrt" in item.keywords and not tensorrt:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA and TensorRT"))
+        elif "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA"))

@@ -2,6 +2,7 @@
 """Markdown table of `f3compile bench --json` files (the loop rows), for docs/BENCHMARKS.md.
 
 usage: python tools/bench_table.py docs/bench/*.json
+Files written by tools/device_bench.py (GPU check) get their own table with peak device memory.
 """
 
 import json
@@ -9,7 +10,23 @@ import sys
 from pathlib import Path
 
 
+def device_table(paths: list[str]) -> int:
+    print("| model @ shape | plan | backend | dense ms | pruned ms | speedup | FLOP-predicted | efficiency | peak MiB dense/pruned |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for row in data["results"]:
+            memory = (f"{row['dense_peak_mb']:.0f} / {row['pruned_peak_mb']:.0f}"
+                      if row.get("dense_peak_mb") is not None else "—")
+            print(f"| {row['model'].split(':', 1)[1]} @ {row['shape']} | {row['plan']} | {row['backend']} "
+                  f"| {row['dense_ms'] / row['steps']:.2f} | {row['pruned_ms'] / row['steps']:.2f} | {row['speedup']:.3f}x "
+                  f"| {row['predicted_speedup']:.3f}x | {row['efficiency']:.2f} | {memory} |")
+    return 0
+
+
 def main(paths: list[str]) -> int:
+    if paths and all("plan" in r for r in json.loads(Path(paths[0]).read_text())["results"]):
+        return device_table(paths)
     print("| model | plan | backend | dense ms/step | pruned ms/step | speedup | FLOP-predicted | efficiency | params |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for path in paths:

@@ -1,45 +1,58 @@
 #!/usr/bin/env bash
-# The whole GPU path in one script, on a machine with an NVIDIA GPU:
-#   calibrate -> plan -> export --target trt (dense and pruned) -> verify -> time engines
-# and the tests marked `gpu`. Prints one summary table at the end.
+# The GPU path in one script, for a machine with an NVIDIA GPU and CUDA torch (no TensorRT and no
+# package registry needed): full-width presets at their published shapes, dense vs block 1.0 /
+# block 0.5 / attention 0.5 / head 0.5 / frame 0.5, torch (and AOTInductor) backends, then the
+# `gpu`-marked tests, then one table. Sized to finish in under 6 minutes on an H100/H200.
 #
 # usage: tools/gpu_check.sh [OUT_DIR]
-#   MODELS="builtin:tiny-unet3d builtin:tiny-latte" PRECISION=fp16 RATIO=0.5 GRANULARITY=block
-#   VENV=.venv-gpu (created with the CUDA build of torch and the [trt] extra unless it exists)
-set -euo pipefail
+#   PRECISION=fp16  REPEAT=20  PYTHON=python3  SKIP_TESTS=1 (skip pytest)
+#   CASES: "MODEL:SHAPE" pairs (default: the three presets at their published sizes)
+#   AOTI_CASE / AOTI_PLANS: the one model and plans also timed as AOTInductor packages (each
+#   package is a full inductor compile; full-width compiles take minutes, so few are timed)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-check}
-MODELS=${MODELS:-"builtin:tiny-unet3d builtin:tiny-latte"}
 PRECISION=${PRECISION:-fp16}
-RATIO=${RATIO:-0.5}
-GRANULARITY=${GRANULARITY:-block}
-VENV=${VENV:-.venv-gpu}
+REPEAT=${REPEAT:-20}
+PYTHON=${PYTHON:-python3}
+CASES=${CASES:-"builtin:arch-latte:16x256x256 builtin:arch-modelscope:16x256x256 builtin:arch-animatediff:16x512x512"}
+AOTI_CASE=${AOTI_CASE:-"builtin:arch-latte:16x256x256"}
+AOTI_PLANS=${AOTI_PLANS:-"block-0.5"}
 
-nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader || { echo "error: no NVIDIA GPU visible" >&2; exit 2; }
-if [ ! -x "$VENV/bin/f3compile" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet torch            # the CUDA build on a GPU machine
-  "$VENV/bin/pip" install --quiet -e ".[trt,test]"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+  || { echo "error: no NVIDIA GPU visible (nvidia-smi failed)" >&2; exit 2; }
+# install nothing when everything imports; otherwise say what is missing and stop
+missing=$("$PYTHON" - <<'PYEOF'
+import importlib
+need = ["torch", "diffusers", "transformers", "safetensors", "numpy", "onnx", "onnxscript", "onnxruntime", "polygraphy", "pytest"]
+print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
+PYEOF
+)
+if [ -n "$missing" ]; then
+  echo "error: missing Python packages: $missing (install them, e.g. pip install --no-index --find-links WHEELS $missing)" >&2
+  exit 2
 fi
-PY="$VENV/bin/python"; F3="$VENV/bin/f3compile"
-"$PY" -c "import torch, tensorrt; assert torch.cuda.is_available(); print('torch', torch.__version__, 'tensorrt', tensorrt.__version__, torch.cuda.get_device_name())"
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  || { echo "error: torch $("$PYTHON" -c 'import torch; print(torch.__version__)') sees no CUDA device" >&2; exit 2; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PYTHON" -c "import torch, diffusers, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'python', platform.python_version(), '|', torch.cuda.get_device_name())" | tee "$OUT.versions.txt"
 
 rm -rf "$OUT"; mkdir -p "$OUT"
-summary="$OUT/summary.txt"
-printf '%-24s %-5s %9s %9s %8s\n' model stage dense_ms pruned_ms speedup > "$summary"
-for model in $MODELS; do
-  tag=$(echo "$model" | tr -c 'A-Za-z0-9\n' '_')
-  d="$OUT/$tag"
-  "$F3" calibrate "$model" --prompts examples/prompts.txt -o "$d/calib" --steps 20
-  "$F3" plan "$d/calib" --ratio "$RATIO" --granularity "$GRANULARITY" --stages 2 -o "$d/plan.json"
-  "$F3" export "$model" --target trt --precision "$PRECISION" -o "$d/dense"
-  "$F3" export "$model" --plan "$d/plan.json" --target trt --precision "$PRECISION" -o "$d/pruned"
-  "$PY" tools/trt_bench.py "$d/dense" "$d/pruned" --json "$d/bench.json"
-  "$PY" - "$model" "$d/bench.json" >> "$summary" <<'PYEOF'
-import json, sys
-for row in json.load(open(sys.argv[2]))["results"]:
-    print(f"{sys.argv[1]:<24} {row['stage']:<5} {row['dense_ms']:>9.3f} {row['pruned_ms']:>9.3f} {row['speedup']:>7.3f}x")
-PYEOF
+status=0
+for case in $CASES; do
+  model=${case%:*}; shape=${case##*:}
+  tag=$(echo "$model-$shape" | tr -c 'A-Za-z0-9\n' '_')
+  backends="torch"
+  plans_aoti=()
+  if [ "$case" = "$AOTI_CASE" ]; then backends="torch aoti"; plans_aoti=(--aoti-plans $AOTI_PLANS); fi
+  "$PYTHON" tools/device_bench.py "$model" --shape "$shape" --device cuda --precision "$PRECISION" \
+    --repeat "$REPEAT" --backends $backends "${plans_aoti[@]}" --json "$OUT/$tag.json" 2>&1 | tee "$OUT/$tag.log" || status=1
 done
-"$PY" -m pytest -q -m gpu tests
-echo; echo "GPU check summary ($PRECISION, $GRANULARITY ratio $RATIO):"; cat "$summary"
+if [ -z "${SKIP_TESTS:-}" ]; then
+  "$PYTHON" -m pytest -q -m gpu tests 2>&1 | tail -15 | tee "$OUT/pytest.log" || status=1
+fi
+echo
+echo "GPU check ($PRECISION, medians of $REPEAT interleaved calls, CUDA events):"
+"$PYTHON" tools/bench_table.py "$OUT"/*.json | tee "$OUT/summary.md"
+mv "$OUT.versions.txt" "$OUT/versions.txt"
+exit $status

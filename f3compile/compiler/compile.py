@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_dir, sha256_file
+from ..devices import check_device
 from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 from ..models.base import DenoiseModule, VideoModel, VideoShapes
@@ -45,13 +46,36 @@ def program_parameters(program: torch.export.ExportedProgram) -> int:
     return sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
 
 
-def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """Example inputs of the exported signature: batch = shapes.batch × 2 (CFG).
+def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+    """Example inputs of the exported signature: batch = shapes.batch × 2 (CFG), on `device`.
 
-    `sample` and `encoder_hidden_states` take `dtype`; `timestep` stays float32.
+    `sample` and `encoder_hidden_states` take `dtype`; `timestep` stays float32. The values are
+    drawn on the CPU, so every device sees the same numbers.
     """
     sample, timestep, ehs = model.example_inputs(shapes, cfg=True, seed=seed)
-    return sample.to(dtype), timestep, ehs.to(dtype)
+    return sample.to(device, dtype), timestep.to(device), ehs.to(device, dtype)
+
+
+def placed_denoiser(model: VideoModel, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The denoiser on `device` in `dtype`: the model's own module when it already is, else a copy
+    (the model itself is never modified, so one loaded model can be compiled for several targets)."""
+    import copy
+
+    first = next(model.denoiser.parameters())
+    if first.dtype == dtype and first.device == device:
+        return model.denoiser
+    if device.type == "meta":  # shapes only: the copy never holds real weights
+        return _meta_copy(model.denoiser).to(dtype)
+    return copy.deepcopy(model.denoiser).to(device=device, dtype=dtype)
+
+
+def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): b.detach().to("meta") for b in module.buffers()})
+    return copy.deepcopy(module, memo)
 
 
 def batch_dims(batch_range: tuple[int, int] | None):
@@ -75,19 +99,17 @@ def _export(module, inputs, batch_range):
 
 
 def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32,
-            batch_range: tuple[int, int] | None = None) -> torch.export.ExportedProgram:
-    """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`.
+            batch_range: tuple[int, int] | None = None, device: str | torch.device = "cpu") -> torch.export.ExportedProgram:
+    """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`
+    on `device`.
 
-    For fp16/bf16 a cast copy of the denoiser is captured (dtype casts inside the model are
-    traced as constants, so the graph must be captured in its final precision); the model
-    itself is never modified.
+    The graph is captured where it will run and in its final precision (dtype casts and device
+    placements inside the model are traced as constants); for another dtype or device a copy of
+    the denoiser is captured and the model itself is never modified.
     """
-    import copy
-
-    original = next(model.denoiser.parameters()).dtype
-    denoiser = model.denoiser if dtype == original else copy.deepcopy(model.denoiser).to(dtype)
-    module = DenoiseModule(denoiser, model.denoise_call).eval()
-    return _export(module, export_inputs(model, shapes, dtype=dtype), batch_range)
+    device = torch.device(device)
+    module = DenoiseModule(placed_denoiser(model, dtype, device), model.denoise_call).eval()
+    return _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
 
 
 def apply_stage(program: torch.export.ExportedProgram, stage: Stage, units, inputs,
@@ -108,8 +130,10 @@ def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> 
 
 
 def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None,
-            dtype: torch.dtype = torch.float32, batch_range: tuple[int, int] | None = None) -> list[CompiledStage]:
-    """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`.
+            dtype: torch.dtype = torch.float32, batch_range: tuple[int, int] | None = None,
+            device: str | torch.device = "cpu") -> list[CompiledStage]:
+    """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`
+    on `device` (every tensor the passes create goes there too).
 
     With `batch_range` (min, max) the CFG batch dimension stays symbolic in the programs."""
     from ..calibration.calibrate import resolve_shapes
@@ -123,25 +147,28 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     plan = plan or PruningPlan.dense(model, units)
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
-    program = capture(model, shapes, dtype, batch_range)
-    inputs = export_inputs(model, shapes, dtype=dtype)
+    device = check_device(device)
+    program = capture(model, shapes, dtype, batch_range, device=device)
+    inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     return [apply_stage(program, stage, units, inputs, batch_range) for stage in plan.stages]
 
 
-def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32) -> dict:
-    inputs = export_inputs(model, shapes, dtype=dtype)
-    with torch.no_grad():
-        output = model.denoise(*export_inputs(model, shapes)).to(dtype)
+def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype, program: torch.export.ExportedProgram) -> dict:
+    """I/O names, shapes and dtypes; the output's from the program's traced metadata (no compute)."""
+    inputs = export_inputs(model, shapes, dtype=dtype, device="meta")
+    output_node = next(n for n in reversed(program.graph.nodes) if n.op == "output")
+    output = output_node.args[0][0].meta["val"]
     return {
         "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in zip(INPUT_NAMES, inputs)],
-        "outputs": [{"name": OUTPUT_NAMES[0], "shape": list(output.shape), "dtype": str(output.dtype).replace("torch.", "")}],
+        "outputs": [{"name": OUTPUT_NAMES[0], "shape": [inputs[0].shape[0]] + [int(d) for d in output.shape[1:]],
+                     "dtype": str(output.dtype).replace("torch.", "")}],
     }
 
 
 def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: Path, shapes: VideoShapes,
                   precision: str = "fp32") -> list[dict]:
     """Save each stage's program under `directory/stageK/` and describe it for the manifest."""
-    io = _io_spec(model, shapes, PRECISION_DTYPES[precision])
+    io = _io_spec(model, shapes, PRECISION_DTYPES[precision], compiled[0].program)
     entries = []
     for number, stage in enumerate(compiled):
         stage_dir = directory / f"stage{number}"
@@ -199,16 +226,21 @@ def json_safe(value):
 
 
 def compile_to_dir(model: VideoModel, plan: PruningPlan | None, output_dir: str | Path,
-                   shapes: VideoShapes | None = None, plan_path: str | Path | None = None) -> dict:
-    """Compile every stage and write `stageK/denoiser.pt2` and `manifest.json` atomically."""
+                   shapes: VideoShapes | None = None, plan_path: str | Path | None = None,
+                   precision: str = "fp32", device: str | torch.device = "cpu") -> dict:
+    """Compile every stage on `device` in `precision` and write `stageK/denoiser.pt2` and
+    `manifest.json` atomically."""
     from ..manifest import write_manifest
 
+    if precision not in PRECISION_DTYPES:
+        raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
     started = time.perf_counter()
-    compiled = compile(model, plan, shapes)
+    device = check_device(device)
+    compiled = compile(model, plan, shapes, dtype=PRECISION_DTYPES[precision], device=device)
     shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
     with atomic_dir(output_dir) as tmp:
-        stages = stage_entries(model, compiled, tmp, shapes)
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started,
+        stages = stage_entries(model, compiled, tmp, shapes, precision=precision)
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, device=device.type,
                                   components=save_components(model, tmp / "pipeline"))
         write_manifest(tmp, manifest)
     return manifest

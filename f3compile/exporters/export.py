@@ -20,7 +20,7 @@ from ..errors import F3Error
 from ..manifest import OUTPUT_NAMES
 from ..models.base import VideoModel, VideoShapes
 
-TARGETS = ("onnx", "trt")
+TARGETS = ("onnx", "aoti", "trt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -28,7 +28,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 class ExportConfig:
     """What `export` builds and how it checks it."""
 
-    target: str = option("onnx", "onnx, or trt (ONNX + TensorRT engines; needs a GPU)")
+    target: str = option("onnx", "onnx; aoti (AOTInductor package for --device); trt (ONNX + TensorRT engines; needs a GPU)")
+    device: str = option("cpu", "cpu or cuda: where the program is captured, compiled, verified and meant to run")
     precision: str = option("fp32", "fp32, fp16 or bf16: the dtype of the exported graph")
     opset: int = option(20, "ONNX opset (onnxruntime and TensorRT 10/11 parse 17..23)")
     dynamic_batch: tuple[int, int, int] | None = option(None, "TensorRT profile over the CFG batch: (min, opt, max)")
@@ -50,6 +51,8 @@ class ExportConfig:
                 raise F3Error(f"--dynamic-batch {low}:{opt}:{high} must satisfy 1 <= MIN <= OPT <= MAX")
         if self.samples < 1:
             raise F3Error("--samples must be at least 1")
+        if self.target == "aoti" and self.dynamic_batch is not None:
+            raise F3Error("--dynamic-batch is for --target onnx/trt; an AOTInductor package is built for one batch")
 
 
 def parse_batch_profile(text: str | None) -> tuple[int, int, int] | None:
@@ -78,6 +81,7 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
     from ..manifest import write_manifest
     from ..models.discovery import find_temporal_units
     from . import onnx as onnx_export
+    from .trt_readiness import check_onnx, summary as readiness_summary
     from .verify import compare, random_feeds, torch_runner
 
     config = config or ExportConfig()
@@ -91,47 +95,75 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
     started = time.perf_counter()
     dtype = PRECISION_DTYPES[config.precision]
     batch_range = (config.dynamic_batch[0], config.dynamic_batch[2]) if config.dynamic_batch else None
-    compiled = compile(model, plan, shapes, dtype=dtype, batch_range=batch_range)
+    from ..devices import check_device
+
+    device = check_device(config.device)
+    compiled = compile(model, plan, shapes, dtype=dtype, batch_range=batch_range, device=device)
     shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
     units = {u.id: u for u in find_temporal_units(model)}
     from ..compiler.compile import export_inputs
 
-    inputs = export_inputs(model, shapes, dtype=dtype)
+    inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     with atomic_dir(output_dir) as tmp:
         stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
         for entry, stage in zip(stages, compiled):
             stage_dir = tmp / f"stage{entry['index']}"
-            onnx_path = stage_dir / "denoiser.onnx"
-            if progress:
-                print(f"stage{entry['index']}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
-            onnx_export.export_onnx(stage.program, inputs, onnx_path, opset=config.opset)
-            entry["files"]["onnx"] = {"path": f"stage{entry['index']}/denoiser.onnx", "sha256": sha256_file(onnx_path)}
-            data_file = onnx_path.with_name(onnx_path.name + ".data")
-            if data_file.exists():
-                entry["files"]["onnx_data"] = {"path": f"stage{entry['index']}/{data_file.name}", "sha256": sha256_file(data_file)}
-            audit = onnx_export.audit_onnx(onnx_path, removed_modules(entry["plan"], units))
-            audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in stage.program.state_dict.values()))
-            entry["audit"] = audit
-            if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
-                raise F3Error(f"stage{entry['index']}: the ONNX still holds nodes or weights of pruned modules; "
-                              "this is a bug, please report it with the plan")
             verify: dict = {}
-            if config.verify:
-                feeds = random_feeds(entry["inputs"], config.samples)
-                try:
-                    verify["onnxruntime_vs_torch"] = compare(
-                        torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES),
-                        onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
-                except Exception as exc:
-                    if "onnxruntime" not in type(exc).__module__:
-                        raise
-                    reason = str(exc).splitlines()[0][:200]
-                    raise F3Error(f"onnxruntime cannot run the {config.precision} ONNX of stage{entry['index']} ({reason}); "
-                                  "use --precision fp16/fp32, or --no-verify and verify on TensorRT") from None
-                if not verify["onnxruntime_vs_torch"]["passed"]:
-                    raise F3Error(f"stage{entry['index']}: onnxruntime differs from the torch program "
-                                  f"(relative L2 {verify['onnxruntime_vs_torch']['relative_l2_error']:.2e}); "
-                                  "try another --opset or --precision fp32")
+            if config.target == "aoti":
+                from ..devices import load_aoti
+                from .aoti import package_aoti
+
+                if progress:
+                    print(f"stage{entry['index']}: compiling AOTInductor package ({device.type}, {config.precision})", flush=True)
+                aoti_path = stage_dir / "denoiser.aoti.pt2"
+                built = package_aoti(stage.program, aoti_path)
+                entry["files"]["aoti"] = {"path": f"stage{entry['index']}/{aoti_path.name}", "sha256": sha256_file(aoti_path),
+                                          "device": built["device"]}
+                entry["aoti"] = built
+                if config.verify:
+                    feeds = random_feeds(entry["inputs"], config.samples)
+                    verify["aoti_vs_torch"] = compare(
+                        torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES, device=str(device)),
+                        torch_runner(load_aoti(aoti_path, device), entry["inputs"], OUTPUT_NAMES, device=str(device), name="aoti"),
+                        feeds, config.precision)
+                    if not verify["aoti_vs_torch"]["passed"]:
+                        raise F3Error(f"stage{entry['index']}: the AOTInductor package differs from the torch program "
+                                      f"(relative L2 {verify['aoti_vs_torch']['relative_l2_error']:.2e})")
+            else:
+                onnx_path = stage_dir / "denoiser.onnx"
+                if progress:
+                    print(f"stage{entry['index']}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
+                onnx_export.export_onnx(stage.program, inputs, onnx_path, opset=config.opset)
+                entry["files"]["onnx"] = {"path": f"stage{entry['index']}/denoiser.onnx", "sha256": sha256_file(onnx_path)}
+                data_file = onnx_path.with_name(onnx_path.name + ".data")
+                if data_file.exists():
+                    entry["files"]["onnx_data"] = {"path": f"stage{entry['index']}/{data_file.name}", "sha256": sha256_file(data_file)}
+                audit = onnx_export.audit_onnx(onnx_path, removed_modules(entry["plan"], units))
+                audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in stage.program.state_dict.values()))
+                audit["tensorrt_readiness"] = check_onnx(onnx_path)  # static: onnx-tensorrt's operator table
+                if config.target == "trt" and not audit["tensorrt_readiness"]["ready"]:
+                    raise F3Error(f"stage{entry['index']}: the ONNX uses what TensorRT {audit['tensorrt_readiness']['table']['tensorrt']} "
+                                  f"does not support: {readiness_summary(audit['tensorrt_readiness'])}")
+                entry["audit"] = audit
+                if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
+                    raise F3Error(f"stage{entry['index']}: the ONNX still holds nodes or weights of pruned modules; "
+                                  "this is a bug, please report it with the plan")
+                if config.verify:
+                    feeds = random_feeds(entry["inputs"], config.samples)
+                    try:
+                        verify["onnxruntime_vs_torch"] = compare(
+                            torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES, device=str(device)),
+                            onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
+                    except Exception as exc:
+                        if "onnxruntime" not in type(exc).__module__:
+                            raise
+                        reason = str(exc).splitlines()[0][:200]
+                        raise F3Error(f"onnxruntime cannot run the {config.precision} ONNX of stage{entry['index']} ({reason}); "
+                                      "use --precision fp16/fp32, or --no-verify and verify on TensorRT") from None
+                    if not verify["onnxruntime_vs_torch"]["passed"]:
+                        raise F3Error(f"stage{entry['index']}: onnxruntime differs from the torch program "
+                                      f"(relative L2 {verify['onnxruntime_vs_torch']['relative_l2_error']:.2e}); "
+                                      "try another --opset or --precision fp32")
             if config.target == "trt":
                 from .tensorrt import build_engine, engine_name, tensorrt_runner
 
@@ -150,11 +182,11 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
                         raise F3Error(f"stage{entry['index']}: TensorRT differs from onnxruntime "
                                       f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
             entry["verify"] = verify
-            (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": audit}, indent=2) + "\n")
+            (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": entry.get("audit")}, indent=2) + "\n")
         extra = {"dynamic_batch": list(config.dynamic_batch)} if config.dynamic_batch else {}
         from ..runtime.components import save_components
 
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target],
+        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, targets=[config.target], device=device.type,
                                   components=save_components(model, tmp / "pipeline"), **extra)
         write_manifest(tmp, manifest)
         if config.triton_repo is not None:

@@ -1,8 +1,10 @@
-"""Run one stage artifact: torch (.pt2), onnxruntime (.onnx) or TensorRT (.plan).
+"""Run one stage artifact: torch (.pt2), AOTInductor (.aoti.pt2), onnxruntime (.onnx) or
+TensorRT (.plan).
 
 Each backend is a callable `(sample, timestep, encoder_hidden_states) -> noise_pred` on torch
-tensors. TensorRT engines share one device-memory buffer (the stages never run at once) and use
-name-based I/O.
+tensors: inputs are cast to the stage's recorded dtypes and moved to the backend's device, the
+output comes back as float32 on the device of `sample`. TensorRT engines share one device-memory
+buffer (the stages never run at once) and use name-based I/O.
 """
 
 from __future__ import annotations
@@ -14,25 +16,62 @@ import torch
 
 from ..errors import F3Error
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "aoti", "onnxruntime", "tensorrt")
 _NAMES = ("sample", "timestep", "encoder_hidden_states")
 
 
+def _dtypes(stage: dict) -> list[torch.dtype]:
+    return [getattr(torch, spec["dtype"]) for spec in stage["inputs"]]
+
+
 class TorchBackend:
+    """A torch.export program, moved to `device` (`torch.export.passes.move_to_device_pass`)."""
+
     kind = "pt2"
 
-    def __init__(self, path: Path, stage: dict):
-        self.module = torch.export.load(str(path)).module()
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
+        program = torch.export.load(str(path))
+        placed = {t.device for t in program.state_dict.values()}
+        if placed != {device}:
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, device)
+        self.module = program.module()
+        self.device, self.dtypes = device, _dtypes(stage)
 
     def __call__(self, sample, timestep, context):
+        args = [t.to(self.device, dtype) for t, dtype in zip((sample, timestep, context), self.dtypes)]
         with torch.no_grad():
-            return self.module(sample, timestep, context)
+            return self.module(*args).to(sample.device, torch.float32)
+
+
+class AotiBackend:
+    """An AOTInductor package: compiled kernels for the device it was built for."""
+
+    kind = "aoti"
+
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
+        built = stage["files"]["aoti"].get("device", "cpu")
+        if built != device.type:
+            raise F3Error(f"{path} was compiled for {built}, not {device.type}; run with --device {built} "
+                          f"or export again with --target aoti --device {device.type}")
+        from ..devices import load_aoti
+
+        self.model = load_aoti(path, device)
+        self.device, self.dtypes = device, _dtypes(stage)
+
+    def __call__(self, sample, timestep, context):
+        args = [t.to(self.device, dtype).contiguous() for t, dtype in zip((sample, timestep, context), self.dtypes)]
+        with torch.no_grad():
+            output = self.model(*args)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        return output.to(sample.device, torch.float32)
 
 
 class OnnxruntimeBackend:
     kind = "onnx"
 
-    def __init__(self, path: Path, stage: dict):
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
         try:
             import onnxruntime
         except ImportError:
@@ -45,14 +84,14 @@ class OnnxruntimeBackend:
         feed = {}
         for name, tensor in zip(_NAMES, (sample, timestep, context)):
             feed[name] = tensor.detach().cpu().to(getattr(torch, self.dtypes[name])).numpy()
-        return torch.from_numpy(np.asarray(self.session.run(["noise_pred"], feed)[0])).float()
+        return torch.from_numpy(np.asarray(self.session.run(["noise_pred"], feed)[0])).float().to(sample.device)
 
 
 class TensorrtBackend:
     kind = "trt"
     _shared: dict = {}
 
-    def __init__(self, path: Path, stage: dict):
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cuda")):
         try:
             import tensorrt as trt
         except ImportError:
@@ -91,16 +130,20 @@ class TensorrtBackend:
         with torch.cuda.stream(self.stream):
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
-        return output.float().cpu()
+        return output.float().to(sample.device)
 
 
-def make_backend(name: str, build: Path, stage: dict):
-    classes = {"torch": TorchBackend, "onnxruntime": OnnxruntimeBackend, "tensorrt": TensorrtBackend}
+def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu"):
+    from ..devices import check_device
+
+    device = check_device(device)
+    classes = {"torch": TorchBackend, "aoti": AotiBackend, "onnxruntime": OnnxruntimeBackend, "tensorrt": TensorrtBackend}
     if name not in classes:
         raise F3Error(f"--backend {name!r} is unknown; use one of {', '.join(BACKENDS)}")
     cls = classes[name]
     entry = stage["files"].get(cls.kind)
     if entry is None:
-        hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt"}.get(cls.kind, "f3compile compile")
+        hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt",
+                "aoti": "f3compile export --target aoti"}.get(cls.kind, "f3compile compile")
         raise F3Error(f"stage{stage['index']} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
-    return cls(build / entry["path"], stage)
+    return cls(build / entry["path"], stage, device)

@@ -28,12 +28,15 @@ def _installed(package: str) -> str | None:
 class Runtime:
     """A loaded build directory: `generate(prompt)` returns latents, `decode(latents)` frames."""
 
-    def __init__(self, build_dir: str | Path, backend: str = "torch"):
+    def __init__(self, build_dir: str | Path, backend: str = "torch", device: str | torch.device = "cpu"):
+        from ..devices import check_device
+
+        self.device = check_device(device)
         self.build = Path(build_dir)
         self.manifest = load_manifest(self.build)  # validates and checks every artifact's sha256
         self.backend_name = backend
         self._check_versions()
-        self.stages = [make_backend(backend, self.build, stage) for stage in self.manifest["stages"]]
+        self.stages = [make_backend(backend, self.build, stage, self.device) for stage in self.manifest["stages"]]
         self._components: dict = {}
 
     # -- set-up ------------------------------------------------------------------------------
@@ -113,9 +116,11 @@ class Runtime:
         shape[0] = len(prompts)
         cond, uncond = self.encode(prompts)
         generator = torch.Generator().manual_seed(seed)
-        latents = initial_latents(tuple(shape), self.scheduler, generator)
-        return denoise_loop(None, self.scheduler, latents, cond, uncond, steps, guidance_scale, generator,
-                            eta=eta, denoise_for=self.stage_for)
+        # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
+        latents = initial_latents(tuple(shape), self.scheduler, generator).to(self.device)
+        latents = denoise_loop(None, self.scheduler, latents, cond.to(self.device), uncond.to(self.device), steps,
+                               guidance_scale, generator, eta=eta, denoise_for=self.stage_for)
+        return latents.cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -136,6 +136,7 @@ def test_export_cli_errors(capsys, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engines_verified_against_onnxruntime(models, calibrations, tmp_path, precision):
     _, stats = calibrations["tiny-unet3d"]

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Dense vs structural plans on one model, one process, on a device: the GPU check's benchmark.
+
+    python tools/device_bench.py builtin:arch-latte --shape 16x256x256 --device cuda --precision fp16 \
+        --backends torch aoti --aoti-plans block-0.5 --json out.json
+
+Plans need no calibration (speed does not depend on which units are chosen, only on how many):
+  block-1.0      every temporal block dropped
+  block-0.5      every other temporal block dropped
+  attention-0.5  every other temporal attention dropped
+  head-0.5       the first half of every unit's heads pruned
+  frame-0.5      every other key frame dropped in every unit (keys/values of frames 0, 2, 4, ...)
+Each plan is timed with `f3compile.bench.bench` (interleaved with the dense program, medians,
+CUDA events on a GPU, peak device memory), so the numbers are the ones `f3compile bench` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PLANS = ("block-1.0", "block-0.5", "attention-0.5", "head-0.5", "frame-0.5")
+
+
+def structural_plan(model, units, name: str):
+    from f3compile.planning.plan import PruningPlan
+
+    plan = PruningPlan.dense(model, units)
+    stage = plan.stages[0]
+    blocks = list(dict.fromkeys(u.block for u in units))
+    if name == "block-1.0":
+        stage.drop_blocks = blocks
+    elif name == "block-0.5":
+        stage.drop_blocks = blocks[::2]
+    elif name == "attention-0.5":
+        stage.drop_attention = [u.id for u in units[::2]]
+    elif name == "head-0.5":
+        stage.prune_heads = {u.id: list(range(u.heads // 2)) for u in units}
+    elif name == "frame-0.5":
+        stage.keep_frames = {u.id: list(range(0, u.frames, 2)) for u in units}
+    else:
+        raise SystemExit(f"error: unknown plan {name!r}; choose from {', '.join(PLANS)}")
+    granularity, ratio = name.split("-")
+    return dataclasses.replace(plan, granularity=granularity, ratio=float(ratio))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH (default: the model's)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--plans", nargs="+", default=list(PLANS))
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=("torch", "aoti", "onnxruntime"))
+    parser.add_argument("--aoti-plans", nargs="*", default=None, help="plans also timed with aoti (default: all)")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    from f3compile.bench import bench
+    from f3compile.calibration.calibrate import resolve_shapes
+    from f3compile.cli import _parse_shape
+    from f3compile.models import find_temporal_units, load_model
+
+    started = time.perf_counter()
+    model = load_model(args.model)
+    loaded = time.perf_counter() - started
+    shape = _parse_shape(args.shape)
+    shapes = resolve_shapes(model, *(dataclasses.astuple(shape)[1:] if shape else (None, None, None)))
+    model.shapes = dataclasses.replace(shapes, batch=1)
+    model.info.pop("_temporal_units", None)
+    started = time.perf_counter()
+    units = find_temporal_units(model)
+    discovered = time.perf_counter() - started
+    print(f"{args.model} {shapes.frames}x{shapes.height}x{shapes.width}: loaded in {loaded:.1f}s, "
+          f"{len(units)} temporal units found in {discovered:.1f}s", flush=True)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    results = []
+    for name in args.plans:
+        plan = structural_plan(model, units, name)
+        for backend in args.backends:
+            if backend == "aoti" and args.aoti_plans is not None and name not in args.aoti_plans:
+                continue
+            started = time.perf_counter()
+            loop = bench(model, plan, backend, shapes, repeat=args.repeat, device=args.device,
+                         precision=args.precision)[-1]
+            loop.update(plan=name, model=args.model, shape=f"{shapes.frames}x{shapes.height}x{shapes.width}",
+                        seconds=round(time.perf_counter() - started, 1))
+            results.append(loop)
+            memory = (f"  peak {loop['dense_peak_mb']:.0f}/{loop['pruned_peak_mb']:.0f} MiB"
+                      if loop.get("dense_peak_mb") is not None else "")
+            print(f"{args.model:<26} {loop['shape']:<11} {name:<14} {backend:<6} dense {loop['dense_ms']:8.2f} ms  "
+                  f"pruned {loop['pruned_ms']:8.2f} ms  {loop['speedup']:.3f}x (FLOP-pred. {loop['predicted_speedup']:.3f}x, "
+                  f"eff {loop['efficiency']:.2f}){memory}  [{loop['seconds']:.0f}s]", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": args.model, "device": device_name, "precision": args.precision,
+                                         "torch": torch.__version__, "discovery_seconds": discovered,
+                                         "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
