@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Summarize `tools/run_eval.sh` results: the targets of the reference-model evaluation.
+"""Summarize `tools/run_eval.sh` results against the reference-model targets.
 
-    python tools/quality_summary.py eval-results/ref-latte [eval-results/ref-unet3d ...]
+    python tools/quality_summary.py eval-results/ref-unet3d [eval-results/ref-latte ...]
 
-Per model: the dense model's accuracy; direction accuracy with every temporal block dropped
-(from the sweep, `block-1-s1`); and at ratio 0.5 (block, head) the default criterion's plan vs
-the output_norm plan vs the mean of the random plans, on Fréchet distance and direction accuracy.
+Per model: the dense model's accuracy with 95% bootstrap intervals (targets: colour ≥ 95%, shape ≥
+90%, direction ≥ 85%); direction lost with every temporal block dropped (target ≥ 30 points); the
+default criterion's plans at ratio 0.5 (1 and 2 stages); and the criterion vs the mean of the
+random plans of the same size (1 stage) on Fréchet distance and direction accuracy.
 """
 
 from __future__ import annotations
@@ -16,38 +17,50 @@ import sys
 from pathlib import Path
 
 
+def pct(entry: dict, key: str) -> str:
+    value, ci = entry["accuracy"][key], entry.get("accuracy_ci95", {}).get(key)
+    return f"{value:.1%}" + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+
+
+def frechet(entry: dict) -> str:
+    return f"{entry['frechet']:,.0f} (seeds {entry.get('frechet_seed_mean', entry['frechet']):,.0f} ± {entry['frechet_spread']:,.0f})"
+
+
 def summary(directory: Path) -> str:
-    controls = json.loads((directory / "controls" / "eval.json").read_text())["results"]
-    sweep_file = directory / "sweep" / "eval.json"
-    sweep = json.loads(sweep_file.read_text())["results"] if sweep_file.is_file() else {}
-    dense = controls["dense"]
-    acc = dense["accuracy"]
+    criterion = json.loads((directory / "criterion" / "eval.json").read_text())
+    results = criterion["results"]
+    dense = results["dense"]
     lines = [f"## {directory.name}", "",
-             f"dense: colour {acc['color']:.1%}, shape {acc['shape']:.1%}, direction {acc['direction']:.1%}, "
-             f"all {acc['all']:.1%}; Fréchet {dense['frechet']:.1f} ± {dense['frechet_spread']:.1f}; "
-             f"temporal consistency {dense['temporal_consistency']:.3f}"]
-    if "block-1-s1" in sweep:
-        dropped = sweep["block-1-s1"]
-        base = sweep["dense"]["accuracy"]["direction"]
-        lines.append(f"all temporal blocks dropped: direction {dropped['accuracy']['direction']:.1%} "
-                     f"(dense {base:.1%} in the same run: {100 * (base - dropped['accuracy']['direction']):+.1f} points "
-                     f"lost), colour {dropped['accuracy']['color']:.1%}, speedup {dropped['speedup']:.2f}×")
-    lines += ["", "| ratio 0.5 | plan | Fréchet | direction | all | PSNR vs dense | speedup |", "|---|---|---|---|---|---|---|"]
-    for granularity in ("block", "head"):
-        rows = {"cross_frame_mass": controls.get(f"{granularity}-0.5-s1"),
-                "output_norm": controls.get(f"{granularity}-0.5-s1-output_norm")}
-        randoms = [v for k, v in controls.items() if k.startswith(f"{granularity}-0.5-s1-random")]
-        for name, entry in rows.items():
-            if entry:
-                lines.append(f"| {granularity} | {name} | {entry['frechet']:.1f} | {entry['accuracy']['direction']:.1%} | "
-                             f"{entry['accuracy']['all']:.1%} | {entry['psnr_vs_dense']:.1f} dB | {entry['speedup']:.2f}× |")
-        if randoms:
-            def mean(f):
-                return statistics.mean(f(r) for r in randoms)
-            lines.append(f"| {granularity} | mean of {len(randoms)} random | {mean(lambda r: r['frechet']):.1f} "
-                         f"(min {min(r['frechet'] for r in randoms):.1f}, max {max(r['frechet'] for r in randoms):.1f}) | "
-                         f"{mean(lambda r: r['accuracy']['direction']):.1%} | {mean(lambda r: r['accuracy']['all']):.1%} | "
-                         f"{mean(lambda r: r['psnr_vs_dense']):.1f} dB | {mean(lambda r: r['speedup']):.2f}× |")
+             f"{criterion['prompts']} prompts × {criterion['config']['samples']} seeds = "
+             f"{criterion['videos_per_variant']} videos per variant.", "",
+             "| variant | colour | shape | direction | all | Fréchet | PSNR vs dense | speedup |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in results.items():
+        psnr = "—" if entry["psnr_vs_dense"] is None else f"{entry['psnr_vs_dense']:.1f} dB"
+        lines.append(f"| {name} | {pct(entry, 'color')} | {pct(entry, 'shape')} | {pct(entry, 'direction')} | "
+                     f"{pct(entry, 'all')} | {frechet(entry)} | {psnr} | {entry['speedup']:.2f}× |")
+    dropped = results.get("all-blocks-dropped")
+    if dropped:
+        lost = 100 * (dense["accuracy"]["direction"] - dropped["accuracy"]["direction"])
+        lines += ["", f"Every temporal block dropped: direction {lost:+.1f} points lost "
+                      f"(colour {dropped['accuracy']['color']:.1%}, shape {dropped['accuracy']['shape']:.1%})."]
+    random_file = directory / "random" / "eval.json"
+    if random_file.is_file():
+        random = json.loads(random_file.read_text())
+        rows = random["results"]
+        lines += ["", f"Criterion vs random plans, ratio 0.5, 1 stage ({random['config']['samples']} seed(s) per prompt):", "",
+                  "| granularity | plan | Fréchet | direction | all |", "|---|---|---|---|---|"]
+        for granularity in ("block", "attention", "head"):
+            mine = rows.get(f"{granularity}-0.5-s1")
+            randoms = [v for k, v in rows.items() if k.startswith(f"{granularity}-0.5-s1-random")]
+            if mine:
+                lines.append(f"| {granularity} | cross_frame_mass | {mine['frechet']:,.0f} | {mine['accuracy']['direction']:.1%} | "
+                             f"{mine['accuracy']['all']:.1%} |")
+            if randoms:
+                lines.append(f"| {granularity} | mean of {len(randoms)} random | "
+                             f"{statistics.mean(r['frechet'] for r in randoms):,.0f} "
+                             f"({min(r['frechet'] for r in randoms):,.0f}–{max(r['frechet'] for r in randoms):,.0f}) | "
+                             f"{statistics.mean(r['accuracy']['direction'] for r in randoms):.1%} | "
+                             f"{statistics.mean(r['accuracy']['all'] for r in randoms):.1%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,8 @@ class EvalConfig:
     seed: int = option(0, "first seed; sample s of every prompt uses the same noise in every variant")
     batch: int = option(20, "prompts per sampling call (the programs' batch; CFG doubles it)")
     real_per_prompt: int = option(10, "real clips per prompt for the Fréchet reference")
-    repeat: int = option(5, "timed calls per variant for the speedup (interleaved, median)")
+    repeat: int = option(5, "timed calls per variant for the speedup (bench's machinery: batch 1, interleaved, medians)")
+    device: str = option("cpu", "cpu or cuda: where the programs are compiled and the videos sampled")
 
 
 @dataclass
@@ -106,10 +106,10 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
     return vae_decode(vae, latents)
 
 
-def _stage_modules(model, plan, shapes) -> tuple[list, list]:
+def _stage_modules(model, plan, shapes, device) -> tuple[list, list]:
     from ..compiler.compile import compile
 
-    compiled = compile(model, plan, shapes)
+    compiled = compile(model, plan, shapes, device=device)
     return [c.stage for c in compiled], [c.program.module() for c in compiled]
 
 
@@ -122,7 +122,8 @@ def _denoise_for(stages, modules) -> Callable[[int], Callable]:
     return pick
 
 
-def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond, uncond) -> torch.Tensor:
+def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond, uncond,
+              device: torch.device) -> torch.Tensor:
     """Frames (samples × prompts, F, H, W, 3), sample-major; identical noise for every variant."""
     from ..sampling import denoise_loop, initial_latents
 
@@ -135,10 +136,10 @@ def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond,
             index = torch.tensor(rows + [rows[-1]] * pad)  # static programs: pad the last call
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + sample * 1009 + start)
             scheduler = type(model.scheduler).from_config(model.scheduler.config)
-            latents = initial_latents(shape, scheduler, generator)
-            latents = denoise_loop(None, scheduler, latents, cond[index], uncond[index], config.steps,
-                                   config.guidance_scale, generator, denoise_for=modules_for)
-            videos.append(decode(model, latents[: len(rows)]))
+            latents = initial_latents(shape, scheduler, generator).to(device)  # CPU noise: same on every device
+            latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
+                                   config.steps, config.guidance_scale, generator, denoise_for=modules_for)
+            videos.append(decode(model, latents[: len(rows)].float().cpu()))
     return torch.cat(videos)
 
 
@@ -152,31 +153,15 @@ def _real_clips(prompts: list[dict], per_prompt: int, frames: int, size: int, se
     return torch.from_numpy(np.stack(clips))
 
 
-def _speedup(model, dense_modules, stages, modules, config: EvalConfig) -> float:
-    """Denoising-loop speedup: per stage, dense vs pruned program timed interleaved on the eval
-    batch (medians), weighted by the number of this schedule's steps each stage covers."""
-    from ..bench import time_interleaved
-    from ..compiler.compile import export_inputs
+def _speedup(model, plan, config: EvalConfig) -> float:
+    """The denoising-loop speedup exactly as `f3compile bench` measures it (batch 1, dense and
+    pruned programs interleaved, medians per stage, stages weighted by their steps): one
+    machinery, so `eval` and `bench` report the same number for the same plan."""
+    from ..bench import bench
 
-    scheduler = type(model.scheduler).from_config(model.scheduler.config)
-    scheduler.set_timesteps(config.steps)
-    counts = [sum(stage.contains(int(t)) for t in scheduler.timesteps) for stage in stages]
-    inputs = export_inputs(model, dataclasses.replace(model.shapes, batch=config.batch), seed=5)
-    dense_total = pruned_total = 0.0
-
-    def run(module):
-        def call(*args):
-            with torch.no_grad():
-                return module(*args)
-        return call
-
-    for count, module in zip(counts, modules):
-        if count == 0:
-            continue
-        times = time_interleaved(run(dense_modules[0]), run(module), inputs, config.repeat, warmup=1)
-        dense_total += count * statistics.median(times["dense"])
-        pruned_total += count * statistics.median(times["pruned"])
-    return dense_total / pruned_total if pruned_total else 1.0
+    shapes = dataclasses.replace(model.shapes, batch=1)
+    rows = bench(model, plan, "torch", shapes, repeat=config.repeat, warmup=1, device=config.device)
+    return float(next(row for row in rows if row["stage"] == "loop")["speedup"])
 
 
 def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalConfig | None = None,
@@ -196,6 +181,9 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     if len(set(names)) != len(names):
         raise F3Error(f"variant names must be unique, got {names}")
     config = dataclasses.replace(config, batch=min(config.batch, len(prompts)))
+    from ..devices import check_device
+
+    device = check_device(config.device)
     shapes = model.shapes
     probe = load_probe()
     cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
@@ -203,6 +191,7 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     real_features, real_predicted = probe.classify(real)
     real_truth = [p for p in prompts for _ in range(config.real_per_prompt)]
     truth = [p for _ in range(config.samples) for p in prompts]
+    groups = [index for _ in range(config.samples) for index in range(len(prompts))]  # video -> its prompt
     reference = {
         "accuracy": metrics.accuracy(real_predicted, real_truth),
         # the floor: two disjoint real sets with the same labels (every prompt in both halves)
@@ -211,27 +200,29 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
         "clips": len(real),
     }
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)
-    dense_stages, dense_modules = _stage_modules(model, None, batch_shapes)
+    dense_stages, dense_modules = _stage_modules(model, None, batch_shapes, device)
     results, dense_frames, grid = {}, None, {}
     for variant in variants:
         started = time.perf_counter()
         if variant.plan is None:
             stages, modules = dense_stages, dense_modules
         else:
-            stages, modules = _stage_modules(model, variant.plan, batch_shapes)
-        frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond)
+            stages, modules = _stage_modules(model, variant.plan, batch_shapes, device)
+        frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
         features, predicted = probe.classify(frames)
         per_seed = [metrics.frechet_distance(features[s * len(prompts):(s + 1) * len(prompts)].numpy(),
                                              real_features.numpy()) for s in range(config.samples)]
         entry = {
             **variant.meta,
             "accuracy": metrics.accuracy(predicted, truth),
+            "accuracy_ci95": metrics.bootstrap_accuracy(predicted, truth, groups),
             "frechet": metrics.frechet_distance(features.numpy(), real_features.numpy()),
             "frechet_by_seed": per_seed,
+            "frechet_seed_mean": float(np.mean(per_seed)),
             "frechet_spread": float(np.std(per_seed)),
             "psnr_vs_dense": None if dense_frames is None else float(metrics.psnr(frames, dense_frames).mean()),
             "temporal_consistency": float(metrics.temporal_consistency(frames).mean()),
-            "speedup": 1.0 if variant.plan is None else _speedup(model, dense_modules, stages, modules, config),
+            "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config),
         }
         if dense_frames is None:
             dense_frames = frames

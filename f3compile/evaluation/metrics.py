@@ -66,3 +66,28 @@ def accuracy(predicted: dict[str, list[str]], truth: list[dict]) -> dict[str, fl
     result = {name: float(np.mean(hits[name])) for name in names}
     result["all"] = float(np.mean([all(hits[name][i] for name in names) for i in range(len(truth))]))
     return result
+
+
+def bootstrap_accuracy(predicted: dict[str, list[str]], truth: list[dict], groups: list[int],
+                       resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of each accuracy in `accuracy`, resampling whole groups.
+
+    `groups[i]` names the prompt video i was generated for: the prompts are resampled with
+    replacement (each drawn prompt brings all its seeds' videos), so the interval accounts for
+    videos of one prompt being correlated. Fixed `seed`: the same data give the same interval."""
+    names = ("color", "shape", "direction")
+    hits = {name: np.array([p == t[name] for p, t in zip(predicted[name], truth)], dtype=np.float64) for name in names}
+    hits["all"] = np.prod([hits[name] for name in names], axis=0)
+    groups = np.asarray(groups)
+    labels = np.unique(groups)
+    members = [np.flatnonzero(groups == label) for label in labels]
+    sums = {name: np.array([values[m].sum() for m in members]) for name, values in hits.items()}
+    sizes = np.array([len(m) for m in members], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for name, per_group in sums.items():
+        means = per_group[draws].sum(1) / sizes[draws].sum(1)
+        out[name] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+    return out
