@@ -59,7 +59,7 @@ def denoise_loop(
         model_input = torch.cat([latents] * 2) if cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
         fn = denoise_for(int(t)) if denoise_for is not None else denoise  # stage switching
-        timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32)
+        timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=model_input.device)
         noise_pred = fn(model_input, timestep, context)
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
