@@ -60,9 +60,15 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
     from .errors import F3Error
 
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise F3Error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise F3Error(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); {fix}") from None
+    except RecursionError:
+        raise F3Error(f"{path} is not valid JSON (nested too deeply to read); {fix}") from None
+    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits() digits
+        raise F3Error(f"{path} is not valid JSON ({str(exc).split(';')[0]}); {fix}") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -56,6 +56,16 @@ def text_encoder_info(model) -> dict[str, Any]:
     }
 
 
+def _name(name: Any) -> str:
+    """A name from the file for a one-line message: odd ones (empty, control characters) quoted."""
+    return name if isinstance(name, str) and name.isprintable() and name.strip() == name != "" else repr(name)
+
+
+def _inside(path: Any) -> bool:
+    """A string path relative to the build directory that does not leave it."""
+    return isinstance(path, str) and not Path(path).is_absolute() and ".." not in Path(path).parts
+
+
 def _check(obj: Any, keys: dict[str, type], optional: set[str], where: str) -> None:
     if not isinstance(obj, dict):
         raise F3Error(f"{where} must be an object")
@@ -63,7 +73,7 @@ def _check(obj: Any, keys: dict[str, type], optional: set[str], where: str) -> N
     missing = sorted(set(keys) - set(obj))
     if unknown or missing:
         raise F3Error(f"{where}: " + "; ".join(filter(None, [
-            f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+            f"unknown key(s) {', '.join(map(_name, unknown))}" if unknown else "",
             f"missing key(s) {', '.join(missing)}" if missing else ""])))
     for key, kind in keys.items():
         if not isinstance(obj[key], kind) or (kind is int and isinstance(obj[key], bool)):
@@ -79,6 +89,16 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
         raise F3Error(f"{where}: model.fingerprint must be a string")
     if "class" not in data["scheduler"] or "config" not in data["scheduler"]:
         raise F3Error(f"{where}: scheduler needs class and config")
+    if not all(isinstance(version, str) for version in data["versions"].values()):
+        raise F3Error(f"{where}: versions must map package names to version strings")
+    components = data.get("components", {})
+    if not isinstance(components, dict):
+        raise F3Error(f"{where}: components must be an object mapping names to {{\"path\", \"class\", \"sha256\"}}")
+    for name, entry in components.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("path", "class", "sha256")):
+            raise F3Error(f"{where}: components.{_name(name)} needs a path, a class and a sha256")
+        if not _inside(entry["path"]):
+            raise F3Error(f"{where}: components.{_name(name)}.path must stay inside the build directory")
     decoder = data.get("decoder")
     if decoder is not None and (not isinstance(decoder, dict) or decoder.get("kind") != "pixel_shuffle"
                                 or not isinstance(decoder.get("factor"), int) or decoder["factor"] < 1):
@@ -89,19 +109,23 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
     for number, stage in enumerate(data["stages"]):
         at = f"{where}: stages[{number}]"
         _check(stage, STAGE_KEYS, OPTIONAL_STAGE, at)
-        high, low = stage["timesteps"]
+        span = stage["timesteps"]
+        if len(span) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in span) or not span[0] >= span[1] >= 0:
+            raise F3Error(f"{at}: timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
+        high, low = span
         if previous_low is not None and high != previous_low - 1:
             raise F3Error(f"{at}: timesteps {stage['timesteps']} leave a gap after {previous_low}")
         previous_low = low
         if stage["precision"] not in PRECISIONS:
             raise F3Error(f"{at}: precision must be one of {', '.join(PRECISIONS)}")
-        if [i.get("name") for i in stage["inputs"]] != INPUT_NAMES or [o.get("name") for o in stage["outputs"]][:1] != OUTPUT_NAMES:
+        if (not all(isinstance(io, dict) for io in stage["inputs"] + stage["outputs"])
+                or [i.get("name") for i in stage["inputs"]] != INPUT_NAMES or [o.get("name") for o in stage["outputs"]][:1] != OUTPUT_NAMES):
             raise F3Error(f"{at}: inputs must be {INPUT_NAMES} and the first output {OUTPUT_NAMES[0]}")
         for kind, entry in stage["files"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not str(entry.get("sha256", "")).startswith("sha256:"):
-                raise F3Error(f"{at}: files.{kind} needs a path and a sha256")
-            if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts:
-                raise F3Error(f"{at}: files.{kind}.path must stay inside the build directory")
+                raise F3Error(f"{at}: files.{_name(kind)} needs a path and a sha256")
+            if not _inside(entry["path"]):
+                raise F3Error(f"{at}: files.{_name(kind)}.path must stay inside the build directory")
     if previous_low != 0:
         raise F3Error(f"{where}: the last stage must end at timestep 0")
 
@@ -120,14 +144,17 @@ def load_manifest(directory: str | Path, check_hashes: bool = True) -> dict:
     data = read_json(path, "rebuild the artifacts")
     validate_manifest(data, str(path))
     if check_hashes:
-        for name, entry in data.get("components", {}).items():
-            if not (directory / entry["path"]).is_dir():
-                raise F3Error(f"{directory / entry['path']} ({name}) is missing; rebuild the artifacts")
-        for stage in data["stages"]:
-            for kind, entry in stage["files"].items():
-                file = directory / entry["path"]
-                if not file.is_file():
-                    raise F3Error(f"{file} is missing; rebuild the artifacts")
-                if sha256_file(file) != entry["sha256"]:
-                    raise F3Error(f"{file} does not match the sha256 in the manifest; rebuild the artifacts")
+        try:
+            for name, entry in data.get("components", {}).items():
+                if not (directory / entry["path"]).is_dir():
+                    raise F3Error(f"{_name(str(directory / entry['path']))} ({_name(name)}) is missing; rebuild the artifacts")
+            for stage in data["stages"]:
+                for kind, entry in stage["files"].items():
+                    file = directory / entry["path"]
+                    if not file.is_file():
+                        raise F3Error(f"{_name(str(file))} is missing; rebuild the artifacts")
+                    if sha256_file(file) != entry["sha256"]:
+                        raise F3Error(f"{_name(str(file))} does not match the sha256 in the manifest; rebuild the artifacts")
+        except OSError as exc:  # e.g. a path too long for the file system
+            raise F3Error(f"{_name(str(exc.filename))} cannot be read ({exc.strerror}); rebuild the artifacts") from None
     return data

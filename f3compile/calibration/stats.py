@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,60 @@ class CalibrationStats:
         meta = read_json(meta_path, "re-run `f3compile calibrate`")
         if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
             raise F3Error(f"{meta_path} is not a {SCHEMA} file; re-run `f3compile calibrate`")
+        _check_meta(meta, str(meta_path))
         try:
             tensors = load_file(str(stats_path))
         except (SafetensorError, OSError) as exc:
             raise F3Error(f"{stats_path} is unreadable ({exc}); re-run `f3compile calibrate`") from None
         stats = cls(meta=meta, tensors=tensors)
+        steps = len(stats.timesteps)
+        expected: dict[str, tuple[int, ...]] = {}
         for unit in stats.units:
-            if f"unit/{unit.id}/attn" not in tensors:
-                raise F3Error(f"{stats_path} lacks statistics for {unit.id}; re-run `f3compile calibrate`")
+            expected |= {f"unit/{unit.id}/{name}": shape for name, shape in (
+                ("attn", (steps, unit.heads, unit.frames, unit.frames)), ("rows", (steps,)), ("branch", (steps,)),
+                ("head_branch", (steps, unit.heads)), ("calls", (steps,)))}
+        for block in stats.blocks:
+            expected |= {f"block/{block.id}/ratio": (steps,), f"block/{block.id}/calls": (steps,)}
+        for name, shape in expected.items():
+            if name not in tensors:
+                raise F3Error(f"{stats_path} lacks statistics {name!r}; re-run `f3compile calibrate`")
+            if tuple(tensors[name].shape) != shape:
+                raise F3Error(f"{stats_path}: {name!r} has shape {list(tensors[name].shape)} but {META_FILE} implies "
+                              f"{list(shape)}; re-run `f3compile calibrate`")
         return stats
+
+
+def _count(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_meta(meta: dict, where: str) -> None:
+    """The calibration.json fields that planning reads, with their types and relations."""
+
+    def require(condition: bool, what: str) -> None:
+        if not condition:
+            raise F3Error(f"{where}: {what}; re-run `f3compile calibrate`")
+
+    model, prompts, shapes = meta.get("model"), meta.get("prompts"), meta.get("shapes")
+    require(isinstance(model, dict) and isinstance(model.get("spec"), str) and isinstance(model.get("fingerprint"), str),
+            "model must be an object with a string spec and fingerprint")
+    require(isinstance(prompts, dict) and _count(prompts.get("count")), "prompts.count must be a positive integer")
+    require(isinstance(shapes, dict) and _count(shapes.get("frames")), "shapes.frames must be a positive integer")
+    total, timesteps = meta.get("num_train_timesteps"), meta.get("timesteps")
+    require(_count(total), "num_train_timesteps must be a positive integer")
+    require(isinstance(timesteps, list) and timesteps and all(_count(t, 0) for t in timesteps)
+            and all(a > b for a, b in zip(timesteps, timesteps[1:])) and timesteps[0] < total,
+            f"timesteps must be a non-empty, decreasing list of distinct integers in [0, {total - 1}]")
+    require(_count(meta.get("steps")) and meta["steps"] <= total, f"steps must be an integer in [1, {total}]")
+    units, keys = meta.get("units"), sorted(f.name for f in fields(TemporalUnit))
+    require(isinstance(units, list) and units, "units must be a non-empty list")
+    seen = set()
+    for number, unit in enumerate(units):
+        require(isinstance(unit, dict) and sorted(unit) == keys
+                and all(isinstance(unit[k], str) and unit[k] for k in ("id", "block"))
+                and all(_count(unit[k]) for k in ("heads", "head_dim", "frames", "channels")),
+                f"units[{number}] must be an object with string id and block and positive integer heads, head_dim, frames and channels")
+        require(unit["id"] == unit["block"] or unit["id"].startswith(unit["block"] + "."),
+                f"units[{number}]: block {unit['block']!r} must be {unit['id']!r} or a module that encloses it")
+        require(unit["id"] not in seen, f"units[{number}]: id {unit['id']!r} appears twice")
+        seen.add(unit["id"])

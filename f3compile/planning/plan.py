@@ -25,6 +25,7 @@ GRANULARITIES = ("block", "attention", "head", "frame")
 PLAN_KEYS = ("schema", "model", "calibration", "granularity", "criterion", "ratio", "stages", "scores")
 STAGE_KEYS = ("timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames")
 SCORE_KEYS = ("score", "per_head", "per_frame")
+MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
 
 
 @dataclass
@@ -126,7 +127,7 @@ class PruningPlan:
         """Refuse a plan made for another model, or whose ids/heads/frames do not fit it."""
         if self.model.get("fingerprint") != model.fingerprint:
             raise F3Error(
-                f"the plan was made for model {self.model.get('spec')} ({str(self.model.get('fingerprint'))[:19]}…), "
+                f"the plan was made for model {_name(self.model.get('spec'))} ({_name(str(self.model.get('fingerprint'))[:19])}…), "
                 f"not {model.spec} ({model.fingerprint[:19]}…); calibrate and plan for this model"
             )
         by_id = {unit.id: unit for unit in units}
@@ -134,22 +135,35 @@ class PruningPlan:
         for number, stage in enumerate(self.stages):
             for block in stage.drop_blocks:
                 if block not in blocks:
-                    raise F3Error(f"plan stage {number}: '{block}' is not a temporal block of {model.spec}")
+                    raise F3Error(f"plan stage {number}: {block!r} is not a temporal block of {model.spec}")
             for kind, ids in (("drop_attention", stage.drop_attention), ("prune_heads", stage.prune_heads),
                               ("keep_frames", stage.keep_frames)):
                 for unit_id in ids:
                     if unit_id not in by_id:
-                        raise F3Error(f"plan stage {number} {kind}: '{unit_id}' is not a temporal attention of {model.spec}")
+                        raise F3Error(f"plan stage {number} {kind}: {unit_id!r} is not a temporal attention of {model.spec}")
             for unit_id, heads in stage.prune_heads.items():
                 if max(heads) >= by_id[unit_id].heads:
-                    raise F3Error(f"plan stage {number}: head {max(heads)} of '{unit_id}' is out of range (it has {by_id[unit_id].heads})")
+                    raise F3Error(f"plan stage {number}: head {max(heads)} of {unit_id!r} is out of range (it has {by_id[unit_id].heads})")
             for unit_id, frames in stage.keep_frames.items():
                 if max(frames) >= by_id[unit_id].frames:
-                    raise F3Error(f"plan stage {number}: frame {max(frames)} of '{unit_id}' is out of range (the model runs {by_id[unit_id].frames})")
+                    raise F3Error(f"plan stage {number}: frame {max(frames)} of {unit_id!r} is out of range (the model runs {by_id[unit_id].frames})")
 
 
 def _fail(where: str, message: str) -> None:
     raise F3Error(f"{where}: {message}")
+
+
+def _name(name: Any) -> str:
+    """A name from the file for a one-line message: odd ones (empty, control characters) quoted."""
+    return name if isinstance(name, str) and name.isprintable() and name.strip() == name != "" else repr(name)
+
+
+def _names(names) -> str:
+    return ", ".join(map(_name, names))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_keys(obj: Any, keys: tuple[str, ...], where: str) -> None:
@@ -158,7 +172,7 @@ def _check_keys(obj: Any, keys: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(obj) - set(keys))
     missing = [k for k in keys if k not in obj]
     if unknown:
-        _fail(where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(keys)}")
+        _fail(where, f"unknown key(s) {_names(unknown)}; allowed: {', '.join(keys)}")
     if missing:
         _fail(where, f"missing key(s) {', '.join(missing)}")
 
@@ -194,7 +208,12 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
         _fail(where, "scores must be an object keyed by unit id")
     for unit_id, entry in scores.items():
         _check_keys(entry, SCORE_KEYS, f"{where}: scores[{unit_id!r}]")
+        if not _is_number(entry["score"]) or not all(
+                isinstance(entry[key], list) and all(map(_is_number, entry[key])) for key in ("per_head", "per_frame")):
+            _fail(f"{where}: scores[{unit_id!r}]", "score must be a number, per_head and per_frame lists of numbers")
     attention_ids = {k for k, v in scores.items() if v["per_head"]}
+    if not attention_ids:
+        _fail(where, "scores must list the temporal attentions (entries with per_head scores)")
     block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") or a == k for a in attention_ids)}
     stages = data["stages"]
     if not isinstance(stages, list) or not stages:
@@ -214,19 +233,22 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
                 _fail(at, f"{key} must be a list of unit ids")
         for block in stage["drop_blocks"]:
             if block not in block_ids:
-                _fail(at, f"drop_blocks: '{block}' is not a temporal block in this plan's scores")
+                _fail(at, f"drop_blocks: {block!r} is not a temporal block in this plan's scores")
         for unit_id in stage["drop_attention"]:
             if unit_id not in attention_ids:
-                _fail(at, f"drop_attention: '{unit_id}' is not a temporal attention in this plan's scores")
+                _fail(at, f"drop_attention: {unit_id!r} is not a temporal attention in this plan's scores")
         for key, size_key in (("prune_heads", "per_head"), ("keep_frames", "per_frame")):
             if not isinstance(stage[key], dict):
                 _fail(at, f"{key} must be an object mapping unit ids to index lists")
             for unit_id, indices in stage[key].items():
                 if unit_id not in attention_ids:
-                    _fail(at, f"{key}: '{unit_id}' is not a temporal attention in this plan's scores")
+                    _fail(at, f"{key}: {unit_id!r} is not a temporal attention in this plan's scores")
                 _index_list(indices, len(scores[unit_id][size_key]), at, f"{key}[{unit_id!r}]")
     if previous_low != 0:
         _fail(where, f"the last stage must end at timestep 0, not {previous_low}")
+    steps, most = data["calibration"].get("steps"), min(stages[0]["timesteps"][0] + 1, MAX_STEPS)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= most):
+        _fail(where, f"calibration.steps must be null or an integer in [0, {most}] (at most one per timestep), got {steps!r}")
 
 
 # -- selection ------------------------------------------------------------------------------
