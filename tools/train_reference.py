@@ -1,18 +1,33 @@
 #!/usr/bin/env python
-"""Train the moving-shapes probe and reference models from a fixed seed, on a CPU.
+"""Train the moving-shapes probe and reference models from a fixed seed, on a CPU or a GPU.
 
     python tools/train_reference.py probe                      # the classifier (minutes)
-    python tools/train_reference.py ref-latte --steps 3000     # a denoiser (about 80 minutes)
-    python tools/train_reference.py ref-unet3d --steps 1500
+    python tools/train_reference.py ref-latte --steps 3000     # a denoiser (about 80 minutes on a CPU)
+    python tools/train_reference.py ref-unet3d --init OLD.safetensors --steps 1400 --high-noise-share 0.5
+
+    # a machine without the text encoder (or a GPU machine without a registry): prepare the bank
+    # where MiniLM is installed, carry the file, train from it
+    python tools/train_reference.py prepare ref-unet3d -o bank.safetensors
+    python tools/train_reference.py ref-unet3d --data bank.safetensors --device cuda
 
 Denoisers: v-prediction MSE on a bank of real clips, captions embedded once by MiniLM (10% of
 them dropped to "" for classifier-free guidance), AdamW with warm-up and cosine decay, EMA
-weights. Every --eval-every steps the EMA model samples held-out paraphrase prompts and the probe
-scores colour, shape and direction, so the log shows whether motion is being learned.
-Resumable: the state is checkpointed to --work every --checkpoint-every steps (safetensors and
-JSON) and a rerun with the same arguments continues from it. At the end the EMA weights are
-written to f3compile/models/reference/weights/NAME.safetensors with their sha256, and the log
-and loss curve to docs/reference/.
+weights. The bank (packed clips, caption embeddings, the in-training evaluation prompts'
+embeddings and labels) is built in memory, or read from a safetensors file written by `prepare`
+(`--data`), whose metadata must match the run's model, --clips, --seed and --eval-prompts.
+`--device auto|cpu|cuda`: on CUDA the forward runs under bf16 autocast (weights, optimizer and EMA
+in fp32); every random draw comes from a CPU generator seeded by the step, so the same seed gives
+the same weights on the same device, and a resumed run continues exactly. `--high-noise-share P`
+draws that share of each batch's timesteps from the noisiest 30% of the schedule (where only the
+caption decides the direction of motion). `--init` starts from earlier weights (buffers the file
+lacks keep their constructed values). Every --eval-every steps the EMA model samples held-out
+paraphrase prompts and the probe scores colour, shape and direction, so the log shows whether
+motion is being learned. Resumable: the state is checkpointed to --work every --checkpoint-every
+steps (safetensors and JSON) and a rerun with the same arguments continues from it; `--stop-at`
+ends a longer schedule early. At the end the EMA weights are written to
+f3compile/models/reference/weights/NAME.safetensors with their sha256 and the command (and the
+init file's sha256), and the log and loss curve to docs/reference/ (`--out DIR` writes all of it
+to DIR instead, for trial runs).
 """
 
 from __future__ import annotations
@@ -38,7 +53,8 @@ from f3compile.models.reference import domain  # noqa: E402
 from f3compile.models.reference import models as ref  # noqa: E402
 from f3compile.models.reference.probe import HEADS, Probe  # noqa: E402
 
-DOCS = ROOT / "docs" / "reference"
+DOCS = ROOT / "docs" / "reference"  # logs and curves (--out replaces this and WEIGHTS)
+WEIGHTS = ref.WEIGHTS
 
 
 def log_line(path: Path, record: dict) -> None:
@@ -50,11 +66,11 @@ def log_line(path: Path, record: dict) -> None:
 def write_weights(name: str, state: dict[str, torch.Tensor], record: dict) -> None:
     from safetensors.torch import save_file
 
-    ref.WEIGHTS.mkdir(exist_ok=True)
-    file = ref.weights_file(name)
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    file = WEIGHTS / f"{name}.safetensors"
     save_file({k: v.detach().contiguous().float() for k, v in state.items()}, str(file))
     record = {"sha256": sha256_file(file), **record}
-    (ref.WEIGHTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (WEIGHTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {file} ({file.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -124,28 +140,105 @@ def evaluation_prompts(count: int, seed: int) -> tuple[list[str], list[domain.La
     return prompts, labels
 
 
+BANK_SCHEMA = "f3compile.training-bank/1"
+
+
+def build_bank(name: str, clips: int, seed: int, eval_count: int) -> dict[str, torch.Tensor]:
+    """Everything training needs from the text encoder and the renderer, as tensors:
+    x (N, C, F, h, w) packed clips (fp16), embeddings (U, L, D) of the U distinct captions (fp16),
+    caption_index (N,), empty (1, L, D) = the unconditional embedding, and the in-training evaluation
+    set (eval_cond, eval_uncond, eval_labels as class indices)."""
+    pipe = ref.build_pipeline(name, ref.DENOISERS[name]())
+    from f3compile.models.loading import from_pipeline
+
+    model = from_pipeline(pipe, f"builtin:{name}")
+    print("rendering clips and embedding captions ...", flush=True)
+    frames, captions, _ = domain.make_clips(clips, seed=seed)
+    unique = sorted(set(captions))
+    lookup = {caption: index for index, caption in enumerate(unique)}
+    embeddings, empty = [], None
+    for start in range(0, len(unique), 256):
+        cond, uncond = model.encode_prompts(unique[start:start + 256])
+        embeddings.append(cond.half())
+        empty = uncond[:1].float()
+    prompts, labels = evaluation_prompts(eval_count, seed + 7)
+    eval_cond, eval_uncond = model.encode_prompts(prompts)
+    return {
+        "x": ref.pack(torch.from_numpy(frames)).half(),
+        "embeddings": torch.cat(embeddings),
+        "caption_index": torch.tensor([lookup[c] for c in captions]),
+        "empty": empty,
+        "eval_cond": eval_cond.float(), "eval_uncond": eval_uncond.float(),
+        "eval_labels": torch.tensor([[HEADS[k].index(getattr(item, k)) for k in HEADS] for item in labels]),
+    }
+
+
+def bank_metadata(args) -> dict[str, str]:
+    return {"schema": BANK_SCHEMA, "model": args.model, "clips": str(args.clips), "seed": str(args.seed),
+            "eval_prompts": str(args.eval_prompts)}
+
+
+def prepare(args) -> None:
+    """Write the training bank of `args.model` to `args.output` (safetensors, metadata says what it holds)."""
+    from safetensors.torch import save_file
+
+    bank = build_bank(args.model, args.clips, args.seed, args.eval_prompts)
+    output = Path(args.output)
+    temporary = output.with_name(output.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in bank.items()}, str(temporary), metadata=bank_metadata(args))
+    temporary.replace(output)
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+
+
+def load_bank(args, tensors: bool = True) -> dict[str, torch.Tensor]:
+    """The bank's tensors (with `tensors=False`: only check that it was prepared with these settings)."""
+    from safetensors import safe_open
+
+    if not Path(args.data).is_file():
+        raise SystemExit(f"error: {args.data} does not exist; write it with `prepare {args.model} -o FILE`")
+    with safe_open(args.data, "pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
+    expected = bank_metadata(args)
+    wrong = {k: (metadata.get(k), v) for k, v in expected.items() if metadata.get(k) != v}
+    if wrong:
+        raise SystemExit(f"error: {args.data} was prepared with other settings {wrong} (found, asked); "
+                         "prepare it again with the same model, --clips, --seed and --eval-prompts")
+    return tensors
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no CUDA device; use --device cpu")
+    return torch.device(choice)
+
+
 @torch.no_grad()
-def sample_and_score(model, denoiser, probe, prompts, labels, steps: int = 20, guidance: float = 5.0) -> dict:
+def sample_and_score(denoise, probe, cond, uncond, labels: torch.Tensor, device: torch.device,
+                     steps: int = 20, guidance: float = 5.0) -> dict:
+    """Probe accuracy of videos sampled for the evaluation embeddings (DDIM, CFG), seed 1234."""
     from f3compile.sampling import denoise_loop, initial_latents
 
-    cond, uncond = model.encode_prompts(prompts)
-    shape = (len(prompts), ref.CHANNELS, ref.FRAMES, ref.SIZE // ref.PACK, ref.SIZE // ref.PACK)
+    shape = (len(cond), ref.CHANNELS, ref.FRAMES, ref.SIZE // ref.PACK, ref.SIZE // ref.PACK)
     generator = torch.Generator().manual_seed(1234)
-    scheduler = type(model.scheduler).from_config(model.scheduler.config)
-    latents = initial_latents(shape, scheduler, generator)
-    latents = denoise_loop(lambda s, t, e: model.denoise_call(denoiser, s, t, e), scheduler, latents, cond, uncond,
-                           steps, guidance, generator)
-    _, predicted = probe.classify(ref.unpack(latents))
-    return metrics.accuracy(predicted, [asdict(item) for item in labels])
+    scheduler = ref.scheduler()
+    latents = initial_latents(shape, scheduler, generator).to(device)
+    latents = denoise_loop(denoise, scheduler, latents, cond.to(device), uncond.to(device), steps, guidance, generator)
+    _, predicted = probe.classify(ref.unpack(latents.float().cpu()))
+    truth = [{k: HEADS[k][int(row[i])] for i, k in enumerate(HEADS)} for row in labels]
+    return metrics.accuracy(predicted, truth)
 
 
 def save_checkpoint(work: Path, step: int, denoiser, ema, optimizer, history: list) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.contiguous() for k, v in denoiser.state_dict().items()}
-    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.items()})
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
+            value = value.detach().cpu()
             tensors[f"opt.{index}.{key}"] = value.reshape(-1) if key == "step" else value.contiguous()
     save_file(tensors, str(work / "checkpoint.tmp"))
     (work / "checkpoint.tmp").replace(work / "checkpoint.safetensors")
@@ -158,7 +251,8 @@ def load_checkpoint(work: Path, denoiser, ema, optimizer) -> tuple[int, list]:
     if not (work / "checkpoint.json").is_file():
         return 0, []
     meta = json.loads((work / "checkpoint.json").read_text())
-    tensors = load_file(str(work / "checkpoint.safetensors"))
+    device = next(denoiser.parameters()).device
+    tensors = load_file(str(work / "checkpoint.safetensors"), device=str(device))
     denoiser.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for k in ema:
         ema[k].copy_(tensors[f"ema.{k}"])
@@ -166,25 +260,50 @@ def load_checkpoint(work: Path, denoiser, ema, optimizer) -> tuple[int, list]:
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+            state["state"].setdefault(int(index), {})[name] = value.reshape(()).cpu() if name == "step" else value
     optimizer.load_state_dict(state)
     print(f"resumed from step {meta['step']}")
     return meta["step"], meta["history"]
 
 
+def initial_weights(denoiser, path: str) -> None:
+    """Start from `path` (safetensors). Buffers the file lacks (a constant the architecture gained,
+    such as a sinusoidal position table) keep their constructed values; anything else must match."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    missing, unexpected = denoiser.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in denoiser.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        raise SystemExit(f"error: {path} does not fit {type(denoiser).__name__}: missing "
+                         f"{sorted(set(missing) - buffers)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
 def train_denoiser(args) -> None:
-    from f3compile.models.loading import from_pipeline
+    from f3compile.models.families import FAMILIES
     from f3compile.models.reference.probe import load_probe
 
     name = args.model
+    device = pick_device(args.device)
+    if args.data:
+        load_bank(args, tensors=False)  # refuse a mismatched bank before anything is written
     torch.manual_seed(args.seed)
-    denoiser = ref.DENOISERS[name]().train()
-    pipe = ref.build_pipeline(name, denoiser)
-    model = from_pipeline(pipe, f"builtin:{name}")
-    denoiser.train()
-    probe = load_probe()
-    scheduler = model.scheduler
-    alphas = scheduler.alphas_cumprod.float()
+    denoiser = ref.DENOISERS[name]()
+    if args.init:
+        initial_weights(denoiser, args.init)
+    denoiser = denoiser.to(device).train()
+    family = FAMILIES["unet3d" if name == "ref-unet3d" else "latte"]
+    # bf16 autocast on CUDA (parameters, optimizer and EMA stay fp32); exact fp32 on the CPU
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def denoise(sample, timestep, context):
+        with autocast:
+            return family.denoise(denoiser_for_call[0], sample, timestep, context).float()
+
+    denoiser_for_call = [denoiser]
+    probe = load_probe().to(device)
+    alphas = ref.scheduler().alphas_cumprod.float().to(device)
+    train_steps = ref.scheduler().config.num_train_timesteps
 
     work = Path(args.work or ROOT / "runs" / name)
     work.mkdir(parents=True, exist_ok=True)
@@ -199,18 +318,9 @@ def train_denoiser(args) -> None:
         log.write_text("")
     stop = min(args.steps, args.stop_at or args.steps)
     if step < stop:
-        print("rendering clips and embedding captions ...", flush=True)
-        clips, captions, _ = domain.make_clips(args.clips, seed=args.seed)
-        x_bank = ref.pack(torch.from_numpy(clips)).half()
-        unique = sorted(set(captions))
-        caption_index = torch.tensor([unique.index(c) for c in captions])
-        embeddings, empty = [], None
-        for start in range(0, len(unique), 256):
-            cond, uncond = model.encode_prompts(unique[start:start + 256])
-            embeddings.append(cond.half())
-            empty = uncond[:1]
-        embeddings = torch.cat(embeddings)
-        eval_prompts, eval_labels = evaluation_prompts(args.eval_prompts, args.seed + 7)
+        bank = load_bank(args) if args.data else build_bank(name, args.clips, args.seed, args.eval_prompts)
+        x_bank, embeddings = bank["x"].to(device), bank["embeddings"].to(device)
+        caption_index, empty = bank["caption_index"].to(device), bank["empty"].to(device)
 
     def lr_at(s: int) -> float:
         if s < args.warmup:
@@ -220,20 +330,28 @@ def train_denoiser(args) -> None:
 
     start, losses = time.time(), []
     while step < stop:
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # resumable: per-step stream
+        # every random draw comes from a CPU stream seeded by the step, so a resumed run and a run on
+        # another device see the same batches, timesteps and noise
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         index = torch.randint(0, len(x_bank), (args.batch,), generator=generator)
-        x0 = x_bank[index].float()
-        context = embeddings[caption_index[index]].float()
         drop = torch.rand(args.batch, generator=generator) < 0.1
-        context[drop] = empty.float()
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, train_steps, (args.batch,), generator=generator)
+        if args.high_noise_share > 0:
+            # direction is decided at the noisiest steps, where only the caption can tell left from
+            # right (later steps follow whatever trajectory the noise began): train there more often
+            high = torch.rand(args.batch, generator=generator) < args.high_noise_share
+            top = torch.randint(int(0.7 * train_steps), train_steps, (args.batch,), generator=generator)
+            t = torch.where(high, top, t)
+        noise = torch.randn((args.batch,) + tuple(x_bank.shape[1:]), generator=generator).to(device)
+        index, drop, t = index.to(device), drop.to(device), t.to(device)
+        x0 = x_bank[index].float()
+        context = torch.where(drop.view(-1, 1, 1), empty, embeddings[caption_index[index]].float())
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        prediction = model.denoise_call(denoiser, noisy, t.float(), context)
+        prediction = denoise(noisy, t.float(), context)
         loss = torch.nn.functional.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,9 +368,12 @@ def train_denoiser(args) -> None:
                       "seconds": round(time.time() - start, 1)}
             losses = []
             if step % args.eval_every == 0 or step == stop:
-                evaluator = ref.DENOISERS[name]().eval()
+                evaluator = ref.DENOISERS[name]().to(device).eval()
                 evaluator.load_state_dict(ema)
-                record["sample_accuracy"] = sample_and_score(model, evaluator, probe, eval_prompts, eval_labels)
+                denoiser_for_call[0] = evaluator
+                record["sample_accuracy"] = sample_and_score(denoise, probe, bank["eval_cond"], bank["eval_uncond"],
+                                                             bank["eval_labels"], device)
+                denoiser_for_call[0] = denoiser
             history.append(record)
             log_line(log, record)
         if step % args.checkpoint_every == 0 or step == stop:
@@ -260,11 +381,14 @@ def train_denoiser(args) -> None:
 
     plot_history(name, history)
     last = next((h["sample_accuracy"] for h in reversed(history) if "sample_accuracy" in h), None)
-    write_weights(name, ema, {
+    record = {
         "command": "python tools/train_reference.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "seed": args.seed, "steps": step, "schedule_steps": args.steps, "batch": args.batch, "lr": args.lr,
-        "parameters": sum(p.numel() for p in denoiser.parameters()),
-        "final_sample_accuracy": last})
+        "device": str(device), "parameters": sum(p.numel() for p in denoiser.parameters()),
+        "final_sample_accuracy": last}
+    if args.init:
+        record["init"] = {"file": args.init, "sha256": sha256_file(Path(args.init))}
+    write_weights(name, {k: v.cpu() for k, v in ema.items()}, record)
 
 
 def plot_history(name: str, history: list) -> None:
@@ -292,7 +416,16 @@ def plot_history(name: str, history: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["probe", "ref-unet3d", "ref-latte"])
+    parser.add_argument("model", choices=["probe", "ref-unet3d", "ref-latte", "prepare"])
+    parser.add_argument("prepare_model", nargs="?", choices=["ref-unet3d", "ref-latte"],
+                        help="with `prepare`: the model whose training bank to write to -o")
+    parser.add_argument("-o", "--output", help="with `prepare`: the bank file to write (safetensors)")
+    parser.add_argument("--data", help="train from a bank written by `prepare` (no text encoder needed)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--init", help="start from these weights (safetensors) instead of random ones")
+    parser.add_argument("--out", help="write weights, log and curve here instead of the shipped locations")
+    parser.add_argument("--high-noise-share", type=float, default=0.0,
+                        help="share of each batch whose timestep is drawn from the noisiest 30%% of the schedule")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -309,9 +442,17 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     args = parser.parse_args()
+    if args.out:  # a trial run: weights, log and curve go here, the shipped ones stay untouched
+        global DOCS, WEIGHTS
+        DOCS = WEIGHTS = Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model == "probe":
+    if args.model == "prepare":
+        if not args.prepare_model or not args.output:
+            parser.error("prepare needs a model and -o FILE: prepare ref-unet3d -o bank.safetensors")
+        args.model = args.prepare_model
+        prepare(args)
+    elif args.model == "probe":
         args.batch = 128 if args.batch == 32 else args.batch
         args.clips = 12000 if args.clips == 16000 else args.clips
         train_probe(args)

@@ -64,6 +64,20 @@ def test_heldout_wording_is_disjoint_from_training():
         assert item.color in caption(item, rng, "heldout") and item.color in caption(item, rng, "train")
 
 
+def test_heldout_words_never_occur_in_training_wording():
+    from f3compile.models.reference import domain
+
+    def words(texts):
+        return {w for text in texts for w in text.replace("-", " ").replace(",", " ").replace(":", " ").split()}
+
+    heldout = words(w for group in (domain._HELDOUT_SHAPE_WORDS, domain._HELDOUT_DIRECTION_WORDS)
+                    for values in group.values() for w in values) | {"keeps", "watch"}
+    heldout -= {"left", "right"}  # the direction words themselves are the labels' names
+    train = words(w for group in (domain._SHAPE_WORDS, domain._DIRECTION_WORDS) for values in group.values()
+                  for w in values) | words(TRAIN_TEMPLATES)
+    assert heldout and not heldout & train, heldout & train
+
+
 def test_prompt_file_carries_labels(tmp_path):
     write_prompts_jsonl(tmp_path / "p.jsonl", 10, seed=2)
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]

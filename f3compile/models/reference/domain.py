@@ -21,15 +21,34 @@ DIRECTIONS = ("left", "right", "up", "down", "static")
 BACKGROUND = (0.08, 0.08, 0.08)
 _STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "static": (0, 0)}  # (dx, dy) per frame unit
 
-_SHAPE_WORDS = {"circle": ("circle", "disk", "ball"), "square": ("square", "box", "block"), "triangle": ("triangle", "wedge")}
-_DIRECTION_WORDS = {
-    "left": ("moving left", "sliding to the left", "drifting leftward"),
-    "right": ("moving right", "sliding to the right", "drifting rightward"),
-    "up": ("moving up", "rising", "drifting upward"),
-    "down": ("moving down", "falling", "drifting downward"),
-    "static": ("standing still", "not moving", "resting in place"),
+# Training wording: many words and sentence frames per concept, so a model learns what a caption
+# means rather than which token it contains. None of the held-out words or frames below appears here
+# (tests/models/test_reference_domain.py checks it).
+_SHAPE_WORDS = {
+    "circle": ("circle", "disk", "ball", "orb", "sphere", "ring", "blob", "spot", "bubble", "coin"),
+    "square": ("square", "box", "block", "tile", "rectangle", "crate", "brick", "quadrilateral",
+               "dice", "squared tile"),
+    "triangle": ("triangle", "wedge", "pyramid", "tri-cornered figure", "trigon", "arrowhead", "delta",
+                 "cone", "triangular form"),
 }
-TRAIN_TEMPLATES = ("a {color} {shape} {motion}", "{color} {shape}, {motion}", "a video of a {color} {shape} {motion}")
+_DIRECTION_WORDS = {
+    "left": ("moving left", "sliding to the left", "drifting leftward", "going left", "travelling to the left",
+             "gliding left", "shifting left", "rolling leftwards", "moving westward"),
+    "right": ("moving right", "sliding to the right", "drifting rightward", "going right", "travelling to the right",
+              "gliding right", "shifting right", "rolling rightwards", "moving eastward"),
+    "up": ("moving up", "rising", "drifting upward", "going up", "ascending", "floating upward", "lifting",
+           "soaring", "travelling upwards", "flying up"),
+    "down": ("moving down", "falling", "drifting downward", "going down", "descending", "dropping", "plunging",
+             "travelling downwards", "tumbling down", "dipping", "settling downward", "diving"),
+    "static": ("standing still", "not moving", "resting in place", "motionless", "stationary", "frozen", "idle",
+               "remaining still", "at rest", "holding still"),
+}
+TRAIN_TEMPLATES = (
+    "a {color} {shape} {motion}", "{color} {shape}, {motion}", "a video of a {color} {shape} {motion}",
+    "the {color} {shape} is {motion}", "a clip showing a {color} {shape} that is {motion}",
+    "a lone {color} {shape} {motion} across a dark background", "look at this {color} {shape}: it is {motion}",
+    "here a {color} {shape} is seen {motion}", "footage of a single {color} {shape} {motion}",
+)
 # held-out paraphrases: other sentence frames and other words for shape and motion
 HELDOUT_TEMPLATES = ("there is one {color} {shape} and it keeps {motion}", "watch the {color} {shape} as it is {motion}")
 _HELDOUT_SHAPE_WORDS = {"circle": ("round dot",), "square": ("cube",), "triangle": ("three-sided shape",)}

@@ -62,14 +62,27 @@ def scheduler():
 
 
 def unet3d():
-    from diffusers import UNet3DConditionModel
+    """UNet3DConditionModel with a sinusoidal frame position added in front of every temporal attention.
 
-    return UNet3DConditionModel(
+    ModelScope's temporal attention has no position: without one, attention over frames is
+    permutation-equivariant, so the model cannot tell "left" from "right" (a clip reversed in time is
+    as likely as the clip) and only its temporal convolutions can break the tie. The same
+    `SinusoidalPositionalEmbedding` AnimateDiff's motion modules use (a constant buffer, added to the
+    normalised input of attn1 and attn2) gives the temporal attention the frame order.
+    """
+    from diffusers import UNet3DConditionModel
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    unet = UNet3DConditionModel(
         sample_size=SIZE // PACK, in_channels=CHANNELS, out_channels=CHANNELS, block_out_channels=(32, 64),
         layers_per_block=1, down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
         up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
         cross_attention_dim=384, attention_head_dim=16, norm_num_groups=8,
     )
+    for name, module in unet.named_modules():
+        if (name.startswith("transformer_in.") or ".temp_attentions." in name) and name.endswith("transformer_blocks.0"):
+            module.pos_embed = SinusoidalPositionalEmbedding(module.norm1.normalized_shape[0], max_seq_length=FRAMES)
+    return unet
 
 
 def latte():
