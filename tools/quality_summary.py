@@ -41,7 +41,7 @@ def summary(directory: Path) -> str:
     dropped = results.get("all-blocks-dropped")
     if dropped:
         lost = 100 * (dense["accuracy"]["direction"] - dropped["accuracy"]["direction"])
-        lines += ["", f"Every temporal block dropped: direction {lost:+.1f} points lost "
+        lines += ["", f"Every temporal block dropped: direction {lost:.1f} points lost "
                       f"(colour {dropped['accuracy']['color']:.1%}, shape {dropped['accuracy']['shape']:.1%})."]
     random_file = directory / "random" / "eval.json"
     if random_file.is_file():
