@@ -13,14 +13,15 @@ from .errors import F3Error
 DEVICES = ("cpu", "cuda")
 
 
-def check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device, allow_meta: bool = False) -> torch.device:
     """`device` as a torch.device, or an `F3Error` naming what to change when this machine lacks it.
-    (`meta` is accepted for shape-only compilation by the Python API.)"""
+    `allow_meta`: accept `meta` (shape-only compilation through the Python API; nothing that
+    writes or runs artifacts)."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise F3Error(f"--device {device!r} is not a device torch knows; use cpu or cuda") from None
-    if device.type not in ("cpu", "cuda", "meta"):
+    if device.type not in ("cpu", "cuda") + (("meta",) if allow_meta else ()):
         raise F3Error(f"--device {device} is not supported; use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise F3Error("--device cuda, but torch sees no CUDA device (a CPU build of torch, or no GPU); use --device cpu")

@@ -101,3 +101,9 @@ def test_cuda_requests_without_cuda_are_one_line_errors(capsys, tmp_path):
         code, _, err = run(capsys, *argv)
         assert_one_line_error(code, err, "--device")
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
+
+
+def test_meta_is_for_the_python_api_only(capsys, tmp_path):
+    code, _, err = run(capsys, "compile", "builtin:tiny-latte", "--device", "meta", "-o", tmp_path / "c")
+    assert_one_line_error(code, err, "--device meta is not supported")
+    assert not (tmp_path / "c").exists()

@@ -147,7 +147,7 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     plan = plan or PruningPlan.dense(model, units)
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
-    device = check_device(device)
+    device = check_device(device, allow_meta=True)
     program = capture(model, shapes, dtype, batch_range, device=device)
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     return [apply_stage(program, stage, units, inputs, batch_range) for stage in plan.stages]
