@@ -296,11 +296,13 @@ def train_denoiser(args) -> None:
     # bf16 autocast on CUDA (parameters, optimizer and EMA stay fp32); exact fp32 on the CPU
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    def denoise(sample, timestep, context):
-        with autocast:
-            return family.denoise(denoiser_for_call[0], sample, timestep, context).float()
+    def denoise_with(module):
+        def denoise(sample, timestep, context):
+            with autocast:
+                return family.denoise(module, sample, timestep, context).float()
+        return denoise
 
-    denoiser_for_call = [denoiser]
+    denoise = denoise_with(denoiser)
     probe = load_probe().to(device)
     alphas = ref.scheduler().alphas_cumprod.float().to(device)
     train_steps = ref.scheduler().config.num_train_timesteps
@@ -370,10 +372,8 @@ def train_denoiser(args) -> None:
             if step % args.eval_every == 0 or step == stop:
                 evaluator = ref.DENOISERS[name]().to(device).eval()
                 evaluator.load_state_dict(ema)
-                denoiser_for_call[0] = evaluator
-                record["sample_accuracy"] = sample_and_score(denoise, probe, bank["eval_cond"], bank["eval_uncond"],
+                record["sample_accuracy"] = sample_and_score(denoise_with(evaluator), probe, bank["eval_cond"], bank["eval_uncond"],
                                                              bank["eval_labels"], device)
-                denoiser_for_call[0] = denoiser
             history.append(record)
             log_line(log, record)
         if step % args.checkpoint_every == 0 or step == stop:
