@@ -29,6 +29,7 @@ def cmd_calibrate(args) -> None:
     from ._io import sha256_file
     from .calibration import CalibrationConfig, calibrate, read_prompts
     from .models import load_model
+    from .sampling import read_latents
 
     started = time.perf_counter()
     prompts = read_prompts(args.prompts)
@@ -36,8 +37,10 @@ def cmd_calibrate(args) -> None:
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
     )
+    latents = read_latents(args.latents) if args.latents else None
     model = load_model(args.model)
-    stats = calibrate(model, prompts, config, output_dir=args.output, prompts_sha256=sha256_file(args.prompts), progress=True)
+    stats = calibrate(model, prompts, config, output_dir=args.output, prompts_sha256=sha256_file(args.prompts),
+                      progress=True, latents=latents)
     _done(started, f"calibrated {len(stats.units)} temporal attention units on {len(prompts)} prompts x "
                    f"{config.steps} steps -> {args.output}")
 
@@ -159,8 +162,14 @@ def cmd_generate(args) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".gif", ".mp4", ".png"):
         raise F3Error(f"-o {args.output}: the output must end in .gif, .mp4 or .png")
+    start = None
+    if args.latents:
+        from .sampling import read_latents
+
+        start = read_latents(args.latents)
     runtime = Runtime(args.build, backend=args.backend, device=args.device)
-    latents = runtime.generate(args.prompt, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale)
+    latents = runtime.generate(args.prompt, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
+                               latents=start)
     frames = runtime.decode(latents)[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(f".{args.output.stem}.tmp{suffix}")
@@ -169,10 +178,10 @@ def cmd_generate(args) -> None:
         tmp.replace(args.output)
     finally:
         tmp.unlink(missing_ok=True)
-    if args.latents:
+    if args.save_latents:
         from safetensors.torch import save_file
 
-        save_file({"latents": latents.contiguous()}, str(args.latents))
+        save_file({"latents": latents.contiguous()}, str(args.save_latents))
     _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
                    f"{args.steps} steps, backend {args.backend})")
 
@@ -343,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default 1)")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
+    p.add_argument("--latents", type=Path, help="start every prompt from these latents instead of noise (.pt or "
+                   "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
 
     p = add("plan", cmd_plan)
     p.add_argument("calibration", type=Path, help="directory written by `f3compile calibrate`")
@@ -391,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "aoti", "onnxruntime", "tensorrt"), default="torch", help="artifact runtime")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the torch/aoti programs and the loop run")
     p.add_argument("--fps", type=int, default=8, help="frames per second of .gif/.mp4 (default 8)")
-    p.add_argument("--latents", type=Path, help="also write the final latents (safetensors)")
+    p.add_argument("--latents", type=Path, help="start from these latents instead of noise (.pt or one-tensor "
+                   ".safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
+    p.add_argument("--save-latents", type=Path, help="also write the final latents (safetensors)")
     p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
 
     p = add("bench", cmd_bench)

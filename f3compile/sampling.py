@@ -20,6 +20,61 @@ def initial_latents(shape: tuple[int, ...], scheduler, generator: torch.Generato
     return torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
 
 
+def read_latents(path) -> torch.Tensor:
+    """Starting latents (B, C, F, h, w) from a file, as float32: a ``.pt`` tensor (read with
+    ``torch.load(weights_only=True)``, e.g. Tune-A-Video's DDIM-inverted ``inv_latents/*.pt``) or a
+    safetensors file holding exactly one tensor (what ``generate --save-latents`` writes)."""
+    from pathlib import Path
+
+    from .errors import F3Error
+
+    path = Path(path)
+    if not path.is_file():
+        raise F3Error(f"--latents {path} does not exist; pass a .pt or .safetensors file holding one latent tensor")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = list(load_file(str(path)).values())
+            if len(tensors) != 1:
+                raise F3Error(f"--latents {path} holds {len(tensors)} tensors; save exactly one")
+            latents = tensors[0]
+        else:
+            latents = torch.load(str(path), map_location="cpu", weights_only=True)
+    except F3Error:
+        raise
+    except Exception as exc:  # not a tensor file, truncated, or pickled objects weights_only refuses
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise F3Error(f"--latents {path} is not a readable tensor file ({reason}); "
+                      "save one tensor with torch.save or safetensors") from None
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or not latents.is_floating_point():
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise F3Error(f"--latents {path} must hold one floating-point (B, C, F, h, w) tensor, got {shape}")
+    latents = latents.float()
+    if not torch.isfinite(latents).all():
+        raise F3Error(f"--latents {path} contains NaN or inf; pass finite latents")
+    return latents
+
+
+def start_latents(given: torch.Tensor | None, shape: tuple[int, ...], scheduler, generator: torch.Generator) -> torch.Tensor:
+    """The loop's first latents: Gaussian noise, or `given` (batch 1 repeated, or one row per
+    prompt) scaled by the scheduler's initial sigma as `prepare_latents` does with user latents."""
+    if given is None:
+        return initial_latents(shape, scheduler, generator)
+    check_latents(given, shape)
+    return given.float().expand(shape).clone() * scheduler.init_noise_sigma
+
+
+def check_latents(given: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Refuse starting latents that do not fit `shape` (batch 1 is repeated for every prompt)."""
+    from .errors import F3Error
+
+    if tuple(given.shape[1:]) != tuple(shape[1:]) or given.shape[0] not in (1, shape[0]):
+        batch = "batch 1" if shape[0] == 1 else f"batch 1 or {shape[0]}"
+        raise F3Error(f"--latents has shape {tuple(given.shape)}; these videos start from {tuple(shape)} "
+                      f"({batch}): match --frames/--height/--width to the latents")
+
+
 def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs = {}

@@ -21,7 +21,7 @@ from ..errors import F3Error
 from ..manifest import library_versions
 from ..models.base import VideoModel, VideoShapes
 from ..models.discovery import find_temporal_units, temporal_blocks
-from ..sampling import denoise_loop, initial_latents
+from ..sampling import check_latents, denoise_loop, start_latents
 from .recorder import AttentionRecorder
 from .stats import SCHEMA, CalibrationStats
 
@@ -89,10 +89,13 @@ def calibrate(
     output_dir: str | Path | None = None,
     prompts_sha256: str | None = None,
     progress: bool = False,
+    latents: torch.Tensor | None = None,
 ) -> CalibrationStats:
     """Sample every prompt with the model's scheduler and CFG, recording temporal attention.
 
-    With `output_dir`, writes stats.safetensors, calibration.json and heatmaps/ atomically.
+    `latents` (batch 1): every prompt starts from them instead of noise (Tune-A-Video edits a
+    video from its DDIM-inverted latents). With `output_dir`, writes stats.safetensors,
+    calibration.json and heatmaps/ atomically.
     """
     config = config or CalibrationConfig()
     if config.steps < 1:
@@ -105,6 +108,8 @@ def calibrate(
     if shapes.frames != model.shapes.frames or (shapes.height, shapes.width) != (model.shapes.height, model.shapes.width):
         model.shapes = dataclasses.replace(shapes, batch=1)
         model.info.pop("_temporal_units", None)
+    if latents is not None:
+        check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
     units = find_temporal_units(model)
     blocks = temporal_blocks(units)
     scheduler = model.scheduler
@@ -132,8 +137,9 @@ def calibrate(
         with recorder, torch.no_grad():
             for batch in batches:
                 cond, uncond = model.encode_prompts(batch)
-                latents = initial_latents(model.latent_shape(dataclasses.replace(shapes, batch=len(batch))), scheduler, generator)
-                denoise_loop(model.denoise, scheduler, latents, cond, uncond, config.steps,
+                start = start_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=len(batch))),
+                                      scheduler, generator)
+                denoise_loop(model.denoise, scheduler, start, cond, uncond, config.steps,
                              config.guidance_scale, generator, on_step=on_step)
                 if bar is not None:
                     bar.update(1)
@@ -150,6 +156,9 @@ def calibrate(
         "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
         "prompts": {"count": len(prompts), "sha256": prompt_digest},
         "seed": config.seed,
+        "latents": None if latents is None else {
+            "shape": list(latents.shape),
+            "sha256": "sha256:" + hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()},
         "shapes": dataclasses.replace(shapes, batch=config.batch_size).to_dict(),
         "steps": config.steps,
         "guidance_scale": config.guidance_scale,

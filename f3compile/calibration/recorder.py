@@ -13,7 +13,8 @@ Per unit and denoising step it accumulates:
   branch      (S,)          sum over calls of ‖attention output‖ / ‖residual input‖
   head_branch (S, H)        same per head: ‖o_h W_out[:, h]ᵀ‖ / ‖residual input‖
   calls       (S,)
-and per block: ratio (S,) = Σ ‖block output − block input‖ / ‖block input‖, calls (S,).
+and per block: ratio (S,) = Σ ‖block output − block input‖ / ‖block input‖, calls (S,) (for an
+attention that is its own block: its branch ratio, what dropping it removes).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class AttentionRecorder:
                 self._handles.append(norm.register_forward_hook(self._capture_residual(state)))
             self._handles.append(attention.register_forward_hook(self._record(state, attention), with_kwargs=True))
         for block in self.blocks:
+            if block.id in self._state:  # an attention that is its own block: its branch ratio (below)
+                continue
             self._handles.append(modules[block.id].register_forward_hook(self._record_block(block.id), with_kwargs=True))
 
     def detach(self) -> None:
@@ -166,6 +169,10 @@ class AttentionRecorder:
             out[f"unit/{unit_id}/head_branch"] = state.head_branch.clone()
             out[f"unit/{unit_id}/calls"] = state.calls.clone()
         for block_id in self._block_ratio:
+            if block_id in self._state:  # dropping it removes the residual branch: ‖branch‖ / ‖residual input‖
+                out[f"block/{block_id}/ratio"] = self._state[block_id].branch.clone()
+                out[f"block/{block_id}/calls"] = self._state[block_id].calls.clone()
+                continue
             out[f"block/{block_id}/ratio"] = self._block_ratio[block_id].clone()
             out[f"block/{block_id}/calls"] = self._block_calls[block_id].clone()
         return out

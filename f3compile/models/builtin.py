@@ -128,6 +128,28 @@ def build_tiny_latte():
     )
 
 
+def randomize_temporal_outputs(unet) -> None:
+    """Tune-A-Video initialises ``attn_temp.to_out.0.weight`` to zero (a new layer starts as a no-op);
+    a tuned model's is not, so random-weight models draw it like every other weight."""
+    for name, module in unet.named_modules():
+        if name.endswith("attn_temp"):
+            torch.nn.init.kaiming_uniform_(module.to_out[0].weight, a=5 ** 0.5)  # nn.Linear's default
+
+
+def build_tiny_tuneavideo():
+    from .tuneavideo import TuneAVideoPipeline, TuneAVideoUNet
+
+    unet = TuneAVideoUNet(
+        block_out_channels=(32, 64), norm_num_groups=8, layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        attention_head_dim=4, sample_size=16,
+    )
+    randomize_temporal_outputs(unet)
+    tokenizer = byte_tokenizer(TEXT_LENGTH)
+    return TuneAVideoPipeline(vae=_tiny_vae(), text_encoder=_clip_text(len(tokenizer), 32), tokenizer=tokenizer,
+                              unet=unet.eval(), scheduler=_scheduler())
+
+
 def build_ref_unet3d():
     from .reference.models import build_reference
 
@@ -145,6 +167,7 @@ BUILTINS: dict[str, tuple[Callable, tuple[int, int, int], str]] = {
     "tiny-unet3d": (build_tiny_unet3d, (8, 32, 32), "ModelScope-style UNet3DConditionModel, 2 levels, CLIP-style text encoder"),
     "tiny-animatediff": (build_tiny_animatediff, (8, 32, 32), "AnimateDiff UNetMotionModel, 2 levels, motion modules"),
     "tiny-latte": (build_tiny_latte, (8, 16, 16), "LatteTransformer3DModel, 2 layers, T5-style text encoder"),
+    "tiny-tuneavideo": (build_tiny_tuneavideo, (8, 32, 32), "Tune-A-Video UNet (SD v1 layout, 2 levels), CLIP-style text encoder"),
 }
 # trained reference models of the moving-shapes domain (weights in models/reference/weights)
 REFERENCES: dict[str, tuple[Callable, tuple[int, int, int], str]] = {

@@ -96,6 +96,8 @@ FAMILIES: dict[str, Family] = {
     "unet3d": Family("unet3d", "UNet3DConditionModel", "TextToVideoSDPipeline", _denoise_unet3d, _encode_clip_like),
     "animatediff": Family("animatediff", "UNetMotionModel", "AnimateDiffPipeline", _denoise_animatediff, _encode_clip_like),
     "latte": Family("latte", "LatteTransformer3DModel", "LattePipeline", _denoise_latte, _encode_latte),
+    # Tune-A-Video calls its UNet "UNet3DConditionModel" too; loading tells it apart by its keys
+    "tuneavideo": Family("tuneavideo", "TuneAVideoUNet", "TuneAVideoPipeline", _denoise_unet3d, _encode_clip_like),
 }
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}

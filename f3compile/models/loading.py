@@ -122,7 +122,12 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
     import diffusers
 
     family = BY_DENOISER_CLASS[class_name]
-    denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
+    if family.name == "tuneavideo":
+        from .tuneavideo import load_unet
+
+        denoiser = load_unet(path)
+    else:
+        denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
     scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     length, dim = _text_dims(family, denoiser, None)
@@ -140,9 +145,13 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
 def _load_directory(path: Path, spec: str) -> VideoModel:
     import diffusers
 
+    from . import tuneavideo
+
     if (path / "model_index.json").is_file():
         index = read_json(path / "model_index.json", "re-save the pipeline")
-        class_name = index.get("_class_name")
+        class_name = index.get("_class_name") if isinstance(index, dict) else None
+        if tuneavideo.is_tuneavideo_unet(path / "unet"):  # by its keys: the class names clash with ModelScope's
+            return from_pipeline(tuneavideo.load_pipeline(path), spec)
         if class_name not in BY_PIPELINE_CLASS:
             raise F3Error(
                 f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
@@ -150,7 +159,10 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
         pipe = getattr(diffusers, class_name).from_pretrained(path)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():
-        class_name = read_json(path / "config.json", "re-save the denoiser").get("_class_name")
+        config = read_json(path / "config.json", "re-save the denoiser")
+        class_name = config.get("_class_name") if isinstance(config, dict) else None
+        if tuneavideo.is_tuneavideo_unet(path):
+            class_name = "TuneAVideoUNet"
         if class_name in BY_DENOISER_CLASS:
             return _from_bare_denoiser(path, spec, class_name)
         raise F3Error(

@@ -1,7 +1,7 @@
 """Published architectures with random weights, for honest speed numbers without checkpoints.
 
 `builtin:arch-modelscope` (ModelScope T2V 1.7B UNet3D), `builtin:arch-animatediff` (Stable
-Diffusion 1.5 UNet + AnimateDiff v1-5-2 motion modules), `builtin:arch-latte` (Latte-1). Append
+Diffusion 1.5 UNet + AnimateDiff v1-5-2 motion modules), `builtin:arch-latte` (Latte-1), `builtin:arch-tuneavideo` (Tune-A-Video on SD v1.4). Append
 `,width-scale=S` to multiply every channel width by S (heads keep their published count where the
 architecture ties them to the width, head size shrinks) so a CPU can run them, e.g.
 `builtin:arch-modelscope,width-scale=0.25`. Depth, block layout and frame handling are as
@@ -108,11 +108,27 @@ def build_arch_latte(scale: float):
     return LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=transformer, scheduler=_scheduler())
 
 
+def build_arch_tuneavideo(scale: float):
+    from .builtin import _scheduler, randomize_temporal_outputs
+    from .tuneavideo import TuneAVideoPipeline, TuneAVideoUNet
+
+    widths = tuple(_width(c, scale, 32) for c in (320, 640, 1280, 1280))
+    cross = _width(768, scale, 64)
+    unet = TuneAVideoUNet(  # Stable Diffusion v1.4's UNet config, the checkpoint Tune-A-Video tunes
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
+        norm_num_groups=_groups(*widths), cross_attention_dim=cross, attention_head_dim=8,
+    ).eval()
+    randomize_temporal_outputs(unet)
+    tokenizer, text_encoder = _text(cross, 77, t5=False)
+    return TuneAVideoPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler())
+
+
 # name -> (builder(scale), default (frames, height, width) in pixels, description)
 PRESETS = {
     "arch-modelscope": (build_arch_modelscope, (16, 256, 256), "ModelScope T2V 1.7B UNet3D, 16 frames 256x256"),
     "arch-animatediff": (build_arch_animatediff, (16, 512, 512), "SD 1.5 UNet + AnimateDiff v1-5-2 motion modules, 16 frames 512x512"),
     "arch-latte": (build_arch_latte, (16, 256, 256), "Latte-1 (28 layers, 16x72 heads), 16 frames 256x256"),
+    "arch-tuneavideo": (build_arch_tuneavideo, (8, 512, 512), "Tune-A-Video (SD v1.4 UNet + sparse-causal and temporal attention), 8 frames 512x512"),
 }
 
 

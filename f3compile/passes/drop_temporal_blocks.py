@@ -6,6 +6,11 @@ After:  x ─▶ y (every use of the block's output now uses its input; the bloc
 
 The block's input is the tensor entering the block with the output's shape and dtype; a block
 with several outputs, or no unique such input, is an error. Blocks not in the plan are untouched.
+
+Where no module holds the attention and nothing else (Tune-A-Video: ``attn_temp`` sits in the
+same transformer block as the spatial attentions, its residual add outside any module), discovery
+makes the attention its own block; dropping it removes its residual branch, exactly as
+`drop_temporal_attention` does (the branch contributes nothing: output = input of the residual).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from torch import fx
 
 from ..errors import F3Error
-from .base import PassContext, PassResult, dtype_of, region_inputs, shape_of, single_output
+from .base import PassContext, PassResult, dtype_of, new_zeros_like, region_inputs, shape_of, single_output
 
 
 def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -22,6 +27,11 @@ def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         nodes, output = single_output(gm.graph, block, ctx.prefix, "temporal block")
         if output is None:
             continue  # already dropped
+        if block in ctx.units:  # an attention that is its own block: its residual branch goes
+            reference = region_inputs(nodes)[0]
+            output.replace_all_uses_with(new_zeros_like(gm.graph, reference, shape_of(output), before=output))
+            modified = True
+            continue
         candidates = [n for n in region_inputs(nodes)
                       if shape_of(n) == shape_of(output) and dtype_of(n) == dtype_of(output)]
         if len(candidates) != 1:

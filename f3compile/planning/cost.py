@@ -104,12 +104,13 @@ class ModelCost:
         """(FLOPs, parameters) that `stage` removes from one denoiser call."""
         flops = params = 0
         dropped_blocks = set(stage.drop_blocks)
-        for block in dropped_blocks:
+        for block in dropped_blocks - set(self.units):
             flops += self.flops.get(block, 0)
             params += self.block_params.get(block, 0)
-        dropped = set(stage.drop_attention)
+        # an attention that is its own block is dropped as an attention (its norm goes too)
+        dropped = set(stage.drop_attention) | (dropped_blocks & set(self.units))
         for unit_id, unit in self.units.items():
-            if unit.block in dropped_blocks:
+            if unit.block in dropped_blocks and unit.block != unit_id:
                 continue
             split = self._attention_split(unit_id)
             counts = self.unit_params[unit_id]

@@ -113,7 +113,7 @@ class PruningPlan:
             granularity="block", criterion=criteria.DEFAULT_CRITERION, ratio=0.0,
             stages=[Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
             scores={u.id: {"score": 0.0, "per_head": [0.0] * u.heads, "per_frame": [0.0] * u.frames} for u in units}
-            | {u.block: {"score": 0.0, "per_head": [], "per_frame": []} for u in units},
+            | {u.block: {"score": 0.0, "per_head": [], "per_frame": []} for u in units if u.block != u.id},
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -214,7 +214,9 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
     attention_ids = {k for k, v in scores.items() if v["per_head"]}
     if not attention_ids:
         _fail(where, "scores must list the temporal attentions (entries with per_head scores)")
-    block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") or a == k for a in attention_ids)}
+    block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") for a in attention_ids)}
+    # an attention inside no listed block is its own block (no module holds it alone)
+    block_ids |= {a for a in attention_ids if not any(a.startswith(k + ".") for k in scores)}
     stages = data["stages"]
     if not isinstance(stages, list) or not stages:
         _fail(where, "stages must be a non-empty list")
@@ -350,6 +352,8 @@ def make_plan(
             "per_frame": [round(float(x), 6) for x in criteria.frame_scores(stats, unit.id)],
         }
     for block in blocks:
+        if block.id in scores:  # an attention that is its own block: one entry, with its per-head scores
+            continue
         scores[block.id] = {"score": round(criteria.block_score(stats, block.id, criterion), 6), "per_head": [], "per_frame": []}
     meta = stats.meta
     return PruningPlan(

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import F3Error
 from ..manifest import load_manifest
-from ..sampling import denoise_loop, initial_latents
+from ..sampling import check_latents, denoise_loop, start_latents
 from .backends import make_backend
 from .components import load_component
 
@@ -103,8 +103,11 @@ class Runtime:
         raise F3Error(f"timestep {timestep} is outside every stage of {self.build}")
 
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
-                 eta: float = 0.0) -> torch.Tensor:
-        """Final latents (B, C, F, h, w) for `prompt` (one prompt per batch row of the artifacts)."""
+                 eta: float = 0.0, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Final latents (B, C, F, h, w) for `prompt` (one prompt per batch row of the artifacts).
+
+        `latents`: start from these (batch 1 or one row per prompt; e.g. DDIM-inverted latents of
+        a video to edit) instead of noise drawn from `seed`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = self.manifest["shapes"]["batch"]
         if len(prompts) != batch and "dynamic_batch" not in self.manifest:
@@ -114,13 +117,15 @@ class Runtime:
             raise F3Error("--guidance-scale must be > 1: the artifacts take the CFG-doubled batch")
         shape = list(self.manifest["stages"][0]["inputs"][0]["shape"])
         shape[0] = len(prompts)
+        if latents is not None:
+            check_latents(latents, tuple(shape))
         cond, uncond = self.encode(prompts)
         generator = torch.Generator().manual_seed(seed)
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
-        latents = initial_latents(tuple(shape), self.scheduler, generator).to(self.device)
-        latents = denoise_loop(None, self.scheduler, latents, cond.to(self.device), uncond.to(self.device), steps,
-                               guidance_scale, generator, eta=eta, denoise_for=self.stage_for)
-        return latents.cpu()
+        start = start_latents(latents, tuple(shape), self.scheduler, generator).to(self.device)
+        final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
+                             guidance_scale, generator, eta=eta, denoise_for=self.stage_for)
+        return final.cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -132,7 +137,7 @@ class Runtime:
 
             return unpack(latents, int(decoder["factor"]))
         if vae is None:
-            raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --latents instead")
+            raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --save-latents instead")
         return vae_decode(vae, latents)
 
 

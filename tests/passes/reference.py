@@ -1,6 +1,7 @@
 """An independent eager reference for DESIGN.md's pruning semantics, by masking in the original model.
 
-- dropped block: a forward hook returns the block's input as its output;
+- dropped block: a forward hook returns the block's input as its output (an attention that is its
+  own block is dropped as an attention);
 - dropped attention: the attention returns zeros, so the residual add leaves h unchanged;
 - pruned heads: their outputs are multiplied by 0 before the output projection;
 - kept frames: keys outside the kept frames get -inf before the softmax.
@@ -51,7 +52,7 @@ def masked(model, stage, units):
         for unit in units:
             heads = stage.prune_heads.get(unit.id)
             frames = stage.keep_frames.get(unit.id)
-            drop = unit.id in stage.drop_attention
+            drop = unit.id in stage.drop_attention or unit.id in stage.drop_blocks  # (its own block)
             attention = modules[unit.id]
             saved[unit.id] = attention.processor
             heads_mask = None
@@ -59,7 +60,7 @@ def masked(model, stage, units):
                 heads_mask = torch.ones(unit.heads)
                 heads_mask[heads] = 0.0
             attention.set_processor(MaskedAttention(heads_mask, frames, drop))
-        for block in stage.drop_blocks:
+        for block in (b for b in stage.drop_blocks if b not in {u.id for u in units}):
             def identity(module, args, kwargs, output):
                 hidden = args[0] if args else kwargs["hidden_states"]
                 return (hidden,) if isinstance(output, tuple) else hidden

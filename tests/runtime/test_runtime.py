@@ -88,7 +88,7 @@ def test_generate_cli_writes_videos(capsys, unet3d_builds, tmp_path, backend, su
     root, _ = unet3d_builds
     out = tmp_path / f"video{suffix}"
     code, stdout, err = run(capsys, "generate", root / "pruned", "--prompt", "a red circle", "--steps", "3",
-                            "--backend", backend, "-o", out, "--latents", tmp_path / "l.safetensors")
+                            "--backend", backend, "-o", out, "--save-latents", tmp_path / "l.safetensors")
     assert code == 0, err
     import imageio.v2 as imageio
 
