@@ -127,3 +127,9 @@ def _check_meta(meta: dict, where: str) -> None:
                 f"units[{number}]: block {unit['block']!r} must be {unit['id']!r} or a module that encloses it")
         require(unit["id"] not in seen, f"units[{number}]: id {unit['id']!r} appears twice")
         seen.add(unit["id"])
+    blocks = {unit["block"] for unit in units if unit["block"] != unit["id"]}
+    for number, unit in enumerate(units):
+        require(unit["block"] == unit["id"] or unit["block"] not in seen,
+                f"units[{number}]: block {unit['block']!r} is another temporal attention; an attention encloses no other")
+        require(unit["block"] != unit["id"] or not any(unit["id"].startswith(b + ".") for b in blocks),
+                f"units[{number}]: {unit['id']!r} is its own block inside another temporal block")

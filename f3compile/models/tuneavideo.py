@@ -450,8 +450,9 @@ def load_unet(unet_dir: Path) -> TuneAVideoUNet:
     known = set(inspect.signature(TuneAVideoUNet.__init__).parameters) - {"self"}
     arguments = {k: v for k, v in config.items() if k in known}
     try:
-        unet = TuneAVideoUNet(**arguments)
-    except (TypeError, ValueError) as exc:
+        with torch.device("meta"):  # no random init of weights that are loaded next (SD v1: 860M parameters)
+            unet = TuneAVideoUNet(**arguments)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError) as exc:
         raise F3Error(f"{unet_dir}/config.json does not describe a Tune-A-Video UNet ({exc})") from None
     path = weights_file(unet_dir)
     if path is None:
@@ -469,7 +470,7 @@ def load_unet(unet_dir: Path) -> TuneAVideoUNet:
     if wrong:
         raise F3Error(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the config makes "
                       f"{tuple(expected[wrong[0]].shape)}")
-    unet.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    unet.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}, assign=True)
     return unet.eval()
 
 

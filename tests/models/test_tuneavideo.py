@@ -237,6 +237,9 @@ def test_published_directory_through_the_whole_cli(tmp_path, capsys):
         code, _, err = run(capsys, "plan", tmp_path / "calib", "--ratio", "0.5", "--granularity", granularity,
                            "-o", tmp_path / f"{granularity}-1.json")
         assert code == 0, err
+    code, out, err = run(capsys, "inspect", tmp_path / "block-1.json", "--model", directory)
+    assert code == 0, err
+    assert out.count("pruned (its own block)") == 8 and "FLOP-predicted speedup" in out
     code, _, err = run(capsys, "compile", directory, "--plan", tmp_path / "head-1.json", "-o", tmp_path / "compiled")
     assert code == 0, err
     assert (tmp_path / "compiled" / "stage0" / "denoiser.pt2").is_file()
