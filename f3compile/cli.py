@@ -49,15 +49,63 @@ def cmd_plan(args) -> None:
     """Rank temporal units by their calibration scores and write a pruning plan.
 
     example: f3compile plan calib --ratio 0.5 --granularity head --stages 2 -o plan.json
+    schedule: f3compile plan calib --ratio 0,0.5,1 --stages 3 --granularity block -o plan.json
+    budget:   f3compile plan calib --target-speedup 1.3 --stages 3 --granularity block -o plan.json
+    search:   f3compile plan calib --search --prompts examples/prompts.txt --max-error 0.05 --stages 2 -o plan.json
     """
     from .calibration import CalibrationStats
     from .planning import make_plan
 
     started = time.perf_counter()
+    if args.search:
+        if args.ratio is not None:
+            raise F3Error("--search chooses what to prune itself; drop --ratio (bound it with --max-error/--target-speedup)")
+        if args.prompts is None:
+            raise F3Error("--search runs the model on prompts: pass --prompts (the calibration prompts)")
+    elif (args.ratio is None) == (args.target_speedup is None):
+        raise F3Error("give exactly one of --ratio R (or R1,R2,... one per stage) and --target-speedup S, or --search")
+    elif args.max_error is not None or args.prompts is not None:
+        raise F3Error("--max-error and --prompts belong to --search")
     stats = CalibrationStats.load(args.calibration)
-    plan = make_plan(stats, args.ratio, args.granularity, args.criterion, args.stages, seed=args.seed)
+    if args.search or args.target_speedup is not None:
+        from .models import find_temporal_units, load_model
+        from .planning.cost import ModelCost
+
+        model = load_model(args.model or stats.meta["model"]["spec"])
+        if model.fingerprint != stats.meta["model"]["fingerprint"]:
+            raise F3Error(f"{args.calibration} was recorded on another model than {model.spec}; pass --model with "
+                          "the calibrated model")
+        units = find_temporal_units(model)
+        cost = ModelCost.measure(model, units)
+    if args.search:
+        from .calibration import read_prompts
+        from .planning.search import search_plan
+
+        actions = tuple(a for a in args.actions.split(",") if a)
+        plan, steps = search_plan(model, stats, read_prompts(args.prompts), cost, units, max_error=args.max_error,
+                                  target_speedup=args.target_speedup, stages=args.stages, criterion=args.criterion,
+                                  actions=actions, log=print)
+        what = (f"searched, {len(steps)} accepted step(s), error {plan.search['error']:.4f}, "
+                f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x")
+    elif args.target_speedup is not None:
+        from .planning.schedule import make_target_plan
+
+        plan = make_target_plan(stats, cost, args.target_speedup, args.granularity, args.criterion, args.stages,
+                                seed=args.seed)
+        what = f"ratios {plan.ratio_text()}, FLOP-predicted {plan.budget['predicted_speedup']:.3f}x"
+    else:
+        plan = make_plan(stats, _parse_ratios(args.ratio), args.granularity, args.criterion, args.stages, seed=args.seed)
+        what = f"ratio {plan.ratio_text()}"
     plan.save(args.output)
-    _done(started, f"wrote {args.output}: {args.granularity} plan, ratio {args.ratio:g}, {len(plan.stages)} stage(s)")
+    _done(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
+
+
+def _parse_ratios(text: str) -> float | list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise F3Error(f"--ratio {text!r} must be a number or comma-separated numbers in [0, 1], e.g. 0,0.5,1") from None
+    return values[0] if len(values) == 1 else values
 
 
 def cmd_inspect(args) -> None:
@@ -259,8 +307,10 @@ def _eval_variants(args) -> list:
     from .planning import PruningPlan, make_plan
 
     def meta(plan, **extra):
+        kind = ("search" if plan.search else "budget" if plan.budget
+                else "schedule" if isinstance(plan.ratio, list) else "criterion")
         return {"granularity": plan.granularity, "ratio": plan.ratio, "stages": len(plan.stages),
-                "criterion": plan.criterion, **extra}
+                "criterion": plan.criterion, "kind": kind, **extra}
 
     variants = [Variant("dense")]
     for path in args.plan or []:
@@ -299,9 +349,10 @@ def _eval_variants(args) -> list:
 
 
 def cmd_eval(args) -> None:
-    """Score dense vs pruned videos: probe accuracy, Fréchet distance, PSNR, consistency, speedup.
+    """Score dense vs pruned videos: probe accuracy, Fréchet distance, PSNR, SSIM, consistency, speedup.
 
     example: f3compile eval builtin:ref-latte --plan plan.json -o eval
+    any model: f3compile eval MODEL_DIR --plan plan.json --prompts prompts.txt -o eval   (fidelity to dense)
     sweep:   f3compile eval builtin:ref-latte --calibration calib --sweep --random 5 -o eval-sweep
     Writes eval.json, eval.md and grid.png (and sweep.png with --sweep) to the output directory.
     Prompts are JSON lines {"prompt", "color", "shape", "direction"}; by default every label
@@ -314,14 +365,26 @@ def cmd_eval(args) -> None:
     if args.limit is not None and args.limit < 1:
         raise F3Error(f"--limit must be at least 1, got {args.limit}")
     variants = _eval_variants(args)
-    prompts = read_eval_prompts(args.prompts) if args.prompts else default_prompts(args.seed)
+    measures = args.measures
+    if measures == "auto":  # the probe knows the moving-shapes domain of the reference models only
+        measures = "probe" if str(args.model).startswith("builtin:ref-") else "fidelity"
+    if measures == "fidelity":
+        from .calibration import read_prompts
+
+        if not args.prompts:
+            raise F3Error("fidelity evaluation needs --prompts (a text file, one prompt per line)")
+        prompts = [{"prompt": p} for p in read_prompts(args.prompts)]
+        if not prompts:
+            raise F3Error(f"prompts file {args.prompts} has no prompts")
+    else:
+        prompts = read_eval_prompts(args.prompts) if args.prompts else default_prompts(args.seed)
     if args.limit is not None:
         prompts = prompts[: args.limit]
     config = EvalConfig(samples=args.samples, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
                         batch=args.batch, real_per_prompt=args.real, repeat=args.repeat, device=args.device)
     model = load_model(args.model)
-    result = evaluate(model, variants, prompts, config, log=lambda line: print(line, flush=True))
-    write_report(result, args.output, sweep=args.sweep)
+    result = evaluate(model, variants, prompts, config, log=lambda line: print(line, flush=True), measures=measures)
+    write_report(result, args.output, sweep=args.sweep or args.plot)
     print(markdown(result))
     _done(started, f"evaluated {len(variants)} variant(s) -> {args.output}")
 
@@ -357,7 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("plan", cmd_plan)
     p.add_argument("calibration", type=Path, help="directory written by `f3compile calibrate`")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of units to prune, in [0, 1]")
+    p.add_argument("--ratio", help="fraction of units to prune, in [0, 1]; or one per stage: 0,0.5,1")
+    p.add_argument("--target-speedup", type=float, help="instead of --ratio: prune the lowest-scored (unit, stage) "
+                   "pairs until the trajectory's FLOP-predicted speedup reaches S")
+    p.add_argument("--model", help="with --target-speedup or --search: the calibrated model (default: the "
+                   "calibration's spec)")
+    p.add_argument("--search", action="store_true", help="choose per (stage, block) the action with the least "
+                   "measured error of the final latents (runs the model; see --max-error, --target-speedup)")
+    p.add_argument("--max-error", type=float, help="with --search: bound on the final latents' relative L2 error vs dense")
+    p.add_argument("--prompts", help="with --search: prompts to measure on (the calibration prompts)")
+    p.add_argument("--actions", default="drop,heads", help="with --search: actions to try (default drop,heads)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
     p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"score (default {DEFAULT_CRITERION})")
     p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
@@ -425,9 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a speedup plot (PNG)")
 
     p = add("eval", cmd_eval)
-    p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d, or another moving-shapes model")
+    p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d (probe metrics), or any model (fidelity)")
+    p.add_argument("--measures", choices=("auto", "probe", "fidelity"), default="auto",
+                   help="probe: accuracy and Fréchet on the moving-shapes domain (+ fidelity); fidelity: PSNR, SSIM "
+                        "and latents rel. L2 vs dense, for any model (default auto: probe for builtin:ref-*)")
     p.add_argument("--plan", type=Path, nargs="+", help="plan.json file(s) to compare with the dense model")
-    p.add_argument("--prompts", type=Path, help="JSON lines {prompt, color, shape, direction} (default: 60 held-out)")
+    p.add_argument("--prompts", type=Path, help="probe: JSON lines {prompt, color, shape, direction} (default: 60 "
+                   "held-out); fidelity: one prompt per line")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--samples", type=int, default=2, help="videos per prompt, one seed each (default 2)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
@@ -444,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="1,2", help="stage counts for --sweep/--random (default 1,2)")
     p.add_argument("--criteria", default="cross_frame_mass", help="for --sweep, e.g. cross_frame_mass,output_norm")
     p.add_argument("--random", type=int, default=0, help="also N random plans per ratio x granularity x stages")
+    p.add_argument("--plot", action="store_true", help="also write sweep.png (quality vs speedup) for the given plans")
     p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
     p = add("inspect", cmd_inspect)

@@ -91,6 +91,17 @@ def test_bad_inputs_give_one_line_errors_and_no_files(capsys, tmp_path, unet3d_p
         (["plan", unet3d_plan / "calib", "--ratio", "0.5", "--granularity", "layer", "-o", out_dir / "p.json"], "invalid choice"),
         (["plan", unet3d_plan / "calib", "--ratio", "0.5", "--criterion", "vibes", "-o", out_dir / "p.json"], "invalid choice"),
         (["plan", tmp_path, "--ratio", "0.5", "-o", out_dir / "p.json"], "is not a calibration directory"),
+        (["plan", unet3d_plan / "calib", "--ratio", "0,x", "-o", out_dir / "p.json"], "comma-separated numbers"),
+        (["plan", unet3d_plan / "calib", "--ratio", "0,0.5", "-o", out_dir / "p.json"], "gives 2 values for --stages 1"),
+        (["plan", unet3d_plan / "calib", "-o", out_dir / "p.json"], "exactly one of --ratio"),
+        (["plan", unet3d_plan / "calib", "--ratio", "0.5", "--target-speedup", "1.2", "-o", out_dir / "p.json"],
+         "exactly one of --ratio"),
+        (["plan", unet3d_plan / "calib", "--target-speedup", "9", "--granularity", "block", "-o", out_dir / "p.json"],
+         "out of reach"),
+        (["plan", unet3d_plan / "calib", "--target-speedup", "1.1", "--granularity", "frame", "-o", out_dir / "p.json"],
+         "not frame"),
+        (["plan", unet3d_plan / "calib", "--target-speedup", "1.1", "--model", "builtin:tiny-latte", "-o",
+          out_dir / "p.json"], "recorded on another model"),
         (["inspect", unet3d_plan / "plan.json", "--model", "builtin:tiny-latte"], "was made for model builtin:tiny-unet3d"),
         (["inspect", tmp_path / "unknown_id.json"], "not a temporal attention"),
         (["inspect", tmp_path / "unknown_key.json"], "unknown key(s) surprise"),
@@ -125,3 +136,20 @@ def test_console_script_help_and_error_exit_status(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     help_plan = subprocess.run(exe + ["plan", "--help"], capture_output=True, text=True, env=env).stdout
     assert "example: f3compile plan" in help_plan
+
+
+def test_scheduled_and_budget_plans_from_the_cli(capsys, tmp_path, unet3d_plan):
+    code, out, err = run(capsys, "plan", unet3d_plan / "calib", "--ratio", "0,0.5,1", "--stages", "3",
+                         "--granularity", "block", "-o", tmp_path / "schedule.json")
+    assert code == 0 and "ratio 0,0.5,1, 3 stage(s)" in out, err
+    code, out, _ = run(capsys, "inspect", tmp_path / "schedule.json")
+    assert code == 0 and "ratio 0.5" in out and "ratio 1\n" in out
+    code, out, err = run(capsys, "plan", unet3d_plan / "calib", "--target-speedup", "1.1", "--stages", "3",
+                         "--granularity", "block", "-o", tmp_path / "budget.json")
+    assert code == 0 and "FLOP-predicted" in out, err
+    plan = json.loads((tmp_path / "budget.json").read_text())
+    assert plan["budget"]["target_speedup"] == 1.1 and plan["budget"]["predicted_speedup"] >= 1.1
+    code, out, _ = run(capsys, "inspect", tmp_path / "budget.json", "--model", "builtin:tiny-unet3d")
+    assert code == 0 and "budget: target speedup 1.1x" in out
+    predicted = float(out.rsplit("FLOP-predicted speedup ", 1)[1].split("x")[0])
+    assert predicted == pytest.approx(plan["budget"]["predicted_speedup"], abs=1e-3)

@@ -123,12 +123,13 @@ def _denoise_for(stages, modules) -> Callable[[int], Callable]:
 
 
 def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond, uncond,
-              device: torch.device) -> torch.Tensor:
-    """Frames (samples × prompts, F, H, W, 3), sample-major; identical noise for every variant."""
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final latents, frames (samples × prompts, F, H, W, 3)), sample-major; identical noise for
+    every variant."""
     from ..sampling import denoise_loop, initial_latents
 
     shape = model.latent_shape(dataclasses.replace(model.shapes, batch=config.batch))
-    videos = []
+    videos, finals = [], []
     for sample in range(config.samples):
         for start in range(0, len(prompts), config.batch):
             rows = list(range(start, min(start + config.batch, len(prompts))))
@@ -139,8 +140,9 @@ def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond,
             latents = initial_latents(shape, scheduler, generator).to(device)  # CPU noise: same on every device
             latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
                                    config.steps, config.guidance_scale, generator, denoise_for=modules_for)
-            videos.append(decode(model, latents[: len(rows)].float().cpu()))
-    return torch.cat(videos)
+            finals.append(latents[: len(rows)].float().cpu())
+            videos.append(decode(model, finals[-1]))
+    return torch.cat(finals), torch.cat(videos)
 
 
 def _real_clips(prompts: list[dict], per_prompt: int, frames: int, size: int, seed: int) -> torch.Tensor:
@@ -164,12 +166,26 @@ def _speedup(model, plan, config: EvalConfig) -> float:
     return float(next(row for row in rows if row["stage"] == "loop")["speedup"])
 
 
-def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalConfig | None = None,
-             log: Callable[[str], None] = print) -> dict:
-    """Score every variant (the first must be the dense model) on `prompts`; returns eval.json's dict."""
-    from ..models.reference.probe import load_probe
+def _fidelity(latents, frames, dense_latents, dense_frames) -> dict:
+    """Pruned vs dense from the same noise: decoded frames (PSNR, SSIM) and final latents (rel. L2)."""
+    if dense_frames is None:
+        return {"psnr_vs_dense": None, "ssim_vs_dense": None, "latents_rel_l2_vs_dense": None}
+    return {"psnr_vs_dense": float(metrics.psnr(frames, dense_frames).mean()),
+            "ssim_vs_dense": float(metrics.ssim(frames, dense_frames).mean()),
+            "latents_rel_l2_vs_dense": float(metrics.relative_l2(latents, dense_latents).mean())}
 
+
+def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalConfig | None = None,
+             log: Callable[[str], None] = print, measures: str = "probe") -> dict:
+    """Score every variant (the first must be the dense model) on `prompts`; returns eval.json's dict.
+
+    `measures="probe"`: the moving-shapes probe's accuracy and Fréchet distance plus fidelity to
+    the dense model; `"fidelity"` (any model, prompts without labels): fidelity only — PSNR and
+    SSIM of the decoded frames and relative L2 of the final latents against the dense model's
+    from the same noise, and the measured speedup."""
     config = config or EvalConfig()
+    if measures not in ("probe", "fidelity"):
+        raise F3Error(f"measures must be probe or fidelity, got {measures!r}")
     for name in ("samples", "steps", "batch", "real_per_prompt", "repeat"):
         if getattr(config, name) < 1:
             raise F3Error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -184,6 +200,10 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     from ..devices import check_device
 
     device = check_device(config.device)
+    if measures == "fidelity":
+        return _evaluate_fidelity(model, variants, prompts, config, device, log)
+    from ..models.reference.probe import load_probe
+
     shapes = model.shapes
     probe = load_probe()
     cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
@@ -201,14 +221,14 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     }
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)
     dense_stages, dense_modules = _stage_modules(model, None, batch_shapes, device)
-    results, dense_frames, grid = {}, None, {}
+    results, dense_frames, dense_latents, grid = {}, None, None, {}
     for variant in variants:
         started = time.perf_counter()
         if variant.plan is None:
             stages, modules = dense_stages, dense_modules
         else:
             stages, modules = _stage_modules(model, variant.plan, batch_shapes, device)
-        frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
+        latents, frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
         features, predicted = probe.classify(frames)
         per_seed = [metrics.frechet_distance(features[s * len(prompts):(s + 1) * len(prompts)].numpy(),
                                              real_features.numpy()) for s in range(config.samples)]
@@ -220,12 +240,12 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
             "frechet_by_seed": per_seed,
             "frechet_seed_mean": float(np.mean(per_seed)),
             "frechet_spread": float(np.std(per_seed)),
-            "psnr_vs_dense": None if dense_frames is None else float(metrics.psnr(frames, dense_frames).mean()),
+            **_fidelity(latents, frames, dense_latents, dense_frames),
             "temporal_consistency": float(metrics.temporal_consistency(frames).mean()),
             "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config),
         }
         if dense_frames is None:
-            dense_frames = frames
+            dense_frames, dense_latents = frames, latents
         results[variant.name] = entry
         grid[variant.name] = frames[: min(6, len(prompts))]
         acc = entry["accuracy"]
@@ -233,8 +253,36 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
             f"all {acc['all']:.0%}  Fréchet {entry['frechet']:.2f}  speedup {entry['speedup']:.2f}x "
             f"({time.perf_counter() - started:.0f}s)")
     return {
-        "schema": SCHEMA, "model": {"spec": model.spec, "fingerprint": model.fingerprint},
+        "schema": SCHEMA, "measures": "probe", "model": {"spec": model.spec, "fingerprint": model.fingerprint},
         "config": dataclasses.asdict(config), "prompts": len(prompts), "videos_per_variant": len(truth),
         "reference": reference, "results": results, "_grid": grid,
+        "_grid_prompts": [p["prompt"] for p in prompts[: min(6, len(prompts))]],
+    }
+
+
+def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], config: EvalConfig, device,
+                       log: Callable[[str], None]) -> dict:
+    """Fidelity to the dense model only: usable on any model, no labels and no probe."""
+    cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
+    batch_shapes = dataclasses.replace(model.shapes, batch=config.batch)
+    results, dense, grid = {}, None, {}
+    for variant in variants:
+        started = time.perf_counter()
+        stages, modules = _stage_modules(model, variant.plan, batch_shapes, device)
+        latents, frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
+        entry = {**variant.meta, **_fidelity(latents, frames, *(dense or (None, None))),
+                 "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config)}
+        if dense is None:
+            dense = (latents, frames)
+        results[variant.name] = entry
+        grid[variant.name] = frames[: min(6, len(prompts))]
+        if variant.plan is not None:
+            log(f"{variant.name}: PSNR {entry['psnr_vs_dense']:.2f} dB  SSIM {entry['ssim_vs_dense']:.4f}  latents "
+                f"rel. L2 {entry['latents_rel_l2_vs_dense']:.4f}  speedup {entry['speedup']:.2f}x "
+                f"({time.perf_counter() - started:.0f}s)")
+    return {
+        "schema": SCHEMA, "measures": "fidelity", "model": {"spec": model.spec, "fingerprint": model.fingerprint},
+        "config": dataclasses.asdict(config), "prompts": len(prompts),
+        "videos_per_variant": len(prompts) * config.samples, "reference": None, "results": results, "_grid": grid,
         "_grid_prompts": [p["prompt"] for p in prompts[: min(6, len(prompts))]],
     }

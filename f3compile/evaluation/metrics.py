@@ -91,3 +91,41 @@ def bootstrap_accuracy(predicted: dict[str, list[str]], truth: list[dict], group
         means = per_group[draws].sum(1) / sizes[draws].sum(1)
         out[name] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
     return out
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row ‖a − b‖ / ‖b‖ (rows along the first axis), in float64."""
+    diff = (a.double() - b.double()).flatten(1).norm(dim=1)
+    return (diff / b.double().flatten(1).norm(dim=1).clamp_min(1e-12)).float()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """Per-video structural similarity of frames a and b (N, F, H, W, 3) in [0, 1].
+
+    Wang et al. (2004): Gaussian-weighted local means, variances and covariance (σ = `sigma`,
+    a `window`×`window` window, shrunk to fit small frames, valid positions only), constants
+    C1 = (0.01)², C2 = (0.03)² for a data range of 1; the SSIM map averaged over positions, colour
+    channels and frames.
+    """
+    size = min(window, a.shape[2], a.shape[3])
+    size -= (size + 1) % 2  # odd
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-coords**2 / (2 * sigma**2))
+    g = (g / g.sum())
+    kernel = (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k)
+
+    def planes(x: torch.Tensor) -> torch.Tensor:  # (N*F*3, 1, H, W)
+        return x.double().permute(0, 1, 4, 2, 3).reshape(-1, 1, x.shape[2], x.shape[3])
+
+    x, y = planes(a), planes(b)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(z, kernel)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return value.reshape(a.shape[0], -1).mean(1).float()

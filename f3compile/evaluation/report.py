@@ -9,10 +9,43 @@ import numpy as np
 from .._io import atomic_dir, write_json_atomic
 
 COLUMNS = ("variant", "granularity", "ratio", "stages", "criterion", "colour", "shape", "direction", "all",
-           "Fréchet", "PSNR vs dense", "temporal", "speedup")
+           "Fréchet", "PSNR / SSIM vs dense", "temporal", "speedup")
+
+
+FIDELITY_COLUMNS = ("variant", "granularity", "ratio", "stages", "criterion", "PSNR vs dense", "SSIM vs dense",
+                    "latents rel. L2", "speedup")
+
+
+def _ratio(entry: dict) -> str:
+    if "ratio" not in entry:
+        return "—"
+    return ",".join(f"{r:g}" for r in entry["ratio"]) if isinstance(entry["ratio"], list) else f"{entry['ratio']:g}"
+
+
+def _fidelity_markdown(result: dict) -> str:
+    lines = [
+        f"Model `{result['model']['spec']}`: {result['prompts']} prompts × {result['config']['samples']} seeds "
+        f"= {result['videos_per_variant']} videos per variant, {result['config']['steps']} steps, guidance "
+        f"{result['config']['guidance_scale']:g}. Fidelity to the dense model from the same noise: PSNR and SSIM of "
+        "the decoded frames, relative L2 of the final latents (means over videos); speedup: the denoising loop at "
+        "batch 1 as `f3compile bench` measures it.",
+        "",
+        "| " + " | ".join(FIDELITY_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in FIDELITY_COLUMNS) + "|",
+    ]
+    for name, entry in result["results"].items():
+        psnr, ssim, rel = entry["psnr_vs_dense"], entry["ssim_vs_dense"], entry["latents_rel_l2_vs_dense"]
+        lines.append("| " + " | ".join([
+            name, entry.get("granularity", "—"), _ratio(entry), str(entry.get("stages", "—")), entry.get("criterion", "—"),
+            "—" if psnr is None else f"{psnr:.1f} dB", "—" if ssim is None else f"{ssim:.4f}",
+            "—" if rel is None else f"{rel:.4f}", f"{entry['speedup']:.2f}×",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict) -> str:
+    if result.get("measures") == "fidelity":
+        return _fidelity_markdown(result)
     ref = result["reference"]
     lines = [
         f"Model `{result['model']['spec']}`: {result['prompts']} prompts × {result['config']['samples']} seeds "
@@ -35,10 +68,11 @@ def markdown(result: dict) -> str:
         acc = entry["accuracy"]
         psnr = entry["psnr_vs_dense"]
         lines.append("| " + " | ".join([
-            name, entry.get("granularity", "—"), f"{entry['ratio']:g}" if "ratio" in entry else "—",
+            name, entry.get("granularity", "—"), _ratio(entry),
             str(entry.get("stages", "—")), entry.get("criterion", "—"),
             with_ci(entry, "color"), with_ci(entry, "shape"), with_ci(entry, "direction"), with_ci(entry, "all"),
-            f"{entry['frechet']:.2f} (seeds {entry.get('frechet_seed_mean', entry['frechet']):.0f} ± {entry['frechet_spread']:.0f})", "—" if psnr is None else f"{psnr:.1f} dB",
+            f"{entry['frechet']:.2f} (seeds {entry.get('frechet_seed_mean', entry['frechet']):.0f} ± {entry['frechet_spread']:.0f})",
+            "—" if psnr is None else f"{psnr:.1f} dB / {entry['ssim_vs_dense']:.3f}",
             f"{entry['temporal_consistency']:.3f}", f"{entry['speedup']:.2f}×",
         ]) + " |")
     return "\n".join(lines) + "\n"
@@ -84,9 +118,15 @@ def sweep_plot(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     markers = {"block": "s", "attention": "o", "head": "^"}
     dense = result["results"]["dense"]
-    for ax, key in ((left, "frechet"), (right, "direction")):
-        value = (lambda e: e["frechet"]) if key == "frechet" else (lambda e: e["accuracy"]["direction"])
-        ax.axhline(value(dense), color="k", lw=0.8, ls="--", label="dense")
+    if result.get("measures") == "fidelity":
+        measures = (("latents_rel_l2_vs_dense", "final latents' rel. L2 vs dense (lower is better)"),
+                    ("psnr_vs_dense", "PSNR vs dense, dB (higher is better)"))
+    else:
+        measures = (("frechet", "Fréchet distance (lower is better)"), ("direction", "direction accuracy"))
+    for ax, (key, label) in zip((left, right), measures):
+        value = (lambda e, k=key: e["accuracy"]["direction"] if k == "direction" else e[k])
+        if value(dense) is not None:
+            ax.axhline(value(dense), color="k", lw=0.8, ls="--", label="dense")
         for name, entry in result["results"].items():
             if name == "dense":
                 continue
@@ -94,13 +134,19 @@ def sweep_plot(result: dict, path: Path) -> None:
             colour = "0.6" if random else ("C0" if entry.get("stages", 1) == 1 else "C1")
             if entry.get("criterion") == "output_norm":
                 colour = "C2"
+            colour = {"schedule": "C4", "budget": "C5", "search": "C3"}.get(entry.get("kind"), colour)
+            if value(entry) is None:
+                continue
             ax.scatter(entry["speedup"], value(entry), marker="x" if random else markers.get(entry.get("granularity"), "o"),
                        color=colour, s=30)
+            if entry.get("kind") in ("schedule", "budget", "search") or len(result["results"]) <= 12:
+                ax.annotate(name, (entry["speedup"], value(entry)), fontsize=5, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("measured denoising-loop speedup (×)")
-        ax.set_ylabel("Fréchet distance (lower is better)" if key == "frechet" else "direction accuracy")
+        ax.set_ylabel(label)
     handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=g) for g, m in markers.items()]
     handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=l) for c, l in
-                (("C0", "1 stage"), ("C1", "2 stages"), ("C2", "output_norm"), ("0.6", "random plans"))]
+                (("C0", "1 stage"), ("C1", "2+ stages"), ("C2", "output_norm"), ("0.6", "random plans"),
+                 ("C4", "ratio per stage"), ("C5", "--target-speedup"), ("C3", "--search"))]
     right.legend(handles=handles, fontsize=7)
     fig.suptitle(f"{result['model']['spec']}: quality vs speedup")
     fig.tight_layout()

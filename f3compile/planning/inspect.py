@@ -64,12 +64,16 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
                     block_of[unit_id] = block_id
     width = max(len(u) for u in unit_ids)
     lines = [
-        f"plan: {plan.granularity} granularity, criterion {plan.criterion}, ratio {plan.ratio:g}, "
+        f"plan: {plan.granularity} granularity, criterion {plan.criterion}, ratio {plan.ratio_text()}, "
         f"{len(plan.stages)} stage(s); model {plan.model.get('spec')}",
     ]
+    if plan.budget is not None:
+        lines.append(f"budget: target speedup {plan.budget['target_speedup']:g}x, FLOP-predicted "
+                     f"{plan.budget['predicted_speedup']:.3f}x at selection")
     for number, (stage, info) in enumerate(zip(plan.stages, summary["stages"])):
         lines.append("")
-        lines.append(f"stage {number}: timesteps {stage.timesteps[0]}..{stage.timesteps[1]} ({info['steps']} calibration steps)")
+        lines.append(f"stage {number}: timesteps {stage.timesteps[0]}..{stage.timesteps[1]} ({info['steps']} calibration steps), "
+                     f"ratio {plan.stage_ratios()[number]:g}")
         lines.append(f"  {'unit':<{width}}  {'score':>7}  {'heads':>7}  {'frames':>7}  action")
         for unit_id in unit_ids:
             entry = plan.scores[unit_id]
@@ -77,6 +81,8 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
             kept_heads, kept_frames = heads, frames
             if block_of.get(unit_id) in stage.drop_blocks:
                 action, kept_heads, kept_frames = f"pruned (block {block_of[unit_id]})", 0, 0
+            elif unit_id in stage.drop_blocks:
+                action, kept_heads, kept_frames = "pruned (its own block)", 0, 0
             elif unit_id in stage.drop_attention:
                 action, kept_heads, kept_frames = "pruned (attention)", 0, 0
             else:

@@ -23,6 +23,11 @@ from ..calibration.stats import CalibrationStats
 SCHEMA = "f3compile.plan/1"
 GRANULARITIES = ("block", "attention", "head", "frame")
 PLAN_KEYS = ("schema", "model", "calibration", "granularity", "criterion", "ratio", "stages", "scores")
+OPTIONAL_PLAN_KEYS = ("budget", "search")  # how a `--target-speedup` or `--search` plan was chosen
+BUDGET_KEYS = ("target_speedup", "predicted_speedup")
+SEARCH_KEYS = ("max_error", "target_speedup", "actions", "prompts", "error", "predicted_speedup", "evaluations",
+               "seconds", "accepted")
+SEARCH_STEP_KEYS = ("stage", "block", "action", "error", "predicted_speedup")
 STAGE_KEYS = ("timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames")
 SCORE_KEYS = ("score", "per_head", "per_frame")
 MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
@@ -63,17 +68,31 @@ class PruningPlan:
     calibration: dict[str, Any]
     granularity: str
     criterion: str
-    ratio: float
+    ratio: float | list[float]  # one for every stage, or one per stage (a schedule)
     stages: list[Stage]
     scores: dict[str, dict[str, Any]]
+    budget: dict[str, float] | None = None
+    search: dict[str, Any] | None = None
 
     # -- (de)serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema": SCHEMA, "model": dict(self.model), "calibration": dict(self.calibration),
-            "granularity": self.granularity, "criterion": self.criterion, "ratio": self.ratio,
+            "granularity": self.granularity, "criterion": self.criterion,
+            "ratio": list(self.ratio) if isinstance(self.ratio, (list, tuple)) else self.ratio,
             "stages": [stage.to_dict() for stage in self.stages], "scores": self.scores,
         }
+        if self.budget is not None:
+            data["budget"] = dict(self.budget)
+        if self.search is not None:
+            data["search"] = dict(self.search)
+        return data
+
+    def stage_ratios(self) -> list[float]:
+        return list(self.ratio) if isinstance(self.ratio, (list, tuple)) else [self.ratio] * len(self.stages)
+
+    def ratio_text(self) -> str:
+        return ",".join(f"{r:g}" for r in self.ratio) if isinstance(self.ratio, (list, tuple)) else f"{self.ratio:g}"
 
     def save(self, path: str | Path) -> None:
         validate_plan_dict(self.to_dict(), str(path))
@@ -101,7 +120,11 @@ class PruningPlan:
         ]
         return cls(
             model=dict(data["model"]), calibration=dict(data["calibration"]), granularity=data["granularity"],
-            criterion=data["criterion"], ratio=float(data["ratio"]), stages=stages, scores=data["scores"],
+            criterion=data["criterion"],
+            ratio=[float(r) for r in data["ratio"]] if isinstance(data["ratio"], list) else float(data["ratio"]),
+            stages=stages, scores=data["scores"],
+            budget={k: float(v) for k, v in data["budget"].items()} if "budget" in data else None,
+            search=dict(data["search"]) if "search" in data else None,
         )
 
     @classmethod
@@ -149,6 +172,28 @@ class PruningPlan:
                     raise F3Error(f"plan stage {number}: frame {max(frames)} of {unit_id!r} is out of range (the model runs {by_id[unit_id].frames})")
 
 
+def _check_search(search: Any, where: str, stages: int) -> None:
+    _check_keys(search, SEARCH_KEYS, where)
+    for key in ("max_error", "target_speedup"):
+        if search[key] is not None and not (_is_number(search[key]) and search[key] >= 0):
+            _fail(where, f"{key} must be null or a non-negative number")
+    for key in ("prompts", "evaluations"):
+        if not (isinstance(search[key], int) and not isinstance(search[key], bool) and search[key] >= 0):
+            _fail(where, f"{key} must be a non-negative integer")
+    if not all(_is_number(search[k]) and search[k] >= 0 for k in ("error", "predicted_speedup", "seconds")):
+        _fail(where, "error, predicted_speedup and seconds must be non-negative numbers")
+    if not isinstance(search["actions"], list) or not all(isinstance(a, str) for a in search["actions"]):
+        _fail(where, "actions must be a list of strings")
+    if not isinstance(search["accepted"], list):
+        _fail(where, "accepted must be a list")
+    for number, step in enumerate(search["accepted"]):
+        _check_keys(step, SEARCH_STEP_KEYS, f"{where}: accepted[{number}]")
+        if not (isinstance(step["stage"], int) and not isinstance(step["stage"], bool) and 0 <= step["stage"] < stages
+                and isinstance(step["block"], str) and isinstance(step["action"], str)
+                and _is_number(step["error"]) and _is_number(step["predicted_speedup"])):
+            _fail(f"{where}: accepted[{number}]", "needs an integer stage of the plan, string block and action, numbers")
+
+
 def _fail(where: str, message: str) -> None:
     raise F3Error(f"{where}: {message}")
 
@@ -189,7 +234,14 @@ def _index_list(value: Any, size: int, where: str, what: str) -> None:
 
 def validate_plan_dict(data: Any, where: str = "plan") -> None:
     """Structural validation of a plan.json document; raises `F3Error` naming the problem."""
-    _check_keys(data, PLAN_KEYS, where)
+    _check_keys({k: v for k, v in data.items() if k not in OPTIONAL_PLAN_KEYS} if isinstance(data, dict) else data,
+                PLAN_KEYS, where)
+    if "budget" in data:
+        _check_keys(data["budget"], BUDGET_KEYS, f"{where}: budget")
+        if not all(_is_number(v) and v >= 1.0 for v in data["budget"].values()):
+            _fail(f"{where}: budget", "target_speedup and predicted_speedup must be numbers >= 1")
+    if "search" in data:
+        _check_search(data["search"], f"{where}: search", len(data["stages"]) if isinstance(data["stages"], list) else 0)
     if data["schema"] != SCHEMA:
         _fail(where, f"schema is {data['schema']!r}, expected {SCHEMA!r}")
     if not isinstance(data["model"], dict) or not isinstance(data["model"].get("fingerprint"), str):
@@ -201,8 +253,9 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
     if not criteria.is_criterion(data["criterion"]):
         _fail(where, f"criterion {data['criterion']!r} is unknown; use one of cross_frame_mass, output_norm, random:SEED")
     ratio = data["ratio"]
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-        _fail(where, f"ratio must be a number in [0, 1], got {ratio!r}")
+    ratios = ratio if isinstance(ratio, list) and ratio else [ratio]
+    if not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
+        _fail(where, f"ratio must be a number in [0, 1] or a list of them (one per stage), got {ratio!r}")
     scores = data["scores"]
     if not isinstance(scores, dict):
         _fail(where, "scores must be an object keyed by unit id")
@@ -248,6 +301,8 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
                 _index_list(indices, len(scores[unit_id][size_key]), at, f"{key}[{unit_id!r}]")
     if previous_low != 0:
         _fail(where, f"the last stage must end at timestep 0, not {previous_low}")
+    if isinstance(ratio, list) and len(ratio) != len(stages):
+        _fail(where, f"ratio lists {len(ratio)} values for {len(stages)} stages; give one per stage")
     steps, most = data["calibration"].get("steps"), min(stages[0]["timesteps"][0] + 1, MAX_STEPS)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= most):
         _fail(where, f"calibration.steps must be null or an integer in [0, {most}] (at most one per timestep), got {steps!r}")
@@ -286,8 +341,13 @@ def make_plan(
 
     ``criterion="random"`` draws the scores from `seed` instead (the plan records ``random:SEED``).
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-        raise F3Error(f"--ratio must be in [0, 1], got {ratio}")
+    ratios = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio]
+    if not ratios or not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
+        raise F3Error(f"--ratio must be in [0, 1] (or one such value per stage), got {ratio}")
+    if len(ratios) > 1 and len(ratios) != stages:
+        raise F3Error(f"--ratio gives {len(ratios)} values for --stages {stages}; give one value or one per stage")
+    if len(ratios) == 1 and isinstance(ratio, (list, tuple)):
+        ratio = ratios[0]
     if granularity not in GRANULARITIES:
         raise F3Error(f"--granularity {granularity!r} is unknown; use one of {', '.join(GRANULARITIES)}")
     if criterion == "random":
@@ -303,14 +363,15 @@ def make_plan(
     order = {unit.id: index for index, unit in enumerate(units)}
     groups = split_steps(steps, stages)
     plan_stages = []
-    for group, span in zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps)):
+    stage_ratio = ratios * stages if len(ratios) == 1 else ratios
+    for group, span, ratio_here in zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps), stage_ratio):
         stage = Stage(timesteps=span)
         if granularity == "block":
             ranked = sorted(blocks, key=lambda b: (criteria.block_score(stats, b.id, criterion, group), order[b.units[0]]))
-            stage.drop_blocks = sorted((b.id for b in ranked[: _n_pruned(ratio, len(blocks))]), key=lambda b: [x.id for x in blocks].index(b))
+            stage.drop_blocks = sorted((b.id for b in ranked[: _n_pruned(ratio_here, len(blocks))]), key=lambda b: [x.id for x in blocks].index(b))
         elif granularity == "attention":
             ranked = sorted(units, key=lambda u: (criteria.unit_score(stats, u.id, criterion, group), order[u.id]))
-            stage.drop_attention = sorted((u.id for u in ranked[: _n_pruned(ratio, len(units))]), key=order.__getitem__)
+            stage.drop_attention = sorted((u.id for u in ranked[: _n_pruned(ratio_here, len(units))]), key=order.__getitem__)
         elif granularity == "head":
             candidates = [
                 (float(score), order[unit.id], head, unit.id)
@@ -319,7 +380,7 @@ def make_plan(
             ]
             candidates.sort()
             chosen: dict[str, list[int]] = {}
-            for _, _, head, unit_id in candidates[: _n_pruned(ratio, len(candidates))]:
+            for _, _, head, unit_id in candidates[: _n_pruned(ratio_here, len(candidates))]:
                 chosen.setdefault(unit_id, []).append(head)
             stage.prune_heads = {u: sorted(chosen[u]) for u in sorted(chosen, key=order.__getitem__)}
         else:  # frame
@@ -330,7 +391,7 @@ def make_plan(
             ]
             candidates.sort()
             pruned: dict[str, set[int]] = {}
-            for _, _, frame, unit_id in candidates[: _n_pruned(ratio, len(candidates))]:
+            for _, _, frame, unit_id in candidates[: _n_pruned(ratio_here, len(candidates))]:
                 pruned.setdefault(unit_id, set()).add(frame)
             keep = {}
             for unit in units:
@@ -362,5 +423,6 @@ def make_plan(
             "fingerprint": meta.get("stats_sha256"), "prompts": meta["prompts"]["count"],
             "steps": meta["steps"], "frames": meta["shapes"]["frames"],
         },
-        granularity=granularity, criterion=criterion, ratio=float(ratio), stages=plan_stages, scores=scores,
+        granularity=granularity, criterion=criterion,
+        ratio=[float(r) for r in ratios] if len(ratios) > 1 else float(ratios[0]), stages=plan_stages, scores=scores,
     )

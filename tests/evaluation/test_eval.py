@@ -42,6 +42,7 @@ def test_eval_writes_table_grid_and_one_entry_per_plan(latte_plans, tmp_path, ca
     assert dense["psnr_vs_dense"] is None and dense["speedup"] == 1.0
     # a plan that prunes nothing runs the same program: identical videos
     assert keep["psnr_vs_dense"] == pytest.approx(100.0)
+    assert keep["ssim_vs_dense"] == pytest.approx(1.0) and keep["latents_rel_l2_vs_dense"] == 0.0
     assert keep["accuracy"] == dense["accuracy"] and keep["frechet"] == pytest.approx(dense["frechet"], rel=1e-6)
     assert half["psnr_vs_dense"] < 100.0 and half["speedup"] > 0
     assert half["granularity"] == "block" and half["ratio"] == 0.5
@@ -84,3 +85,30 @@ def test_eval_needs_something_to_compare(tmp_path, capsys):
     assert main(["eval", "builtin:ref-latte", "--plan", "missing.json", "--limit", "0", "-o", str(tmp_path / "out")]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_fidelity_eval_for_a_model_without_probe(tmp_path, capsys):
+    """Any model: PSNR, SSIM and latents error against dense; a plan that prunes nothing is exact."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog running on the beach\na red car\n")
+    assert main(["calibrate", "builtin:tiny-tuneavideo", "--prompts", str(prompts), "--steps", "3", "--no-heatmaps",
+                 "-o", str(tmp_path / "calib")]) == 0
+    for name, ratio in (("keep", "0"), ("half", "0.5")):
+        assert main(["plan", str(tmp_path / "calib"), "--ratio", ratio, "--granularity", "attention",
+                     "-o", str(tmp_path / f"{name}.json")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    code = main(["eval", "builtin:tiny-tuneavideo", "--plan", str(tmp_path / "keep.json"), str(tmp_path / "half.json"),
+                 "--prompts", str(prompts), "--samples", "1", "--steps", "3", "--repeat", "1", "--batch", "2",
+                 "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["measures"] == "fidelity" and result["reference"] is None
+    dense, keep, half = (result["results"][k] for k in ("dense", "keep", "half"))
+    assert dense["psnr_vs_dense"] is None and dense["speedup"] == 1.0
+    assert keep["psnr_vs_dense"] == pytest.approx(100.0) and keep["ssim_vs_dense"] == pytest.approx(1.0)
+    assert keep["latents_rel_l2_vs_dense"] == 0.0
+    assert 0 < half["latents_rel_l2_vs_dense"] and half["psnr_vs_dense"] < 100 and half["ssim_vs_dense"] < 1
+    assert "| half | attention | 0.5 |" in (out / "eval.md").read_text()
+    code = main(["eval", "builtin:tiny-tuneavideo", "--plan", str(tmp_path / "half.json"), "-o", str(tmp_path / "x")])
+    assert code == 2 and "needs --prompts" in capsys.readouterr().err

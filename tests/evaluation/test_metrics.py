@@ -56,3 +56,39 @@ def test_accuracy_counts_each_attribute_and_all():
              {"color": "blue", "shape": "square", "direction": "up"}]
     predicted = {"color": ["red", "blue"], "shape": ["circle", "circle"], "direction": ["left", "up"]}
     assert metrics.accuracy(predicted, truth) == {"color": 1.0, "shape": 0.5, "direction": 1.0, "all": 0.5}
+
+
+def _ssim_by_loops(a: np.ndarray, b: np.ndarray, size: int, sigma: float = 1.5) -> float:
+    """SSIM of two single-channel images by explicit loops over window positions (float64)."""
+    coords = np.arange(size) - (size - 1) / 2
+    g = np.exp(-coords**2 / (2 * sigma**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    values = []
+    for i in range(a.shape[0] - size + 1):
+        for j in range(a.shape[1] - size + 1):
+            x, y = a[i:i + size, j:j + size], b[i:i + size, j:j + size]
+            mx, my = (w * x).sum(), (w * y).sum()
+            vx, vy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum()
+            cxy = (w * (x - mx) * (y - my)).sum()
+            c1, c2 = 0.01**2, 0.03**2
+            values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_a_loop_reference_and_is_one_for_identical_videos():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand((2, 3, 12, 10, 3), generator=generator)
+    b = (a + 0.1 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
+    ours = metrics.ssim(a, b)
+    for video in range(2):
+        expected = np.mean([_ssim_by_loops(a[video, f, :, :, c].double().numpy(), b[video, f, :, :, c].double().numpy(), 7)
+                            for f in range(3) for c in range(3)])
+        assert float(ours[video]) == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(metrics.ssim(a, a), torch.ones(2))
+    assert float(metrics.ssim(a, (a + 0.3 * torch.randn(a.shape, generator=generator)).clamp(0, 1)).mean()) < float(ours.mean())
+
+
+def test_relative_l2_per_row():
+    b = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    a = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    assert metrics.relative_l2(a, b).tolist() == [0.0, 1.0]

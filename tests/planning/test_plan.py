@@ -200,3 +200,70 @@ def test_random_criterion_needs_a_numeric_seed_and_no_frames(calibrations, tmp_p
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(F3Error, match="criterion 'random:x' is unknown"):
         PruningPlan.load(tmp_path / "bad.json")
+
+
+# -- schedules: a ratio per stage, or a speed budget over (unit, stage) pairs ------------------
+def test_a_ratio_per_stage(calibrations, tmp_path):
+    _, stats = calibrations["tiny-unet3d"]
+    plan = make_plan(stats, [0.0, 0.5, 1.0], "block", stages=3)
+    blocks = [b.id for b in stats.blocks]
+    assert [len(s.drop_blocks) for s in plan.stages] == [0, round(0.5 * len(blocks) + 1e-9), len(blocks)]
+    assert plan.stage_ratios() == [0.0, 0.5, 1.0] and plan.ratio_text() == "0,0.5,1"
+    # each stage ranks on its own steps: the middle stage equals a one-ratio plan's middle stage
+    assert plan.stages[1].drop_blocks == make_plan(stats, 0.5, "block", stages=3).stages[1].drop_blocks
+    plan.save(tmp_path / "plan.json")
+    assert PruningPlan.load(tmp_path / "plan.json").to_dict() == plan.to_dict()
+    with pytest.raises(F3Error, match="gives 2 values for --stages 3"):
+        make_plan(stats, [0.0, 0.5], "block", stages=3)
+    data = plan.to_dict()
+    data["ratio"] = [0.0, 0.5]
+    with pytest.raises(F3Error, match="ratio lists 2 values for 3 stages"):
+        PruningPlan.from_dict(data)
+
+
+def _candidates(stats, granularity, stages):
+    """(score, stage, order, item) for every (unit, stage) pair, recomputed from the criteria."""
+    from f3compile.planning.plan import split_steps
+
+    order = {u.id: i for i, u in enumerate(stats.units)}
+    rows = []
+    for number, group in enumerate(split_steps(len(stats.timesteps), stages)):
+        if granularity == "block":
+            rows += [(criteria.block_score(stats, b.id, "cross_frame_mass", group), number, order[b.units[0]], b.id)
+                     for b in stats.blocks]
+        else:
+            rows += [(criteria.unit_score(stats, u.id, "cross_frame_mass", group), number, order[u.id], u.id)
+                     for u in stats.units]
+    return sorted(rows, key=lambda r: r[:3])
+
+
+@pytest.mark.parametrize("name, granularity", [("tiny-unet3d", "block"), ("tiny-tuneavideo", "attention")])
+def test_target_speedup_prunes_the_lowest_pairs_until_the_prediction_reaches_it(models, calibrations, name, granularity):
+    from f3compile.planning.inspect import summarize
+    from f3compile.planning.schedule import make_target_plan, predicted_speedup
+
+    model, (_, stats) = models[name], calibrations[name]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    everything = make_plan(stats, 1.0, granularity, stages=3)
+    most = predicted_speedup(everything, cost)
+    target = 1 + 0.5 * (most - 1)
+    plan = make_target_plan(stats, cost, target, granularity, stages=3)
+    # independent of the planner: the trajectory-weighted prediction from `inspect`'s summary
+    summary = summarize(plan, model, units)
+    reached = summary["total_flops"] / (summary["total_flops"] - summary["trajectory_flops_removed"])
+    assert reached >= target and plan.budget["predicted_speedup"] == pytest.approx(reached, rel=1e-6)
+    chosen = {(number, item) for number, stage in enumerate(plan.stages)
+              for item in (stage.drop_blocks if granularity == "block" else stage.drop_attention)}
+    ranked = [(number, item) for _, number, _, item in _candidates(stats, granularity, 3)]
+    assert chosen == set(ranked[:len(chosen)])  # a prefix of the ranking ...
+    fewer = PruningPlan.from_dict(plan.to_dict())
+    last_stage, last_item = ranked[len(chosen) - 1]
+    getattr(fewer.stages[last_stage], "drop_blocks" if granularity == "block" else "drop_attention").remove(last_item)
+    assert predicted_speedup(fewer, cost) < target  # ... and the shortest one that reaches the target
+    size = len(stats.blocks) if granularity == "block" else len(units)
+    assert plan.ratio == [round(len(getattr(s, "drop_blocks" if granularity == "block" else "drop_attention")) / size, 6)
+                          for s in plan.stages]
+    with pytest.raises(F3Error, match="out of reach"):
+        make_target_plan(stats, cost, most * 1.01, granularity, stages=3)
+    assert "budget: target speedup" in render(plan, model)

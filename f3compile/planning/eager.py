@@ -1,0 +1,86 @@
+"""Run a plan's stage on the eager model, without compiling: what `plan --search` measures.
+
+Forward hooks give DESIGN.md's pruning semantics on the loaded denoiser:
+- dropped block: its output is its input (an attention that is its own block: its output is 0);
+- dropped attention: its output is 0, so the residual add outside it leaves h unchanged;
+- pruned heads: their slices of the output projection's input are 0 (= their q/k/v rows and
+  out-projection columns deleted; the out bias stays).
+Frame pruning is not applied here (the search does not propose it). The model is untouched once
+the context exits. Tests hold this to the compiled programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import F3Error
+from ..models.base import TemporalUnit
+from .plan import Stage
+
+
+def _zero_output(module, args, kwargs, output):
+    if getattr(module, "residual_connection", False):
+        raise F3Error("an attention with an internal residual cannot be dropped by zeroing its output")
+    return torch.zeros_like(output)
+
+
+def _identity(module, args, kwargs, output):
+    hidden = args[0] if args else kwargs["hidden_states"]
+    if isinstance(output, tuple):
+        return (hidden,) + tuple(output[1:])
+    if hasattr(output, "sample"):  # a diffusers output dataclass
+        output.sample = hidden
+        return output
+    return hidden
+
+
+def _head_mask(unit: TemporalUnit, heads: list[int]):
+    keep = torch.ones(unit.heads * unit.head_dim)
+    for head in heads:
+        keep[head * unit.head_dim:(head + 1) * unit.head_dim] = 0.0
+
+    def hook(module, args):
+        hidden = args[0]
+        return (hidden * keep.to(hidden.device, hidden.dtype),) + tuple(args[1:])
+    return hook
+
+
+@contextlib.contextmanager
+def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit]) -> Iterator[None]:
+    """Within the block, `denoiser` computes the model pruned by `stage` (frames excepted)."""
+    if stage.keep_frames:
+        raise F3Error("eager application does not cover keep_frames; compile the plan to run frame pruning")
+    modules = dict(denoiser.named_modules())
+    by_id = {unit.id: unit for unit in units}
+    handles = []
+    try:
+        for block in stage.drop_blocks:
+            hook = _zero_output if block in by_id else _identity
+            handles.append(modules[block].register_forward_hook(hook, with_kwargs=True))
+        for unit_id in stage.drop_attention:
+            handles.append(modules[unit_id].register_forward_hook(_zero_output, with_kwargs=True))
+        for unit_id, heads in stage.prune_heads.items():
+            out_projection = modules[unit_id].to_out[0]
+            handles.append(out_projection.register_forward_pre_hook(_head_mask(by_id[unit_id], heads)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def plan_denoise_for(model, plan, units):
+    """`denoise_for(t)` for `denoise_loop`: the model's denoise under the stage holding t."""
+    def denoise_for(timestep: int):
+        stage = plan.stages[plan.stage_for(timestep)]
+        if stage.is_empty:
+            return model.denoise
+
+        def denoise(sample, t, context):
+            with stage_applied(model.denoiser, stage, units):
+                return model.denoise(sample, t, context)
+        return denoise
+    return denoise_for

@@ -1,0 +1,182 @@
+"""`plan --search`: choose per (stage, temporal block) the action whose *measured* effect is smallest.
+
+Criterion plans rank units by what calibration saw; a searched plan checks its choices against the
+one thing a user cares about, the video, by running them. Actions per (stage, block), from the
+most to the least FLOPs removed: drop the block, or prune the lower-scored half of every
+attention's heads in it. Greedy, in two passes over the calibration prompts (their seeds, steps,
+guidance and shapes):
+
+1. every single action alone: the relative L2 error of the final latents against the dense model
+   (mean over prompts) and the FLOPs it removes from the trajectory;
+2. actions in order of error per FLOP removed (cheapest to lose first; one action per (stage,
+   block): the first that fits), each added to the plan and measured together with what is
+   already accepted; kept while the error stays within `max_error`, and, with a target speedup,
+   until the FLOP-predicted speedup reaches it.
+
+Every accepted step is reported with its measured error and the predicted speedup, and recorded in
+the plan (`search`), so the plan carries a known deviation for any model: no probe, no labels.
+The search runs offline once; the plan it writes is static like every other plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..calibration.stats import CalibrationStats
+from ..errors import F3Error
+from ..models.base import TemporalUnit, VideoModel, VideoShapes
+from ..sampling import denoise_loop, initial_latents
+from . import criteria
+from .cost import ModelCost
+from .eager import plan_denoise_for
+from .plan import PruningPlan, Stage, make_plan, split_steps
+from .schedule import predicted_speedup
+
+ACTIONS = ("drop", "heads")
+
+
+@dataclass
+class Step:
+    stage: int
+    block: str
+    action: str
+    error: float
+    predicted_speedup: float
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "block": self.block, "action": self.action,
+                "error": round(self.error, 6), "predicted_speedup": round(self.predicted_speedup, 6)}
+
+
+def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], head_order: dict[str, list[int]]) -> None:
+    if action == "drop":
+        stage.drop_blocks.append(block)
+        return
+    for unit in units:
+        if unit.block == block:
+            stage.prune_heads[unit.id] = sorted(head_order[unit.id][: unit.heads // 2])
+
+
+class _Runner:
+    """Final latents of the calibration prompts under a plan (eager, stage-switched)."""
+
+    def __init__(self, model: VideoModel, stats: CalibrationStats, prompts: list[str], units: list[TemporalUnit]):
+        meta = stats.meta
+        self.model, self.units = model, units
+        self.steps, self.guidance = int(meta["steps"]), float(meta["guidance_scale"])
+        shapes = meta["shapes"]
+        self.shape = model.latent_shape(VideoShapes(1, int(shapes["frames"]), int(shapes["height"]), int(shapes["width"])))
+        generator = torch.Generator().manual_seed(int(meta["seed"]))
+        self.starts = [initial_latents(self.shape, model.scheduler, generator) for _ in prompts]
+        self.context = [model.encode_prompts([p]) for p in prompts]
+        self.dense = self.run(None)
+        self.calls = 0
+
+    def run(self, plan: PruningPlan | None) -> list[torch.Tensor]:
+        finals = []
+        denoise_for = plan_denoise_for(self.model, plan, self.units) if plan is not None else None
+        for start, (cond, uncond) in zip(self.starts, self.context):
+            generator = torch.Generator().manual_seed(0)  # DDIM with eta 0 draws nothing; other schedulers: fixed
+            finals.append(denoise_loop(self.model.denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
+                                       self.guidance, generator, denoise_for=denoise_for))
+        return finals
+
+    def error(self, plan: PruningPlan) -> float:
+        self.calls += 1
+        finals = self.run(plan)
+        errors = [float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(finals, self.dense)]
+        return sum(errors) / len(errors)
+
+
+def search_plan(
+    model: VideoModel,
+    stats: CalibrationStats,
+    prompts: list[str],
+    cost: ModelCost,
+    units: list[TemporalUnit],
+    max_error: float | None = None,
+    target_speedup: float | None = None,
+    stages: int = 2,
+    criterion: str = criteria.DEFAULT_CRITERION,
+    actions: tuple[str, ...] = ACTIONS,
+    log: Callable[[str], None] | None = None,
+) -> tuple[PruningPlan, list[Step]]:
+    """The searched plan and its accepted steps (see the module docstring)."""
+    if max_error is None and target_speedup is None:
+        raise F3Error("--search needs --max-error E, --target-speedup S, or both")
+    if max_error is not None and not max_error > 0:
+        raise F3Error(f"--max-error must be > 0, got {max_error}")
+    if target_speedup is not None and not target_speedup >= 1.0:
+        raise F3Error(f"--target-speedup must be >= 1, got {target_speedup}")
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown or not actions:
+        raise F3Error(f"search actions must be among {', '.join(ACTIONS)}, got {', '.join(actions) or 'none'}")
+    if not prompts:
+        raise F3Error("--search needs at least one prompt (--prompts)")
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    base = make_plan(stats, 0.0, "block", criterion, stages)  # spans and scores, nothing pruned
+    groups = split_steps(len(stats.timesteps), stages)
+    blocks = [block.id for block in stats.blocks]
+    head_order = {}  # per stage: each unit's heads, lowest score first
+    for number, group in enumerate(groups):
+        for unit in units:
+            scores = criteria.head_scores(stats, unit.id, base.criterion, group)
+            head_order[(number, unit.id)] = [int(h) for h in torch.argsort(scores, stable=True)]
+    runner = _Runner(model, stats, prompts, units)
+
+    def with_action(plan: PruningPlan, number: int, block: str, action: str) -> PruningPlan:
+        trial = copy.deepcopy(plan)
+        _apply(trial.stages[number], block, action, units, {u.id: head_order[(number, u.id)] for u in units})
+        return trial
+
+    singles = []  # (error per FLOP-speedup gained, stage, block, action, error)
+    for number in range(stages):
+        for block in blocks:
+            for action in actions:
+                trial = with_action(base, number, block, action)
+                gain = predicted_speedup(trial, cost) - 1.0
+                if gain <= 0:
+                    continue
+                error = runner.error(trial)
+                singles.append((error / gain, number, block, action, error))
+                log(f"  alone: stage {number} {action:<5} {block}: error {error:.4f}, predicted {1 + gain:.3f}x")
+    singles.sort(key=lambda s: (s[0], s[1], blocks.index(s[2]), actions.index(s[3])))
+
+    plan, steps, decided = base, [], set()
+    reached = 1.0
+    for _, number, block, action, alone in singles:
+        if target_speedup is not None and reached >= target_speedup:
+            break
+        if (number, block) in decided or (max_error is not None and alone > max_error):
+            continue
+        trial = with_action(plan, number, block, action)
+        error = runner.error(trial)
+        if max_error is not None and error > max_error:
+            continue
+        plan, reached = trial, predicted_speedup(trial, cost)
+        decided.add((number, block))
+        steps.append(Step(number, block, action, error, reached))
+        log(f"accept: stage {number} {action:<5} {block}: error {error:.4f}, predicted {reached:.3f}x")
+    if target_speedup is not None and reached < target_speedup:
+        within = f" within --max-error {max_error:g}" if max_error is not None else ""
+        raise F3Error(f"--target-speedup {target_speedup:g} is out of reach{within}: the search got to {reached:.3f}x; "
+                      "allow more error or ask for less")
+    for stage in plan.stages:
+        stage.drop_blocks.sort(key=blocks.index)
+        order = [u.id for u in units]
+        stage.prune_heads = {u: stage.prune_heads[u] for u in sorted(stage.prune_heads, key=order.index)}
+    final_error = steps[-1].error if steps else 0.0
+    plan.ratio = [round(sum(1 for s in steps if s.stage == n) / len(blocks), 6) for n in range(stages)]
+    plan.search = {
+        "max_error": max_error, "target_speedup": target_speedup, "actions": list(actions),
+        "prompts": len(prompts), "error": round(final_error, 6), "predicted_speedup": round(reached, 6),
+        "evaluations": runner.calls, "seconds": round(time.perf_counter() - started, 3),
+        "accepted": [s.to_dict() for s in steps],
+    }
+    return plan, steps

@@ -1,0 +1,93 @@
+"""`plan --search`: accepted steps stay within the error bound, the recorded error is the error the
+compiled plan really has, and the CLI writes a plan that compiles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from f3compile import F3Error
+from f3compile.cli import main
+from f3compile.compiler.compile import compile as compile_plan
+from f3compile.models import find_temporal_units
+from f3compile.planning.cost import ModelCost
+from f3compile.planning.search import search_plan
+from f3compile.sampling import denoise_loop, initial_latents
+
+PROMPTS = ["a red circle moving left", "a blue square"]  # the `calibrations` fixture's prompts
+REL_RECORDED = 1e-4  # recorded (eager) vs compiled-program error of the final latents
+
+
+def compiled_error(model, stats, plan) -> float:
+    """Final-latent error of the *compiled* plan vs dense, over the calibration prompts and seed."""
+    compiled = compile_plan(model, plan)
+    meta = stats.meta
+    shape = model.latent_shape(model.shapes)
+    generator = torch.Generator().manual_seed(meta["seed"])
+    starts = [initial_latents(shape, model.scheduler, generator) for _ in PROMPTS]
+    programs = [stage.program.module() for stage in compiled]
+
+    def denoise_for(t):
+        return lambda *args: programs[plan.stage_for(t)](*args)
+
+    errors = []
+    for start, prompt in zip(starts, PROMPTS):
+        cond, uncond = model.encode_prompts([prompt])
+        loop = dict(steps=meta["steps"], guidance_scale=meta["guidance_scale"])
+        dense = denoise_loop(model.denoise, model.scheduler, start.clone(), cond, uncond, generator=torch.Generator(), **loop)
+        pruned = denoise_loop(None, model.scheduler, start.clone(), cond, uncond, generator=torch.Generator(),
+                              denoise_for=denoise_for, **loop)
+        errors.append(float((pruned - dense).norm() / dense.norm()))
+    return sum(errors) / len(errors)
+
+
+@pytest.mark.parametrize("name", ["tiny-unet3d", "tiny-latte"])
+def test_search_stays_within_the_bound_and_records_the_true_error(models, calibrations, name):
+    model, (_, stats) = models[name], calibrations[name]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    bound = 0.05
+    plan, steps = search_plan(model, stats, PROMPTS, cost, units, max_error=bound, stages=2)
+    assert steps, "nothing was within the bound: the test needs a looser bound"
+    assert all(step.error <= bound for step in steps)
+    assert [s.predicted_speedup for s in steps] == sorted(s.predicted_speedup for s in steps)
+    assert plan.search["error"] == pytest.approx(steps[-1].error, abs=1e-6)
+    assert len({(s.stage, s.block) for s in steps}) == len(steps)  # one action per (stage, block)
+    assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
+    from f3compile.planning.schedule import predicted_speedup
+
+    assert predicted_speedup(plan, cost) == pytest.approx(plan.search["predicted_speedup"], rel=1e-6)
+
+
+def test_search_to_a_target_speedup(models, calibrations):
+    model, (_, stats) = models["tiny-unet3d"], calibrations["tiny-unet3d"]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    plan, steps = search_plan(model, stats, PROMPTS, cost, units, target_speedup=1.1, stages=2, actions=("drop",))
+    assert plan.search["predicted_speedup"] >= 1.1
+    assert all(s.action == "drop" for s in steps) and not any(stage.prune_heads for stage in plan.stages)
+    assert steps[-2].predicted_speedup < 1.1 if len(steps) > 1 else True  # stops as soon as it is reached
+    with pytest.raises(F3Error, match="out of reach"):
+        search_plan(model, stats, PROMPTS, cost, units, target_speedup=1.1, max_error=1e-9, stages=2)
+    with pytest.raises(F3Error, match="needs --max-error"):
+        search_plan(model, stats, PROMPTS, cost, units)
+
+
+def test_search_from_the_cli(capsys, tmp_path, calibrations):
+    directory, _ = calibrations["tiny-tuneavideo"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    code = main(["plan", str(directory), "--search", "--prompts", str(prompts), "--max-error", "0.1", "--stages", "2",
+                 "-o", str(tmp_path / "plan.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "alone: stage 0" in out and "searched" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["search"]["max_error"] == 0.1 and plan["search"]["prompts"] == 2
+    assert all(step["error"] <= 0.1 for step in plan["search"]["accepted"])
+    code = main(["inspect", str(tmp_path / "plan.json")])
+    assert code == 0
+    code = main(["plan", str(directory), "--search", "--max-error", "0.1", "-o", str(tmp_path / "p2.json")])
+    assert code == 2 and "pass --prompts" in capsys.readouterr().err
