@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,31 +16,64 @@ from typing import Any, Iterator
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to `final`; rename it to `final` only on success.
 
-    An existing `final` is replaced only once the new content is complete.
+    An existing `final` is replaced only once the new content is complete: it is moved aside,
+    the new directory renamed into place, and the old one deleted. An exception at any point
+    (KeyboardInterrupt included) leaves either the previous `final` or the complete new one, and
+    nothing hidden beside it.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = _make_hidden_dir(final)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
+    old = tmp.with_suffix(".old")  # unique per writer, like `tmp`
+    try:
+        if final.exists():
+            final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    except BaseException:
+        # an interrupt can land between the two renames, or just after them: keep one whole output
+        if old.exists():
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _hidden_sibling(path: Path) -> Path:
+    """A new name `.NAME.RANDOM.tmp` beside `path` (the caller creates it exclusively)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _make_hidden_dir(final: Path) -> Path:
+    """A new hidden directory beside `final`, created with the umask's permissions like any
+    directory (`tempfile.mkdtemp` makes it 0700, and the rename would make every output private)."""
+    while True:
+        path = _hidden_sibling(final)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:  # mode 0666 less the umask, as open(path, "w") gives (mkstemp would give 0600)
+        tmp = _hidden_sibling(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

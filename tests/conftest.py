@@ -9,10 +9,6 @@ from f3compile.models import load_model
 
 from f3compile.models.builtin import BUILTINS  # one registry of tiny models
 
-# Numerical tolerances, named in one place.
-EXACT = 0.0
-FP32_REL = 1e-6
-
 torch.set_num_threads(2)
 
 

@@ -9,13 +9,14 @@ from f3compile.models.base import VideoShapes
     ("arch-modelscope", 34, 17),   # transformer_in + temp_attentions, attn1 and attn2 (published: 34)
     ("arch-animatediff", 42, 21),  # motion modules incl. the mid block, attn1 and attn2 (published: 42)
     ("arch-latte", 28, 28),        # one temporal transformer block per layer (published: 28)
+    ("arch-tuneavideo", 16, 16),   # attn_temp in every SD v1 transformer block, each its own block
 ])
 def test_presets_have_the_published_temporal_layout(name, units, blocks):
     model = load_model(f"builtin:{name},width-scale=0.1")
     model.shapes = VideoShapes(1, 16, 64, 64)  # small frames keep the probe quick; layout is shape-independent
     found = find_temporal_units(model)
     assert len(found) == units and len(temporal_blocks(found)) == blocks
-    assert model.shapes.frames == 16
+    assert all(unit.frames == 16 for unit in found)  # the frame axis discovery confirmed is the one it ran
 
 
 def test_width_scale_scales_channels():

@@ -14,7 +14,7 @@ from f3compile.models.reference import models as ref
 from f3compile.models.reference.domain import make_clips
 from f3compile.models.reference.probe import HEADS, load_probe
 
-MAX_WEIGHTS_BYTES = 25 * 1024 * 1024
+MAX_WEIGHTS_BYTES = 10_000_000  # the README's "≤ 10 MB each"
 PROBE_TARGET = 0.98
 
 
