@@ -145,6 +145,10 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
                     raise F3Error(f"stage{entry['index']}: the ONNX uses what TensorRT {audit['tensorrt_readiness']['table']['tensorrt']} "
                                   f"does not support: {readiness_summary(audit['tensorrt_readiness'])}")
                 entry["audit"] = audit
+                if audit.get("removed_modules_check") == "unknown" and not audit["weights_from_removed_modules"]:
+                    raise F3Error(f"stage{entry['index']}: {audit['nodes_of_unknown_scope']} ONNX node(s) carry no "
+                                  "PyTorch name scope, so the pruning cannot be audited; export with a torch whose "
+                                  "ONNX exporter records name scopes")
                 if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
                     raise F3Error(f"stage{entry['index']}: the ONNX still holds nodes or weights of pruned modules; "
                                   "this is a bug, please report it with the plan")

@@ -28,18 +28,52 @@ def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path
     onnx_program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
 
 
-def _scopes(node) -> str:
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # per-node metadata of torch's dynamo exporter: "['', 'denoiser', ...]"
+UNKNOWN = "unknown"  # the audit cannot tell: nodes carry no name scope to check
+
+
+def _scopes(node) -> str | None:
+    """The PyTorch name scopes the exporter recorded on `node`, or None where it recorded none."""
     for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
+        if prop.key == NAME_SCOPES:
             return prop.value
-    return ""
+    return None
+
+
+def node_scopes(graph) -> list[str | None]:
+    """Each node's name scopes, None where they cannot be known.
+
+    A node the ONNX rewriter created (e.g. a Split fused from `chunk` slices) carries no scope of
+    its own; it is attributed to the recorded scopes of the nodes it reads from and feeds, since it
+    computes inside them. A node without a scope and without a recorded neighbour stays None:
+    nothing shows which module it came from (a graph stripped of its metadata is all None).
+    """
+    own = [_scopes(node) for node in graph.node]
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    resolved = []
+    for index, node in enumerate(graph.node):
+        if own[index] is not None:
+            resolved.append(own[index])
+            continue
+        neighbours = [producer[name] for name in node.input if name in producer]
+        neighbours += [j for name in node.output for j in consumers.get(name, [])]
+        recorded = [own[j] for j in neighbours if own[j] is not None]
+        resolved.append(" ".join(recorded) if recorded else None)
+    return resolved
 
 
 def audit_onnx(path: Path, removed_modules: list[str], prefix: str = "denoiser.") -> dict:
     """Count initializer bytes, attention cores and nodes traced inside removed modules.
 
     `removed_modules` are denoiser-relative module paths that the plan removes entirely; a node
-    whose PyTorch name scope lies inside one of them means the pruning did not happen.
+    whose PyTorch name scope lies inside one of them means the pruning did not happen. Where the
+    plan removes modules and some node's scope cannot be known (the exporter recorded no name
+    scopes), `nodes_from_removed_modules` is "unknown", never 0: a graph without metadata does not
+    pass. `removed_modules_check` sums it up: "passed", "failed" or "unknown".
     """
     import onnx
 
@@ -49,12 +83,18 @@ def audit_onnx(path: Path, removed_modules: list[str], prefix: str = "denoiser."
         initializer_bytes += onnx.numpy_helper.to_array(init).nbytes
     attention = sum(1 for n in model.graph.node if n.op_type in ("Softmax", "Attention"))
     removed = [f"'{prefix}{m}'" for m in removed_modules] + [f"'{prefix}{m}." for m in removed_modules]
-    leftovers = [n.name for n in model.graph.node if any(r in _scopes(n) for r in removed)]
+    scopes = node_scopes(model.graph)
+    leftovers = [n.name for n, s in zip(model.graph.node, scopes) if s is not None and any(r in s for r in removed)]
+    unknown = sum(1 for s in scopes if s is None)
     names = [init.name for init in model.graph.initializer]
     leftover_weights = [n for n in names if any(n.startswith(f"{prefix}{m}.") for m in removed_modules)]
+    cannot_tell = bool(unknown and removed_modules)  # with nothing removed, no node can come from a removed module
+    nodes_from_removed = len(leftovers) if leftovers or not cannot_tell else UNKNOWN
+    check = "failed" if leftovers or leftover_weights else UNKNOWN if cannot_tell else "passed"
     return {
         "nodes": len(model.graph.node), "initializer_bytes": int(initializer_bytes), "attention_nodes": attention,
-        "nodes_from_removed_modules": len(leftovers), "weights_from_removed_modules": len(leftover_weights),
+        "nodes_from_removed_modules": nodes_from_removed, "weights_from_removed_modules": len(leftover_weights),
+        "nodes_of_unknown_scope": unknown, "removed_modules_check": check,
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }
 

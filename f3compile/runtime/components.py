@@ -14,8 +14,11 @@ COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler")
 def directory_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
+        name, content = str(file.relative_to(path)).encode(), file.read_bytes()
+        # length-prefixed: moving bytes between a name and the previous file's content changes the hash
+        for part in (name, content):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
     return "sha256:" + digest.hexdigest()
 
 

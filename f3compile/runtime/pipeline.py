@@ -110,6 +110,10 @@ class Runtime:
         a video to edit) instead of noise drawn from `seed`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = self.manifest["shapes"]["batch"]
+        dynamic = self.manifest.get("dynamic_batch")  # over the CFG batch: two rows per prompt
+        if dynamic and not dynamic[0] <= 2 * len(prompts) <= dynamic[2]:
+            raise F3Error(f"these artifacts take a CFG batch of {dynamic[0]} to {dynamic[2]} rows (--dynamic-batch), "
+                          f"i.e. {-(-dynamic[0] // 2)} to {dynamic[2] // 2} prompt(s) per call; got {len(prompts)}")
         if len(prompts) != batch and "dynamic_batch" not in self.manifest:
             raise F3Error(f"these artifacts take {batch} prompt(s) per call, got {len(prompts)}; "
                           "export with --batch or --dynamic-batch for other counts")
