@@ -28,6 +28,9 @@ def unet3d_builds(models, calibrations, tmp_path_factory):
     root = tmp_path_factory.mktemp("rt")
     model = models["tiny-unet3d"]
     plan = make_plan(calibrations["tiny-unet3d"][1], 0.5, "attention", stages=2)
+    # the second stage drops the attentions the first keeps, so running one stage throughout cannot pass
+    units = [u.id for u in find_temporal_units(model)]
+    plan.stages[1].drop_attention = [u for u in units if u not in plan.stages[0].drop_attention]
     export(model, None, root / "dense", config=ExportConfig(samples=1))
     export(model, plan, root / "pruned", config=ExportConfig(samples=1))
     return root, plan
@@ -81,6 +84,13 @@ def test_stage_switching_follows_the_plan(models, unet3d_builds):
     assert rel(ours, expected) <= REL_LOOP
     dense = Runtime(root / "dense").generate("a green triangle", seed=5, steps=6)
     assert rel(ours, dense) > 1e-4
+    # positive control: the stages really differ, so a runtime that did not switch would be caught
+    assert set(plan.stages[0].drop_attention).isdisjoint(plan.stages[1].drop_attention)
+    generator = torch.Generator().manual_seed(5)
+    latents = initial_latents(model.latent_shape(model.shapes), model.scheduler, generator)
+    first_stage_only = denoise_loop(None, model.scheduler, latents, cond, uncond, 6, 7.5, generator,
+                                    denoise_for=lambda t: reference_for(plan.stages[0].timesteps[0]))
+    assert rel(ours, first_stage_only) > 1e-3
 
 
 @pytest.mark.parametrize("backend, suffix", [("torch", ".gif"), ("onnxruntime", ".png")])
