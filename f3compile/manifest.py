@@ -114,7 +114,9 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
             raise F3Error(f"{at}: timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
         high, low = span
         if previous_low is not None and high != previous_low - 1:
-            raise F3Error(f"{at}: timesteps {stage['timesteps']} leave a gap after {previous_low}")
+            problem = "leave a gap after" if high < previous_low - 1 else "overlap the previous stage, which ends at"
+            raise F3Error(f"{at}: timesteps {stage['timesteps']} {problem} {previous_low}; "
+                          f"stage timesteps must start at {previous_low - 1}")
         previous_low = low
         if stage["precision"] not in PRECISIONS:
             raise F3Error(f"{at}: precision must be one of {', '.join(PRECISIONS)}")

@@ -119,7 +119,7 @@ def _two_stages(manifest: dict, first: list[int], second: list[int]) -> dict:
 
 @pytest.mark.parametrize("second, message", [
     ([498, 0], "leave a gap after 500"),  # timestep 499 belongs to no stage
-    ([500, 0], "leave a gap after 500"),  # 500 belongs to both
+    ([500, 0], "overlap the previous stage, which ends at 500"),  # 500 belongs to both
 ])
 def test_stage_ranges_with_a_gap_are_refused(capsys, dense_build, tmp_path, second, message):
     build = _copy(dense_build, tmp_path)
