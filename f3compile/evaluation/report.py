@@ -65,7 +65,6 @@ def markdown(result: dict) -> str:
         return value if ci is None else f"{value} [{ci[0]:.0%}–{ci[1]:.0%}]"
 
     for name, entry in result["results"].items():
-        acc = entry["accuracy"]
         psnr = entry["psnr_vs_dense"]
         lines.append("| " + " | ".join([
             name, entry.get("granularity", "—"), _ratio(entry),
