@@ -198,7 +198,7 @@ def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
 
 def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     """save_pretrained layout (SD v1 UNet at small width, pickle UNet weights, fp16 DDIM-inverted
-    latents) -> calibrate -> plan -> compile -> export -> generate -> bench."""
+    latents) -> calibrate -> plan -> inspect -> compile -> export -> generate -> bench."""
     from f3compile.models.builtin import byte_tokenizer, randomize_temporal_outputs
     from f3compile.models.presets import _text, _vae
     from f3compile.models.tuneavideo import TuneAVideoPipeline
@@ -246,7 +246,7 @@ def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     code, _, err = run(capsys, "export", directory, "--plan", tmp_path / "block-1.json", "-o", tmp_path / "build")
     assert code == 0, err
     verified = json.loads((tmp_path / "build" / "stage0" / "verify.json").read_text())["verify"]["onnxruntime_vs_torch"]
-    assert verified["passed"]
+    assert verified["passed"] and (tmp_path / "build" / "stage0" / "denoiser.pt2").is_file()
     video = tmp_path / "video.gif"
     code, out, err = run(capsys, "generate", tmp_path / "build", "--prompt", "a man is skiing on mars", "--steps", "3",
                          "--backend", "onnxruntime", "--latents", inverted, "--save-latents", tmp_path / "final.safetensors",
