@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from f3compile import F3Error
-from f3compile.cli import main
 from f3compile.models import find_temporal_units, load_model
 from f3compile.models.tuneavideo import TEMPORAL_KEYS, TuneAVideoUNet, save_pipeline, save_unet
 
+from ..test_cli import assert_one_line_error, run
 from .tuneavideo_reference import reference_forward
 
 REL_REFERENCE = 1e-5  # our module vs the independent functional reference (fp32)
@@ -154,21 +154,6 @@ def test_modelscope_and_tuneavideo_directories_are_told_apart_by_keys(tmp_path):
     assert load_model(str(tmp_path / "tav")).family == "tuneavideo"
 
 
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, message):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
-
-
 def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
     from f3compile.models.builtin import build_builtin
 
@@ -199,7 +184,7 @@ def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
 def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     """save_pretrained layout (SD v1 UNet at small width, pickle UNet weights, fp16 DDIM-inverted
     latents) -> calibrate -> plan -> inspect -> compile -> export -> generate -> bench."""
-    from f3compile.models.builtin import byte_tokenizer, randomize_temporal_outputs
+    from f3compile.models.builtin import randomize_temporal_outputs
     from f3compile.models.presets import _text, _vae
     from f3compile.models.tuneavideo import TuneAVideoPipeline
     from diffusers import DDIMScheduler
@@ -208,7 +193,6 @@ def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     unet = TuneAVideoUNet(**{**SD_V1, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32}).eval()
     randomize_temporal_outputs(unet)
     tokenizer, text_encoder = _text(32, 77, t5=False)
-    assert byte_tokenizer  # the builtin tokenizer saves as a tokenizer.json that AutoTokenizer reads back
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     directory = tmp_path / "tune-a-video"
