@@ -51,17 +51,25 @@ def _timed(fn: Callable, inputs: tuple, device: torch.device) -> float:
 def time_interleaved(dense: Callable, pruned: Callable, inputs: tuple, repeat: int, warmup: int = 2,
                      device: torch.device | str = "cpu") -> dict:
     """Alternate dense and pruned calls; returns per-variant lists of milliseconds."""
+    return time_rotating({"dense": dense, "pruned": pruned}, inputs, repeat, warmup, device)
+
+
+def time_rotating(fns: dict[str, Callable], inputs: tuple, repeat: int, warmup: int = 2,
+                  device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Call every variant once per round, the order rotating each round (with two variants:
+    A B, B A, …); returns per-variant lists of milliseconds."""
     device = torch.device(device)
     for _ in range(warmup):
-        dense(*inputs)
-        pruned(*inputs)
+        for fn in fns.values():
+            fn(*inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for index in range(repeat):
-        order = (("dense", dense), ("pruned", pruned)) if index % 2 == 0 else (("pruned", pruned), ("dense", dense))
-        for name, fn in order:
-            times[name].append(_timed(fn, inputs, device))
+        order = names[index % len(names):] + names[:index % len(names)]
+        for name in order:
+            times[name].append(_timed(fns[name], inputs, device))
     return times
 
 
@@ -78,12 +86,14 @@ def peak_device_mb(fn: Callable, inputs: tuple, weight_bytes: int, device: torch
 
 
 def _callables(backend: str, model, plan, shapes, work: Path, device: torch.device, precision: str):
-    """(dense stages, pruned stages, dense programs, pruned programs) as callables + torch programs."""
+    """(dense stages, pruned stages, dense programs, compiled pruned stages): callables of the dense
+    and the pruned stages (per pruned stage a dict from tuples of reused blocks to callables;
+    () computes every block), the dense torch programs and the compiled pruned stages."""
     from .compiler.compile import PRECISION_DTYPES, compile
 
     dtype = PRECISION_DTYPES[precision]
     dense_programs = [s.program for s in compile(model, None, shapes, dtype=dtype, device=device)]
-    pruned_programs = [s.program for s in compile(model, plan, shapes, dtype=dtype, device=device)]
+    compiled = compile(model, plan, shapes, dtype=dtype, device=device)
     if backend == "torch":
         def wrap(program):
             module = program.module()
@@ -92,7 +102,9 @@ def _callables(backend: str, model, plan, shapes, work: Path, device: torch.devi
                 with torch.no_grad():
                     return module(*args)
             return call
-        return [wrap(p) for p in dense_programs], [wrap(p) for p in pruned_programs], dense_programs, pruned_programs
+        pruned = [{(): wrap(stage.program)} | {v.reused: wrap(v.program) for v in stage.reuse_programs}
+                  for stage in compiled]
+        return [wrap(p) for p in dense_programs], pruned, dense_programs, compiled
     from .exporters import ExportConfig, export
     from .runtime.backends import make_backend
 
@@ -103,8 +115,11 @@ def _callables(backend: str, model, plan, shapes, work: Path, device: torch.devi
     dense_manifest = export(model, None, work / "dense", shapes, config)
     pruned_manifest = export(model, plan, work / "pruned", shapes, config)
     dense = [make_backend(backend, work / "dense", s, device) for s in dense_manifest["stages"]]
-    pruned = [make_backend(backend, work / "pruned", s, device) for s in pruned_manifest["stages"]]
-    return dense, pruned, dense_programs, pruned_programs
+    pruned = [{(): make_backend(backend, work / "pruned", s, device).run}
+              | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device).run
+                 for p in s.get("reuse", {}).get("programs", [])}
+              for s in pruned_manifest["stages"]]
+    return dense, pruned, dense_programs, compiled
 
 
 def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2,
@@ -136,20 +151,26 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
     plan.check_model(model, find_temporal_units(model))  # before any heavy work
     inputs = export_inputs(model, shapes, seed=3, dtype=PRECISION_DTYPES[precision], device=device)
     with tempfile.TemporaryDirectory(prefix="f3bench-") as work:
-        dense, pruned, dense_programs, pruned_programs = _callables(backend, model, plan, shapes, Path(work), device,
-                                                                    precision)
+        dense, pruned, dense_programs, compiled = _callables(backend, model, plan, shapes, Path(work), device, precision)
         dense_flops, _ = count_flops(dense_programs[0].module(), inputs)
         rows = []
         steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
-        for index, (stage, program) in enumerate(zip(plan.stages, pruned_programs)):
-            times = time_interleaved(dense[0], pruned[index], inputs, repeat, warmup, device)
-            flops, _ = count_flops(program.module(), inputs)
-            dense_ms, pruned_ms = statistics.median(times["dense"]), statistics.median(times["pruned"])
+        for index, (stage, built) in enumerate(zip(plan.stages, compiled)):
+            variants = _reuse_variants(stage, built, pruned[index], len(steps[index]), device)
+            fns = {"dense": dense[0]} | {name: fn for name, (fn, _, _, _) in variants.items()}
+            times = time_rotating(fns, inputs, repeat, warmup, device)
+            share = {name: weight for name, (_, _, weight, _) in variants.items()}
+            flops = sum(count_flops(program.module(), inputs + extra)[0] * share[name]
+                        for name, (_, extra, _, program) in variants.items())
+            dense_ms = statistics.median(times["dense"])
+            pruned_ms = sum(statistics.median(times[name]) * share[name] for name in variants)
+            pruned_p90 = sum(_percentile(times[name], 0.9) * share[name] for name in variants)
             speedup, predicted = dense_ms / pruned_ms, dense_flops / max(flops, 1)
+            compute_fn, compute_extra, _, program = variants["pruned"]
             rows.append({
                 "backend": backend, "stage": index, "timesteps": list(stage.timesteps), "steps": len(steps[index]),
                 "dense_ms": dense_ms, "pruned_ms": pruned_ms,
-                "dense_p90_ms": _percentile(times["dense"], 0.9), "pruned_p90_ms": _percentile(times["pruned"], 0.9),
+                "dense_p90_ms": _percentile(times["dense"], 0.9), "pruned_p90_ms": pruned_p90,
                 "speedup": speedup, "predicted_speedup": predicted,
                 "efficiency": speedup / predicted,
                 "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
@@ -157,7 +178,10 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
                 "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
                 "device": device.type, "precision": precision,
                 "dense_peak_mb": peak_device_mb(dense[0], inputs, _weight_bytes(dense_programs[0]), device),
-                "pruned_peak_mb": peak_device_mb(pruned[index], inputs, _weight_bytes(program), device),
+                "pruned_peak_mb": peak_device_mb(compute_fn, inputs, _weight_bytes(program), device),
+                **({"reuse": {name: {"median_ms": statistics.median(times[name]), "share": share[name]}
+                              for name in variants},
+                    "residual_mb": _residual_bytes(built) / 2**20} if built.reuse_programs else {}),
             })
     total_steps = sum(r["steps"] for r in rows)
     loop_dense = sum(r["dense_ms"] * r["steps"] for r in rows)
@@ -175,6 +199,38 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
         "pruned_peak_mb": max((r["pruned_peak_mb"] for r in rows if r["pruned_peak_mb"] is not None), default=None),
     })
     return rows
+
+
+def _reuse_variants(stage, built, callables: dict, steps: int, device: torch.device) -> dict:
+    """name -> (callable taking the standard inputs, its residual inputs, share of the stage's steps,
+    torch program). "pruned" computes every block; "reuse:<blocks>" take residuals (zeros of the
+    residuals' shapes: the work does not depend on their values)."""
+    from .compiler.compile import output_values
+    from .reuse import pattern_at
+
+    counts: dict[tuple[str, ...], int] = {}
+    for step in range(max(steps, 1)):
+        pattern = pattern_at(stage.reuse, step)
+        counts[pattern] = counts.get(pattern, 0) + 1
+    values = dict(zip(stage.reused_blocks, output_values(built.program)[1:]))
+    programs = {(): built.program} | {v.reused: v.program for v in built.reuse_programs}
+    variants = {}
+    for pattern, program in programs.items():
+        if pattern not in counts:
+            continue  # a pattern this many steps never reach
+        extra = tuple(torch.zeros(tuple(int(d) for d in values[b].shape), dtype=values[b].dtype, device=device)
+                      for b in pattern)
+        fn = callables[pattern]
+        name = "pruned" if not pattern else "reuse:" + ",".join(pattern)
+        variants[name] = ((lambda fn, extra: lambda *args: fn(*args, *extra))(fn, extra), extra,
+                          counts[pattern] / max(steps, 1), program)
+    return variants
+
+
+def _residual_bytes(built) -> int:
+    from .compiler.compile import output_values
+
+    return int(sum(v.numel() * v.element_size() for v in output_values(built.program)[1:]))
 
 
 def _weight_bytes(program) -> int:
@@ -196,6 +252,10 @@ def format_table(rows: list[dict]) -> str:
             f"{row['speedup']:>7.3f}x {row['predicted_speedup']:>8.3f}x {eff:>6} {params:>12}"
             + (f" {row['dense_peak_mb']:>7.0f}/{row['pruned_peak_mb']:<7.0f}" if memory and row.get("dense_peak_mb") is not None else "")
         )
+    for row in rows:
+        if "reuse" in row:  # the stage's pruned time is its programs' medians weighted by their share of steps
+            parts = ", ".join(f"{name} {entry['median_ms']:.1f} ms x {entry['share']:.2f}" for name, entry in row["reuse"].items())
+            lines.append(f"stage {row['stage']} temporal reuse: {parts}; residuals carried {row['residual_mb']:.2f} MiB")
     return "\n".join(lines)
 
 

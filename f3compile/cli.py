@@ -55,6 +55,7 @@ def cmd_plan(args) -> None:
     schedule: f3compile plan calib --ratio 0,0.5,1 --stages 3 --granularity block -o plan.json
     budget:   f3compile plan calib --target-speedup 1.3 --stages 3 --granularity block -o plan.json
     search:   f3compile plan calib --search --prompts examples/prompts.txt --max-error 0.05 --stages 2 -o plan.json
+    reuse:    f3compile plan calib --ratio 0.5 --granularity block --reuse 2 --stages 2 -o plan.json
     """
     from .calibration import CalibrationStats
     from .planning import make_plan
@@ -69,6 +70,10 @@ def cmd_plan(args) -> None:
         raise F3Error("give exactly one of --ratio R (or R1,R2,... one per stage) and --target-speedup S, or --search")
     elif args.max_error is not None or args.prompts is not None:
         raise F3Error("--max-error and --prompts belong to --search")
+    if args.criterion is None:
+        from .planning.criteria import DEFAULT_CRITERION
+
+        args.criterion = "residual_change" if args.reuse is not None and not args.search else DEFAULT_CRITERION
     stats = CalibrationStats.load(args.calibration)
     if args.search or args.target_speedup is not None:
         from .models import find_temporal_units, load_model
@@ -87,18 +92,19 @@ def cmd_plan(args) -> None:
         actions = tuple(a for a in args.actions.split(",") if a)
         plan, steps = search_plan(model, stats, read_prompts(args.prompts), cost, units, max_error=args.max_error,
                                   target_speedup=args.target_speedup, stages=args.stages, criterion=args.criterion,
-                                  actions=actions, log=print)
+                                  actions=actions, reuse_period=2 if args.reuse is None else args.reuse, log=print)
         what = (f"searched, {len(steps)} accepted step(s), error {plan.search['error']:.4f}, "
                 f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x")
     elif args.target_speedup is not None:
         from .planning.schedule import make_target_plan
 
         plan = make_target_plan(stats, cost, args.target_speedup, args.granularity, args.criterion, args.stages,
-                                seed=args.seed)
+                                seed=args.seed, reuse=args.reuse)
         what = f"ratios {plan.ratio_text()}, FLOP-predicted {plan.budget['predicted_speedup']:.3f}x"
     else:
-        plan = make_plan(stats, _parse_ratios(args.ratio), args.granularity, args.criterion, args.stages, seed=args.seed)
-        what = f"ratio {plan.ratio_text()}"
+        plan = make_plan(stats, _parse_ratios(args.ratio), args.granularity, args.criterion, args.stages, seed=args.seed,
+                         reuse=args.reuse)
+        what = f"ratio {plan.ratio_text()}" + (f", reuse every {args.reuse} steps" if args.reuse else "")
     plan.save(args.output)
     _done(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
 
@@ -233,8 +239,10 @@ def cmd_generate(args) -> None:
         from safetensors.torch import save_file
 
         save_file({"latents": latents.contiguous()}, str(args.save_latents))
+    carried = runtime.residual_bytes
     _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
-                   f"{args.steps} steps, backend {args.backend})")
+                   f"{args.steps} steps, backend {args.backend}"
+                   + (f", temporal reuse carried {carried / 2**20:.2f} MiB of residuals" if carried else "") + ")")
 
 
 def _parse_shape(text: str | None):
@@ -311,6 +319,7 @@ def _eval_variants(args) -> list:
 
     def meta(plan, **extra):
         kind = ("search" if plan.search else "budget" if plan.budget
+                else "reuse" if any(stage.reused_blocks for stage in plan.stages)
                 else "schedule" if isinstance(plan.ratio, list) else "criterion")
         return {"granularity": plan.granularity, "ratio": plan.ratio, "stages": len(plan.stages),
                 "criterion": plan.criterion, "kind": kind, **extra}
@@ -432,9 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "measured error of the final latents (runs the model; see --max-error, --target-speedup)")
     p.add_argument("--max-error", type=float, help="with --search: bound on the final latents' relative L2 error vs dense")
     p.add_argument("--prompts", help="with --search: prompts to measure on (the calibration prompts)")
-    p.add_argument("--actions", default="drop,heads", help="with --search: actions to try (default drop,heads)")
+    p.add_argument("--actions", default="drop,reuse,heads",
+                   help="with --search: actions to try, among drop, reuse, heads (default: all three)")
+    p.add_argument("--reuse", type=int, metavar="K", help="temporal reuse: the selected blocks (--granularity block) "
+                   "are computed at every K-th step of their stage and reuse their residual in between, instead of "
+                   "being dropped; with --search: the period of the reuse action (default 2)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
-    p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"score (default {DEFAULT_CRITERION})")
+    p.add_argument("--criterion", choices=CRITERIA, help=f"score (default {DEFAULT_CRITERION}; with --reuse: "
+                   "residual_change, how much a block's residual changes from step to step)")
     p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (a control plan)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")

@@ -20,7 +20,11 @@ TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_
 STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
               "inputs": list, "outputs": list}
 OPTIONAL_TOP = {"seconds", "targets", "dynamic_batch", "components", "decoder", "device"}
-OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt", "aoti"}
+OPTIONAL_STAGE = {"passes", "verify", "audit", "tensorrt", "aoti", "reuse"}
+REUSE_KEYS = {"periods": dict, "programs": list, "residual_bytes": int}
+PROGRAM_KEYS = {"reused": list, "files": dict, "parameters": int, "inputs": list, "outputs": list}
+OPTIONAL_PROGRAM = {"passes", "verify", "audit", "tensorrt", "aoti"}
+RESIDUAL_PREFIX = "residual."  # + block id: a temporal-reuse residual carried between steps
 PRECISIONS = ("fp32", "fp16", "bf16")
 # the I/O names of every artifact, for every model (in call order)
 INPUT_NAMES = ["sample", "timestep", "encoder_hidden_states"]
@@ -123,13 +127,58 @@ def validate_manifest(data: Any, where: str = "manifest") -> None:
         if (not all(isinstance(io, dict) for io in stage["inputs"] + stage["outputs"])
                 or [i.get("name") for i in stage["inputs"]] != INPUT_NAMES or [o.get("name") for o in stage["outputs"]][:1] != OUTPUT_NAMES):
             raise F3Error(f"{at}: inputs must be {INPUT_NAMES} and the first output {OUTPUT_NAMES[0]}")
-        for kind, entry in stage["files"].items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not str(entry.get("sha256", "")).startswith("sha256:"):
-                raise F3Error(f"{at}: files.{_name(kind)} needs a path and a sha256")
-            if not _inside(entry["path"]):
-                raise F3Error(f"{at}: files.{_name(kind)}.path must stay inside the build directory")
+        _check_files(stage["files"], at)
+        if "reuse" in stage:
+            _check_reuse(stage, at)
     if previous_low != 0:
         raise F3Error(f"{where}: the last stage must end at timestep 0")
+
+
+def _check_files(files: dict, at: str) -> None:
+    for kind, entry in files.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not str(entry.get("sha256", "")).startswith("sha256:"):
+            raise F3Error(f"{at}: files.{_name(kind)} needs a path and a sha256")
+        if not _inside(entry["path"]):
+            raise F3Error(f"{at}: files.{_name(kind)}.path must stay inside the build directory")
+
+
+def _io_names(specs: list) -> list:
+    return [spec.get("name") if isinstance(spec, dict) else None for spec in specs]
+
+
+def _check_reuse(stage: dict, at: str) -> None:
+    """Temporal reuse: the stage's program returns every reused block's residual after noise_pred;
+    each further program takes the residuals of its `reused` blocks after the standard inputs."""
+    reuse = stage["reuse"]
+    _check(reuse, REUSE_KEYS, set(), f"{at}: reuse")
+    periods = reuse["periods"]
+    if not periods or not all(isinstance(b, str) and isinstance(k, int) and not isinstance(k, bool) and k > 1
+                              for b, k in periods.items()):
+        raise F3Error(f"{at}: reuse.periods must map temporal block ids to integer periods > 1")
+    residuals = [RESIDUAL_PREFIX + block for block in periods]
+    if _io_names(stage["outputs"]) != OUTPUT_NAMES + residuals:
+        raise F3Error(f"{at}: with reuse the outputs must be {OUTPUT_NAMES + residuals}")
+    seen = []
+    for number, program in enumerate(reuse["programs"]):
+        where = f"{at}: reuse.programs[{number}]"
+        _check(program, PROGRAM_KEYS, OPTIONAL_PROGRAM, where)
+        reused = program["reused"]
+        if not reused or not all(b in periods for b in reused) or reused in seen:
+            raise F3Error(f"{where}: reused must be a new, non-empty list of blocks in reuse.periods")
+        seen.append(reused)
+        if _io_names(program["inputs"]) != INPUT_NAMES + [RESIDUAL_PREFIX + b for b in reused]:
+            raise F3Error(f"{where}: inputs must be {INPUT_NAMES} followed by the residuals of its reused blocks")
+        computed = [RESIDUAL_PREFIX + b for b in periods if b not in reused]
+        if _io_names(program["outputs"]) != OUTPUT_NAMES + computed:
+            raise F3Error(f"{where}: outputs must be {OUTPUT_NAMES + computed}")
+        _check_files(program["files"], where)
+    if reuse["residual_bytes"] < 0:
+        raise F3Error(f"{at}: reuse.residual_bytes must be >= 0")
+
+
+def program_entries(stage: dict) -> list[dict]:
+    """The stage's program entries: its own (computing every block) then its reuse programs."""
+    return [stage] + list(stage.get("reuse", {}).get("programs", []))
 
 
 def write_manifest(directory: Path, data: dict) -> None:
@@ -151,7 +200,7 @@ def load_manifest(directory: str | Path, check_hashes: bool = True) -> dict:
                 if not (directory / entry["path"]).is_dir():
                     raise F3Error(f"{_name(str(directory / entry['path']))} ({_name(name)}) is missing; rebuild the artifacts")
             for stage in data["stages"]:
-                for kind, entry in stage["files"].items():
+                for kind, entry in [item for program in program_entries(stage) for item in program["files"].items()]:
                     file = directory / entry["path"]
                     if not file.is_file():
                         raise F3Error(f"{_name(str(file))} is missing; rebuild the artifacts")

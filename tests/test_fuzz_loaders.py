@@ -204,11 +204,11 @@ def make_env(root: Path) -> dict:
 
     plan = make_plan(stats, 0.5, "head", stages=2).to_dict()
     (u0, u1), (b0, b1) = [u.id for u in units], [b.id for b in stats.blocks]
-    plan["stages"][0].update(drop_blocks=[b1], prune_heads={u0: [1]}, keep_frames={u0: [0, 3, 7]})
+    plan["stages"][0].update(drop_blocks=[b1], prune_heads={u0: [1]}, keep_frames={u0: [0, 3, 7]}, reuse={b0: 2})
     plan["stages"][1].update(drop_attention=[u0], prune_heads={u1: [0]}, keep_frames={u1: [2, 5]})
 
     build = root / "build"
-    for name in ("stage0/denoiser.pt2", "stage1/denoiser.pt2", "stage1/denoiser.onnx"):
+    for name in ("stage0/denoiser.pt2", "stage0/denoiser.reuse1.pt2", "stage1/denoiser.pt2", "stage1/denoiser.onnx"):
         (build / name).parent.mkdir(parents=True, exist_ok=True)
         (build / name).write_bytes(name.encode())
     (build / "pipeline" / "scheduler").mkdir(parents=True)
@@ -231,10 +231,15 @@ def seed_manifest(build: Path, plan: dict) -> dict:
                      {"name": "timestep", "shape": [], "dtype": "int64"},
                      {"name": "encoder_hidden_states", "shape": [2, 8, 16], "dtype": "float32"}],
           "outputs": [{"name": "noise_pred", "shape": [2, 4, 8, 2, 2], "dtype": "float32"}]}
+    block = next(iter(plan["stages"][0]["reuse"]))
+    residual = {"name": f"residual.{block}", "shape": [256, 8, 16], "dtype": "float32"}
     stages = [
         {"index": 0, "timesteps": plan["stages"][0]["timesteps"], "plan": plan["stages"][0],
          "files": {"pt2": file("stage0/denoiser.pt2")}, "parameters": 1234, "passes": ["prune_heads"],
-         "precision": "fp32", **copy.deepcopy(io)},
+         "precision": "fp32", "inputs": copy.deepcopy(io["inputs"]), "outputs": copy.deepcopy(io["outputs"]) + [residual],
+         "reuse": {"periods": {block: 2}, "residual_bytes": 131072, "programs": [
+             {"reused": [block], "files": {"pt2": file("stage0/denoiser.reuse1.pt2")}, "parameters": 1000,
+              "inputs": copy.deepcopy(io["inputs"]) + [dict(residual)], "outputs": copy.deepcopy(io["outputs"])}]}},
         {"index": 1, "timesteps": plan["stages"][1]["timesteps"], "plan": plan["stages"][1],
          "files": {"pt2": file("stage1/denoiser.pt2"), "onnx": file("stage1/denoiser.onnx")}, "parameters": 1000,
          "precision": "fp16", "verify": {"onnx_vs_torch": {"relative_l2_error": 1e-6}}, **copy.deepcopy(io)},
@@ -268,7 +273,7 @@ def test_seeds_are_valid(env):
     path.write_text(json.dumps(env["plan"]))
     plan = PruningPlan.load(path)
     assert plan.stages[0].drop_blocks and plan.stages[1].drop_attention
-    assert all(s.prune_heads and s.keep_frames for s in plan.stages)
+    assert all(s.prune_heads and s.keep_frames for s in plan.stages) and plan.stages[0].reused_blocks
     check_plan(plan, env)
     (env["build"] / "manifest.json").write_text(json.dumps(env["manifest"]))
     check_manifest(load_manifest(env["build"]), env)
@@ -294,6 +299,7 @@ def check_plan(plan, env) -> None:
         return
     for stage in plan.stages:
         env["cost"].stage_removed(stage)
+        env["cost"].stage_removed(stage, 3)
 
 
 def check_manifest(data, env) -> None:
@@ -309,7 +315,12 @@ def check_manifest(data, env) -> None:
         assert previous_low is None or high == previous_low - 1
         previous_low = low
         assert [i["name"] for i in stage["inputs"]] == INPUT_NAMES and stage["outputs"][0]["name"] == "noise_pred"
-        for entry in stage["files"].values():
+        periods = stage.get("reuse", {}).get("periods", {})
+        assert all(isinstance(k, int) and k > 1 for k in periods.values())  # the runtime takes step % k
+        for program in stage.get("reuse", {}).get("programs", []):  # what the runtime indexes by
+            assert set(program["reused"]) <= set(periods)
+            assert [i["name"] for i in program["inputs"]][3:] == [f"residual.{b}" for b in program["reused"]]
+        for entry in [e for program in [stage] + stage.get("reuse", {}).get("programs", []) for e in program["files"].values()]:
             assert isinstance(entry["path"], str) and entry["sha256"].startswith("sha256:")
             assert not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts
     assert previous_low == 0

@@ -13,8 +13,14 @@ Per unit and denoising step it accumulates:
   branch      (S,)          sum over calls of ‖attention output‖ / ‖residual input‖
   head_branch (S, H)        same per head: ‖o_h W_out[:, h]ᵀ‖ / ‖residual input‖
   calls       (S,)
-and per block: ratio (S,) = Σ ‖block output − block input‖ / ‖block input‖, calls (S,) (for an
-attention that is its own block: its branch ratio, what dropping it removes).
+and per block:
+  ratio        (S,)  Σ ‖block output − block input‖ / ‖block input‖ (for an attention that is its
+                     own block: its branch ratio, what dropping it removes)
+  calls        (S,)
+  change       (S,)  Σ ‖r_s − r_{s−1}‖ / ‖r_{s−1}‖ over sampling loops, r = the block's residual
+                     (output − input; an attention that is its own block: its output), compared
+                     with the same block's residual at the previous step of the same loop; 0 at step 0
+  change_calls (S,)  number of comparisons summed into `change` (none at step 0)
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ class _UnitState:
     head_branch: torch.Tensor
     calls: torch.Tensor
     captured: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Residuals:
+    """A block's residuals (fp32, detached) at one denoising step, in call order."""
+
+    step: int = -1
+    tensors: list = field(default_factory=list)
 
 
 class AttentionRecorder:
@@ -67,6 +81,13 @@ class AttentionRecorder:
         }
         self._block_ratio = {block.id: torch.zeros(steps) for block in self.blocks}
         self._block_calls = {block.id: torch.zeros(steps) for block in self.blocks}
+        self._change = {block.id: torch.zeros(steps) for block in self.blocks}
+        self._change_calls = {block.id: torch.zeros(steps) for block in self.blocks}
+        self._forget_residuals()
+
+    def _forget_residuals(self) -> None:
+        self._current = {block.id: _Residuals() for block in self.blocks}  # this step's residuals
+        self._previous = {block.id: _Residuals() for block in self.blocks}  # the step before it
 
     def __enter__(self) -> "AttentionRecorder":
         self.attach()
@@ -96,6 +117,7 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._forget_residuals()  # kept only to compare consecutive steps while attached
 
     # -- hooks -------------------------------------------------------------------------------
     @staticmethod
@@ -143,6 +165,8 @@ class AttentionRecorder:
             contribution = torch.einsum("nhfd,hdc->nhfc", per_head_out, w_heads)
             state.head_branch[step] += contribution.pow(2).sum(dim=(0, 2, 3)).sqrt() / residual_norm
             state.calls[step] += 1
+            if unit.block == unit.id and unit.id in self._current:  # its own block: the residual is its output
+                self._record_change(unit.id, output.detach().to(torch.float32, copy=True))
 
         return hook
 
@@ -150,13 +174,36 @@ class AttentionRecorder:
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs.get("hidden_states")
             out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
-            ratio = (out.float() - hidden.float()).norm() / hidden.float().norm().clamp_min(1e-12)
+            residual = out.detach().float() - hidden.detach().float()
+            ratio = residual.norm() / hidden.float().norm().clamp_min(1e-12)
             if not torch.isfinite(ratio):
                 raise F3Error(f"calibration saw NaN/inf in block {block_id}; check the model weights and inputs")
             self._block_ratio[block_id][self.step] += ratio.item()
             self._block_calls[block_id][self.step] += 1
+            self._record_change(block_id, residual)
 
         return hook
+
+    def _record_change(self, block_id: str, residual: torch.Tensor) -> None:
+        """Compare `residual` (fp32) with the block's residual from the same call of the previous step.
+
+        Only a residual recorded at `self.step - 1` counts: a new sampling loop starts again at
+        step 0, so the last step of one loop is never compared with the first of the next.
+        """
+        step, current = self.step, self._current[block_id]
+        if current.step != step:  # the first call of a new step
+            self._previous[block_id] = current if current.step == step - 1 else _Residuals()
+            current = self._current[block_id] = _Residuals(step=step)
+        previous, index = self._previous[block_id], len(current.tensors)
+        if index < len(previous.tensors) and previous.tensors[index].shape == residual.shape:
+            before = previous.tensors[index]
+            change = (residual - before).norm() / before.norm().clamp_min(1e-12)
+            if not torch.isfinite(change):
+                raise F3Error(f"calibration saw NaN/inf in block {block_id}; check the model weights and inputs")
+            self._change[block_id][step] += change.item()
+            self._change_calls[block_id][step] += 1
+            previous.tensors[index] = None  # compared once; free it
+        current.tensors.append(residual)
 
     # -- results -----------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -172,7 +219,9 @@ class AttentionRecorder:
             if block_id in self._state:  # dropping it removes the residual branch: ‖branch‖ / ‖residual input‖
                 out[f"block/{block_id}/ratio"] = self._state[block_id].branch.clone()
                 out[f"block/{block_id}/calls"] = self._state[block_id].calls.clone()
-                continue
-            out[f"block/{block_id}/ratio"] = self._block_ratio[block_id].clone()
-            out[f"block/{block_id}/calls"] = self._block_calls[block_id].clone()
+            else:
+                out[f"block/{block_id}/ratio"] = self._block_ratio[block_id].clone()
+                out[f"block/{block_id}/calls"] = self._block_calls[block_id].clone()
+            out[f"block/{block_id}/change"] = self._change[block_id].clone()
+            out[f"block/{block_id}/change_calls"] = self._change_calls[block_id].clone()
         return out

@@ -50,6 +50,18 @@ class CalibrationStats:
     def block(self, block_id: str, name: str) -> torch.Tensor:
         return self.tensors[f"block/{block_id}/{name}"]
 
+    def residual_change(self, block_id: str, steps: list[int] | None = None) -> float | None:
+        """Mean ‖r_s − r_{s−1}‖ / ‖r_{s−1}‖ of the block's residual over `steps` (default: all),
+        weighted by the number of comparisons; None without the statistics or comparisons."""
+        change, calls = f"block/{block_id}/change", f"block/{block_id}/change_calls"
+        if change not in self.tensors or calls not in self.tensors:
+            return None
+        steps = list(range(len(self.timesteps))) if steps is None else list(steps)
+        count = float(self.tensors[calls][steps].double().sum())
+        if count <= 0:
+            return None
+        return float(self.tensors[change][steps].double().sum()) / count
+
     def save(self, directory: Path) -> None:
         """Write the tensors, then the metadata with the tensors' sha256 (`stats_sha256`)."""
         from safetensors.torch import save_file
@@ -84,6 +96,13 @@ class CalibrationStats:
                 ("head_branch", (steps, unit.heads)), ("calls", (steps,)))}
         for block in stats.blocks:
             expected |= {f"block/{block.id}/ratio": (steps,), f"block/{block.id}/calls": (steps,)}
+        for block in stats.blocks:  # residual change: absent from calibrations written before it was recorded
+            change, calls = f"block/{block.id}/change", f"block/{block.id}/change_calls"
+            if (change in tensors) != (calls in tensors):
+                present, missing = (change, calls) if change in tensors else (calls, change)
+                raise F3Error(f"{stats_path} has {present!r} but lacks {missing!r}; re-run `f3compile calibrate`")
+            if change in tensors:
+                expected |= {change: (steps,), calls: (steps,)}
         for name, shape in expected.items():
             if name not in tensors:
                 raise F3Error(f"{stats_path} lacks statistics {name!r}; re-run `f3compile calibrate`")

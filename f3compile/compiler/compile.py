@@ -8,6 +8,7 @@ lifts only the weights still used) → `stageK/denoiser.pt2` + `manifest.json`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,65 @@ PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.
 
 
 @dataclass
+class ReuseProgram:
+    """A program of a stage with temporal reuse that takes the residuals of `reused` as inputs."""
+
+    reused: tuple[str, ...]
+    program: torch.export.ExportedProgram
+    passes: dict[str, bool]
+
+
+@dataclass
 class CompiledStage:
-    """One plan stage as a pruned, static torch.export program."""
+    """One plan stage as a pruned, static torch.export program (with temporal reuse: the program
+    that computes every block and returns the reused blocks' residuals, plus one program per
+    pattern of reused blocks)."""
 
     stage: Stage
     program: torch.export.ExportedProgram
     passes: dict[str, bool]
+    reuse_programs: list[ReuseProgram] = dataclasses.field(default_factory=list)
 
     @property
     def parameters(self) -> int:
         return program_parameters(self.program)
+
+
+class ProgramLoop:
+    """Compiled stages run as the runtime runs them: `denoise_for()` gives a fresh `denoise_for(t)`
+    for one denoising loop that switches stages by timestep and, within a stage with temporal
+    reuse, runs each step's program and carries the residuals."""
+
+    def __init__(self, compiled: list[CompiledStage]):
+        self.stages = [c.stage for c in compiled]
+        self.modules = [{(): c.program.module()} | {v.reused: v.program.module() for v in c.reuse_programs}
+                        for c in compiled]
+
+    def denoise_for(self):
+        from ..reuse import StageClock, pattern_at
+
+        clock, cache = StageClock(), {}
+
+        def pick(timestep: int):
+            index = next((i for i, stage in enumerate(self.stages) if stage.contains(timestep)), None)
+            if index is None:
+                raise F3Error(f"timestep {timestep} is outside every stage of the plan")
+            step, stage = clock.tick(index), self.stages[index]
+            if step == 0:
+                cache.clear()
+            if not stage.reused_blocks:
+                return self.modules[index][()]
+            reused = pattern_at(stage.reuse, step)
+            module = self.modules[index][reused]
+
+            def call(sample, timestep, context):
+                outputs = module(sample, timestep, context, *(cache[b] for b in reused))
+                if not isinstance(outputs, (tuple, list)):  # every block reused: noise_pred alone
+                    return outputs
+                cache.update(zip([b for b in stage.reused_blocks if b not in reused], outputs[1:]))
+                return outputs[0]
+            return call
+        return pick
 
 
 def program_parameters(program: torch.export.ExportedProgram) -> int:
@@ -78,18 +128,20 @@ def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def batch_dims(batch_range: tuple[int, int] | None):
-    """torch.export dynamic shapes with one symbolic CFG batch over all three inputs (or None)."""
+def batch_dims(batch_range: tuple[int, int] | None, factors: tuple[int, ...] = (1, 1, 1)):
+    """torch.export dynamic shapes with one symbolic CFG batch (or None): dim 0 of input i is
+    factors[i] × batch (residual inputs of temporal reuse can be batch × frames rows)."""
     if batch_range is None:
         return None
     batch = torch.export.Dim("batch", min=batch_range[0], max=batch_range[1])
-    return ({0: batch}, {0: batch}, {0: batch})
+    return tuple({0: batch if factor == 1 else factor * batch} for factor in factors)
 
 
-def _export(module, inputs, batch_range):
+def _export(module, inputs, batch_range, factors: tuple[int, ...] = ()):
     try:
         with torch.no_grad():
-            return torch.export.export(module, inputs, dynamic_shapes=batch_dims(batch_range), strict=False)
+            return torch.export.export(module, inputs, dynamic_shapes=batch_dims(batch_range, (1, 1, 1) + tuple(factors)),
+                                       strict=False)
     except Exception as exc:
         if batch_range is None or "Constraints violated" not in str(exc):
             raise
@@ -114,12 +166,40 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
 
 def apply_stage(program: torch.export.ExportedProgram, stage: Stage, units, inputs,
                 batch_range: tuple[int, int] | None = None) -> CompiledStage:
-    """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it."""
-    gm = program.module()
-    ctx = PassContext(units={u.id: u for u in units}, stage=stage)
-    results = run_pipeline(gm, ctx)
-    pruned = _export(gm, inputs, batch_range)
-    return CompiledStage(stage=stage, program=pruned, passes=results)
+    """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it; with
+    temporal reuse, once more per pattern of reused blocks (`reuse_patterns`)."""
+    from ..planning.plan import reuse_patterns
+
+    def build(reused: tuple[str, ...], example, factors) -> tuple[torch.export.ExportedProgram, dict[str, bool]]:
+        gm = program.module()
+        ctx = PassContext(units={u.id: u for u in units}, stage=stage, reused=reused)
+        results = run_pipeline(gm, ctx)
+        return _export(gm, tuple(inputs) + example, batch_range, factors), results
+
+    pruned, results = build((), (), ())
+    compiled = CompiledStage(stage=stage, program=pruned, passes=results)
+    patterns = reuse_patterns(stage.reuse)[1:]
+    if patterns:
+        batch = inputs[0].shape[0]
+        residuals = dict(zip(stage.reused_blocks, output_values(pruned)[1:]))
+        shapes = {b: [_hint(d) for d in value.shape] for b, value in residuals.items()}
+        for pattern in patterns:
+            example = tuple(torch.zeros(shapes[b], dtype=residuals[b].dtype, device=inputs[0].device) for b in pattern)
+            factors = tuple(shapes[b][0] // batch for b in pattern)
+            variant, passes = build(pattern, example, factors)
+            compiled.reuse_programs.append(ReuseProgram(reused=pattern, program=variant, passes=passes))
+    return compiled
+
+
+def _hint(dim) -> int:
+    """A traced dimension as the integer it had for the example inputs."""
+    return int(dim.node.hint) if isinstance(dim, torch.SymInt) else int(dim)
+
+
+def output_values(program: torch.export.ExportedProgram) -> list:
+    """The traced values (shape, dtype) of a program's outputs, in order."""
+    output_node = next(n for n in reversed(program.graph.nodes) if n.op == "output")
+    return [node.meta["val"] for node in output_node.args[0]]
 
 
 def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> None:
@@ -156,18 +236,52 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
 def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype, program: torch.export.ExportedProgram) -> dict:
     """I/O names, shapes and dtypes; the output's from the program's traced metadata (no compute)."""
     inputs = export_inputs(model, shapes, dtype=dtype, device="meta")
-    output_node = next(n for n in reversed(program.graph.nodes) if n.op == "output")
-    output = output_node.args[0][0].meta["val"]
+    output = output_values(program)[0]
     return {
-        "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in zip(INPUT_NAMES, inputs)],
-        "outputs": [{"name": OUTPUT_NAMES[0], "shape": [inputs[0].shape[0]] + [int(d) for d in output.shape[1:]],
-                     "dtype": str(output.dtype).replace("torch.", "")}],
+        "inputs": [_tensor_spec(n, t.shape, t.dtype) for n, t in zip(INPUT_NAMES, inputs)],
+        "outputs": [_tensor_spec(OUTPUT_NAMES[0], [inputs[0].shape[0]] + list(output.shape[1:]), output.dtype)],
     }
+
+
+def _tensor_spec(name: str, shape, dtype: torch.dtype) -> dict:
+    return {"name": name, "shape": [_hint(d) for d in shape], "dtype": str(dtype).replace("torch.", "")}
+
+
+def residual_name(block: str) -> str:
+    """The I/O name of a block's cached residual in every artifact and the manifest."""
+    from ..manifest import RESIDUAL_PREFIX
+
+    return RESIDUAL_PREFIX + block
+
+
+def _reuse_entries(stage: CompiledStage, io: dict, number: int, stage_dir: Path) -> tuple[dict, dict]:
+    """(the compute program's residual outputs, the stage's `reuse` manifest entry)."""
+    residuals = {block: _tensor_spec(residual_name(block), value.shape, value.dtype)
+                 for block, value in zip(stage.stage.reused_blocks, output_values(stage.program)[1:])}
+    programs = []
+    for index, variant in enumerate(stage.reuse_programs, 1):
+        path = stage_dir / f"denoiser.reuse{index}.pt2"
+        torch.export.save(variant.program, str(path))
+        programs.append({
+            "reused": list(variant.reused),
+            "files": {"pt2": {"path": f"stage{number}/{path.name}", "sha256": sha256_file(path)}},
+            "parameters": program_parameters(variant.program),
+            "passes": variant.passes,
+            "inputs": io["inputs"] + [residuals[b] for b in variant.reused],
+            "outputs": io["outputs"] + [residuals[b] for b in stage.stage.reused_blocks if b not in variant.reused],
+        })
+    entry = {
+        "periods": {block: int(stage.stage.reuse[block]) for block in stage.stage.reused_blocks},
+        "programs": programs,
+        "residual_bytes": int(sum(math.prod(spec["shape"]) * torch.empty((), dtype=getattr(torch, spec["dtype"])).element_size()
+                                  for spec in residuals.values())),
+    }
+    return {"outputs": io["outputs"] + list(residuals.values())}, entry
 
 
 def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: Path, shapes: VideoShapes,
                   precision: str = "fp32") -> list[dict]:
-    """Save each stage's program under `directory/stageK/` and describe it for the manifest."""
+    """Save each stage's programs under `directory/stageK/` and describe them for the manifest."""
     io = _io_spec(model, shapes, PRECISION_DTYPES[precision], compiled[0].program)
     entries = []
     for number, stage in enumerate(compiled):
@@ -175,7 +289,7 @@ def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: P
         stage_dir.mkdir(exist_ok=True)
         path = stage_dir / "denoiser.pt2"
         torch.export.save(stage.program, str(path))
-        entries.append({
+        entry = {
             "index": number,
             "timesteps": list(stage.stage.timesteps),
             "plan": stage.stage.to_dict(),
@@ -184,7 +298,11 @@ def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: P
             "passes": stage.passes,
             "precision": precision,
             **io,
-        })
+        }
+        if stage.stage.reused_blocks:
+            outputs, entry["reuse"] = _reuse_entries(stage, io, number, stage_dir)
+            entry.update(outputs)
+        entries.append(entry)
     return entries
 
 

@@ -106,23 +106,13 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
     return vae_decode(vae, latents)
 
 
-def _stage_modules(model, plan, shapes, device) -> tuple[list, list]:
-    from ..compiler.compile import compile
+def _programs(model, plan, shapes, device):
+    from ..compiler.compile import ProgramLoop, compile
 
-    compiled = compile(model, plan, shapes, device=device)
-    return [c.stage for c in compiled], [c.program.module() for c in compiled]
-
-
-def _denoise_for(stages, modules) -> Callable[[int], Callable]:
-    def pick(timestep: int):
-        for stage, module in zip(stages, modules):
-            if stage.contains(timestep):
-                return module
-        raise F3Error(f"timestep {timestep} is outside every stage of the plan")
-    return pick
+    return ProgramLoop(compile(model, plan, shapes, device=device))
 
 
-def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond, uncond,
+def _generate(model, programs, prompts: list[dict], config: EvalConfig, cond, uncond,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, frames (samples × prompts, F, H, W, 3)), sample-major; identical noise for
     every variant."""
@@ -139,7 +129,7 @@ def _generate(model, modules_for, prompts: list[dict], config: EvalConfig, cond,
             scheduler = type(model.scheduler).from_config(model.scheduler.config)
             latents = initial_latents(shape, scheduler, generator).to(device)  # CPU noise: same on every device
             latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
-                                   config.steps, config.guidance_scale, generator, denoise_for=modules_for)
+                                   config.steps, config.guidance_scale, generator, denoise_for=programs.denoise_for())
             finals.append(latents[: len(rows)].float().cpu())
             videos.append(decode(model, finals[-1]))
     return torch.cat(finals), torch.cat(videos)
@@ -220,15 +210,12 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
         "clips": len(real),
     }
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)
-    dense_stages, dense_modules = _stage_modules(model, None, batch_shapes, device)
+    dense_programs = _programs(model, None, batch_shapes, device)
     results, dense_frames, dense_latents, grid = {}, None, None, {}
     for variant in variants:
         started = time.perf_counter()
-        if variant.plan is None:
-            stages, modules = dense_stages, dense_modules
-        else:
-            stages, modules = _stage_modules(model, variant.plan, batch_shapes, device)
-        latents, frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
+        programs = dense_programs if variant.plan is None else _programs(model, variant.plan, batch_shapes, device)
+        latents, frames = _generate(model, programs, prompts, config, cond, uncond, device)
         features, predicted = probe.classify(frames)
         per_seed = [metrics.frechet_distance(features[s * len(prompts):(s + 1) * len(prompts)].numpy(),
                                              real_features.numpy()) for s in range(config.samples)]
@@ -268,8 +255,8 @@ def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], conf
     results, dense, grid = {}, None, {}
     for variant in variants:
         started = time.perf_counter()
-        stages, modules = _stage_modules(model, variant.plan, batch_shapes, device)
-        latents, frames = _generate(model, _denoise_for(stages, modules), prompts, config, cond, uncond, device)
+        latents, frames = _generate(model, _programs(model, variant.plan, batch_shapes, device), prompts, config, cond,
+                                    uncond, device)
         entry = {**variant.meta, **_fidelity(latents, frames, *(dense or (None, None))),
                  "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config)}
         if dense is None:

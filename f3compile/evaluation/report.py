@@ -133,12 +133,12 @@ def sweep_plot(result: dict, path: Path) -> None:
             colour = "0.6" if random else ("C0" if entry.get("stages", 1) == 1 else "C1")
             if entry.get("criterion") == "output_norm":
                 colour = "C2"
-            colour = {"schedule": "C4", "budget": "C5", "search": "C3"}.get(entry.get("kind"), colour)
+            colour = {"schedule": "C4", "budget": "C5", "search": "C3", "reuse": "C6"}.get(entry.get("kind"), colour)
             if value(entry) is None:
                 continue
             ax.scatter(entry["speedup"], value(entry), marker="x" if random else markers.get(entry.get("granularity"), "o"),
                        color=colour, s=30)
-            if entry.get("kind") in ("schedule", "budget", "search") or len(result["results"]) <= 12:
+            if entry.get("kind") in ("schedule", "budget", "search", "reuse") or len(result["results"]) <= 12:
                 ax.annotate(name, (entry["speedup"], value(entry)), fontsize=5, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("measured denoising-loop speedup (×)")
         ax.set_ylabel(label)

@@ -17,7 +17,6 @@ from pathlib import Path
 from .._io import atomic_dir, sha256_file
 from ..config import option
 from ..errors import F3Error
-from ..manifest import OUTPUT_NAMES
 from ..models.base import VideoModel, VideoShapes
 
 TARGETS = ("onnx", "aoti", "trt")
@@ -80,10 +79,6 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
     from ..compiler.compile import PRECISION_DTYPES, build_manifest, compile, stage_entries
     from ..manifest import write_manifest
     from ..models.discovery import find_temporal_units
-    from . import onnx as onnx_export
-    from .trt_readiness import check_onnx, summary as readiness_summary
-    from .verify import compare, random_feeds, torch_runner
-
     config = config or ExportConfig()
     config.check()
     trt_info = None
@@ -108,85 +103,20 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
         stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
         for entry, stage in zip(stages, compiled):
             stage_dir = tmp / f"stage{entry['index']}"
-            verify: dict = {}
-            if config.target == "aoti":
-                from ..devices import load_aoti
-                from .aoti import package_aoti
-
-                if progress:
-                    print(f"stage{entry['index']}: compiling AOTInductor package ({device.type}, {config.precision})", flush=True)
-                aoti_path = stage_dir / "denoiser.aoti.pt2"
-                built = package_aoti(stage.program, aoti_path)
-                entry["files"]["aoti"] = {"path": f"stage{entry['index']}/{aoti_path.name}", "sha256": sha256_file(aoti_path),
-                                          "device": built["device"]}
-                entry["aoti"] = built
-                if config.verify:
-                    feeds = random_feeds(entry["inputs"], config.samples)
-                    verify["aoti_vs_torch"] = compare(
-                        torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES, device=str(device)),
-                        torch_runner(load_aoti(aoti_path, device), entry["inputs"], OUTPUT_NAMES, device=str(device), name="aoti"),
-                        feeds, config.precision)
-                    if not verify["aoti_vs_torch"]["passed"]:
-                        raise F3Error(f"stage{entry['index']}: the AOTInductor package differs from the torch program "
-                                      f"(relative L2 {verify['aoti_vs_torch']['relative_l2_error']:.2e})")
-            else:
-                onnx_path = stage_dir / "denoiser.onnx"
-                if progress:
-                    print(f"stage{entry['index']}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
-                onnx_export.export_onnx(stage.program, inputs, onnx_path, opset=config.opset)
-                entry["files"]["onnx"] = {"path": f"stage{entry['index']}/denoiser.onnx", "sha256": sha256_file(onnx_path)}
-                data_file = onnx_path.with_name(onnx_path.name + ".data")
-                if data_file.exists():
-                    entry["files"]["onnx_data"] = {"path": f"stage{entry['index']}/{data_file.name}", "sha256": sha256_file(data_file)}
-                audit = onnx_export.audit_onnx(onnx_path, removed_modules(entry["plan"], units))
-                audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in stage.program.state_dict.values()))
-                audit["tensorrt_readiness"] = check_onnx(onnx_path)  # static: onnx-tensorrt's operator table
-                if config.target == "trt" and not audit["tensorrt_readiness"]["ready"]:
-                    raise F3Error(f"stage{entry['index']}: the ONNX uses what TensorRT {audit['tensorrt_readiness']['table']['tensorrt']} "
-                                  f"does not support: {readiness_summary(audit['tensorrt_readiness'])}")
-                entry["audit"] = audit
-                if audit.get("removed_modules_check") == "unknown" and not audit["weights_from_removed_modules"]:
-                    raise F3Error(f"stage{entry['index']}: {audit['nodes_of_unknown_scope']} ONNX node(s) carry no "
-                                  "PyTorch name scope, so the pruning cannot be audited; export with a torch whose "
-                                  "ONNX exporter records name scopes")
-                if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
-                    raise F3Error(f"stage{entry['index']}: the ONNX still holds nodes or weights of pruned modules; "
-                                  "this is a bug, please report it with the plan")
-                if config.verify:
-                    feeds = random_feeds(entry["inputs"], config.samples)
-                    try:
-                        verify["onnxruntime_vs_torch"] = compare(
-                            torch_runner(stage.program.module(), entry["inputs"], OUTPUT_NAMES, device=str(device)),
-                            onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
-                    except Exception as exc:
-                        if "onnxruntime" not in type(exc).__module__:
-                            raise
-                        reason = str(exc).splitlines()[0][:200]
-                        raise F3Error(f"onnxruntime cannot run the {config.precision} ONNX of stage{entry['index']} ({reason}); "
-                                      "use --precision fp16/fp32, or --no-verify and verify on TensorRT") from None
-                    if not verify["onnxruntime_vs_torch"]["passed"]:
-                        raise F3Error(f"stage{entry['index']}: onnxruntime differs from the torch program "
-                                      f"(relative L2 {verify['onnxruntime_vs_torch']['relative_l2_error']:.2e}); "
-                                      "try another --opset or --precision fp32")
-            if config.target == "trt":
-                from .tensorrt import build_engine, engine_name, tensorrt_runner
-
-                version, compute = trt_info
-                engine_path = stage_dir / engine_name(version, compute)
-                cache = config.timing_cache or Path.home() / ".cache" / "f3compile" / "trt-timing.cache"
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                entry["tensorrt"] = build_engine(onnx_path, engine_path, entry["inputs"], config.precision,
-                                                 config.dynamic_batch, cache)
-                entry["files"]["trt"] = {"path": f"stage{entry['index']}/{engine_path.name}", "sha256": sha256_file(engine_path)}
-                if config.verify:
-                    feeds = random_feeds(entry["inputs"], config.samples)
-                    verify["tensorrt_vs_onnxruntime"] = compare(
-                        onnx_export.onnxruntime_runner(onnx_path), tensorrt_runner(engine_path), feeds, config.precision)
-                    if not verify["tensorrt_vs_onnxruntime"]["passed"]:
-                        raise F3Error(f"stage{entry['index']}: TensorRT differs from onnxruntime "
-                                      f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
-            entry["verify"] = verify
-            (stage_dir / "verify.json").write_text(json.dumps({"verify": verify, "audit": entry.get("audit")}, indent=2) + "\n")
+            removed = removed_modules(entry["plan"], units)
+            programs = [(entry, stage.program, "denoiser", f"stage{entry['index']}", removed)]
+            for number, (program_entry, variant) in enumerate(zip(entry.get("reuse", {}).get("programs", []),
+                                                                  stage.reuse_programs), 1):
+                programs.append((program_entry, variant.program, f"denoiser.reuse{number}",
+                                 f"stage{entry['index']} reuse{number}", removed + list(variant.reused)))
+            for program_entry, program, stem, label, removed_here in programs:
+                _build_program(program_entry, program, inputs, tmp, stage_dir, stem, label, removed_here,
+                               config, device, trt_info, progress)
+            (stage_dir / "verify.json").write_text(json.dumps({
+                "verify": entry["verify"], "audit": entry.get("audit"),
+                **({"reuse": [{"reused": p["reused"], "verify": p["verify"], "audit": p.get("audit")}
+                              for p in entry["reuse"]["programs"]]} if "reuse" in entry else {}),
+            }, indent=2) + "\n")
         extra = {"dynamic_batch": list(config.dynamic_batch)} if config.dynamic_batch else {}
         from ..runtime.components import save_components
 
@@ -199,3 +129,103 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
             with atomic_dir(config.triton_repo) as repo:
                 write_triton_repo(repo, model.spec, stages, tmp, dynamic_batch=config.dynamic_batch is not None)
     return manifest
+
+
+def _example_inputs(inputs: tuple, specs: list[dict]) -> tuple:
+    """The standard example inputs plus zeros for a program's residual inputs."""
+    import torch
+
+    extra = tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]), device=inputs[0].device)
+                  for spec in specs[len(inputs):])
+    return tuple(inputs) + extra
+
+
+def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Path, stem: str, label: str,
+                   removed: list[str], config: ExportConfig, device, trt_info, progress: bool) -> None:
+    """Build, audit and verify one program's artifacts; record them in its manifest `entry`."""
+    from . import onnx as onnx_export
+    from .trt_readiness import check_onnx, summary as readiness_summary
+    from .verify import compare, random_feeds, torch_runner
+
+    relative = stage_dir.relative_to(tmp)
+    input_names = [spec["name"] for spec in entry["inputs"]]
+    output_names = [spec["name"] for spec in entry["outputs"]]
+    verify: dict = {}
+    if config.target == "aoti":
+        from ..devices import load_aoti
+        from .aoti import package_aoti
+
+        if progress:
+            print(f"{label}: compiling AOTInductor package ({device.type}, {config.precision})", flush=True)
+        aoti_path = stage_dir / f"{stem}.aoti.pt2"
+        built = package_aoti(program, aoti_path)
+        entry["files"]["aoti"] = {"path": f"{relative}/{aoti_path.name}", "sha256": sha256_file(aoti_path),
+                                  "device": built["device"]}
+        entry["aoti"] = built
+        if config.verify:
+            feeds = random_feeds(entry["inputs"], config.samples)
+            verify["aoti_vs_torch"] = compare(
+                torch_runner(program.module(), entry["inputs"], output_names, device=str(device)),
+                torch_runner(load_aoti(aoti_path, device), entry["inputs"], output_names, device=str(device), name="aoti"),
+                feeds, config.precision)
+            if not verify["aoti_vs_torch"]["passed"]:
+                raise F3Error(f"{label}: the AOTInductor package differs from the torch program "
+                              f"(relative L2 {verify['aoti_vs_torch']['relative_l2_error']:.2e})")
+    else:
+        onnx_path = stage_dir / f"{stem}.onnx"
+        if progress:
+            print(f"{label}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
+        onnx_export.export_onnx(program, _example_inputs(inputs, entry["inputs"]), onnx_path, opset=config.opset,
+                                input_names=input_names, output_names=output_names)
+        entry["files"]["onnx"] = {"path": f"{relative}/{onnx_path.name}", "sha256": sha256_file(onnx_path)}
+        data_file = onnx_path.with_name(onnx_path.name + ".data")
+        if data_file.exists():
+            entry["files"]["onnx_data"] = {"path": f"{relative}/{data_file.name}", "sha256": sha256_file(data_file)}
+        audit = onnx_export.audit_onnx(onnx_path, removed)
+        audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in program.state_dict.values()))
+        audit["tensorrt_readiness"] = check_onnx(onnx_path)  # static: onnx-tensorrt's operator table
+        if config.target == "trt" and not audit["tensorrt_readiness"]["ready"]:
+            raise F3Error(f"{label}: the ONNX uses what TensorRT {audit['tensorrt_readiness']['table']['tensorrt']} "
+                          f"does not support: {readiness_summary(audit['tensorrt_readiness'])}")
+        entry["audit"] = audit
+        if audit.get("removed_modules_check") == "unknown" and not audit["weights_from_removed_modules"]:
+            raise F3Error(f"{label}: {audit['nodes_of_unknown_scope']} ONNX node(s) carry no "
+                          "PyTorch name scope, so the pruning cannot be audited; export with a torch whose "
+                          "ONNX exporter records name scopes")
+        if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
+            raise F3Error(f"{label}: the ONNX still holds nodes or weights of pruned modules; "
+                          "this is a bug, please report it with the plan")
+        if config.verify:
+            feeds = random_feeds(entry["inputs"], config.samples)
+            try:
+                verify["onnxruntime_vs_torch"] = compare(
+                    torch_runner(program.module(), entry["inputs"], output_names, device=str(device)),
+                    onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
+            except Exception as exc:
+                if "onnxruntime" not in type(exc).__module__:
+                    raise
+                reason = str(exc).splitlines()[0][:200]
+                raise F3Error(f"onnxruntime cannot run the {config.precision} ONNX of {label} ({reason}); "
+                              "use --precision fp16/fp32, or --no-verify and verify on TensorRT") from None
+            if not verify["onnxruntime_vs_torch"]["passed"]:
+                raise F3Error(f"{label}: onnxruntime differs from the torch program "
+                              f"(relative L2 {verify['onnxruntime_vs_torch']['relative_l2_error']:.2e}); "
+                              "try another --opset or --precision fp32")
+    if config.target == "trt":
+        from .tensorrt import build_engine, engine_name, tensorrt_runner
+
+        version, compute = trt_info
+        engine_path = stage_dir / engine_name(version, compute, stem)
+        cache = config.timing_cache or Path.home() / ".cache" / "f3compile" / "trt-timing.cache"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        entry["tensorrt"] = build_engine(onnx_path, engine_path, entry["inputs"], config.precision,
+                                         config.dynamic_batch, cache)
+        entry["files"]["trt"] = {"path": f"{relative}/{engine_path.name}", "sha256": sha256_file(engine_path)}
+        if config.verify:
+            feeds = random_feeds(entry["inputs"], config.samples)
+            verify["tensorrt_vs_onnxruntime"] = compare(
+                onnx_export.onnxruntime_runner(onnx_path), tensorrt_runner(engine_path), feeds, config.precision)
+            if not verify["tensorrt_vs_onnxruntime"]["passed"]:
+                raise F3Error(f"{label}: TensorRT differs from onnxruntime "
+                              f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
+    entry["verify"] = verify

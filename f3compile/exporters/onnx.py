@@ -12,8 +12,10 @@ DEFAULT_OPSET = 20  # parsed by onnxruntime and by TensorRT 10.x/11.x; >= 23 tur
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for the graph
 
 
-def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Write `program` as ONNX with the project's fixed I/O names; external data when large."""
+def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path, opset: int = DEFAULT_OPSET,
+                input_names: list[str] | None = None, output_names: list[str] | None = None) -> None:
+    """Write `program` as ONNX with the project's fixed I/O names (plus the residuals of temporal
+    reuse where given); external data when large."""
     import logging
     import warnings
 
@@ -22,7 +24,8 @@ def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         onnx_program = torch.onnx.export(
-            program, args=inputs, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            program, args=inputs, dynamo=True, input_names=input_names or INPUT_NAMES,
+            output_names=output_names or OUTPUT_NAMES,
             opset_version=opset, verbose=False,
         )
     onnx_program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)

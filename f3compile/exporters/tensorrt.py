@@ -36,8 +36,8 @@ def require_tensorrt() -> tuple[object, str, str]:
     return trt, trt.__version__, f"sm{major}{minor}"
 
 
-def engine_name(version: str, compute: str) -> str:
-    return f"denoiser.trt{version}.{compute}.plan"
+def engine_name(version: str, compute: str, stem: str = "denoiser") -> str:
+    return f"{stem}.trt{version}.{compute}.plan"
 
 
 def build_engine(onnx_path: Path, engine_path: Path, io_specs: list[dict], precision: str,
@@ -63,9 +63,11 @@ def build_engine(onnx_path: Path, engine_path: Path, io_specs: list[dict], preci
     config.set_timing_cache(cache, ignore_mismatch=False)
     if batch_profile is not None:
         profile = builder.create_optimization_profile()
-        for spec in io_specs:
+        example_batch = io_specs[0]["shape"][0]
+        for spec in io_specs:  # a residual of temporal reuse may hold factor × batch rows
             shape = list(spec["shape"])
-            low, opt, high = ([b] + shape[1:] for b in batch_profile)
+            factor = max(1, shape[0] // example_batch)
+            low, opt, high = ([b * factor] + shape[1:] for b in batch_profile)
             profile.set_shape(spec["name"], low, opt, high)
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)

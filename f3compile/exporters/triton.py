@@ -1,8 +1,10 @@
-"""A Triton Inference Server model repository: one model per stage.
+"""A Triton Inference Server model repository: one model per stage program.
 
-<repo>/<name>_stage<K>/config.pbtxt + <name>_stage<K>/1/model.{plan,onnx}. `max_batch_size: 0`
-means the dims below are full shapes (-1 for a dynamic CFG batch). The denoising loop (scheduler, CFG, stage switching by
-timestep) runs in the client or a BLS model around these stage models.
+<repo>/<name>_stage<K>/config.pbtxt + <name>_stage<K>/1/model.{plan,onnx}; a stage with temporal
+reuse also has <name>_stage<K>_reuse<N> models, whose extra I/O `residual.<block>` the client
+carries between steps as the manifest's `reuse` entry describes. `max_batch_size: 0` means the
+dims below are full shapes (-1 for a dynamic CFG batch). The denoising loop (scheduler, CFG, stage
+switching by timestep, reuse pattern by step) runs in the client or a BLS model around these models.
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ def config_pbtxt(name: str, platform: str, inputs: list[dict], outputs: list[dic
     )
 
 
+def _programs(base: str, stages: list[dict]):
+    for stage in stages:
+        yield f"{base}_stage{stage['index']}", stage
+        for number, program in enumerate(stage.get("reuse", {}).get("programs", []), 1):
+            yield f"{base}_stage{stage['index']}_reuse{number}", program
+
+
 def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path, dynamic_batch: bool = False) -> list[str]:
-    """Write one Triton model per stage; TensorRT plans where built, else ONNX. Returns model names."""
+    """Write one Triton model per stage program (a stage with temporal reuse has one per pattern of
+    reused blocks, `<name>_stage<K>_reuse<N>`, whose residual I/O the client carries between steps);
+    TensorRT plans where built, else ONNX. Returns model names."""
     names = []
     base = model_name(spec)
-    for stage in stages:
-        name = f"{base}_stage{stage['index']}"
+    for name, stage in _programs(base, stages):
         files = stage["files"]
         if "trt" in files:
             platform, source, target = "tensorrt_plan", files["trt"]["path"], "model.plan"

@@ -33,10 +33,15 @@ class PassContext:
     units: dict[str, TemporalUnit]
     stage: Stage
     prefix: str = DenoiseModule.PREFIX
+    # the program being built for a stage with temporal reuse: the blocks whose residual comes in as
+    # an input (the others in `stage.reused_blocks` are computed and return their residual)
+    reused: tuple[str, ...] = ()
 
     def removed(self, unit_id: str) -> bool:
-        """True when the stage removes the unit whole (its block or the attention is dropped)."""
-        return self.units[unit_id].block in self.stage.drop_blocks or unit_id in self.stage.drop_attention
+        """True when the program does not run the unit (its block dropped or reused, or the
+        attention dropped)."""
+        block = self.units[unit_id].block
+        return block in self.stage.drop_blocks or block in self.reused or unit_id in self.stage.drop_attention
 
 
 GraphPass = Callable[[fx.GraphModule, PassContext], PassResult]
@@ -134,3 +139,31 @@ def set_attr_tensor(gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> N
         setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
     else:
         setattr(module, name, value)
+
+
+def block_input(nodes: list[fx.Node], output: fx.Node, block: str) -> fx.Node:
+    """The tensor entering the block with its output's shape and dtype (what output = input means)."""
+    candidates = [n for n in region_inputs(nodes) if shape_of(n) == shape_of(output) and dtype_of(n) == dtype_of(output)]
+    if len(candidates) != 1:
+        raise F3Error(f"temporal block {block} has no unique input shaped like its output {shape_of(output)}")
+    return candidates[0]
+
+
+def extend_signature(gm: fx.GraphModule, inputs: list[tuple[str, fx.Node]], outputs: list[fx.Node]) -> None:
+    """Append placeholders (already in the graph) and outputs to an unlifted program's flat
+    signature: forward(*original inputs, *inputs) -> (*original outputs, *outputs)."""
+    import torch.utils._pytree as pytree
+
+    codegen = gm.graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is None:
+        raise F3Error("the program has no flat signature to extend")
+    output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    flat = list(output_node.args[0]) if isinstance(output_node.args[0], (tuple, list)) else [output_node.args[0]]
+    flat += outputs
+    output_node.args = (tuple(flat),)
+    arg_names = list(info.orig_args) + [name for name, _ in inputs]
+    in_spec = pytree.tree_flatten((tuple(range(len(arg_names))), {}))[1]
+    out_spec = pytree.tree_flatten(tuple(range(len(flat))))[1] if len(flat) > 1 else info.out_spec
+    codegen.pytree_info = type(info)(arg_names, in_spec, out_spec)
+    gm.recompile()

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from ..errors import F3Error
-from .base import PassContext, PassResult, dtype_of, new_zeros_like, region_inputs, shape_of, single_output
+from .base import PassContext, PassResult, block_input, new_zeros_like, region_inputs, shape_of, single_output
 
 
 def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -32,10 +31,6 @@ def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             output.replace_all_uses_with(new_zeros_like(gm.graph, reference, shape_of(output), before=output))
             modified = True
             continue
-        candidates = [n for n in region_inputs(nodes)
-                      if shape_of(n) == shape_of(output) and dtype_of(n) == dtype_of(output)]
-        if len(candidates) != 1:
-            raise F3Error(f"temporal block {block} has no unique input shaped like its output {shape_of(output)}")
-        output.replace_all_uses_with(candidates[0])
+        output.replace_all_uses_with(block_input(nodes, output, block))
         modified = True
     return PassResult(modified)

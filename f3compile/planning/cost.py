@@ -10,10 +10,14 @@ removes is then derived from those per-module counts with the exact semantics of
                   (all heads pruned: the output is the bias, written 0 × norm(h) + b so that
                   exporters do not fold it into a full-size constant; the norm stays)
   keep frames     k/v projections and the attention core scale with kept frames / frames
+  reuse k         the block's FLOPs (after the pruning above inside it) at the steps that reuse:
+                  of a stage's n steps, ceil(n / k) compute (n → ∞: a share 1 − 1/k is saved);
+                  no parameters (the computing program keeps them all)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -100,17 +104,28 @@ class ModelCost:
         total = flops.get(unit_id, 0)
         return {"q": q, "k": k, "v": v, "out": out, "core": total - q - k - v - out, "total": total}
 
-    def stage_removed(self, stage) -> tuple[int, int]:
-        """(FLOPs, parameters) that `stage` removes from one denoiser call."""
+    def stage_removed(self, stage, steps: int | None = None) -> tuple[int, int]:
+        """(FLOPs, parameters) that `stage` removes from one denoiser call, averaged over the
+        stage's `steps` steps where it reuses blocks (None: a long stage)."""
+        flops, params = self._pruned(stage)
+        for block in stage.reused_blocks:
+            period = stage.reuse[block]
+            saved = 1 - 1 / period if steps is None else (steps - math.ceil(steps / period)) / max(steps, 1)
+            inside = self.flops.get(block, 0) - self._pruned(stage, only=block)[0]
+            flops += round(max(inside, 0) * saved)
+        return int(flops), int(params)
+
+    def _pruned(self, stage, only: str | None = None) -> tuple[int, int]:
+        """(FLOPs, parameters) removed by dropping and head/frame pruning (within block `only`)."""
         flops = params = 0
-        dropped_blocks = set(stage.drop_blocks)
+        dropped_blocks = set(stage.drop_blocks) if only is None else set()
         for block in dropped_blocks - set(self.units):
             flops += self.flops.get(block, 0)
             params += self.block_params.get(block, 0)
         # an attention that is its own block is dropped as an attention (its norm goes too)
-        dropped = set(stage.drop_attention) | (dropped_blocks & set(self.units))
+        dropped = set(stage.drop_attention) | (set(stage.drop_blocks) & set(self.units))
         for unit_id, unit in self.units.items():
-            if unit.block in dropped_blocks and unit.block != unit_id:
+            if (unit.block in dropped_blocks and unit.block != unit_id) or (only is not None and unit.block != only):
                 continue
             split = self._attention_split(unit_id)
             counts = self.unit_params[unit_id]

@@ -13,6 +13,10 @@ output_norm
 Frames (both criteria): key frame k's score = mean over heads and query frames of A[h, q, k],
 the attention mass it receives. Blocks: the mean of their attentions' scores
 (cross_frame_mass) or the measured ‖block output − input‖ / ‖input‖ (output_norm).
+residual_change (blocks only; the default of reuse plans)
+    the mean relative change of a block's residual between consecutive denoising steps over a
+    stage, ‖r_s − r_{s−1}‖ / ‖r_{s−1}‖ (`reuse_score`). Low = reusing the residual of an earlier
+    step there changes little. An attention's score is its block's.
 random:SEED
     a control, not a criterion: uniform random scores, reproducible from SEED, the unit id and
     the stage's steps. Plans made from it show what the calibration statistics are worth.
@@ -25,8 +29,10 @@ from typing import Sequence
 import torch
 
 from ..calibration.stats import CalibrationStats
+from ..errors import F3Error
 
-CRITERIA = ("cross_frame_mass", "output_norm", "random")
+CRITERIA = ("cross_frame_mass", "output_norm", "residual_change", "random")
+BLOCK_ONLY = ("residual_change",)  # criteria that rank temporal blocks, not attentions or heads
 DEFAULT_CRITERION = "cross_frame_mass"
 
 
@@ -59,9 +65,16 @@ def mean_attention(stats: CalibrationStats, unit_id: str, steps: Sequence[int] |
     return (attn / rows.clamp_min(1)).float()
 
 
+def _block_of(stats: CalibrationStats, unit_id: str) -> str:
+    return next(unit.block for unit in stats.units if unit.id == unit_id)
+
+
 def head_scores(stats: CalibrationStats, unit_id: str, criterion: str, steps: Sequence[int] | None = None) -> torch.Tensor:
     """(H,) score per head of `unit_id`."""
     steps = _steps(stats, steps)
+    if criterion == "residual_change":  # a block's measure: every head gets it
+        heads = stats.unit(unit_id, "attn").shape[1]
+        return torch.full((heads,), reuse_score(stats, _block_of(stats, unit_id), steps))
     if criterion.startswith("random:"):
         return _random(criterion, unit_id, steps, stats.unit(unit_id, "attn").shape[1])
     if criterion == "cross_frame_mass":
@@ -81,6 +94,8 @@ def unit_score(stats: CalibrationStats, unit_id: str, criterion: str, steps: Seq
     if criterion == "output_norm":
         calls = stats.unit(unit_id, "calls")[steps].sum().clamp_min(1)
         return float(stats.unit(unit_id, "branch")[steps].sum() / calls)
+    if criterion == "residual_change":
+        return reuse_score(stats, _block_of(stats, unit_id), steps)
     return float(head_scores(stats, unit_id, criterion, steps).mean())
 
 
@@ -96,8 +111,24 @@ def block_score(stats: CalibrationStats, block_id: str, criterion: str, steps: S
     if criterion == "output_norm":
         calls = stats.block(block_id, "calls")[steps].sum().clamp_min(1)
         return float(stats.block(block_id, "ratio")[steps].sum() / calls)
+    if criterion == "residual_change":
+        return reuse_score(stats, block_id, steps)
     unit_ids = next(block.units for block in stats.blocks if block.id == block_id)
     return float(sum(unit_score(stats, u, criterion, steps) for u in unit_ids) / len(unit_ids))
+
+
+def reuse_score(stats: CalibrationStats, block_id: str, steps: Sequence[int] | None = None) -> float:
+    """Mean relative change of `block_id`'s residual from the previous step over `steps` (step 0,
+    which has no previous step, adds nothing)."""
+    steps = _steps(stats, steps)
+    change = stats.residual_change(block_id, steps)
+    if change is None and f"block/{block_id}/change" not in stats.tensors:
+        raise F3Error("the calibration in use has no residual-change statistics (it predates them); "
+                      "re-run `f3compile calibrate`")
+    if change is None:
+        raise F3Error(f"the calibration in use compared no residuals of {block_id} at steps {steps} "
+                      "(step 0 has no previous step); re-run `f3compile calibrate` with at least 2 steps")
+    return change
 
 
 def score_by_step(stats: CalibrationStats, criterion: str) -> torch.Tensor:

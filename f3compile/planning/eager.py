@@ -4,7 +4,11 @@ Forward hooks give DESIGN.md's pruning semantics on the loaded denoiser:
 - dropped block: its output is its input (an attention that is its own block: its output is 0);
 - dropped attention: its output is 0, so the residual add outside it leaves h unchanged;
 - pruned heads: their slices of the output projection's input are 0 (= their q/k/v rows and
-  out-projection columns deleted; the out bias stays).
+  out-projection columns deleted; the out bias stays);
+- temporal reuse at step j of the stage: a block whose period k divides j stores its residual
+  (output − input; for an attention that is its own block, its output); at the other steps its
+  output is replaced by input + the stored residual (the block still runs: this measures, it does
+  not save time).
 Frame pruning is not applied here (the search does not propose it). The model is untouched once
 the context exits. Tests hold this to the compiled programs.
 """
@@ -19,6 +23,7 @@ from torch import nn
 
 from ..errors import F3Error
 from ..models.base import TemporalUnit
+from ..reuse import StageClock, pattern_at
 from .plan import Stage
 
 
@@ -28,14 +33,38 @@ def _zero_output(module, args, kwargs, output):
     return torch.zeros_like(output)
 
 
-def _identity(module, args, kwargs, output):
-    hidden = args[0] if args else kwargs["hidden_states"]
+def _input(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _tensor(output) -> torch.Tensor:
     if isinstance(output, tuple):
-        return (hidden,) + tuple(output[1:])
+        return output[0]
+    return output.sample if hasattr(output, "sample") else output
+
+
+def _replaced(output, tensor: torch.Tensor):
+    """`output` (a tensor, a tuple or a diffusers output dataclass) with its tensor replaced."""
+    if isinstance(output, tuple):
+        return (tensor,) + tuple(output[1:])
     if hasattr(output, "sample"):  # a diffusers output dataclass
-        output.sample = hidden
+        output.sample = tensor
         return output
-    return hidden
+    return tensor
+
+
+def _identity(module, args, kwargs, output):
+    return _replaced(output, _input(args, kwargs))
+
+
+def _reuse_hook(block: str, own: bool, reused: bool, cache: dict[str, torch.Tensor]):
+    def hook(module, args, kwargs, output):
+        base = 0 if own else _input(args, kwargs)
+        if reused:
+            return _replaced(output, base + cache[block])
+        cache[block] = _tensor(output) - base
+        return output
+    return hook
 
 
 def _head_mask(unit: TemporalUnit, heads: list[int]):
@@ -50,8 +79,10 @@ def _head_mask(unit: TemporalUnit, heads: list[int]):
 
 
 @contextlib.contextmanager
-def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit]) -> Iterator[None]:
-    """Within the block, `denoiser` computes the model pruned by `stage` (frames excepted)."""
+def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit], step: int = 0,
+                  cache: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """Within the block, `denoiser` computes the model pruned by `stage` (frames excepted) at
+    `step` of the stage; `cache` carries the residuals of temporal reuse between steps."""
     if stage.keep_frames:
         raise F3Error("eager application does not cover keep_frames; compile the plan to run frame pruning")
     modules = dict(denoiser.named_modules())
@@ -66,6 +97,12 @@ def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit]) 
         for unit_id, heads in stage.prune_heads.items():
             out_projection = modules[unit_id].to_out[0]
             handles.append(out_projection.register_forward_pre_hook(_head_mask(by_id[unit_id], heads)))
+        reused = pattern_at(stage.reuse, step)
+        if reused and cache is None:
+            raise F3Error(f"step {step} of the stage reuses {', '.join(reused)} but no residuals are carried")
+        for block in stage.reused_blocks:
+            hook = _reuse_hook(block, block in by_id, block in reused, cache)
+            handles.append(modules[block].register_forward_hook(hook, with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -73,14 +110,22 @@ def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit]) 
 
 
 def plan_denoise_for(model, plan, units):
-    """`denoise_for(t)` for `denoise_loop`: the model's denoise under the stage holding t."""
+    """A fresh `denoise_for(t)` for one `denoise_loop`: the model's denoise under the stage holding
+    t, at that step of the stage (temporal reuse carries residuals from step to step)."""
+    clock = StageClock()
+    cache: dict[str, torch.Tensor] = {}
+
     def denoise_for(timestep: int):
-        stage = plan.stages[plan.stage_for(timestep)]
+        index = plan.stage_for(timestep)
+        step = clock.tick(index)
+        if step == 0:
+            cache.clear()
+        stage = plan.stages[index]
         if stage.is_empty:
             return model.denoise
 
         def denoise(sample, t, context):
-            with stage_applied(model.denoiser, stage, units):
+            with stage_applied(model.denoiser, stage, units, step, cache):
                 return model.denoise(sample, t, context)
         return denoise
     return denoise_for

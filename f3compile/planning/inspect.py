@@ -36,7 +36,7 @@ def summarize(plan: PruningPlan, model=None, units=None, shapes=None) -> dict[st
     for stage, group in zip(plan.stages, groups):
         entry: dict[str, Any] = {"timesteps": list(stage.timesteps), "steps": len(group)}
         if cost is not None:
-            flops, params = cost.stage_removed(stage)
+            flops, params = cost.stage_removed(stage, len(group))
             entry.update(flops_removed=flops, params_removed=params)
             weighted_flops += flops * len(group)
         summary["stages"].append(entry)
@@ -93,13 +93,17 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
                 if unit_id in stage.keep_frames:
                     kept_frames = len(stage.keep_frames[unit_id])
                     parts.append(f"keep frames {stage.keep_frames[unit_id]}")
+                block = unit_id if unit_id in stage.reuse else block_of.get(unit_id)
+                if stage.reuse.get(block, 1) > 1:
+                    parts.append(f"reuse every {stage.reuse[block]} steps ({'its own block' if block == unit_id else 'block ' + block})")
                 action = "; ".join(parts) or "kept"
             lines.append(
                 f"  {unit_id:<{width}}  {entry['score']:>7.4f}  {kept_heads:>3}/{heads:<3}  {kept_frames:>3}/{frames:<3}  {action}"
             )
         if "flops_removed" in info:
             lines.append(
-                f"  removed per denoiser call: {_human(info['flops_removed'])}FLOPs "
+                f"  removed per denoiser call{' (averaged over the stage: reuse)' if stage.reused_blocks else ''}: "
+                f"{_human(info['flops_removed'])}FLOPs "
                 f"({100 * info['flops_removed'] / summary['total_flops']:.2f}% of {_human(summary['total_flops'])}), "
                 f"{_human(info['params_removed'])} params ({100 * info['params_removed'] / summary['total_params']:.2f}% of {_human(summary['total_params'])})"
             )

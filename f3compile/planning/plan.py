@@ -29,6 +29,8 @@ SEARCH_KEYS = ("max_error", "target_speedup", "actions", "prompts", "error", "pr
                "seconds", "accepted")
 SEARCH_STEP_KEYS = ("stage", "block", "action", "error", "predicted_speedup")
 STAGE_KEYS = ("timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames")
+OPTIONAL_STAGE_KEYS = ("reuse",)  # {block id: period k}: computed at every k-th step of the stage, else reused
+MAX_REUSE_PERIOD = 64
 SCORE_KEYS = ("score", "per_head", "per_frame")
 MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
 
@@ -42,22 +44,34 @@ class Stage:
     drop_attention: list[str] = field(default_factory=list)
     prune_heads: dict[str, list[int]] = field(default_factory=dict)
     keep_frames: dict[str, list[int]] = field(default_factory=dict)
+    # temporal reuse: block id -> period k. Within the stage the block is computed at steps
+    # 0, k, 2k, … (counted from the stage's first step); at the others its output is its input plus
+    # the residual (output − input) of the last computed step. k = 1 computes every step.
+    reuse: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "timesteps": [int(self.timesteps[0]), int(self.timesteps[1])],
             "drop_blocks": list(self.drop_blocks),
             "drop_attention": list(self.drop_attention),
             "prune_heads": {k: list(v) for k, v in self.prune_heads.items()},
             "keep_frames": {k: list(v) for k, v in self.keep_frames.items()},
         }
+        if self.reuse:
+            data["reuse"] = {k: int(v) for k, v in self.reuse.items()}
+        return data
+
+    @property
+    def reused_blocks(self) -> list[str]:
+        """Blocks whose residual is reused at some steps (period > 1), in plan order."""
+        return [block for block, period in self.reuse.items() if period > 1]
 
     def contains(self, timestep: int) -> bool:
         return self.timesteps[1] <= timestep <= self.timesteps[0]
 
     @property
     def is_empty(self) -> bool:
-        return not (self.drop_blocks or self.drop_attention or self.prune_heads or self.keep_frames)
+        return not (self.drop_blocks or self.drop_attention or self.prune_heads or self.keep_frames or self.reused_blocks)
 
 
 @dataclass
@@ -115,6 +129,7 @@ class PruningPlan:
                 drop_blocks=list(s["drop_blocks"]), drop_attention=list(s["drop_attention"]),
                 prune_heads={k: [int(h) for h in v] for k, v in s["prune_heads"].items()},
                 keep_frames={k: [int(f) for f in v] for k, v in s["keep_frames"].items()},
+                reuse={k: int(v) for k, v in s.get("reuse", {}).items()},
             )
             for s in data["stages"]
         ]
@@ -156,7 +171,7 @@ class PruningPlan:
         by_id = {unit.id: unit for unit in units}
         blocks = {unit.block for unit in units}
         for number, stage in enumerate(self.stages):
-            for block in stage.drop_blocks:
+            for block in list(stage.drop_blocks) + list(stage.reuse):
                 if block not in blocks:
                     raise F3Error(f"plan stage {number}: {block!r} is not a temporal block of {model.spec}")
             for kind, ids in (("drop_attention", stage.drop_attention), ("prune_heads", stage.prune_heads),
@@ -192,6 +207,48 @@ def _check_search(search: Any, where: str, stages: int) -> None:
                 and isinstance(step["block"], str) and isinstance(step["action"], str)
                 and _is_number(step["error"]) and _is_number(step["predicted_speedup"])):
             _fail(f"{where}: accepted[{number}]", "needs an integer stage of the plan, string block and action, numbers")
+
+
+def _check_reuse(stage: dict, block_ids: set[str], at: str) -> None:
+    reuse = stage["reuse"]
+    if not isinstance(reuse, dict):
+        _fail(at, "reuse must be an object mapping temporal block ids to periods")
+    for block, period in reuse.items():
+        if block not in block_ids:
+            _fail(at, f"reuse: {_name(block)} is not a temporal block in this plan's scores")
+        if not (isinstance(period, int) and not isinstance(period, bool) and 1 <= period <= MAX_REUSE_PERIOD):
+            _fail(at, f"reuse[{_name(block)}] must be an integer period in [1, {MAX_REUSE_PERIOD}], got {period!r}")
+        if block in stage["drop_blocks"]:
+            _fail(at, f"reuse: {_name(block)} is also in drop_blocks; a block is either dropped or reused")
+    try:
+        reuse_patterns(reuse)
+    except F3Error as exc:
+        _fail(at, str(exc))
+
+
+def reuse_patterns(reuse: dict[str, int]) -> list[tuple[str, ...]]:
+    """The distinct sets of reused blocks over a stage's steps, in order of first appearance.
+
+    At step j of the stage (0 = its first step) the blocks with j % k != 0 reuse their residual.
+    Step 0 computes everything, so the first pattern is () (the compute program). Each pattern
+    becomes one static program; periods that share no structure multiply them, so at most
+    MAX_REUSE_PROGRAMS are allowed per stage."""
+    from ..reuse import pattern_at
+
+    blocks = [block for block, period in reuse.items() if period > 1]
+    cycle = math.lcm(*(reuse[b] for b in blocks)) if blocks else 1
+    patterns: list[tuple[str, ...]] = []
+    for step in range(cycle):
+        pattern = pattern_at(reuse, step)
+        if pattern not in patterns:
+            patterns.append(pattern)
+            if len(patterns) > MAX_REUSE_PROGRAMS:
+                raise F3Error(f"reuse periods {sorted({reuse[b] for b in blocks})} need more than {MAX_REUSE_PROGRAMS} "
+                              "programs in one stage; use one period per stage (or periods that divide each other)")
+    return patterns
+
+
+MAX_REUSE_PROGRAMS = 8
 
 
 def _fail(where: str, message: str) -> None:
@@ -276,7 +333,8 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
     previous_low = None
     for number, stage in enumerate(stages):
         at = f"{where}: stages[{number}]"
-        _check_keys(stage, STAGE_KEYS, at)
+        _check_keys({k: v for k, v in stage.items() if k not in OPTIONAL_STAGE_KEYS} if isinstance(stage, dict) else stage,
+                    STAGE_KEYS, at)
         span = stage["timesteps"]
         if not (isinstance(span, list) and len(span) == 2 and all(isinstance(t, int) and not isinstance(t, bool) for t in span)) or span[0] < span[1] or span[1] < 0:
             _fail(at, f"timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
@@ -299,6 +357,8 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
                 if unit_id not in attention_ids:
                     _fail(at, f"{key}: {unit_id!r} is not a temporal attention in this plan's scores")
                 _index_list(indices, len(scores[unit_id][size_key]), at, f"{key}[{unit_id!r}]")
+        if "reuse" in stage:
+            _check_reuse(stage, block_ids, at)
     if previous_low != 0:
         _fail(where, f"the last stage must end at timestep 0, not {previous_low}")
     if isinstance(ratio, list) and len(ratio) != len(stages):
@@ -336,10 +396,13 @@ def make_plan(
     criterion: str = criteria.DEFAULT_CRITERION,
     stages: int = 1,
     seed: int = 0,
+    reuse: int | None = None,
 ) -> PruningPlan:
     """Rank units by `criterion` on each stage's steps and prune the lowest `ratio` fraction.
 
     ``criterion="random"`` draws the scores from `seed` instead (the plan records ``random:SEED``).
+    With `reuse` K (block granularity) the selected blocks are not dropped but reused with period
+    K (computed at every K-th step of their stage).
     """
     ratios = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio]
     if not ratios or not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
@@ -356,6 +419,12 @@ def make_plan(
         raise F3Error(f"--criterion {criterion!r} is unknown; use one of {', '.join(criteria.CRITERIA)}")
     if criterion.startswith("random:") and granularity == "frame":
         raise F3Error("random plans are made at block, attention or head granularity, not frame")
+    if reuse is not None and (isinstance(reuse, bool) or not isinstance(reuse, int) or not 2 <= reuse <= MAX_REUSE_PERIOD):
+        raise F3Error(f"--reuse must be an integer period in [2, {MAX_REUSE_PERIOD}], got {reuse}")
+    if reuse is not None and granularity != "block":
+        raise F3Error("--reuse reuses whole temporal blocks; use --granularity block")
+    if criterion in criteria.BLOCK_ONLY and granularity != "block":
+        raise F3Error(f"--criterion {criterion} ranks temporal blocks; use --granularity block")
     steps = len(stats.timesteps)
     if not 1 <= stages <= steps:
         raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")
@@ -368,7 +437,11 @@ def make_plan(
         stage = Stage(timesteps=span)
         if granularity == "block":
             ranked = sorted(blocks, key=lambda b: (criteria.block_score(stats, b.id, criterion, group), order[b.units[0]]))
-            stage.drop_blocks = sorted((b.id for b in ranked[: _n_pruned(ratio_here, len(blocks))]), key=lambda b: [x.id for x in blocks].index(b))
+            chosen = sorted((b.id for b in ranked[: _n_pruned(ratio_here, len(blocks))]), key=lambda b: [x.id for x in blocks].index(b))
+            if reuse is None:
+                stage.drop_blocks = chosen
+            else:
+                stage.reuse = {block: reuse for block in chosen}
         elif granularity == "attention":
             ranked = sorted(units, key=lambda u: (criteria.unit_score(stats, u.id, criterion, group), order[u.id]))
             stage.drop_attention = sorted((u.id for u in ranked[: _n_pruned(ratio_here, len(units))]), key=order.__getitem__)

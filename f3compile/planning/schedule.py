@@ -24,7 +24,7 @@ def predicted_speedup(plan: PruningPlan, cost: ModelCost, steps: int | None = No
     steps = steps or plan.calibration.get("steps") or len(plan.stages)
     groups = split_steps(max(steps, len(plan.stages)), len(plan.stages))
     total_steps = sum(len(g) for g in groups)
-    removed = sum(cost.stage_removed(stage)[0] * len(g) for stage, g in zip(plan.stages, groups)) / total_steps
+    removed = sum(cost.stage_removed(stage, len(g))[0] * len(g) for stage, g in zip(plan.stages, groups)) / total_steps
     return cost.total_flops / max(1.0, cost.total_flops - removed)
 
 
@@ -36,6 +36,7 @@ def make_target_plan(
     criterion: str = criteria.DEFAULT_CRITERION,
     stages: int = 2,
     seed: int = 0,
+    reuse: int | None = None,
 ) -> PruningPlan:
     """The plan that reaches `target_speedup` (FLOP-predicted, over the trajectory) by pruning the
     lowest-scored (unit, stage) pairs first. Raises `F3Error` when even pruning every unit of every
@@ -44,7 +45,7 @@ def make_target_plan(
         raise F3Error(f"--target-speedup must be a number >= 1, got {target_speedup}")
     if granularity not in BUDGET_GRANULARITIES:
         raise F3Error(f"--target-speedup plans prune at {', '.join(BUDGET_GRANULARITIES)} granularity, not {granularity}")
-    plan = make_plan(stats, 0.0, granularity, criterion, stages, seed=seed)  # stages, spans and scores; nothing pruned
+    plan = make_plan(stats, 0.0, granularity, criterion, stages, seed=seed, reuse=reuse)  # spans and scores; nothing pruned
     criterion = plan.criterion
     units, blocks = stats.units, stats.blocks
     order = {unit.id: index for index, unit in enumerate(units)}
@@ -75,7 +76,9 @@ def make_target_plan(
         if speedup() >= target_speedup:
             break
         stage = plan.stages[number]
-        if granularity == "block":
+        if granularity == "block" and reuse is not None:
+            stage.reuse[item] = reuse
+        elif granularity == "block":
             stage.drop_blocks.append(item)
         elif granularity == "attention":
             stage.drop_attention.append(item)
@@ -83,14 +86,16 @@ def make_target_plan(
             unit_id, head = item
             stage.prune_heads.setdefault(unit_id, []).append(head)
         counts[number] += 1
-        removed[number] = cost.stage_removed(stage)[0]
+        removed[number] = cost.stage_removed(stage, weights[number])[0]
     reached = speedup()
     if reached < target_speedup:
-        raise F3Error(f"--target-speedup {target_speedup:g} is out of reach: pruning every {granularity} in every stage "
+        action = f"reusing (every {reuse} steps)" if reuse is not None else "pruning"
+        raise F3Error(f"--target-speedup {target_speedup:g} is out of reach: {action} every {granularity} in every stage "
                       f"predicts {reached:.3f}x; ask for less or prune at a coarser granularity")
     block_order = [b.id for b in blocks]
     for stage in plan.stages:  # module order, as `make_plan` writes them
         stage.drop_blocks.sort(key=block_order.index)
+        stage.reuse = {b: stage.reuse[b] for b in sorted(stage.reuse, key=block_order.index)}
         stage.drop_attention.sort(key=order.__getitem__)
         stage.prune_heads = {u: sorted(stage.prune_heads[u]) for u in sorted(stage.prune_heads, key=order.__getitem__)}
     size = {"block": len(blocks), "attention": len(units), "head": sum(u.heads for u in units)}[granularity]

@@ -1,9 +1,9 @@
 """`plan --search`: choose per (stage, temporal block) the action whose *measured* effect is smallest.
 
 Criterion plans rank units by what calibration saw; a searched plan checks its choices against the
-one thing a user cares about, the video, by running them. Actions per (stage, block), from the
-most to the least FLOPs removed: drop the block, or prune the lower-scored half of every
-attention's heads in it. Greedy, in two passes over the calibration prompts (their seeds, steps,
+one thing a user cares about, the video, by running them. Actions per (stage, block): drop the block,
+reuse it (computed at every k-th step of the stage, its residual re-added in between), or prune
+the lower-scored half of every attention's heads in it. Greedy, in two passes over the calibration prompts (their seeds, steps,
 guidance and shapes):
 
 1. every single action alone: the relative L2 error of the final latents against the dense model
@@ -37,7 +37,7 @@ from .eager import plan_denoise_for
 from .plan import PruningPlan, Stage, make_plan, split_steps
 from .schedule import predicted_speedup
 
-ACTIONS = ("drop", "heads")
+ACTIONS = ("drop", "reuse", "heads")
 
 
 @dataclass
@@ -53,9 +53,13 @@ class Step:
                 "error": round(self.error, 6), "predicted_speedup": round(self.predicted_speedup, 6)}
 
 
-def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], head_order: dict[str, list[int]]) -> None:
+def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], head_order: dict[str, list[int]],
+           reuse_period: int = 2) -> None:
     if action == "drop":
         stage.drop_blocks.append(block)
+        return
+    if action == "reuse":
+        stage.reuse[block] = reuse_period
         return
     for unit in units:
         if unit.block == block:
@@ -79,8 +83,8 @@ class _Runner:
 
     def run(self, plan: PruningPlan | None) -> list[torch.Tensor]:
         finals = []
-        denoise_for = plan_denoise_for(self.model, plan, self.units) if plan is not None else None
         for start, (cond, uncond) in zip(self.starts, self.context):
+            denoise_for = plan_denoise_for(self.model, plan, self.units) if plan is not None else None  # one per loop
             generator = torch.Generator().manual_seed(0)  # DDIM with eta 0 draws nothing; other schedulers: fixed
             finals.append(denoise_loop(self.model.denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
                                        self.guidance, generator, denoise_for=denoise_for))
@@ -104,6 +108,7 @@ def search_plan(
     stages: int = 2,
     criterion: str = criteria.DEFAULT_CRITERION,
     actions: tuple[str, ...] = ACTIONS,
+    reuse_period: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> tuple[PruningPlan, list[Step]]:
     """The searched plan and its accepted steps (see the module docstring)."""
@@ -118,6 +123,8 @@ def search_plan(
         raise F3Error(f"search actions must be among {', '.join(ACTIONS)}, got {', '.join(actions) or 'none'}")
     if not prompts:
         raise F3Error("--search needs at least one prompt (--prompts)")
+    if "reuse" in actions and not (isinstance(reuse_period, int) and 2 <= reuse_period <= 64):
+        raise F3Error(f"--reuse must be an integer period in [2, 64], got {reuse_period}")
     log = log or (lambda message: None)
     started = time.perf_counter()
     base = make_plan(stats, 0.0, "block", criterion, stages)  # spans and scores, nothing pruned
@@ -132,7 +139,8 @@ def search_plan(
 
     def with_action(plan: PruningPlan, number: int, block: str, action: str) -> PruningPlan:
         trial = copy.deepcopy(plan)
-        _apply(trial.stages[number], block, action, units, {u.id: head_order[(number, u.id)] for u in units})
+        _apply(trial.stages[number], block, action, units, {u.id: head_order[(number, u.id)] for u in units},
+               reuse_period)
         return trial
 
     singles = []  # (error per FLOP-speedup gained, stage, block, action, error)
@@ -161,7 +169,7 @@ def search_plan(
             continue
         plan, reached = trial, predicted_speedup(trial, cost)
         decided.add((number, block))
-        steps.append(Step(number, block, action, error, reached))
+        steps.append(Step(number, block, f"reuse:{reuse_period}" if action == "reuse" else action, error, reached))
         log(f"accept: stage {number} {action:<5} {block}: error {error:.4f}, predicted {reached:.3f}x")
     if target_speedup is not None and reached < target_speedup:
         within = f" within --max-error {max_error:g}" if max_error is not None else ""
@@ -169,12 +177,14 @@ def search_plan(
                       "allow more error or ask for less")
     for stage in plan.stages:
         stage.drop_blocks.sort(key=blocks.index)
+        stage.reuse = {b: stage.reuse[b] for b in sorted(stage.reuse, key=blocks.index)}
         order = [u.id for u in units]
         stage.prune_heads = {u: stage.prune_heads[u] for u in sorted(stage.prune_heads, key=order.index)}
     final_error = steps[-1].error if steps else 0.0
     plan.ratio = [round(sum(1 for s in steps if s.stage == n) / len(blocks), 6) for n in range(stages)]
     plan.search = {
-        "max_error": max_error, "target_speedup": target_speedup, "actions": list(actions),
+        "max_error": max_error, "target_speedup": target_speedup,
+        "actions": [f"reuse:{reuse_period}" if a == "reuse" else a for a in actions],
         "prompts": len(prompts), "error": round(final_error, 6), "predicted_speedup": round(reached, 6),
         "evaluations": runner.calls, "seconds": round(time.perf_counter() - started, 3),
         "accepted": [s.to_dict() for s in steps],

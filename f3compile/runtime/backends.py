@@ -1,9 +1,12 @@
 """Run one stage artifact: torch (.pt2), AOTInductor (.aoti.pt2), onnxruntime (.onnx) or
 TensorRT (.plan).
 
-Each backend is a callable `(sample, timestep, encoder_hidden_states) -> noise_pred` on torch
-tensors: inputs are cast to the stage's recorded dtypes and moved to the backend's device, the
-output comes back as float32 on the device of `sample`. TensorRT engines share one device-memory
+Each backend runs one program entry of the manifest (a stage, or one of its temporal-reuse
+programs). `run(*inputs)` takes the entry's inputs in order (sample, timestep,
+encoder_hidden_states, then any residuals), cast to the recorded dtypes on the backend's device,
+and returns every output in the entry's order on that device (residuals stay there, in their own
+dtype, for the next step). Calling a backend `(sample, timestep, encoder_hidden_states)` returns
+noise_pred alone as float32 on the device of `sample`. TensorRT engines share one device-memory
 buffer (the stages never run at once) and use name-based I/O.
 """
 
@@ -17,14 +20,18 @@ import torch
 from ..errors import F3Error
 
 BACKENDS = ("torch", "aoti", "onnxruntime", "tensorrt")
-_NAMES = ("sample", "timestep", "encoder_hidden_states")
-
-
 def _dtypes(stage: dict) -> list[torch.dtype]:
     return [getattr(torch, spec["dtype"]) for spec in stage["inputs"]]
 
 
-class TorchBackend:
+class _Backend:
+    """The shared call convention: `run` returns all outputs; calling returns noise_pred."""
+
+    def __call__(self, sample, timestep, context):
+        return self.run(sample, timestep, context)[0].to(sample.device, torch.float32)
+
+
+class TorchBackend(_Backend):
     """A torch.export program, moved to `device` (`torch.export.passes.move_to_device_pass`)."""
 
     kind = "pt2"
@@ -39,13 +46,14 @@ class TorchBackend:
         self.module = program.module()
         self.device, self.dtypes = device, _dtypes(stage)
 
-    def __call__(self, sample, timestep, context):
-        args = [t.to(self.device, dtype) for t, dtype in zip((sample, timestep, context), self.dtypes)]
+    def run(self, *inputs):
+        args = [t.to(self.device, dtype) for t, dtype in zip(inputs, self.dtypes)]
         with torch.no_grad():
-            return self.module(*args).to(sample.device, torch.float32)
+            output = self.module(*args)
+        return list(output) if isinstance(output, (tuple, list)) else [output]
 
 
-class AotiBackend:
+class AotiBackend(_Backend):
     """An AOTInductor package: compiled kernels for the device it was built for."""
 
     kind = "aoti"
@@ -60,15 +68,14 @@ class AotiBackend:
         self.model = load_aoti(path, device)
         self.device, self.dtypes = device, _dtypes(stage)
 
-    def __call__(self, sample, timestep, context):
-        args = [t.to(self.device, dtype).contiguous() for t, dtype in zip((sample, timestep, context), self.dtypes)]
+    def run(self, *inputs):
+        args = [t.to(self.device, dtype).contiguous() for t, dtype in zip(inputs, self.dtypes)]
         with torch.no_grad():
             output = self.model(*args)
-        output = output[0] if isinstance(output, (list, tuple)) else output
-        return output.to(sample.device, torch.float32)
+        return list(output) if isinstance(output, (list, tuple)) else [output]
 
 
-class OnnxruntimeBackend:
+class OnnxruntimeBackend(_Backend):
     kind = "onnx"
 
     def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
@@ -78,16 +85,15 @@ class OnnxruntimeBackend:
             raise F3Error("--backend onnxruntime needs onnxruntime: pip install onnxruntime") from None
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
         self.session = onnxruntime.InferenceSession(str(path), providers=providers)
-        self.dtypes = {spec["name"]: spec["dtype"] for spec in stage["inputs"]}
+        self.inputs = [(spec["name"], getattr(torch, spec["dtype"])) for spec in stage["inputs"]]
+        self.outputs = [spec["name"] for spec in stage["outputs"]]
 
-    def __call__(self, sample, timestep, context):
-        feed = {}
-        for name, tensor in zip(_NAMES, (sample, timestep, context)):
-            feed[name] = tensor.detach().cpu().to(getattr(torch, self.dtypes[name])).numpy()
-        return torch.from_numpy(np.asarray(self.session.run(["noise_pred"], feed)[0])).float().to(sample.device)
+    def run(self, *inputs):
+        feed = {name: tensor.detach().cpu().to(dtype).numpy() for (name, dtype), tensor in zip(self.inputs, inputs)}
+        return [torch.from_numpy(np.asarray(value)).to(inputs[0].device) for value in self.session.run(self.outputs, feed)]
 
 
-class TensorrtBackend:
+class TensorrtBackend(_Backend):
     kind = "trt"
     _shared: dict = {}
 
@@ -111,29 +117,32 @@ class TensorrtBackend:
         self.context = (self.engine.create_execution_context(strategy.USER_MANAGED) if strategy
                         else self.engine.create_execution_context_without_device_memory())
         self.dtypes = {spec["name"]: getattr(torch, spec["dtype"]) for spec in stage["inputs"] + stage["outputs"]}
+        self.inputs = [spec["name"] for spec in stage["inputs"]]
+        self.outputs = [spec["name"] for spec in stage["outputs"]]
         self.stream = torch.cuda.Stream()
 
-    def __call__(self, sample, timestep, context):
+    def run(self, *tensors):
         buffer = TensorrtBackend._shared["buffer"]
         if hasattr(self.context, "set_device_memory"):
             self.context.set_device_memory(buffer.data_ptr(), buffer.numel())
         else:
             self.context.device_memory = buffer.data_ptr()
         inputs = {}
-        for name, tensor in zip(_NAMES, (sample, timestep, context)):
+        for name, tensor in zip(self.inputs, tensors):
             inputs[name] = tensor.to("cuda", self.dtypes[name]).contiguous()
             self.context.set_input_shape(name, tuple(inputs[name].shape))
             self.context.set_tensor_address(name, inputs[name].data_ptr())
-        shape = tuple(self.context.get_tensor_shape("noise_pred"))
-        output = torch.empty(shape, dtype=self.dtypes["noise_pred"], device="cuda")
-        self.context.set_tensor_address("noise_pred", output.data_ptr())
+        outputs = []
+        for name in self.outputs:
+            outputs.append(torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda"))
+            self.context.set_tensor_address(name, outputs[-1].data_ptr())
         with torch.cuda.stream(self.stream):
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
-        return output.float().to(sample.device)
+        return outputs
 
 
-def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu"):
+def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu", label: str | None = None):
     from ..devices import check_device
 
     device = check_device(device)
@@ -145,5 +154,5 @@ def make_backend(name: str, build: Path, stage: dict, device: str | torch.device
     if entry is None:
         hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt",
                 "aoti": "f3compile export --target aoti"}.get(cls.kind, "f3compile compile")
-        raise F3Error(f"stage{stage['index']} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
+        raise F3Error(f"{label or 'stage' + str(stage['index'])} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
     return cls(build / entry["path"], stage, device)

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import F3Error
 from ..manifest import load_manifest
+from ..reuse import StageClock, pattern_at
 from ..sampling import check_latents, denoise_loop, start_latents
 from .backends import make_backend
 from .components import load_component
@@ -36,7 +37,7 @@ class Runtime:
         self.manifest = load_manifest(self.build)  # validates and checks every artifact's sha256
         self.backend_name = backend
         self._check_versions()
-        self.stages = [make_backend(backend, self.build, stage, self.device) for stage in self.manifest["stages"]]
+        self.stages = [StagePrograms(backend, self.build, stage, self.device) for stage in self.manifest["stages"]]
         self._components: dict = {}
 
     # -- set-up ------------------------------------------------------------------------------
@@ -95,12 +96,35 @@ class Runtime:
         return cond, run(negative, cond.shape[1])
 
     # -- sampling ----------------------------------------------------------------------------
-    def stage_for(self, timestep: int):
-        for backend, stage in zip(self.stages, self.manifest["stages"]):
+    def stage_index(self, timestep: int) -> int:
+        for index, stage in enumerate(self.manifest["stages"]):
             high, low = stage["timesteps"]
             if low <= timestep <= high:
-                return backend
+                return index
         raise F3Error(f"timestep {timestep} is outside every stage of {self.build}")
+
+    def stage_for(self, timestep: int):
+        """The stage's program that computes every block (`denoise_for` without temporal reuse)."""
+        return self.stages[self.stage_index(timestep)].programs[()]
+
+    def sequencer(self):
+        """A fresh `denoise_for(t)` for one denoising loop: switches stages by timestep and, within a
+        stage with temporal reuse, picks the program of the step and carries the residuals."""
+        clock = StageClock()
+        cache: dict[str, torch.Tensor] = {}
+
+        def denoise_for(timestep: int):
+            index = self.stage_index(timestep)
+            step = clock.tick(index)
+            if step == 0:
+                cache.clear()  # residuals never cross stages
+            return self.stages[index].step(step, cache)
+        return denoise_for
+
+    @property
+    def residual_bytes(self) -> int:
+        """Device memory the carried residuals take at most (one stage's are held at a time)."""
+        return max((stage.get("reuse", {}).get("residual_bytes", 0) for stage in self.manifest["stages"]), default=0)
 
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
                  eta: float = 0.0, latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,7 +152,7 @@ class Runtime:
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
         start = start_latents(latents, tuple(shape), self.scheduler, generator).to(self.device)
         final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
-                             guidance_scale, generator, eta=eta, denoise_for=self.stage_for)
+                             guidance_scale, generator, eta=eta, denoise_for=self.sequencer())
         return final.cpu()
 
     @torch.no_grad()
@@ -143,6 +167,33 @@ class Runtime:
         if vae is None:
             raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --save-latents instead")
         return vae_decode(vae, latents)
+
+
+class StagePrograms:
+    """One manifest stage on a backend: the program computing every block, keyed (), and with
+    temporal reuse one program per tuple of reused blocks."""
+
+    def __init__(self, backend: str, build: Path, stage: dict, device: torch.device):
+        reuse = stage.get("reuse", {})
+        self.periods: dict[str, int] = dict(reuse.get("periods", {}))
+        self.programs = {(): make_backend(backend, build, stage, device)}
+        for number, program in enumerate(reuse.get("programs", []), 1):
+            self.programs[tuple(program["reused"])] = make_backend(backend, build, program, device,
+                                                                   label=f"stage{stage['index']} reuse{number}")
+
+    def step(self, step: int, cache: dict[str, torch.Tensor]):
+        """The denoise function for `step` of this stage; it reads and refreshes `cache`."""
+        if not self.periods:
+            return self.programs[()]
+        reused = pattern_at(self.periods, step)
+        program = self.programs[reused]
+        computed = [block for block in self.periods if block not in reused]
+
+        def denoise(sample, timestep, context):
+            outputs = program.run(sample, timestep, context, *(cache[block] for block in reused))
+            cache.update(zip(computed, outputs[1:]))
+            return outputs[0].to(sample.device, torch.float32)
+        return denoise
 
 
 @torch.no_grad()

@@ -55,7 +55,8 @@ def test_dense_compile_without_plan_matches_the_model(capsys, tmp_path, models):
 def test_list_passes(capsys):
     code, out, _ = run(capsys, "compile", "--list-passes")
     names = [line.split()[1] for line in out.strip().splitlines()]
-    assert code == 0 and names == ["annotate_temporal_attention", "drop_temporal_blocks", "drop_temporal_attention",
+    assert code == 0 and names == ["annotate_temporal_attention", "reuse_temporal_blocks", "drop_temporal_blocks",
+                                   "drop_temporal_attention",
                                    "prune_heads", "gather_key_frames", "cleanup"]
 
 

@@ -1,0 +1,57 @@
+"""reuse_temporal_blocks: temporal reuse: a block's residual from an earlier step replaces its work.
+
+A stage that reuses blocks (plan `reuse: {block: k}`, k > 1) is built as several static programs,
+one per pattern of reused blocks (`planning.plan.reuse_patterns`); this pass makes one of them.
+For a block the program computes:  y = block(x) as before, and r = y − x becomes an extra output.
+For a block the program reuses:     y = x + r with r an extra input; the block's nodes and
+                                    weights become dead and are removed by cleanup.
+An attention that is its own block (its residual add outside any module) has the branch as its
+residual: r = attention(…) is output, and the reused branch is r itself.
+
+I/O is appended to the flat signature in plan order: inputs `residual_<n>` after sample, timestep
+and encoder_hidden_states; outputs after noise_pred (the manifest names them `residual.<block>`).
+It runs before the other passes, on the graph as captured, so every block is still whole.
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from .base import PassContext, PassResult, aten, block_input, dtype_of, extend_signature, shape_of, single_output
+
+
+def reuse_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    blocks = ctx.stage.reused_blocks
+    if not blocks:
+        return PassResult(False)
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    inputs: list[tuple[str, fx.Node]] = []
+    outputs: list[fx.Node] = []
+    for block in blocks:
+        nodes, output = single_output(graph, block, ctx.prefix, "temporal block")
+        own = block in ctx.units  # an attention that is its own block
+        source = None if own else block_input(nodes, output, block)
+        if block in ctx.reused:
+            name = f"residual_{len(inputs)}"
+            with graph.inserting_after(placeholders[-1] if not inputs else inputs[-1][1]):
+                residual = graph.placeholder(name)
+            residual.meta["f3_shape"], residual.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+            if own:
+                output.replace_all_uses_with(residual)
+            else:
+                with graph.inserting_after(output):
+                    reused = graph.call_function(aten.add.Tensor, (source, residual))
+                reused.meta["f3_shape"], reused.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+                output.replace_all_uses_with(reused)
+            inputs.append((name, residual))
+        else:
+            if own:
+                outputs.append(output)
+            else:
+                with graph.inserting_after(output):
+                    residual = graph.call_function(aten.sub.Tensor, (output, source))
+                residual.meta["f3_shape"], residual.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+                outputs.append(residual)
+    extend_signature(gm, inputs, outputs)
+    return PassResult(True)
