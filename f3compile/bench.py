@@ -254,9 +254,15 @@ def format_table(rows: list[dict]) -> str:
         )
     for row in rows:
         if "reuse" in row:  # the stage's pruned time is its programs' medians weighted by their share of steps
-            parts = ", ".join(f"{name} {entry['median_ms']:.1f} ms x {entry['share']:.2f}" for name, entry in row["reuse"].items())
+            parts = ", ".join(f"{_program_label(name)} {entry['median_ms']:.1f} ms x {entry['share']:.2f}"
+                              for name, entry in row["reuse"].items())
             lines.append(f"stage {row['stage']} temporal reuse: {parts}; residuals carried {row['residual_mb']:.2f} MiB")
     return "\n".join(lines)
+
+
+def _program_label(name: str) -> str:
+    """'pruned' (computes every block) or 'reuse N block(s)' for a table line; the JSON keeps the ids."""
+    return name if name == "pruned" else f"reuse {name.count(',') + 1} block(s)"
 
 
 def plot(results: list[dict], path: Path) -> None:
