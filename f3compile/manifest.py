@@ -13,6 +13,7 @@ from typing import Any
 
 from ._io import read_json, sha256_file, write_json_atomic
 from .errors import F3Error
+from .reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS, step_patterns
 
 SCHEMA = "f3compile.manifest/1"
 TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_layout": str, "scheduler": dict,
@@ -172,6 +173,13 @@ def _check_reuse(stage: dict, at: str) -> None:
         if _io_names(program["outputs"]) != OUTPUT_NAMES + computed:
             raise F3Error(f"{where}: outputs must be {OUTPUT_NAMES + computed}")
         _check_files(program["files"], where)
+    try:
+        needed = step_patterns(periods, MAX_REUSE_PROGRAMS)[1:]
+    except ValueError:
+        raise F3Error(f"{at}: reuse.periods need more than {MAX_REUSE_PROGRAMS} programs") from None
+    if sorted(map(tuple, seen)) != sorted(needed):
+        raise F3Error(f"{at}: reuse.programs must hold one program per pattern of reused blocks the periods "
+                      f"produce ({len(needed)}), got {len(seen)}; rebuild the artifacts")
     if reuse["residual_bytes"] < 0:
         raise F3Error(f"{at}: reuse.residual_bytes must be >= 0")
 

@@ -19,6 +19,7 @@ from .._io import read_json, write_json_atomic
 from ..errors import F3Error
 from . import criteria
 from ..calibration.stats import CalibrationStats
+from ..reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS
 
 SCHEMA = "f3compile.plan/1"
 GRANULARITIES = ("block", "attention", "head", "frame")
@@ -233,22 +234,14 @@ def reuse_patterns(reuse: dict[str, int]) -> list[tuple[str, ...]]:
     Step 0 computes everything, so the first pattern is () (the compute program). Each pattern
     becomes one static program; periods that share no structure multiply them, so at most
     MAX_REUSE_PROGRAMS are allowed per stage."""
-    from ..reuse import pattern_at
+    from ..reuse import step_patterns
 
-    blocks = [block for block, period in reuse.items() if period > 1]
-    cycle = math.lcm(*(reuse[b] for b in blocks)) if blocks else 1
-    patterns: list[tuple[str, ...]] = []
-    for step in range(cycle):
-        pattern = pattern_at(reuse, step)
-        if pattern not in patterns:
-            patterns.append(pattern)
-            if len(patterns) > MAX_REUSE_PROGRAMS:
-                raise F3Error(f"reuse periods {sorted({reuse[b] for b in blocks})} need more than {MAX_REUSE_PROGRAMS} "
-                              "programs in one stage; use one period per stage (or periods that divide each other)")
-    return patterns
-
-
-MAX_REUSE_PROGRAMS = 8
+    try:
+        return step_patterns(reuse, MAX_REUSE_PROGRAMS)
+    except ValueError:
+        periods = sorted({k for k in reuse.values() if k > 1})
+        raise F3Error(f"reuse periods {periods} need more than {MAX_REUSE_PROGRAMS} programs in one stage; "
+                      "use one period per stage (or periods that divide each other)") from None
 
 
 def _fail(where: str, message: str) -> None:

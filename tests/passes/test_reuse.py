@@ -228,6 +228,11 @@ def test_onnx_export_with_reuse_runs_in_onnxruntime(models, tmp_path):
     bad["stages"][0]["reuse"]["programs"][0]["inputs"] = bad["stages"][0]["reuse"]["programs"][0]["inputs"][::-1]
     with pytest.raises(F3Error, match="inputs must be"):
         validate_manifest(bad)
+    # one without the program a reuse step needs is refused too (the runtime would have no program to run)
+    bad = load_manifest(tmp_path / "b")
+    bad["stages"][0]["reuse"]["programs"] = []
+    with pytest.raises(F3Error, match="one program per pattern of reused blocks"):
+        validate_manifest(bad)
 
 
 @pytest.mark.parametrize("change, message", [
