@@ -79,6 +79,7 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
     from ..compiler.compile import PRECISION_DTYPES, build_manifest, compile, stage_entries
     from ..manifest import write_manifest
     from ..models.discovery import find_temporal_units
+
     config = config or ExportConfig()
     config.check()
     trt_info = None
