@@ -181,7 +181,7 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
                 "pruned_peak_mb": peak_device_mb(compute_fn, inputs, _weight_bytes(program), device),
                 **({"reuse": {name: {"median_ms": statistics.median(times[name]), "share": share[name]}
                               for name in variants},
-                    "residual_mb": _residual_bytes(built) / 2**20} if built.reuse_programs else {}),
+                    "residual_mb": built.residual_bytes / 2**20} if built.reuse_programs else {}),
             })
     total_steps = sum(r["steps"] for r in rows)
     loop_dense = sum(r["dense_ms"] * r["steps"] for r in rows)
@@ -225,12 +225,6 @@ def _reuse_variants(stage, built, callables: dict, steps: int, device: torch.dev
         variants[name] = ((lambda fn, extra: lambda *args: fn(*args, *extra))(fn, extra), extra,
                           counts[pattern] / max(steps, 1), program)
     return variants
-
-
-def _residual_bytes(built) -> int:
-    from .compiler.compile import output_values
-
-    return int(sum(v.numel() * v.element_size() for v in output_values(built.program)[1:]))
 
 
 def _weight_bytes(program) -> int:

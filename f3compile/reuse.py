@@ -7,6 +7,8 @@ and otherwise adds the residual cached at the last computed step.
 
 from __future__ import annotations
 
+from typing import Callable
+
 MAX_PROGRAMS = 8  # patterns of reused blocks, i.e. static programs, allowed in one stage
 
 
@@ -55,3 +57,36 @@ def step_patterns(periods: dict[str, int], most: int) -> list[tuple[str, ...]]:
     for pattern, step in sorted(found.items(), key=lambda item: item[1]) if distinct else []:
         first.setdefault(pattern, step)
     return list(first)
+
+
+def sequenced(stage_index: Callable[[int], int], periods: list[dict[str, int]],
+              programs: list[dict[tuple[str, ...], Callable]]) -> Callable[[int], Callable]:
+    """A fresh `denoise_for(t)` for one denoising loop over static stage programs.
+
+    `stage_index(t)` picks the stage; `periods[i]` are stage i's reuse periods; `programs[i]` maps
+    each tuple of reused blocks (() = compute every block) to a callable
+    `(sample, timestep, encoder_hidden_states, *residuals) -> [noise_pred, *residuals]` (inputs:
+    the reused blocks' residuals; outputs: those of the blocks with period > 1 it computes, both in
+    `periods` order). Within a stage the residuals are carried from step to step; they never
+    cross stages. Returns noise_pred as float32 on the device of `sample`.
+    """
+    import torch
+
+    clock = StageClock()
+    cache: dict = {}
+
+    def denoise_for(timestep: int):
+        index = stage_index(timestep)
+        step = clock.tick(index)
+        if step == 0:
+            cache.clear()
+        reused = pattern_at(periods[index], step)
+        program = programs[index][reused]
+        computed = [b for b, period in periods[index].items() if period > 1 and b not in reused]
+
+        def denoise(sample, t, context):
+            outputs = program(sample, t, context, *(cache[block] for block in reused))
+            cache.update(zip(computed, outputs[1:]))
+            return outputs[0].to(sample.device, torch.float32)
+        return denoise
+    return denoise_for

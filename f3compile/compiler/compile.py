@@ -53,6 +53,12 @@ class CompiledStage:
     def parameters(self) -> int:
         return program_parameters(self.program)
 
+    @property
+    def residual_bytes(self) -> int:
+        """Bytes of the residuals temporal reuse carries between steps (at the example batch)."""
+        return int(sum(math.prod(_hint(d) for d in value.shape) * value.element_size()
+                       for value in output_values(self.program)[1:]))
+
 
 class ProgramLoop:
     """Compiled stages run as the runtime runs them: `denoise_for()` gives a fresh `denoise_for(t)`
@@ -65,30 +71,23 @@ class ProgramLoop:
                         for c in compiled]
 
     def denoise_for(self):
-        from ..reuse import StageClock, pattern_at
+        from ..reuse import sequenced
 
-        clock, cache = StageClock(), {}
-
-        def pick(timestep: int):
+        def stage_index(timestep: int) -> int:
             index = next((i for i, stage in enumerate(self.stages) if stage.contains(timestep)), None)
             if index is None:
                 raise F3Error(f"timestep {timestep} is outside every stage of the plan")
-            step, stage = clock.tick(index), self.stages[index]
-            if step == 0:
-                cache.clear()
-            if not stage.reused_blocks:
-                return self.modules[index][()]
-            reused = pattern_at(stage.reuse, step)
-            module = self.modules[index][reused]
+            return index
+        return sequenced(stage_index, [stage.reuse for stage in self.stages],
+                         [{reused: _listed(module) for reused, module in modules.items()} for modules in self.modules])
 
-            def call(sample, timestep, context):
-                outputs = module(sample, timestep, context, *(cache[b] for b in reused))
-                if not isinstance(outputs, (tuple, list)):  # every block reused: noise_pred alone
-                    return outputs
-                cache.update(zip([b for b in stage.reused_blocks if b not in reused], outputs[1:]))
-                return outputs[0]
-            return call
-        return pick
+
+def _listed(module):
+    """`module`'s outputs as a list (a program without residual outputs returns noise_pred alone)."""
+    def call(*args):
+        outputs = module(*args)
+        return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+    return call
 
 
 def program_parameters(program: torch.export.ExportedProgram) -> int:
@@ -273,8 +272,7 @@ def _reuse_entries(stage: CompiledStage, io: dict, number: int, stage_dir: Path)
     entry = {
         "periods": {block: int(stage.stage.reuse[block]) for block in stage.stage.reused_blocks},
         "programs": programs,
-        "residual_bytes": int(sum(math.prod(spec["shape"]) * torch.empty((), dtype=getattr(torch, spec["dtype"])).element_size()
-                                  for spec in residuals.values())),
+        "residual_bytes": stage.residual_bytes,
     }
     return {"outputs": io["outputs"] + list(residuals.values())}, entry
 

@@ -36,22 +36,24 @@ def reuse_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             name = f"residual_{len(inputs)}"
             with graph.inserting_after(placeholders[-1] if not inputs else inputs[-1][1]):
                 residual = graph.placeholder(name)
-            residual.meta["f3_shape"], residual.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+            _like(residual, output)
             if own:
                 output.replace_all_uses_with(residual)
             else:
                 with graph.inserting_after(output):
-                    reused = graph.call_function(aten.add.Tensor, (source, residual))
-                reused.meta["f3_shape"], reused.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+                    reused = _like(graph.call_function(aten.add.Tensor, (source, residual)), output)
                 output.replace_all_uses_with(reused)
             inputs.append((name, residual))
+        elif own:
+            outputs.append(output)
         else:
-            if own:
-                outputs.append(output)
-            else:
-                with graph.inserting_after(output):
-                    residual = graph.call_function(aten.sub.Tensor, (output, source))
-                residual.meta["f3_shape"], residual.meta["f3_dtype"] = shape_of(output), dtype_of(output)
-                outputs.append(residual)
+            with graph.inserting_after(output):
+                outputs.append(_like(graph.call_function(aten.sub.Tensor, (output, source)), output))
     extend_signature(gm, inputs, outputs)
     return PassResult(True)
+
+
+def _like(node: fx.Node, output: fx.Node) -> fx.Node:
+    """Tag a new node with the shape and dtype of the block output it stands for."""
+    node.meta["f3_shape"], node.meta["f3_dtype"] = shape_of(output), dtype_of(output)
+    return node

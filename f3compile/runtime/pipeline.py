@@ -11,7 +11,7 @@ import torch
 
 from ..errors import F3Error
 from ..manifest import load_manifest
-from ..reuse import StageClock, pattern_at
+from ..reuse import sequenced
 from ..sampling import check_latents, denoise_loop, start_latents
 from .backends import make_backend
 from .components import load_component
@@ -103,23 +103,11 @@ class Runtime:
                 return index
         raise F3Error(f"timestep {timestep} is outside every stage of {self.build}")
 
-    def stage_for(self, timestep: int):
-        """The stage's program that computes every block (`denoise_for` without temporal reuse)."""
-        return self.stages[self.stage_index(timestep)].programs[()]
-
     def sequencer(self):
         """A fresh `denoise_for(t)` for one denoising loop: switches stages by timestep and, within a
         stage with temporal reuse, picks the program of the step and carries the residuals."""
-        clock = StageClock()
-        cache: dict[str, torch.Tensor] = {}
-
-        def denoise_for(timestep: int):
-            index = self.stage_index(timestep)
-            step = clock.tick(index)
-            if step == 0:
-                cache.clear()  # residuals never cross stages
-            return self.stages[index].step(step, cache)
-        return denoise_for
+        return sequenced(self.stage_index, [stage.periods for stage in self.stages],
+                         [{reused: backend.run for reused, backend in stage.programs.items()} for stage in self.stages])
 
     @property
     def residual_bytes(self) -> int:
@@ -180,20 +168,6 @@ class StagePrograms:
         for number, program in enumerate(reuse.get("programs", []), 1):
             self.programs[tuple(program["reused"])] = make_backend(backend, build, program, device,
                                                                    label=f"stage{stage['index']} reuse{number}")
-
-    def step(self, step: int, cache: dict[str, torch.Tensor]):
-        """The denoise function for `step` of this stage; it reads and refreshes `cache`."""
-        if not self.periods:
-            return self.programs[()]
-        reused = pattern_at(self.periods, step)
-        program = self.programs[reused]
-        computed = [block for block in self.periods if block not in reused]
-
-        def denoise(sample, timestep, context):
-            outputs = program.run(sample, timestep, context, *(cache[block] for block in reused))
-            cache.update(zip(computed, outputs[1:]))
-            return outputs[0].to(sample.device, torch.float32)
-        return denoise
 
 
 @torch.no_grad()
