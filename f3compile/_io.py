@@ -8,8 +8,52 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every `finally` and atomic write unwinds."""
+
+
+_received: list[int] = []  # SIGINT / SIGTERM that reached a command run under `interrupts_unwind`
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def interrupts_unwind():
+    """While a command runs, SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` (instead of
+    killing the process outright, which would leave the hidden temporary output beside the real one),
+    and each is recorded: an exception raised while a finaliser (`__del__`) runs is swallowed by
+    Python, so the atomic writes below also check the record before they commit. A signal that is
+    ignored or already handled by an embedding application is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {}
+    for signum, default in defaults.items():
+        if signal.getsignal(signum) == default:
+            previous[signum] = signal.signal(signum, _on_signal)
+    _received.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt a finaliser swallowed, if one arrived: called just before a commit."""
+    if _received:
+        raise Terminated() if _received[-1] == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -26,6 +70,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = _make_hidden_dir(final)
     try:
         yield tmp
+        raise_if_interrupted()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -77,6 +122,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        raise_if_interrupted()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

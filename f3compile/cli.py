@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
+from ._io import Terminated, interrupts_unwind
 from .errors import F3Error
 
 
@@ -555,39 +554,16 @@ def _version() -> str:
         return "f3compile (uninstalled)"
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that every `finally` and atomic write unwinds."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """While a command runs, SIGTERM raises `_Terminated` instead of killing the process outright
-    (which would leave the hidden temporary output beside the real one). A SIGTERM that is
-    ignored or already handled (an embedding application) is left as it is."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _sigterm_unwinds():
+        with interrupts_unwind():
             args.func(args)
     except F3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except _Terminated:
+    except Terminated:
         print("error: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from f3compile import _io
 from f3compile._io import atomic_dir, write_json_atomic
 from f3compile.cli import main
 
@@ -190,6 +191,41 @@ def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     assert (mode(tmp_path / "plain"), mode(tmp_path / "plain" / "plan.json")) == (0o755, 0o644)
     assert mode(tmp_path / "build") == mode(tmp_path / "build" / "stage0") == 0o755
     assert mode(tmp_path / "plan.json") == 0o644
+
+
+@pytest.mark.parametrize("writer", ["directory", "file"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_swallowed_by_a_finaliser_still_stops_the_commit(tmp_path, monkeypatch, writer, signum):
+    """A signal whose handler runs inside a `__del__` raises there, and Python swallows that
+    exception: the command would go on and commit its output. The atomic writes check the record
+    of received signals before they commit."""
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signum)  # delivered while the finaliser runs
+            time.sleep(0.05)
+
+    output = tmp_path / ("build" if writer == "directory" else "plan.json")
+    expected = _io.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    with pytest.raises(expected):
+        with _io.interrupts_unwind():
+            if writer == "directory":
+                with atomic_dir(output) as tmp:
+                    (tmp / "manifest.json").write_text("new\n")
+                    Finalised()
+            else:
+                Finalised()
+                write_json_atomic(output, {})
+    # positive control: the interrupt was raised inside the finaliser and swallowed there
+    assert swallowed == [expected]
+    assert not output.exists() and hidden_beside(output) == []
+    # the handlers are restored and the record cleared once the command is over
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and not _io._received
+    write_json_atomic(output, {})
+    assert output.exists()
 
 
 def _reset_signals() -> None:
