@@ -143,12 +143,15 @@ def evaluation_prompts(count: int, seed: int) -> tuple[list[str], list[domain.La
 BANK_SCHEMA = "f3compile.training-bank/1"
 
 
-def build_bank(name: str, clips: int, seed: int, eval_count: int) -> dict[str, torch.Tensor]:
+def build_bank(name: str, clips: int, seed: int, eval_count: int,
+               device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
     """Everything training needs from the text encoder and the renderer, as tensors:
     x (N, C, F, h, w) packed clips (fp16), embeddings (U, L, D) of the U distinct captions (fp16),
     caption_index (N,), empty (1, L, D) = the unconditional embedding, and the in-training evaluation
-    set (eval_cond, eval_uncond, eval_labels as class indices)."""
+    set (eval_cond, eval_uncond, eval_labels as class indices). The captions are embedded on
+    `device` (a GPU embeds 16,000 captions in seconds), the tensors returned on the CPU."""
     pipe = ref.build_pipeline(name, ref.DENOISERS[name]())
+    pipe.text_encoder.to(device)
     from f3compile.models.loading import from_pipeline
 
     model = from_pipeline(pipe, f"builtin:{name}")
@@ -182,7 +185,7 @@ def prepare(args) -> None:
     """Write the training bank of `args.model` to `args.output` (safetensors, metadata says what it holds)."""
     from safetensors.torch import save_file
 
-    bank = build_bank(args.model, args.clips, args.seed, args.eval_prompts)
+    bank = build_bank(args.model, args.clips, args.seed, args.eval_prompts, pick_device(args.device))
     output = Path(args.output)
     temporary = output.with_name(output.name + ".tmp")
     save_file({k: v.contiguous() for k, v in bank.items()}, str(temporary), metadata=bank_metadata(args))
@@ -303,7 +306,7 @@ def train_denoiser(args) -> None:
         return denoise
 
     denoise = denoise_with(denoiser)
-    probe = load_probe().to(device)
+    probe = load_probe()  # scores decoded clips on the CPU (sample_and_score brings them back)
     alphas = ref.scheduler().alphas_cumprod.float().to(device)
     train_steps = ref.scheduler().config.num_train_timesteps
 
@@ -318,9 +321,12 @@ def train_denoiser(args) -> None:
     step, history = load_checkpoint(work, denoiser, ema, optimizer) if not args.restart else (0, [])
     if step == 0:
         log.write_text("")
+    elif args.time_budget:
+        raise SystemExit(f"error: {work} holds a run at step {step}; --time-budget only starts a run "
+                         "(resume it with the --steps N it printed, or pass --restart)")
     stop = min(args.steps, args.stop_at or args.steps)
     if step < stop:
-        bank = load_bank(args) if args.data else build_bank(name, args.clips, args.seed, args.eval_prompts)
+        bank = load_bank(args) if args.data else build_bank(name, args.clips, args.seed, args.eval_prompts, device)
         x_bank, embeddings = bank["x"].to(device), bank["embeddings"].to(device)
         caption_index, empty = bank["caption_index"].to(device), bank["empty"].to(device)
 
@@ -331,7 +337,21 @@ def train_denoiser(args) -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     start, losses = time.time(), []
+    floating = [k for k, v in ema.items() if v.is_floating_point()]
+    ema_floats = [ema[k] for k in floating]
+    rate_from = step + 10  # --time-budget: the step rate is measured over steps rate_from..rate_from+50
     while step < stop:
+        if args.time_budget and step == rate_from:
+            clock = time.time()
+        if args.time_budget and step == rate_from + 50:
+            # the schedule's length is fixed here, inside the warm-up (whose learning rates do not
+            # depend on it), so the run equals one with `--steps N` for the N it chose
+            rate = 50 / (time.time() - clock)
+            evals = 1 + args.steps // args.eval_every
+            left = args.time_budget - (time.time() - start) - evals * 4.0
+            args.steps = max(step + 1, int(step + 0.95 * rate * left))
+            stop = min(args.steps, args.stop_at or args.steps)
+            print(f"{rate:.1f} steps/s: the schedule is --steps {args.steps}", flush=True)
         # every random draw comes from a CPU stream seeded by the step, so a resumed run and a run on
         # another device see the same batches, timesteps and noise
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
@@ -362,11 +382,15 @@ def train_denoiser(args) -> None:
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in denoiser.state_dict().items():
-                ema[k].mul_(decay).add_(v.float(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
-        losses.append(loss.item())
-        if step % args.log_every == 0:
-            record = {"step": step, "loss": round(float(np.mean(losses)), 5), "lr": round(lr_at(step), 6),
+            state = denoiser.state_dict()
+            torch._foreach_mul_(ema_floats, decay)  # one kernel per group, not two per tensor
+            torch._foreach_add_(ema_floats, [state[k].float() for k in floating], alpha=1 - decay)
+            for k, v in state.items():
+                if not v.is_floating_point():
+                    ema[k].copy_(v)
+        losses.append(loss.detach())  # read back only when logged: no device sync per step
+        if step % args.log_every == 0 or step == stop:  # the last step is always logged and scored
+            record = {"step": step, "loss": round(float(torch.stack(losses).float().mean()), 5), "lr": round(lr_at(step), 6),
                       "seconds": round(time.time() - start, 1)}
             losses = []
             if step % args.eval_every == 0 or step == stop:
@@ -381,8 +405,13 @@ def train_denoiser(args) -> None:
 
     plot_history(name, history)
     last = next((h["sample_accuracy"] for h in reversed(history) if "sample_accuracy" in h), None)
+    command = sys.argv[1:]
+    if args.time_budget:  # the equivalent fixed-length command: --time-budget T (and --steps) become --steps N
+        pairs = {"--time-budget", "--steps"}
+        command = [c for i, c in enumerate(command) if c not in pairs and (i == 0 or command[i - 1] not in pairs)]
+        command += ["--steps", str(args.steps)]
     record = {
-        "command": "python tools/train_reference.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python tools/train_reference.py " + " ".join(shlex.quote(a) for a in command),
         "seed": args.seed, "steps": step, "schedule_steps": args.steps, "batch": args.batch, "lr": args.lr,
         "device": str(device), "parameters": sum(p.numel() for p in denoiser.parameters()),
         "final_sample_accuracy": last}
@@ -427,6 +456,9 @@ def main() -> None:
     parser.add_argument("--high-noise-share", type=float, default=0.0,
                         help="share of each batch whose timestep is drawn from the noisiest 30%% of the schedule")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of training: the schedule's length (--steps) is chosen from the step rate "
+                             "measured during the warm-up; the weights record the equivalent --steps N")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=100)

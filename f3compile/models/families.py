@@ -47,22 +47,27 @@ def _denoise_latte(denoiser: nn.Module, sample, timestep, encoder_hidden_states)
     return out[:, :channels] if out.shape[1] == 2 * channels else out
 
 
+def _encoder_device(pipe) -> torch.device:
+    """Where the text encoder's weights are (the CPU unless a caller moved it); embeddings come back on the CPU."""
+    return next(pipe.text_encoder.parameters()).device
+
+
 def _encode_clip_like(model, prompts: list[str], negative: list[str]):
     pipe = model.pipeline
     cond, uncond = pipe.encode_prompt(
-        prompts, device=torch.device("cpu"), num_images_per_prompt=1,
+        prompts, device=_encoder_device(pipe), num_images_per_prompt=1,
         do_classifier_free_guidance=True, negative_prompt=negative,
     )
-    return cond, uncond
+    return cond.cpu(), uncond.cpu()
 
 
 def _encode_latte(model, prompts: list[str], negative: list[str]):
     pipe = model.pipeline
     cond, uncond = pipe.encode_prompt(
         prompts, do_classifier_free_guidance=True, negative_prompt=negative,
-        num_images_per_prompt=1, device=torch.device("cpu"), clean_caption=False, mask_feature=False,
+        num_images_per_prompt=1, device=_encoder_device(pipe), clean_caption=False, mask_feature=False,
     )
-    return cond, uncond
+    return cond.cpu(), uncond.cpu()
 
 
 def hashed_embeddings(texts: list[str], length: int, dim: int) -> torch.Tensor:
