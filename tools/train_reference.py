@@ -490,6 +490,9 @@ def main() -> None:
         train_probe(args)
     else:
         args.steps = args.steps or 2000
+        if args.time_budget and args.warmup <= 60:
+            parser.error("--time-budget measures the step rate over steps 10-60 and fixes the schedule there, "
+                         "inside the warm-up: use --warmup 61 or more")
         train_denoiser(args)
 
 

