@@ -59,7 +59,8 @@ def test_time_budget_records_a_schedule_that_reproduces_the_run(bank, tmp_path):
     """--time-budget chooses --steps N from the step rate measured in the warm-up; the weights
     record that N, and a run with --steps N gives the same bytes."""
     common = ["--data", str(bank), "--device", "cpu", "--warmup", "100", "--eval-every", "1000", "--log-every", "1000"]
-    budget = train(tmp_path, "budget", *common, "--time-budget", "0.01")  # too short: ends right after the measurement
+    # a schedule of 1000 steps, but a budget so short that the run ends right after the measurement
+    budget = train(tmp_path, "budget", *common, "--steps", "1000", "--time-budget", "0.01")
     assert budget.returncode == 0, budget.stderr[-2000:]
     record = json.loads((tmp_path / "budget" / "ref-latte.json").read_text())
     assert record["steps"] == record["schedule_steps"] == 61
