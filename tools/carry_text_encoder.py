@@ -36,7 +36,8 @@ from f3compile.models.reference import domain  # noqa: E402
 from f3compile.models.reference import models as ref  # noqa: E402
 
 WORDS = "embeddings.word_embeddings.weight"
-TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+COPIED_FILES = (  # the model's config and its tokenizer, copied as they are
+    "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def domain_texts() -> list[str]:
@@ -79,7 +80,9 @@ def pack(output: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     source = ref.minilm_directory()
-    tokenizer, _ = ref.text_encoder(120)
+    from transformers import BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(str(source))  # the tokenizer only: no weights loaded
     kept = sorted(token_ids(tokenizer, domain_texts()))
     unseen = token_ids(tokenizer, sampled_captions(10000, seed=12345)) - set(kept)
     if unseen:
@@ -90,7 +93,7 @@ def pack(output: Path) -> None:
     tensors["kept_ids"] = torch.tensor(kept)
     tensors["kept_rows"] = state[WORDS][kept].contiguous()
     output.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
+    for name in COPIED_FILES:
         shutil.copy2(source / name, output / name)
     metadata = {"source_sha256": sha256_file(source / "model.safetensors"), "vocabulary": str(state[WORDS].shape[0])}
     save_file(tensors, str(output / "weights.safetensors"), metadata=metadata)
@@ -136,7 +139,7 @@ def unpack(packed: Path, site: Path) -> None:
     model = package / "model"
     model.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text('"""MiniLM-L6 rebuilt by tools/carry_text_encoder.py (domain tokens only)."""\n')
-    for name in TOKENIZER_FILES:
+    for name in COPIED_FILES:
         shutil.copy2(packed / name, model / name)
     save_file(state, str(model / "model.safetensors"))
     print(f"rebuilt {package} ({len(kept)} tokens)")
