@@ -1,0 +1,384 @@
+"""CogVideo step programs: `prefill` and `decode_step` with a static key/value cache as named I/O,
+pruned structurally, and the masking reference they must equal.
+
+Token index s runs over the whole sequence: text slots [0, T), then frame f's grid² tokens
+[T + f·P, T + (f+1)·P). Per layer the programs carry two caches:
+
+    base_kv.{l}  (B, 2, heads, T + P, head_dim)        text + the current frame (slot T + j)
+    plus_kv.{l}  (B, 2, kept_heads, T + kept·P + 1, head_dim)
+                 text + every kept frame's tokens, and one always-masked slot where tokens of
+                 frames without a slot write (a static graph cannot skip a write)
+
+A layer whose plus channel is dropped has no plus cache at all, so pruning frees cache memory.
+Masks come from the token index alone: base keys are all the text and the query's own frame up to
+the query (causal), plus keys every cached token up to the query. Logits cover the image tokens
+only (the published inference ties them to the first 20,000 rows of the word embeddings). The gate
+σ(attn_distribution) mixes the two channels for frame tokens of frames ≥ 1; text and the first
+frame take the base term alone.
+
+Pruning semantics (per layer l, the plus channel is the temporal unit):
+  drop       frame tokens of frames ≥ 1 get σ(a)·dense(ctx_base) — the σ-scaled base term kept,
+             as the published mixing leaves it — or, with `renormalise`, dense(ctx_base)
+  heads      the pruned heads' rows of the plus query/key/value projection and columns of its
+             output projection are deleted (= their context zeroed before dense_plus)
+  frames     plus keys/values come only from the text and the kept frames
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import F3Error
+from ..models.cogvideo import CogVideoConfig, CogVideoTransformer
+
+NEVER = 1 << 40  # token index of the dummy plus slot: no query ever reaches it
+
+
+@dataclass(frozen=True)
+class PlusPrune:
+    """What is pruned in one layer's plus channel."""
+
+    drop: bool = False  # the whole plus term removed for frame tokens
+    pruned_heads: tuple[int, ...] = ()  # plus heads removed
+    kept_frames: tuple[int, ...] | None = None  # frames whose tokens stay plus keys (None: all)
+
+
+@dataclass(frozen=True)
+class StepPrune:
+    """Pruning of every layer (absent layers are dense) and how a dropped channel is replaced."""
+
+    layers: dict[int, PlusPrune] = field(default_factory=dict)
+    renormalise: bool = False  # dropped channel: dense(ctx_base) instead of σ(a)·dense(ctx_base)
+
+    def of(self, layer: int) -> PlusPrune:
+        return self.layers.get(layer, PlusPrune())
+
+    @classmethod
+    def from_stage(cls, stage, config: CogVideoConfig, renormalise: bool = False) -> "StepPrune":
+        """From one stage of a `PruningPlan` whose unit ids are `mixins.attention_plus.N`."""
+        from ..models.cogvideo import layer_of
+
+        layers: dict[int, dict] = {}
+        for unit in list(stage.drop_blocks) + list(stage.drop_attention):
+            layers.setdefault(layer_of(unit), {})["drop"] = True
+        for unit, heads in stage.prune_heads.items():
+            layers.setdefault(layer_of(unit), {})["pruned_heads"] = tuple(sorted(int(h) for h in heads))
+        for unit, frames in stage.keep_frames.items():
+            layers.setdefault(layer_of(unit), {})["kept_frames"] = tuple(sorted(int(f) for f in frames))
+        if getattr(stage, "reuse", None):
+            raise F3Error("reuse plans do not apply to autoregressive models; plan with --granularity block, head or frame")
+        prune = cls({layer: PlusPrune(**values) for layer, values in layers.items()}, renormalise)
+        prune.check(config)
+        return prune
+
+    def check(self, config: CogVideoConfig) -> None:
+        for layer, item in self.layers.items():
+            if not 0 <= layer < config.num_layers:
+                raise F3Error(f"layer {layer} is outside 0..{config.num_layers - 1}")
+            if any(not 0 <= h < config.num_heads for h in item.pruned_heads) or len(set(item.pruned_heads)) == config.num_heads:
+                raise F3Error(f"layer {layer}: pruned heads must be distinct heads of 0..{config.num_heads - 1}, "
+                              "not all of them (drop the channel instead)")
+            if item.kept_frames is not None and any(not 0 <= f < config.frames for f in item.kept_frames):
+                raise F3Error(f"layer {layer}: kept frames must lie in 0..{config.frames - 1}")
+
+    def plus_layers(self, config: CogVideoConfig) -> list[int]:
+        return [layer for layer in range(config.num_layers) if not self.of(layer).drop]
+
+
+# ---------------------------------------------------------------------------------------------
+# token-index tables (constants of a program)
+
+def frame_of(config: CogVideoConfig) -> torch.Tensor:
+    """(N,) frame of each token index; -1 for text."""
+    s = torch.arange(config.sequence_length)
+    return torch.where(s < config.text_length, -1, (s - config.text_length) // config.frame_tokens)
+
+
+def position_ids(config: CogVideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(base_id, extra_id, use_extra), each (N,): text uses rows 0..T-1 of the base table, the first
+    frame rows from `frame_position_offset`, frames 2.. the extra table from row 0."""
+    c = config
+    s = torch.arange(c.sequence_length)
+    frame = frame_of(c)
+    within = (s - c.text_length).clamp_min(0) % c.frame_tokens
+    base_id = torch.where(frame < 0, s, c.frame_position_offset + within)
+    use_extra = frame >= 1
+    extra_id = torch.where(use_extra, (frame - 1).clamp_min(0) * c.frame_tokens + within, 0)
+    return torch.where(use_extra, 0, base_id), extra_id, use_extra
+
+
+def plus_slots(config: CogVideoConfig, kept_frames: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot_of_token (N,), token_of_slot (S,)) of a plus cache keeping `kept_frames`; tokens of
+    other frames map to the last slot, whose token index is NEVER."""
+    c = config
+    kept = list(range(c.frames)) if kept_frames is None else sorted(kept_frames)
+    size = c.text_length + len(kept) * c.frame_tokens + 1
+    slot_of = torch.full((c.sequence_length,), size - 1, dtype=torch.int64)
+    token_of = torch.full((size,), NEVER, dtype=torch.int64)
+    slot_of[: c.text_length] = torch.arange(c.text_length)
+    token_of[: c.text_length] = torch.arange(c.text_length)
+    for rank, frame in enumerate(kept):
+        start = c.text_length + frame * c.frame_tokens
+        slots = c.text_length + rank * c.frame_tokens + torch.arange(c.frame_tokens)
+        slot_of[start:start + c.frame_tokens] = slots
+        token_of[slots] = torch.arange(start, start + c.frame_tokens)
+    return slot_of, token_of
+
+
+# ---------------------------------------------------------------------------------------------
+# the programs
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, n, width = x.shape  # (B, n, h·d) -> (B, h, n, d)
+    return x.view(batch, n, heads, width // heads).transpose(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d)) v over keys where `valid` (n, S); q (B, h, n, d) -> (B, n, h·d)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / (q.shape[-1] ** 0.5)
+    scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+    context = torch.matmul(torch.softmax(scores, dim=-1), v)
+    batch, heads, n, dim = context.shape
+    return context.transpose(1, 2).reshape(batch, n, heads * dim)
+
+
+class _PlusWeights(nn.Module):
+    """One layer's plus channel with pruned heads removed, and its cache tables."""
+
+    def __init__(self, model: CogVideoTransformer, layer: int, item: PlusPrune):
+        super().__init__()
+        c = model.config
+        qkv, dense, gate = model.plus(layer)
+        kept = [h for h in range(c.num_heads) if h not in item.pruned_heads]
+        d, width = c.head_dim, c.hidden_size
+        columns = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept])
+        rows = torch.cat([columns + part * width for part in range(3)])  # q, k, v are contiguous thirds
+        self.heads = len(kept)
+        self.qkv_weight = nn.Parameter(qkv.weight.detach()[rows].clone(), requires_grad=False)
+        self.qkv_bias = nn.Parameter(qkv.bias.detach()[rows].clone(), requires_grad=False)
+        self.dense_weight = nn.Parameter(dense.weight.detach()[:, columns].clone(), requires_grad=False)
+        self.dense_bias = nn.Parameter(dense.bias.detach().clone(), requires_grad=False)
+        slot_of, token_of = plus_slots(c, item.kept_frames)
+        self.register_buffer("slot_of", slot_of)
+        self.register_buffer("token_of", token_of)
+        self.slots = int(token_of.shape[0])
+
+
+class StepCore(nn.Module):
+    """The layers of a (pruned) CogVideo run on a chunk of tokens against static caches."""
+
+    def __init__(self, model: CogVideoTransformer, prune: StepPrune | None = None):
+        super().__init__()
+        prune = prune or StepPrune()
+        prune.check(model.config)
+        self.config = c = model.config
+        self.prune = prune
+        t = model.transformer
+        self.word_embeddings = t.word_embeddings
+        self.position_embeddings = t.position_embeddings
+        self.extra_positions = model.mixins["extra_position_embedding"].position_embeddings
+        self.layers = t.layers
+        self.final_layernorm = t.final_layernorm
+        self.gates = nn.ParameterList(nn.Parameter(model.plus(l)[2].detach().clone(), requires_grad=False)
+                                      for l in range(c.num_layers))
+        self.plus = nn.ModuleDict({str(l): _PlusWeights(model, l, prune.of(l)) for l in prune.plus_layers(c)})
+        base_id, extra_id, use_extra = position_ids(c)
+        for name, value in (("base_id", base_id), ("extra_id", extra_id), ("use_extra", use_extra), ("frame", frame_of(c))):
+            self.register_buffer(name, value)
+
+    # cache layout -----------------------------------------------------------------------------
+    def cache_specs(self, batch: int) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the caches, in I/O order."""
+        c = self.config
+        specs = [(f"base_kv.{l}", (batch, 2, c.num_heads, c.text_length + c.frame_tokens, c.head_dim))
+                 for l in range(c.num_layers)]
+        specs += [(f"plus_kv.{l}", (batch, 2, p.heads, p.slots, c.head_dim)) for l, p in
+                  ((int(k), v) for k, v in self.plus.items())]
+        return specs
+
+    def cache_bytes(self, batch: int, dtype: torch.dtype = torch.float32) -> int:
+        size = torch.empty((), dtype=dtype).element_size()
+        return sum(size * int(torch.Size(shape).numel()) for _, shape in self.cache_specs(batch))
+
+    # compute ----------------------------------------------------------------------------------
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """tokens (B, n) at token indices `positions` (n,) → (image logits of the last token (B, image_tokens), caches)."""
+        c = self.config
+        T, P = c.text_length, c.frame_tokens
+        hidden = self.word_embeddings(tokens)
+        pos_base = self.position_embeddings(self.base_id[positions])
+        pos_extra = self.extra_positions(self.extra_id[positions])
+        hidden = hidden + torch.where(self.use_extra[positions].view(1, -1, 1), pos_extra, pos_base)
+        frame = self.frame[positions]  # (n,)
+        use_plus = (frame >= 1).view(1, -1, 1)
+        within = (positions - T).clamp_min(0) % P
+        base_slots = torch.where(positions < T, positions, T + within)  # (n,)
+        slot = torch.arange(T + P, device=tokens.device)
+        base_valid = (slot < T).view(1, -1) | (
+            (slot >= T).view(1, -1) & (positions >= T).view(-1, 1) & ((slot - T).view(1, -1) <= within.view(-1, 1)))
+        heads = c.num_heads
+        base_caches, plus_caches = caches[: c.num_layers], caches[c.num_layers:]
+        new_base, new_plus, plus_index = [], [], 0
+        for number, layer in enumerate(self.layers):
+            x = layer.input_layernorm(hidden)
+            q, k, v = layer.attention.query_key_value(x).chunk(3, dim=-1)
+            kv = torch.stack([_heads(k, heads), _heads(v, heads)], dim=1)  # (B, 2, h, n, d)
+            cache = base_caches[number].index_copy(3, base_slots, kv)
+            new_base.append(cache)
+            base_out = layer.attention.dense(_attend(_heads(q, heads), cache[:, 0], cache[:, 1], base_valid))
+            gate = torch.sigmoid(self.gates[number])
+            plus = self.plus[str(number)] if str(number) in self.plus else None
+            if plus is not None:
+                pq, pk, pv = F.linear(x, plus.qkv_weight, plus.qkv_bias).chunk(3, dim=-1)
+                pkv = torch.stack([_heads(pk, plus.heads), _heads(pv, plus.heads)], dim=1)
+                pcache = plus_caches[plus_index].index_copy(3, plus.slot_of[positions], pkv)
+                plus_index += 1
+                new_plus.append(pcache)
+                valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
+                plus_out = F.linear(_attend(_heads(pq, plus.heads), pcache[:, 0], pcache[:, 1], valid),
+                                    plus.dense_weight, plus.dense_bias)
+                mixed = gate * base_out + (1 - gate) * plus_out
+            else:
+                mixed = base_out if self.prune.renormalise else gate * base_out
+            out = torch.where(use_plus, mixed, base_out)
+            hidden = hidden + layer.third_layernorm(out)
+            y = layer.mlp.dense_4h_to_h(F.gelu(layer.mlp.dense_h_to_4h(layer.post_attention_layernorm(hidden)), approximate="tanh"))
+            hidden = hidden + layer.fourth_layernorm(y)
+        last = self.final_layernorm(hidden[:, -1])
+        return F.linear(last, self.word_embeddings.weight[: c.image_tokens]), new_base + new_plus
+
+
+class PrefillProgram(nn.Module):
+    """`prefill(tokens (B, n)) -> (logits (B, V), *caches)`: the first n tokens (text slots and the
+    first frame's `<start_of_image>`), caches created inside."""
+
+    def __init__(self, core: StepCore, batch: int, length: int | None = None):
+        super().__init__()
+        self.core, self.batch = core, batch
+        self.length = length or core.config.text_length + 1
+
+    def forward(self, tokens: torch.Tensor):
+        specs = self.core.cache_specs(tokens.shape[0])
+        caches = [torch.zeros(shape, dtype=self.core.word_embeddings.weight.dtype, device=tokens.device) for _, shape in specs]
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        logits, caches = self.core.run(tokens, positions, caches)
+        return (logits, *caches)
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        c = self.core.config
+        return (torch.full((self.batch, self.length), c.pad_token, dtype=torch.int64),)
+
+    def input_names(self) -> list[str]:
+        return ["tokens"]
+
+    def output_names(self) -> list[str]:
+        return ["logits"] + [name for name, _ in self.core.cache_specs(self.batch)]
+
+
+class DecodeProgram(nn.Module):
+    """`decode_step(token (B, 1), position (1,), *caches) -> (logits (B, V), *caches)`."""
+
+    def __init__(self, core: StepCore, batch: int):
+        super().__init__()
+        self.core, self.batch = core, batch
+
+    def forward(self, token: torch.Tensor, position: torch.Tensor, *caches: torch.Tensor):
+        logits, caches = self.core.run(token, position, list(caches))
+        return (logits, *caches)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        c = self.core.config
+        dtype = self.core.word_embeddings.weight.dtype
+        caches = tuple(torch.zeros(shape, dtype=dtype) for _, shape in self.core.cache_specs(self.batch))
+        return (torch.full((self.batch, 1), c.start_of_image, dtype=torch.int64),
+                torch.tensor([c.text_length + 1], dtype=torch.int64), *caches)
+
+    def input_names(self) -> list[str]:
+        return ["token", "position"] + [name for name, _ in self.core.cache_specs(self.batch)]
+
+    def output_names(self) -> list[str]:
+        return ["logits"] + [name for name, _ in self.core.cache_specs(self.batch)]
+
+
+def programs(model: CogVideoTransformer, prune: StepPrune | None = None, batch: int = 1) -> tuple[PrefillProgram, DecodeProgram]:
+    core = StepCore(model, prune).eval()
+    return PrefillProgram(core, batch).eval(), DecodeProgram(core, batch).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# the masking reference: dense weights, the whole sequence at once, pruning as masks
+
+@torch.no_grad()
+def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: StepPrune | None = None) -> torch.Tensor:
+    """(B, n, image_tokens) logits of every position of `tokens` (B, n) by teacher forcing, with no cache:
+    a dropped channel multiplies its plus term by 0 (and, with `renormalise`, divides the base
+    term's gate out), pruned heads' plus context is zeroed, and plus keys of frames that are not
+    kept are masked out."""
+    prune = prune or StepPrune()
+    c, t = model.config, model.transformer
+    n = tokens.shape[1]
+    s = torch.arange(n)
+    frame = torch.where(s < c.text_length, -1, (s - c.text_length) // c.frame_tokens)
+    within = (s - c.text_length).clamp_min(0) % c.frame_tokens
+    extra = model.mixins["extra_position_embedding"].position_embeddings.weight
+    positions = torch.stack([
+        t.position_embeddings.weight[int(s_)] if frame[s_] < 0 else
+        t.position_embeddings.weight[c.frame_position_offset + int(within[s_])] if frame[s_] == 0 else
+        extra[(int(frame[s_]) - 1) * c.frame_tokens + int(within[s_])]
+        for s_ in range(n)])
+    hidden = t.word_embeddings.weight[tokens] + positions
+    causal = s.view(1, -1) <= s.view(-1, 1)
+    base_mask = (frame.view(1, -1) < 0) | (causal & (frame.view(1, -1) == frame.view(-1, 1)))
+    frame_query = (frame >= 1).view(1, -1, 1)
+    d, heads = c.head_dim, c.num_heads
+
+    def attention(x, weight, bias, mask, zero_heads=()):
+        q, k, v = F.linear(x, weight, bias).split(c.hidden_size, dim=-1)
+        q, k, v = (y.view(y.shape[0], n, heads, d).transpose(1, 2) for y in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) / d ** 0.5
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        context = probs @ v  # (B, h, n, d)
+        if zero_heads:
+            keep = torch.ones(heads)
+            keep[list(zero_heads)] = 0
+            context = context * keep.view(1, -1, 1, 1)
+        return context.transpose(1, 2).reshape(x.shape[0], n, c.hidden_size)
+
+    for number, layer in enumerate(t.layers):
+        item = prune.of(number)
+        x = layer.input_layernorm(hidden)
+        base = layer.attention.dense(attention(x, layer.attention.query_key_value.weight, layer.attention.query_key_value.bias, base_mask))
+        qkv, dense, gate = model.plus(number)
+        gate = torch.sigmoid(gate)
+        kept = torch.ones(n, dtype=torch.bool) if item.kept_frames is None else (
+            (frame < 0) | torch.isin(frame, torch.tensor(list(item.kept_frames), dtype=torch.int64)))
+        plus = dense(attention(x, qkv.weight, qkv.bias, causal & kept.view(1, -1), item.pruned_heads))
+        plus_weight = 0.0 if item.drop else 1.0
+        base_weight = 1.0 if (item.drop and prune.renormalise) else gate
+        mixed = base_weight * base + plus_weight * (1 - gate) * plus
+        out = torch.where(frame_query, mixed, base)
+        hidden = hidden + layer.third_layernorm(out)
+        y = layer.mlp.dense_4h_to_h(F.gelu(layer.mlp.dense_h_to_4h(layer.post_attention_layernorm(hidden)), approximate="tanh"))
+        hidden = hidden + layer.fourth_layernorm(y)
+    return F.linear(t.final_layernorm(hidden), t.word_embeddings.weight[: c.image_tokens])
+
+
+def run_teacher_forced(prefill: PrefillProgram, decode: DecodeProgram, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, n - prefill.length + 1, V): the programs' logits at every position from the prefill's
+    last one on, feeding `tokens` (the test harness of the programs)."""
+    outputs = prefill(tokens[:, : prefill.length])
+    logits, caches = [outputs[0]], list(outputs[1:])
+    for index in range(prefill.length, tokens.shape[1]):
+        outputs = decode(tokens[:, index:index + 1], torch.tensor([index]), *caches)
+        logits.append(outputs[0])
+        caches = list(outputs[1:])
+    return torch.stack(logits, dim=1)
+
+
+def layers_in(prune: StepPrune, config: CogVideoConfig) -> Iterable[int]:  # pragma: no cover - helper for reports
+    return [layer for layer in range(config.num_layers) if prune.of(layer) != PlusPrune()]
