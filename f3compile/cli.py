@@ -35,6 +35,18 @@ def cmd_calibrate(args) -> None:
 
     started = time.perf_counter()
     prompts = read_prompts(args.prompts)
+    if _autoregressive(args.model):
+        from .autoregressive.calibrate import calibrate_cogvideo
+        from .models.cogvideo import load_cogvideo
+
+        if args.latents or args.frames or args.height or args.width:
+            raise F3Error("CogVideo generates its own frames from tokens: drop --latents/--frames/--height/--width")
+        model = load_cogvideo(args.model)
+        stats = calibrate_cogvideo(model, prompts, seed=args.seed, batch_size=args.batch_size, output_dir=args.output,
+                                   prompts_sha256=sha256_file(args.prompts), progress=True)
+        _done(started, f"calibrated {len(stats.units)} plus channels on {len(prompts)} prompts x "
+                       f"{stats.meta['tokens_per_video']} tokens -> {args.output}")
+        return
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
@@ -74,6 +86,10 @@ def cmd_plan(args) -> None:
 
         args.criterion = "residual_change" if args.reuse is not None and not args.search else DEFAULT_CRITERION
     stats = CalibrationStats.load(args.calibration)
+    if stats.meta.get("kind") == "autoregressive" and (args.search or args.target_speedup is not None
+                                                       or args.reuse is not None or args.stages != 1):
+        raise F3Error("an autoregressive calibration takes --ratio plans of one stage (no --search, "
+                      "--target-speedup, --reuse or --stages)")
     if args.search or args.target_speedup is not None:
         from .models import find_temporal_units, load_model
         from .planning.cost import ModelCost
@@ -148,6 +164,9 @@ def cmd_compile(args) -> None:
         return
     if not args.model or not args.output:
         raise F3Error("compile needs MODEL and -o BUILD_DIR (or --list-passes)")
+    if _autoregressive(args.model):
+        _build_autoregressive(args, "pt2")
+        return
     from .calibration.calibrate import resolve_shapes
     from .compiler import compile_to_dir
     from .models import load_model
@@ -179,6 +198,11 @@ def cmd_export(args) -> None:
     from .models import load_model
     from .planning import PruningPlan
 
+    if _autoregressive(args.model):
+        if args.target != "onnx":
+            raise F3Error(f"--target {args.target} does not take autoregressive models yet; use --target onnx")
+        _build_autoregressive(args, "onnx")
+        return
     started = time.perf_counter()
     config = ExportConfig(
         target=args.target, precision=args.precision, opset=args.opset, device=args.device,
@@ -218,6 +242,11 @@ def cmd_generate(args) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".gif", ".mp4", ".png"):
         raise F3Error(f"-o {args.output}: the output must end in .gif, .mp4 or .png")
+    from .autoregressive.export import is_ar_build
+
+    if is_ar_build(args.build):
+        _generate_autoregressive(args, started, suffix)
+        return
     start = None
     if args.latents:
         from .sampling import read_latents
@@ -275,6 +304,9 @@ def cmd_bench(args) -> None:
         spec = f"{spec},width-scale={args.width_scale}"
     if (args.plan is None) == (args.sweep is None):
         raise F3Error("pass either --plan PLAN or --sweep RATIOS with --calibration DIR")
+    if _autoregressive(spec):
+        _bench_autoregressive(args, spec, started)
+        return
     plans = []
     if args.sweep is not None:
         from .calibration import CalibrationStats
@@ -400,6 +432,96 @@ def cmd_eval(args) -> None:
     _done(started, f"evaluated {len(variants)} variant(s) -> {args.output}")
 
 
+def _autoregressive(spec: str) -> bool:
+    from .models.cogvideo import is_cogvideo_spec
+
+    return is_cogvideo_spec(str(spec))
+
+
+def _build_autoregressive(args, target: str) -> None:
+    """compile (torch.export programs) and export (+ ONNX) for CogVideo: prefill and decode step."""
+    from .autoregressive.export import build
+    from .models.cogvideo import load_cogvideo
+    from .planning import PruningPlan
+
+    started = time.perf_counter()
+    if args.precision != "fp32" or args.device != "cpu" or args.frames or args.height or args.width:
+        raise F3Error("autoregressive builds are fp32 on the CPU at the model's own frames; drop --precision, "
+                      "--device, --frames, --height and --width")
+    if target == "onnx" and (args.dynamic_batch or args.triton_repo or args.opset != 20):
+        raise F3Error("--dynamic-batch, --triton-repo and --opset do not apply to autoregressive builds yet")
+    plan = PruningPlan.load(args.plan) if args.plan else None
+    model = load_cogvideo(args.model)
+    manifest = build(model, plan, args.output, target=target, batch=args.batch, plan_path=args.plan,
+                     verify=not getattr(args, "no_verify", False))
+    for name, entry in manifest["programs"].items():
+        print(f"{name}: {', '.join(sorted(entry['files'].values()))}; {len(entry['inputs'])} inputs, "
+              f"{len(entry['outputs'])} outputs")
+    for kind, result in manifest.get("verify", {}).items():
+        print(f"verify {kind} vs eager over {result['calls']} calls: logits rel. L2 {result['logits_relative_l2']:.1e}, "
+              f"caches {result['caches_relative_l2']:.1e}")
+    _done(started, f"built prefill + decode step ({len(manifest['plus_layers'])} plus channels, cache "
+                   f"{manifest['cache']['bytes'] / 2**20:.2f} MiB at batch {args.batch}) -> {args.output}")
+
+
+def _generate_autoregressive(args, started: float, suffix: str) -> None:
+    from .autoregressive.runtime import ARRuntime
+    from .runtime import save_video
+
+    if args.backend not in ("torch", "onnxruntime") or args.device != "cpu" or args.latents or args.save_latents:
+        raise F3Error("an autoregressive build generates on the CPU with --backend torch or onnxruntime "
+                      "(no --latents/--save-latents)")
+    runtime = ARRuntime(args.build, backend=args.backend)
+    tokens = runtime.generate(args.prompt, seed=args.seed)
+    frames = runtime.frames(tokens)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f".{args.output.stem}.tmp{suffix}")
+    try:
+        save_video(frames, tmp, fps=args.fps)
+        tmp.replace(args.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} from "
+                   f"{tokens.numel()} tokens, backend {args.backend}, cache {runtime.cache_bytes / 2**20:.2f} MiB)")
+
+
+def _bench_autoregressive(args, spec: str, started: float) -> None:
+    from .autoregressive.bench import bench_ar, format_rows
+    from .models.cogvideo import load_cogvideo
+    from .planning import PruningPlan
+
+    if args.sweep is not None or args.backend != ["torch"] or args.device != "cpu" or args.precision != "fp32" or args.shape:
+        raise F3Error("autoregressive bench takes --plan with the torch backend, fp32 on the CPU "
+                      "(no --sweep, --shape, --device or --precision)")
+    model = load_cogvideo(spec)
+    rows = bench_ar(model, PruningPlan.load(args.plan), repeat=args.repeat, videos=args.videos)
+    print(format_rows(rows), flush=True)
+    if args.json:
+        from ._io import write_json_atomic
+
+        write_json_atomic(args.json, {"model": spec, "results": rows})
+    _done(started, "benchmarked dense vs pruned step programs")
+
+
+def cmd_convert(args) -> None:
+    """Convert a SAT CogVideo checkpoint (mp_rank_00_model_states.pt) into a model directory.
+
+    example: f3compile convert cogvideo-stage1/1/mp_rank_00_model_states.pt -o cogvideo-stage1
+    Reads the .pt with torch.load(weights_only=True) (no code in it runs), checks every key and
+    shape against the published layout and writes DIR/{cogvideo.json, model.safetensors}; the
+    directory is then a MODEL for every other command. Sizes come from the tensors' shapes;
+    --start-of-image and --pad-token give the tokenizer's special ids.
+    """
+    from .models.cogvideo import convert
+
+    started = time.perf_counter()
+    overrides = {k: v for k, v in (("start_of_image", args.start_of_image), ("pad_token", args.pad_token),
+                                   ("text_length", args.text_length)) if v is not None}
+    config = convert(args.checkpoint, args.output, **overrides)
+    _done(started, f"converted {config.num_layers} layers, hidden {config.hidden_size}, vocabulary "
+                   f"{config.vocab_size} -> {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .planning.criteria import CRITERIA, DEFAULT_CRITERION
     from .planning.plan import GRANULARITIES
@@ -511,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, default=1, help="for --sweep")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--plot", type=Path, help="write a speedup plot (PNG)")
+    p.add_argument("--videos", type=int, default=1, help="autoregressive models: whole videos per variant (default 1)")
 
     p = add("eval", cmd_eval)
     p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d (probe metrics), or any model (fidelity)")
@@ -538,6 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", type=int, default=0, help="also N random plans per ratio x granularity x stages")
     p.add_argument("--plot", action="store_true", help="also write sweep.png (quality vs speedup) for the given plans")
     p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+
+    p = add("convert", cmd_convert)
+    p.add_argument("checkpoint", type=Path, help="SAT mp_rank_00_model_states.pt (or a .safetensors of the same keys)")
+    p.add_argument("--start-of-image", type=int, help="token id of <start_of_image> (default 0)")
+    p.add_argument("--pad-token", type=int, help="token id of the text padding (default 0)")
+    p.add_argument("--text-length", type=int, help="text slots before the first frame (default 64)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
 
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")

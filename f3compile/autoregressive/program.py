@@ -1,6 +1,9 @@
 """CogVideo step programs: `prefill` and `decode_step` with a static key/value cache as named I/O,
 pruned structurally, and the masking reference they must equal.
 
+I/O names: `tokens` → `logits`, `present.*` (prefill); `token`, `position`, `past.*` → `logits`,
+`present.*` (decode step): each call's `present.X` is the next call's `past.X`.
+
 Token index s runs over the whole sequence: text slots [0, T), then frame f's grid² tokens
 [T + f·P, T + (f+1)·P). Per layer the programs carry two caches:
 
@@ -80,9 +83,8 @@ class StepPrune:
         for layer, item in self.layers.items():
             if not 0 <= layer < config.num_layers:
                 raise F3Error(f"layer {layer} is outside 0..{config.num_layers - 1}")
-            if any(not 0 <= h < config.num_heads for h in item.pruned_heads) or len(set(item.pruned_heads)) == config.num_heads:
-                raise F3Error(f"layer {layer}: pruned heads must be distinct heads of 0..{config.num_heads - 1}, "
-                              "not all of them (drop the channel instead)")
+            if any(not 0 <= h < config.num_heads for h in item.pruned_heads) or len(set(item.pruned_heads)) != len(item.pruned_heads):
+                raise F3Error(f"layer {layer}: pruned heads must be distinct heads of 0..{config.num_heads - 1}")
             if item.kept_frames is not None and any(not 0 <= f < config.frames for f in item.kept_frames):
                 raise F3Error(f"layer {layer}: kept frames must lie in 0..{config.frames - 1}")
 
@@ -156,7 +158,7 @@ class _PlusWeights(nn.Module):
         qkv, dense, gate = model.plus(layer)
         kept = [h for h in range(c.num_heads) if h not in item.pruned_heads]
         d, width = c.head_dim, c.hidden_size
-        columns = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept])
+        columns = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept] + [torch.zeros(0, dtype=torch.int64)])
         rows = torch.cat([columns + part * width for part in range(3)])  # q, k, v are contiguous thirds
         self.heads = len(kept)
         self.qkv_weight = nn.Parameter(qkv.weight.detach()[rows].clone(), requires_grad=False)
@@ -166,7 +168,7 @@ class _PlusWeights(nn.Module):
         slot_of, token_of = plus_slots(c, item.kept_frames)
         self.register_buffer("slot_of", slot_of)
         self.register_buffer("token_of", token_of)
-        self.slots = int(token_of.shape[0])
+        self.slots = int(token_of.shape[0]) if kept else 0  # every head pruned: no cache, the bias alone
 
 
 class StepCore(nn.Module):
@@ -198,7 +200,7 @@ class StepCore(nn.Module):
         specs = [(f"base_kv.{l}", (batch, 2, c.num_heads, c.text_length + c.frame_tokens, c.head_dim))
                  for l in range(c.num_layers)]
         specs += [(f"plus_kv.{l}", (batch, 2, p.heads, p.slots, c.head_dim)) for l, p in
-                  ((int(k), v) for k, v in self.plus.items())]
+                  ((int(k), v) for k, v in self.plus.items()) if p.heads]
         return specs
 
     def cache_bytes(self, batch: int, dtype: torch.dtype = torch.float32) -> int:
@@ -206,8 +208,12 @@ class StepCore(nn.Module):
         return sum(size * int(torch.Size(shape).numel()) for _, shape in self.cache_specs(batch))
 
     # compute ----------------------------------------------------------------------------------
-    def run(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """tokens (B, n) at token indices `positions` (n,) → (image logits of the last token (B, image_tokens), caches)."""
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor],
+            recorder=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """tokens (B, n) at token indices `positions` (n,) → (image logits of the last token (B, image_tokens), caches).
+
+        `recorder(layer, probs, token_of, positions, weighted_plus, hidden, plus)` (calibration only, never
+        exported) sees each plus channel's probabilities (B, h, n, slots) and its gated output."""
         c = self.config
         T, P = c.text_length, c.frame_tokens
         hidden = self.word_embeddings(tokens)
@@ -233,16 +239,22 @@ class StepCore(nn.Module):
             base_out = layer.attention.dense(_attend(_heads(q, heads), cache[:, 0], cache[:, 1], base_valid))
             gate = torch.sigmoid(self.gates[number])
             plus = self.plus[str(number)] if str(number) in self.plus else None
-            if plus is not None:
+            if plus is not None and not plus.heads:  # every head pruned: the output projection's bias remains
+                mixed = gate * base_out + (1 - gate) * plus.dense_bias
+            elif plus is not None:
                 pq, pk, pv = F.linear(x, plus.qkv_weight, plus.qkv_bias).chunk(3, dim=-1)
                 pkv = torch.stack([_heads(pk, plus.heads), _heads(pv, plus.heads)], dim=1)
                 pcache = plus_caches[plus_index].index_copy(3, plus.slot_of[positions], pkv)
                 plus_index += 1
                 new_plus.append(pcache)
                 valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
-                plus_out = F.linear(_attend(_heads(pq, plus.heads), pcache[:, 0], pcache[:, 1], valid),
-                                    plus.dense_weight, plus.dense_bias)
+                plus_context = _attend(_heads(pq, plus.heads), pcache[:, 0], pcache[:, 1], valid)
+                plus_out = F.linear(plus_context, plus.dense_weight, plus.dense_bias)
                 mixed = gate * base_out + (1 - gate) * plus_out
+                if recorder is not None:
+                    scores = torch.matmul(_heads(pq, plus.heads), pcache[:, 0].transpose(-1, -2)) / (c.head_dim ** 0.5)
+                    probs = torch.softmax(scores.float().masked_fill(~valid, float("-inf")), dim=-1)
+                    recorder(number, probs, plus.token_of, positions, plus_context, (1 - gate), hidden, plus)
             else:
                 mixed = base_out if self.prune.renormalise else gate * base_out
             out = torch.where(use_plus, mixed, base_out)
@@ -277,7 +289,7 @@ class PrefillProgram(nn.Module):
         return ["tokens"]
 
     def output_names(self) -> list[str]:
-        return ["logits"] + [name for name, _ in self.core.cache_specs(self.batch)]
+        return ["logits"] + [f"present.{name}" for name, _ in self.core.cache_specs(self.batch)]
 
 
 class DecodeProgram(nn.Module):
@@ -299,10 +311,10 @@ class DecodeProgram(nn.Module):
                 torch.tensor([c.text_length + 1], dtype=torch.int64), *caches)
 
     def input_names(self) -> list[str]:
-        return ["token", "position"] + [name for name, _ in self.core.cache_specs(self.batch)]
+        return ["token", "position"] + [f"past.{name}" for name, _ in self.core.cache_specs(self.batch)]
 
     def output_names(self) -> list[str]:
-        return ["logits"] + [name for name, _ in self.core.cache_specs(self.batch)]
+        return ["logits"] + [f"present.{name}" for name, _ in self.core.cache_specs(self.batch)]
 
 
 def programs(model: CogVideoTransformer, prune: StepPrune | None = None, batch: int = 1) -> tuple[PrefillProgram, DecodeProgram]:

@@ -194,6 +194,11 @@ def load_model(spec: str) -> VideoModel:
     """
     _quiet_libraries()
     spec = str(spec)
+    from .cogvideo import is_cogvideo_spec
+
+    if is_cogvideo_spec(spec):
+        raise F3Error(f"{spec} is an autoregressive model (CogVideo): this command takes diffusion models; "
+                      "CogVideo runs through calibrate, plan, inspect, compile, export, generate and bench")
     if spec.startswith("builtin:"):
         from .builtin import build_builtin
 

@@ -1,0 +1,166 @@
+"""Calibration of CogVideo on the real autoregressive loop (stage 1).
+
+Each prompt is generated token by token with cluster top-k sampling through the dense step
+programs; at every token the recorder reads the plus channel's probabilities over its cache
+(text + every earlier frame token: up to T + F·P keys, one query at a time) and sums, per layer
+and head, the mass each query frame pays to each key frame. The result has the diffusion
+calibrations' format (`f3compile.calibration/1`, one "step"), so `plan` and `inspect` work on it:
+
+  unit/{id}/attn        (1, H, F, F)  Σ over query tokens of the frame-key mass, renormalised over
+                                      frame keys (the text keys' share is kept apart)
+  unit/{id}/text_mass   (1, H)        Σ over frame-query tokens of the mass on text keys
+  unit/{id}/rows        (1,)          query tokens per (head, query frame)
+  unit/{id}/branch      (1,)          Σ ‖(1 − σ(a))·dense_plus(ctx_plus)‖ / ‖hidden‖ over frame ≥ 1 tokens
+  unit/{id}/head_branch (1, H)        the same per head
+  unit/{id}/calls       (1,)          tokens summed into branch
+  block/{id}/ratio, calls              = branch, calls (the channel is its own block)
+  layer/{l}/gate        (hidden,)     σ(attn_distribution[l])
+Frame 0's queries attend (within their frame) like every other, though their plus term is not
+used at inference: their row says they do no cross-frame work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_dir
+from ..calibration.stats import SCHEMA, CalibrationStats
+from ..errors import F3Error
+from ..models.cogvideo import CogVideoModel, unit_id
+from .program import StepCore
+from .sampling import Strategy, generate_tokens
+
+
+class PlusRecorder:
+    """Sums the plus channel's frame-to-frame attention and branch norms over calls."""
+
+    def __init__(self, core: StepCore):
+        c = self.config = core.config
+        self.layers = [int(k) for k in core.plus]
+        heads = {layer: core.plus[str(layer)].heads for layer in self.layers}
+        self.attn = {l: torch.zeros(heads[l], c.frames, c.frames, dtype=torch.float64) for l in self.layers}
+        self.text_mass = {l: torch.zeros(heads[l], dtype=torch.float64) for l in self.layers}
+        self.branch = {l: 0.0 for l in self.layers}
+        self.head_branch = {l: torch.zeros(heads[l], dtype=torch.float64) for l in self.layers}
+        self.calls = {l: 0 for l in self.layers}
+        self.frame_queries = 0
+
+    def __call__(self, layer, probs, token_of, positions, plus_context, weight, hidden, plus) -> None:
+        c = self.config
+        T, P = c.text_length, c.frame_tokens
+        if not torch.isfinite(probs).all():
+            raise F3Error(f"calibration saw NaN/inf attention in {unit_id(layer)}; check the model weights")
+        query_frame = torch.where(positions < T, -1, (positions - T) // P)
+        key_frame = torch.where(token_of < T, -1, (token_of - T) // P).clamp_max(c.frames)  # dummy slot -> frames
+        one_hot = torch.nn.functional.one_hot(key_frame + 1, c.frames + 2).double()  # (S, F + 2): text, frames, dummy
+        mass = probs.double() @ one_hot  # (B, h, n, F + 2)
+        text = mass[..., 0]
+        frames = mass[..., 1:c.frames + 1] / (1 - text).clamp_min(1e-12).unsqueeze(-1)
+        for row in range(positions.shape[0]):
+            f = int(query_frame[row])
+            if f < 0:
+                continue
+            self.attn[layer][:, f] += frames[:, :, row].sum(0)
+            self.text_mass[layer] += text[:, :, row].sum(0)
+            if layer == self.layers[0]:
+                self.frame_queries += probs.shape[0]
+            if f >= 1:  # where the plus term is used
+                norm = hidden[:, row].double().norm(dim=-1).clamp_min(1e-12)  # (B,)
+                heads, d = plus.heads, c.head_dim
+                per_head = torch.stack([
+                    (weight.double() * (plus_context[:, row, h * d:(h + 1) * d].double()
+                                        @ plus.dense_weight[:, h * d:(h + 1) * d].double().T)).norm(dim=-1)
+                    for h in range(heads)], dim=-1)  # (B, h)
+                whole = (weight.double() * (plus_context[:, row].double() @ plus.dense_weight.double().T
+                                            + plus.dense_bias.double())).norm(dim=-1)
+                self.branch[layer] += float((whole / norm).sum())
+                self.head_branch[layer] += (per_head / norm.unsqueeze(-1)).sum(0)
+                self.calls[layer] += probs.shape[0]
+
+    def tensors(self, core: StepCore) -> dict[str, torch.Tensor]:
+        c = self.config
+        rows = self.frame_queries / c.frames
+        out: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            uid = unit_id(layer)
+            out[f"unit/{uid}/attn"] = self.attn[layer].float().unsqueeze(0)
+            out[f"unit/{uid}/text_mass"] = self.text_mass[layer].float().unsqueeze(0)
+            out[f"unit/{uid}/rows"] = torch.tensor([rows], dtype=torch.float32)
+            out[f"unit/{uid}/branch"] = torch.tensor([self.branch[layer]], dtype=torch.float32)
+            out[f"unit/{uid}/head_branch"] = self.head_branch[layer].float().unsqueeze(0)
+            out[f"unit/{uid}/calls"] = torch.tensor([float(self.calls[layer])])
+            out[f"block/{uid}/ratio"] = out[f"unit/{uid}/branch"].clone()
+            out[f"block/{uid}/calls"] = out[f"unit/{uid}/calls"].clone()
+            out[f"layer/{layer}/gate"] = torch.sigmoid(core.gates[layer].detach().float())
+        return out
+
+
+def units_of(model: CogVideoModel) -> list[dict]:
+    c = model.config
+    return [dict(id=unit_id(l), block=unit_id(l), heads=c.num_heads, head_dim=c.head_dim, frames=c.frames,
+                 channels=c.hidden_size) for l in range(c.num_layers)]
+
+
+@torch.no_grad()
+def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, batch_size: int = 1,
+                       output_dir: Path | None = None, prompts_sha256: str | None = None, progress: bool = False,
+                       strategy: Strategy | None = None) -> CalibrationStats:
+    """Generate every prompt with the dense programs while recording the plus channels."""
+    from ..calibration.calibrate import library_versions
+
+    started = time.perf_counter()
+    c = model.config
+    core = StepCore(model.module).eval()
+    recorder = PlusRecorder(core)
+
+    def prefill(tokens):
+        specs = core.cache_specs(tokens.shape[0])
+        caches = [torch.zeros(shape) for _, shape in specs]
+        logits, caches = core.run(tokens, torch.arange(tokens.shape[1]), caches, recorder=recorder)
+        return (logits, *caches)
+
+    def decode(token, position, *caches):
+        logits, caches = core.run(token, position, list(caches), recorder=recorder)
+        return (logits, *caches)
+
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) * c.frames * c.frame_tokens, desc="calibrate", unit="token", leave=False)
+    try:
+        for number, batch in enumerate(batches):
+            generate_tokens(c, prefill, decode, model.tokenizer(batch), seed=seed + number, strategy=strategy,
+                            on_token=(lambda _: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    tensors = recorder.tensors(core)
+    tensors["timesteps"] = torch.tensor([0.0])
+    digest = prompts_sha256 or "sha256:" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    meta = {
+        "schema": SCHEMA,
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
+        "kind": "autoregressive",
+        "prompts": {"count": len(prompts), "sha256": digest},
+        "seed": seed,
+        "shapes": {"batch": batch_size, "frames": c.frames, "height": c.grid * c.patch, "width": c.grid * c.patch},
+        "steps": 1,
+        "num_train_timesteps": 1,
+        "timesteps": [0],
+        "tokens_per_video": c.frames * c.frame_tokens,
+        "sampling": (strategy or Strategy()).__dict__,
+        "units": units_of(model),
+        "versions": library_versions(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    stats = CalibrationStats(meta=meta, tensors=tensors)
+    if output_dir is not None:
+        with atomic_dir(output_dir) as tmp:
+            stats.save(tmp)
+    return stats

@@ -1,0 +1,52 @@
+"""Run a CogVideo build directory as a deployment would: manifest + prefill/decode artifacts, the
+loop of `sampling.generate_tokens`, and the stand-in decoder named by the manifest's sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import F3Error
+from ..models.cogvideo import ByteTextTokenizer, CogVideoConfig, PaletteDecoder
+from .export import load_ar_manifest, onnx_callables
+from .sampling import Strategy, generate_tokens
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class ARRuntime:
+    """`generate(prompt)` → image tokens; `decode(tokens)` → frames."""
+
+    def __init__(self, build_dir: str | Path, backend: str = "torch"):
+        self.directory = Path(build_dir)
+        self.manifest = load_ar_manifest(self.directory)
+        self.config = CogVideoConfig.from_dict(self.manifest["config"], "manifest config")
+        self.batch = int(self.manifest["batch"])
+        if backend not in BACKENDS:
+            raise F3Error(f"autoregressive builds run on {', '.join(BACKENDS)}, not {backend!r}")
+        programs = self.manifest["programs"]
+        if backend == "onnxruntime":
+            if "onnx" not in programs["prefill"]["files"]:
+                raise F3Error(f"{self.directory} has no ONNX programs; build it with `f3compile export --target onnx`")
+            self.prefill, self.decode_step = onnx_callables(self.directory, self.manifest)
+        else:
+            import torch.export
+
+            self.prefill = torch.export.load(str(self.directory / programs["prefill"]["files"]["pt2"])).module()
+            self.decode_step = torch.export.load(str(self.directory / programs["decode"]["files"]["pt2"])).module()
+        self.backend = backend
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.manifest["cache"]["bytes"])
+
+    @torch.no_grad()
+    def generate(self, prompt: str, seed: int = 0, strategy: Strategy | None = None) -> torch.Tensor:
+        """(frames, grid²) image tokens of one video (the build's batch runs the prompt in every row)."""
+        text = ByteTextTokenizer(self.config)([prompt] * self.batch)
+        return generate_tokens(self.config, self.prefill, self.decode_step, text, seed=seed, strategy=strategy)[0]
+
+    def frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(frames, H, W, 3) in [0, 1] for `save_video`."""
+        return PaletteDecoder(self.config)(tokens.unsqueeze(0))[0].permute(0, 2, 3, 1)

@@ -1,0 +1,97 @@
+"""The autoregressive loop of CogVideo stage 1 over step programs, with cluster top-k sampling.
+
+Token layout of one video (T text slots, F frames of P tokens): inputs at token index s are the
+text, then for every frame `<start_of_image>` followed by the frame's first P − 1 image tokens;
+the logits at index T + f·P + j predict image token j of frame f. One prefill runs the text and
+the first `<start_of_image>`, then F·P − 1 decode steps follow.
+
+Cluster top-k (CogView2's strategy): the image tokens are grouped in clusters; per token the
+softmax(logits / temperature) mass is summed per cluster, one of the top-k clusters is drawn by
+its mass, and the token is drawn inside it from softmax(logits / (temperature · temperature2)).
+The first frame uses temperature 1.0 and k 16, later frames 1.05 and 12, both temperature2 0.89.
+The published 500 clusters (a label file) are not shipped: the builtins use token id mod 500 (mod
+8 for tiny-cogvideo), which keeps the procedure and its cost but not the published grouping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..models.cogvideo import CogVideoConfig
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Cluster top-k sampling settings (defaults: the published stage-1 script)."""
+
+    first_temperature: float = 1.0  # first frame
+    first_top_k: int = 16
+    temperature: float = 1.05  # frames 2..
+    top_k: int = 12
+    temperature2: float = 0.89  # inside the chosen cluster (multiplies temperature)
+
+    def for_frame(self, frame: int) -> tuple[float, int]:
+        return (self.first_temperature, self.first_top_k) if frame == 0 else (self.temperature, self.top_k)
+
+
+def cluster_labels(config: CogVideoConfig) -> torch.Tensor:
+    clusters = 8 if config.image_tokens < 500 * 8 else 500
+    return torch.arange(config.image_tokens) % clusters
+
+
+def sample_cluster_topk(logits: torch.Tensor, labels: torch.Tensor, temperature: float, top_k: int,
+                        temperature2: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, image_tokens) logits → (B,) sampled ids."""
+    clusters = int(labels.max()) + 1
+    scaled = logits.float().cpu() / temperature
+    probs = torch.softmax(scaled, dim=-1)
+    mass = torch.zeros(probs.shape[0], clusters).scatter_add_(1, labels.expand(probs.shape[0], -1), probs)
+    top_mass, top_index = mass.topk(min(top_k, clusters), dim=-1)
+    chosen = top_index.gather(1, torch.multinomial(top_mass / top_mass.sum(-1, keepdim=True), 1, generator=generator))
+    inside = scaled.masked_fill(labels.view(1, -1) != chosen, float("-inf"))
+    return torch.multinomial(torch.softmax(inside / temperature2, dim=-1), 1, generator=generator).squeeze(1)
+
+
+Step = Callable[..., Sequence[torch.Tensor]]
+
+
+def generate_tokens(config: CogVideoConfig, prefill: Step, decode: Step, text: torch.Tensor, seed: int = 0,
+                    strategy: Strategy | None = None, device: str | torch.device = "cpu",
+                    on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Image tokens (B, frames, P) of one video per text row (B, T), from prefill/decode callables
+    with the program signatures (eager modules, loaded torch.export programs or ONNX sessions
+    wrapped alike)."""
+    strategy = strategy or Strategy()
+    c = config
+    T, P = c.text_length, c.frame_tokens
+    generator = torch.Generator().manual_seed(seed)
+    labels = cluster_labels(c)
+    batch = text.shape[0]
+    start = torch.full((batch, 1), c.start_of_image, dtype=torch.int64)
+    outputs = prefill(torch.cat([text, start], dim=1).to(device))
+    logits, caches = outputs[0], list(outputs[1:])
+    images = torch.empty((batch, c.frames * P), dtype=torch.int64)
+    for index in range(T, c.sequence_length):
+        frame = (index - T) // P
+        temperature, top_k = strategy.for_frame(frame)
+        images[:, index - T] = sample_cluster_topk(logits, labels, temperature, top_k, strategy.temperature2, generator)
+        if on_token is not None:
+            on_token(index)
+        following = index + 1
+        if following == c.sequence_length:
+            break
+        token = start if (following - T) % P == 0 else images[:, index - T:index - T + 1]
+        outputs = decode(token.to(device), torch.tensor([following], device=device), *caches)
+        logits, caches = outputs[0], list(outputs[1:])
+    return images.view(batch, c.frames, P)
+
+
+def teacher_tokens(config: CogVideoConfig, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The input sequence (B, N) that generated `images` (B, frames, P) after `text` (B, T)."""
+    c = config
+    inputs = images.reshape(images.shape[0], -1).roll(1, dims=1)
+    inputs[:, :: c.frame_tokens] = c.start_of_image
+    return torch.cat([text, inputs], dim=1)
