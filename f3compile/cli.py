@@ -401,6 +401,9 @@ def cmd_eval(args) -> None:
     Prompts are JSON lines {"prompt", "color", "shape", "direction"}; by default every label
     combination once, in held-out wording.
     """
+    if _autoregressive(args.model):
+        raise F3Error(f"{args.model} is autoregressive (CogVideo): eval scores diffusion models; "
+                      "measure CogVideo plans with `f3compile bench`")
     from .evaluation import EvalConfig, default_prompts, evaluate, markdown, read_eval_prompts, write_report
     from .models import load_model
 
