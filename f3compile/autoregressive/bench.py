@@ -17,7 +17,7 @@ import torch
 
 from ..models.cogvideo import CogVideoModel
 from .export import prune_of
-from .program import StepCore, programs
+from .program import Session, StepCore, StepPrune, programs
 from .sampling import generate_tokens
 
 
@@ -42,14 +42,15 @@ def _time(fn, *args) -> float:
 
 
 @torch.no_grad()
-def bench_ar(model: CogVideoModel, plan, repeat: int = 20, videos: int = 1, batch: int = 1,
-             renormalise: bool = False, export: bool = True, log=print) -> list[dict[str, Any]]:
-    """One row per variant (dense, pruned) with medians in ms and the ratios dense/pruned."""
+def bench_ar(model: CogVideoModel, plan=None, repeat: int = 20, videos: int = 1, batch: int = 1,
+             renormalise: bool = False, export: bool = True, prune: StepPrune | None = None) -> list[dict[str, Any]]:
+    """One row per variant (dense, pruned: `plan`, or `prune` given directly) with medians in ms and
+    the ratios dense/pruned."""
     import torch.export
 
     c = model.config
     variants = {"dense": programs(model.module, None, batch),
-                "pruned": programs(model.module, prune_of(model, plan, renormalise), batch)}
+                "pruned": programs(model.module, prune if prune is not None else prune_of(model, plan, renormalise), batch)}
     callables, cores = {}, {}
     for name, (prefill, decode) in variants.items():
         cores[name] = prefill.core
@@ -65,6 +66,7 @@ def bench_ar(model: CogVideoModel, plan, repeat: int = 20, videos: int = 1, batc
         outputs = prefill(prefix)
         decode_inputs[name] = (torch.full((batch, 1), 1, dtype=torch.int64),
                                torch.tensor([c.sequence_length - 1]), *outputs[1:])
+    tables = {name: cores[name].slot_tables() for name in callables}
     times: dict[str, dict[str, list[float]]] = {n: {"prefill": [], "decode": [], "video": []} for n in callables}
     for name, (prefill, decode) in callables.items():  # warm-up
         prefill(prefix)
@@ -75,7 +77,8 @@ def bench_ar(model: CogVideoModel, plan, repeat: int = 20, videos: int = 1, batc
             times[name]["decode"].append(_time(decode, *decode_inputs[name]))
     for number in range(videos):
         for name, (prefill, decode) in callables.items():
-            times[name]["video"].append(_time(generate_tokens, c, prefill, decode, text, number))
+            session = Session(prefill, decode, tables[name])
+            times[name]["video"].append(_time(generate_tokens, c, session, text, number))
     rows = []
     for name in callables:
         row = {"variant": name, "prefill_ms": 1e3 * statistics.median(times[name]["prefill"]),

@@ -31,7 +31,7 @@ from .._io import atomic_dir
 from ..calibration.stats import SCHEMA, CalibrationStats
 from ..errors import F3Error
 from ..models.cogvideo import CogVideoModel, unit_id
-from .program import StepCore
+from .program import Session, StepCore
 from .sampling import Strategy, generate_tokens
 
 
@@ -71,10 +71,9 @@ class PlusRecorder:
             if f >= 1:  # where the plus term is used
                 norm = hidden[:, row].double().norm(dim=-1).clamp_min(1e-12)  # (B,)
                 heads, d = plus.heads, c.head_dim
-                per_head = torch.stack([
-                    (weight.double() * (plus_context[:, row, h * d:(h + 1) * d].double()
-                                        @ plus.dense_weight[:, h * d:(h + 1) * d].double().T)).norm(dim=-1)
-                    for h in range(heads)], dim=-1)  # (B, h)
+                context = plus_context[:, row].double().view(-1, heads, d)  # (B, h, d)
+                columns = plus.dense_weight.double().view(-1, heads, d)  # (H, h, d)
+                per_head = (weight.double().view(1, 1, -1) * torch.einsum("bhd,khd->bhk", context, columns)).norm(dim=-1)
                 whole = (weight.double() * (plus_context[:, row].double() @ plus.dense_weight.double().T
                                             + plus.dense_bias.double())).norm(dim=-1)
                 self.branch[layer] += float((whole / norm).sum())
@@ -99,10 +98,48 @@ class PlusRecorder:
         return out
 
 
-def units_of(model: CogVideoModel) -> list[dict]:
+CROSS_FRAME_THRESHOLD = 1e-3  # mean attention mass a frame query pays to other frames' keys
+
+
+@torch.no_grad()
+def cross_frame_mass(model: CogVideoModel, seed: int = 0) -> dict[tuple[str, int], float]:
+    """(channel, layer) → mean mass that frame tokens' queries pay to keys of *other* frames, on one
+    random token sequence through the reference forward (no names involved: what attends across
+    frames is found by running it)."""
+    from .program import frame_of, reference_logits
+
     c = model.config
-    return [dict(id=unit_id(l), block=unit_id(l), heads=c.num_heads, head_dim=c.head_dim, frames=c.frames,
-                 channels=c.hidden_size) for l in range(c.num_layers)]
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, c.image_tokens, (1, c.sequence_length), generator=generator)
+    frame = frame_of(c)
+    other = (frame.view(-1, 1) >= 0) & (frame.view(1, -1) >= 0) & (frame.view(-1, 1) != frame.view(1, -1))
+    queries = int((frame >= 0).sum())
+    found: dict[tuple[str, int], float] = {}
+
+    def record(channel, layer, probs):
+        found[(channel, layer)] = float((probs.double() * other).sum() / (probs.shape[0] * probs.shape[1] * queries))
+
+    reference_logits(model.module, tokens, record=record)
+    return found
+
+
+def find_temporal_units(model: CogVideoModel) -> list[dict]:
+    """The attention channels whose keys span other frames, as calibration units: in CogVideo the
+    plus channel of every layer (the base channel sees only the text and its own frame)."""
+    c = model.config
+    mass = cross_frame_mass(model)
+    units = []
+    for (channel, layer), value in sorted(mass.items(), key=lambda item: (item[0][1], item[0][0])):
+        if value <= CROSS_FRAME_THRESHOLD:
+            continue
+        if channel != "plus":
+            raise F3Error(f"the {channel} channel of layer {layer} attends across frames ({value:.3f}); "
+                          "only plus channels are temporal units")
+        units.append(dict(id=unit_id(layer), block=unit_id(layer), heads=c.num_heads, head_dim=c.head_dim,
+                          frames=c.frames, channels=c.hidden_size))
+    if not units:
+        raise F3Error(f"{model.spec}: no attention channel attends across frames; nothing to prune")
+    return units
 
 
 @torch.no_grad()
@@ -114,19 +151,23 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
 
     started = time.perf_counter()
     c = model.config
+    units = find_temporal_units(model)
+    if len(units) != c.num_layers:
+        raise F3Error(f"{model.spec}: {c.num_layers - len(units)} plus channel(s) attend to no other frame; "
+                      "calibration expects one temporal unit per layer")
     core = StepCore(model.module).eval()
     recorder = PlusRecorder(core)
 
     def prefill(tokens):
-        specs = core.cache_specs(tokens.shape[0])
-        caches = [torch.zeros(shape) for _, shape in specs]
+        caches = [torch.zeros(shape) for _, shape in core.cache_specs(tokens.shape[0])]
         logits, caches = core.run(tokens, torch.arange(tokens.shape[1]), caches, recorder=recorder)
         return (logits, *caches)
 
     def decode(token, position, *caches):
-        logits, caches = core.run(token, position, list(caches), recorder=recorder)
-        return (logits, *caches)
+        logits, new = core.run(token, position, list(caches), recorder=recorder, append=True)
+        return (logits, *new)
 
+    tables = core.slot_tables()
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     bar = None
     if progress:
@@ -135,7 +176,7 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         bar = tqdm(total=len(batches) * c.frames * c.frame_tokens, desc="calibrate", unit="token", leave=False)
     try:
         for number, batch in enumerate(batches):
-            generate_tokens(c, prefill, decode, model.tokenizer(batch), seed=seed + number, strategy=strategy,
+            generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number, strategy=strategy,
                             on_token=(lambda _: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
@@ -155,7 +196,7 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         "timesteps": [0],
         "tokens_per_video": c.frames * c.frame_tokens,
         "sampling": (strategy or Strategy()).__dict__,
-        "units": units_of(model),
+        "units": units,
         "versions": library_versions(),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -6,11 +6,13 @@ verified, with a manifest (`f3compile.ar-manifest/1`) that a runtime needs nothi
     BUILD/prefill.onnx, BUILD/decode.onnx        with --target onnx, checked by onnxruntime
 
 The manifest names every input and output of both programs (the caches are `base_kv.L` then
-`plus_kv.L`: outputs `present.X`, which the next decode step takes as `past.X`), the model's
+`plus_kv.L`: the prefill returns them as `present.X`; a decode step reads `past.X` and returns the
+token's entry `new.X`, which the runtime writes at the slot `program.slot_tables` gives for the
+cache's channel and kept frames, both listed under `cache.tensors`), the model's
 sizes (for the stand-in tokenizer and decoder), the plan's stage and the cache memory.
 Verification feeds one real token sequence (a seeded generation of the dense model) through the
 eager pruned programs and through each artifact — the prefill and the first frames' decode
-steps — and compares logits and caches: relative L2 ≤ 1e-5 (torch.export) and ≤ 1e-4
+steps — and compares logits, caches and new entries: relative L2 ≤ 1e-5 (torch.export) and ≤ 1e-4
 (onnxruntime, fp32).
 """
 
@@ -26,7 +28,7 @@ import torch
 from .._io import atomic_dir, read_json, sha256_file
 from ..errors import F3Error
 from ..models.cogvideo import CogVideoConfig, CogVideoModel
-from .program import StepPrune, programs, DecodeProgram, PrefillProgram
+from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs, slot_tables
 
 SCHEMA = "f3compile.ar-manifest/1"
 MANIFEST = "manifest.json"
@@ -60,15 +62,19 @@ def verification_tokens(model: CogVideoModel, batch: int, decode_steps: int, see
     prefill, decode = programs(model.module, None, batch)
     text = model.tokenizer(["a red square moves to the left"] * batch)
     with torch.no_grad():
-        images = generate_tokens(c, prefill, decode, text, seed=seed)
+        images = generate_tokens(c, Session(prefill, decode, prefill.core.slot_tables()), text, seed=seed)
     return teacher_tokens(c, text, images)[:, : c.text_length + 1 + decode_steps]
 
 
-def _run(prefill, decode, tokens: torch.Tensor, prefill_length: int) -> list[list[torch.Tensor]]:
-    """Every call's outputs (logits, *caches) along `tokens`."""
-    outs = [list(prefill(tokens[:, :prefill_length]))]
+def _run(prefill, decode, tables, tokens: torch.Tensor, prefill_length: int) -> list[list[torch.Tensor]]:
+    """Every call's outputs along `tokens`: the prefill's (logits, *caches), then each decode
+    step's (logits, *new entries)."""
+    session = Session(prefill, decode, tables)
+    outs = [[session.start(tokens[:, :prefill_length]), *session.caches]]
+    outs[0] = [torch.as_tensor(o).clone() for o in outs[0]]
     for index in range(prefill_length, tokens.shape[1]):
-        outs.append(list(decode(tokens[:, index:index + 1], torch.tensor([index]), *outs[-1][1:])))
+        logits, new = session.step(tokens[:, index:index + 1], index)
+        outs.append([torch.as_tensor(logits), *(torch.as_tensor(n) for n in new)])
     return outs
 
 
@@ -146,19 +152,20 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
                                                 "stage": plan.stages[0].to_dict()},
             "renormalise": renormalise,
             "plus_layers": [int(k) for k, v in core.plus.items() if v.heads],
-            "cache": {"bytes": core.cache_bytes(batch), "tensors": [{"name": n, "shape": list(s)} for n, s in core.cache_specs(batch)]},
+            "cache": {"bytes": core.cache_bytes(batch), "tensors": core.cache_layout(batch)},
             "programs": entries, "seconds": seconds,
         }
         if verify:
             steps = verify_steps if verify_steps is not None else min(2 * c.frame_tokens, c.sequence_length - c.text_length - 1)
             tokens = verification_tokens(model, batch, steps)
             with torch.no_grad():
-                reference = _run(prefill, decode, tokens, prefill.length)
+                tables = prefill.core.slot_tables()
+                reference = _run(prefill, decode, tables, tokens, prefill.length)
                 loaded = {n: torch.export.load(str(tmp / e["files"]["pt2"])).module() for n, e in entries.items()}
-                checks = {"pt2": _compare(_run(loaded["prefill"], loaded["decode"], tokens, prefill.length), reference)}
+                checks = {"pt2": _compare(_run(loaded["prefill"], loaded["decode"], tables, tokens, prefill.length), reference)}
                 if target == "onnx":
                     onnx_prefill, onnx_decode = onnx_callables(tmp, manifest)
-                    checks["onnx"] = _compare(_run(onnx_prefill, onnx_decode, tokens, prefill.length), reference)
+                    checks["onnx"] = _compare(_run(onnx_prefill, onnx_decode, tables, tokens, prefill.length), reference)
             for kind, result in checks.items():
                 worst = max(result["logits_relative_l2"], result["caches_relative_l2"])
                 result["tolerance"] = TOLERANCE[kind]

@@ -1,8 +1,10 @@
 """CogVideo step programs: `prefill` and `decode_step` with a static key/value cache as named I/O,
 pruned structurally, and the masking reference they must equal.
 
-I/O names: `tokens` → `logits`, `present.*` (prefill); `token`, `position`, `past.*` → `logits`,
-`present.*` (decode step): each call's `present.X` is the next call's `past.X`.
+I/O names: `tokens` → `logits`, `present.*` (prefill, the caches filled); `token`, `position`,
+`past.*` → `logits`, `new.*` (decode step): the caches are only read, and `new.X` is the token's
+entry, which the runtime writes into cache X at its slot (`Session`, `slot_tables`) — so no
+program copies a cache per token, only the new entries leave it.
 
 Token index s runs over the whole sequence: text slots [0, T), then frame f's grid² tokens
 [T + f·P, T + (f+1)·P). Per layer the programs carry two caches:
@@ -10,7 +12,7 @@ Token index s runs over the whole sequence: text slots [0, T), then frame f's gr
     base_kv.{l}  (B, 2, heads, T + P, head_dim)        text + the current frame (slot T + j)
     plus_kv.{l}  (B, 2, kept_heads, T + kept·P + 1, head_dim)
                  text + every kept frame's tokens, and one always-masked slot where tokens of
-                 frames without a slot write (a static graph cannot skip a write)
+                 frames without a slot are written
 
 A layer whose plus channel is dropped has no plus cache at all, so pruning frees cache memory.
 Masks come from the token index alone: base keys are all the text and the query's own frame up to
@@ -149,6 +151,19 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tens
     return context.transpose(1, 2).reshape(batch, n, heads * dim)
 
 
+def _attend_appended(q: torch.Tensor, cache: torch.Tensor, new: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """`_attend` over the cache's slots followed by the new entries, without concatenating the
+    cache (which would copy it every token): the scores are joined, the values summed in two parts.
+    cache (B, 2, h, S, d), new (B, 2, h, n, d), valid (n, S + n)."""
+    scale = q.shape[-1] ** 0.5
+    slots = cache.shape[3]
+    scores = torch.cat([torch.matmul(q, cache[:, 0].transpose(-1, -2)), torch.matmul(q, new[:, 0].transpose(-1, -2))], dim=-1) / scale
+    probs = torch.softmax(scores.masked_fill(~valid, torch.finfo(scores.dtype).min), dim=-1)
+    context = torch.matmul(probs[..., :slots], cache[:, 1]) + torch.matmul(probs[..., slots:], new[:, 1])
+    batch, heads, n, dim = context.shape
+    return context.transpose(1, 2).reshape(batch, n, heads * dim)
+
+
 class _PlusWeights(nn.Module):
     """One layer's plus channel with pruned heads removed, and its cache tables."""
 
@@ -209,11 +224,15 @@ class StepCore(nn.Module):
 
     # compute ----------------------------------------------------------------------------------
     def run(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor],
-            recorder=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            recorder=None, append: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """tokens (B, n) at token indices `positions` (n,) → (image logits of the last token (B, image_tokens), caches).
 
-        `recorder(layer, probs, token_of, positions, weighted_plus, hidden, plus)` (calibration only, never
-        exported) sees each plus channel's probabilities (B, h, n, slots) and its gated output."""
+        Without `append` (prefill) the new keys/values are written into the caches, which come back
+        whole. With `append` (one decode token) the caches are only read: attention runs over the
+        cache's earlier slots and the new entry, and the new entries (B, 2, h, 1, d) come back for
+        the caller to write at their slots (`slot_tables`) — no copy of the cache per token.
+        `recorder(layer, probs, token_of, positions, context, weight, hidden, plus)` (calibration
+        only, never exported) sees each plus channel's probabilities over its keys."""
         c = self.config
         T, P = c.text_length, c.frame_tokens
         hidden = self.word_embeddings(tokens)
@@ -225,8 +244,11 @@ class StepCore(nn.Module):
         within = (positions - T).clamp_min(0) % P
         base_slots = torch.where(positions < T, positions, T + within)  # (n,)
         slot = torch.arange(T + P, device=tokens.device)
-        base_valid = (slot < T).view(1, -1) | (
-            (slot >= T).view(1, -1) & (positions >= T).view(-1, 1) & ((slot - T).view(1, -1) <= within.view(-1, 1)))
+        earlier_in_frame = ((slot - T).view(1, -1) < within.view(-1, 1)) if append else ((slot - T).view(1, -1) <= within.view(-1, 1))
+        base_valid = (slot < T).view(1, -1) | ((slot >= T).view(1, -1) & (positions >= T).view(-1, 1) & earlier_in_frame)
+        itself = torch.ones((positions.shape[0], 1), dtype=torch.bool, device=tokens.device)
+        if append:
+            base_valid = torch.cat([base_valid, itself], dim=1)
         heads = c.num_heads
         base_caches, plus_caches = caches[: c.num_layers], caches[c.num_layers:]
         new_base, new_plus, plus_index = [], [], 0
@@ -234,9 +256,14 @@ class StepCore(nn.Module):
             x = layer.input_layernorm(hidden)
             q, k, v = layer.attention.query_key_value(x).chunk(3, dim=-1)
             kv = torch.stack([_heads(k, heads), _heads(v, heads)], dim=1)  # (B, 2, h, n, d)
-            cache = base_caches[number].index_copy(3, base_slots, kv)
-            new_base.append(cache)
-            base_out = layer.attention.dense(_attend(_heads(q, heads), cache[:, 0], cache[:, 1], base_valid))
+            if append:
+                new_base.append(kv)
+                base_context = _attend_appended(_heads(q, heads), base_caches[number], kv, base_valid)
+            else:
+                keys = base_caches[number].index_copy(3, base_slots, kv)
+                new_base.append(keys)
+                base_context = _attend(_heads(q, heads), keys[:, 0], keys[:, 1], base_valid)
+            base_out = layer.attention.dense(base_context)
             gate = torch.sigmoid(self.gates[number])
             plus = self.plus[str(number)] if str(number) in self.plus else None
             if plus is not None and not plus.heads:  # every head pruned: the output projection's bias remains
@@ -244,17 +271,27 @@ class StepCore(nn.Module):
             elif plus is not None:
                 pq, pk, pv = F.linear(x, plus.qkv_weight, plus.qkv_bias).chunk(3, dim=-1)
                 pkv = torch.stack([_heads(pk, plus.heads), _heads(pv, plus.heads)], dim=1)
-                pcache = plus_caches[plus_index].index_copy(3, plus.slot_of[positions], pkv)
+                if append:
+                    pkeys = plus_caches[plus_index]
+                    token_of = torch.cat([plus.token_of, positions])
+                    kept_itself = (plus.slot_of[positions] < plus.slots - 1).view(-1, 1)  # its frame has slots
+                    valid = torch.cat([plus.token_of.view(1, -1) < positions.view(-1, 1), kept_itself], dim=1)
+                    new_plus.append(pkv)
+                    plus_context = _attend_appended(_heads(pq, plus.heads), pkeys, pkv, valid)
+                else:
+                    pkeys = plus_caches[plus_index].index_copy(3, plus.slot_of[positions], pkv)
+                    token_of = plus.token_of
+                    valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
+                    new_plus.append(pkeys)
+                    plus_context = _attend(_heads(pq, plus.heads), pkeys[:, 0], pkeys[:, 1], valid)
                 plus_index += 1
-                new_plus.append(pcache)
-                valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
-                plus_context = _attend(_heads(pq, plus.heads), pcache[:, 0], pcache[:, 1], valid)
                 plus_out = F.linear(plus_context, plus.dense_weight, plus.dense_bias)
                 mixed = gate * base_out + (1 - gate) * plus_out
                 if recorder is not None:
-                    scores = torch.matmul(_heads(pq, plus.heads), pcache[:, 0].transpose(-1, -2)) / (c.head_dim ** 0.5)
+                    all_keys = torch.cat([pkeys[:, 0], pkv[:, 0]], dim=2) if append else pkeys[:, 0]
+                    scores = torch.matmul(_heads(pq, plus.heads), all_keys.transpose(-1, -2)) / (c.head_dim ** 0.5)
                     probs = torch.softmax(scores.float().masked_fill(~valid, float("-inf")), dim=-1)
-                    recorder(number, probs, plus.token_of, positions, plus_context, (1 - gate), hidden, plus)
+                    recorder(number, probs, token_of, positions, plus_context, (1 - gate), hidden, plus)
             else:
                 mixed = base_out if self.prune.renormalise else gate * base_out
             out = torch.where(use_plus, mixed, base_out)
@@ -263,6 +300,54 @@ class StepCore(nn.Module):
             hidden = hidden + layer.fourth_layernorm(y)
         last = self.final_layernorm(hidden[:, -1])
         return F.linear(last, self.word_embeddings.weight[: c.image_tokens]), new_base + new_plus
+
+    def slot_tables(self) -> list[torch.Tensor]:
+        """Per cache (I/O order), the slot (N,) where each token index's entry is written."""
+        return slot_tables(self.config, self.cache_layout(1))
+
+    def cache_layout(self, batch: int) -> list[dict]:
+        """Per cache (I/O order): name, shape, channel and (plus) the frames with slots."""
+        out = []
+        for name, shape in self.cache_specs(batch):
+            layer = name.split(".")[1]
+            kept = self.prune.of(int(layer)).kept_frames if name.startswith("plus") else None
+            out.append({"name": name, "shape": list(shape), "channel": name.split("_")[0],
+                        "kept_frames": None if kept is None else list(kept)})
+        return out
+
+
+def slot_tables(config: CogVideoConfig, layout: list[dict]) -> list[torch.Tensor]:
+    """Per cache of `layout` (`cache_layout`, or a manifest's), the slot (N,) of every token index:
+    base caches hold the text and the current frame (T + j), plus caches the text and their kept
+    frames (other frames' entries go to the always-masked last slot)."""
+    c = config
+    s = torch.arange(c.sequence_length)
+    base = torch.where(s < c.text_length, s, c.text_length + (s - c.text_length).clamp_min(0) % c.frame_tokens)
+    return [base if spec["channel"] == "base" else
+            plus_slots(c, None if spec["kept_frames"] is None else tuple(spec["kept_frames"]))[0] for spec in layout]
+
+
+class Session:
+    """The caches of one generation: `start` runs the prefill, each `step` runs one decode token and
+    writes its new entries into the caches at their slots, in place (the runtime's job, so that
+    no program copies a cache per token)."""
+
+    def __init__(self, prefill, decode, tables: list[torch.Tensor]):
+        self.prefill, self.decode, self.tables = prefill, decode, tables
+        self.caches: list[torch.Tensor] = []
+
+    def start(self, tokens: torch.Tensor) -> torch.Tensor:
+        outputs = self.prefill(tokens)
+        self.caches = [torch.as_tensor(o).clone() for o in outputs[1:]]
+        return outputs[0]
+
+    def step(self, token: torch.Tensor, position: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, new entries) of the token at index `position`."""
+        outputs = self.decode(token, torch.tensor([position], device=token.device), *self.caches)
+        new = list(outputs[1:])
+        for cache, entry, table in zip(self.caches, new, self.tables):
+            cache[:, :, :, int(table[position])] = torch.as_tensor(entry)[:, :, :, 0].to(cache.device)
+        return outputs[0], new
 
 
 class PrefillProgram(nn.Module):
@@ -293,15 +378,17 @@ class PrefillProgram(nn.Module):
 
 
 class DecodeProgram(nn.Module):
-    """`decode_step(token (B, 1), position (1,), *caches) -> (logits (B, V), *caches)`."""
+    """`decode_step(token (B, 1), position (1,), *past) -> (logits (B, image_tokens), *new)`: the caches
+    are read only; `new.X` (B, 2, h, 1, d) is the token's entry for cache X, which the caller
+    writes at its slot (`Session`)."""
 
     def __init__(self, core: StepCore, batch: int):
         super().__init__()
         self.core, self.batch = core, batch
 
     def forward(self, token: torch.Tensor, position: torch.Tensor, *caches: torch.Tensor):
-        logits, caches = self.core.run(token, position, list(caches))
-        return (logits, *caches)
+        logits, new = self.core.run(token, position, list(caches), append=True)
+        return (logits, *new)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         c = self.core.config
@@ -314,7 +401,7 @@ class DecodeProgram(nn.Module):
         return ["token", "position"] + [f"past.{name}" for name, _ in self.core.cache_specs(self.batch)]
 
     def output_names(self) -> list[str]:
-        return ["logits"] + [f"present.{name}" for name, _ in self.core.cache_specs(self.batch)]
+        return ["logits"] + [f"new.{name}" for name, _ in self.core.cache_specs(self.batch)]
 
 
 def programs(model: CogVideoTransformer, prune: StepPrune | None = None, batch: int = 1) -> tuple[PrefillProgram, DecodeProgram]:
@@ -326,7 +413,8 @@ def programs(model: CogVideoTransformer, prune: StepPrune | None = None, batch: 
 # the masking reference: dense weights, the whole sequence at once, pruning as masks
 
 @torch.no_grad()
-def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: StepPrune | None = None) -> torch.Tensor:
+def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: StepPrune | None = None,
+                     record=None) -> torch.Tensor:
     """(B, n, image_tokens) logits of every position of `tokens` (B, n) by teacher forcing, with no cache:
     a dropped channel multiplies its plus term by 0 (and, with `renormalise`, divides the base
     term's gate out), pruned heads' plus context is zeroed, and plus keys of frames that are not
@@ -349,11 +437,13 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
     frame_query = (frame >= 1).view(1, -1, 1)
     d, heads = c.head_dim, c.num_heads
 
-    def attention(x, weight, bias, mask, zero_heads=()):
+    def attention(x, weight, bias, mask, zero_heads=(), channel="", number=0):
         q, k, v = F.linear(x, weight, bias).split(c.hidden_size, dim=-1)
         q, k, v = (y.view(y.shape[0], n, heads, d).transpose(1, 2) for y in (q, k, v))
         scores = (q @ k.transpose(-1, -2)) / d ** 0.5
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        if record is not None:
+            record(channel, number, probs)
         context = probs @ v  # (B, h, n, d)
         if zero_heads:
             keep = torch.ones(heads)
@@ -364,12 +454,14 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
     for number, layer in enumerate(t.layers):
         item = prune.of(number)
         x = layer.input_layernorm(hidden)
-        base = layer.attention.dense(attention(x, layer.attention.query_key_value.weight, layer.attention.query_key_value.bias, base_mask))
+        base = layer.attention.dense(attention(x, layer.attention.query_key_value.weight, layer.attention.query_key_value.bias, base_mask,
+                                               channel="base", number=number))
         qkv, dense, gate = model.plus(number)
         gate = torch.sigmoid(gate)
         kept = torch.ones(n, dtype=torch.bool) if item.kept_frames is None else (
             (frame < 0) | torch.isin(frame, torch.tensor(list(item.kept_frames), dtype=torch.int64)))
-        plus = dense(attention(x, qkv.weight, qkv.bias, causal & kept.view(1, -1), item.pruned_heads))
+        plus = dense(attention(x, qkv.weight, qkv.bias, causal & kept.view(1, -1), item.pruned_heads,
+                               channel="plus", number=number))
         plus_weight = 0.0 if item.drop else 1.0
         base_weight = 1.0 if (item.drop and prune.renormalise) else gate
         mixed = base_weight * base + plus_weight * (1 - gate) * plus
@@ -381,14 +473,12 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
 
 
 def run_teacher_forced(prefill: PrefillProgram, decode: DecodeProgram, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, n - prefill.length + 1, V): the programs' logits at every position from the prefill's
-    last one on, feeding `tokens` (the test harness of the programs)."""
-    outputs = prefill(tokens[:, : prefill.length])
-    logits, caches = [outputs[0]], list(outputs[1:])
+    """(B, n - prefill.length + 1, image_tokens): the programs' logits at every position from the
+    prefill's last one on, feeding `tokens` (the test harness of the programs)."""
+    session = Session(prefill, decode, prefill.core.slot_tables())
+    logits = [session.start(tokens[:, : prefill.length])]
     for index in range(prefill.length, tokens.shape[1]):
-        outputs = decode(tokens[:, index:index + 1], torch.tensor([index]), *caches)
-        logits.append(outputs[0])
-        caches = list(outputs[1:])
+        logits.append(session.step(tokens[:, index:index + 1], index)[0])
     return torch.stack(logits, dim=1)
 
 

@@ -10,6 +10,7 @@ import torch
 from ..errors import F3Error
 from ..models.cogvideo import ByteTextTokenizer, CogVideoConfig, PaletteDecoder
 from .export import load_ar_manifest, onnx_callables
+from .program import Session, slot_tables
 from .sampling import Strategy, generate_tokens
 
 BACKENDS = ("torch", "onnxruntime")
@@ -36,6 +37,7 @@ class ARRuntime:
             self.prefill = torch.export.load(str(self.directory / programs["prefill"]["files"]["pt2"])).module()
             self.decode_step = torch.export.load(str(self.directory / programs["decode"]["files"]["pt2"])).module()
         self.backend = backend
+        self.tables = slot_tables(self.config, self.manifest["cache"]["tensors"])
 
     @property
     def cache_bytes(self) -> int:
@@ -45,7 +47,8 @@ class ARRuntime:
     def generate(self, prompt: str, seed: int = 0, strategy: Strategy | None = None) -> torch.Tensor:
         """(frames, grid²) image tokens of one video (the build's batch runs the prompt in every row)."""
         text = ByteTextTokenizer(self.config)([prompt] * self.batch)
-        return generate_tokens(self.config, self.prefill, self.decode_step, text, seed=seed, strategy=strategy)[0]
+        session = Session(self.prefill, self.decode_step, self.tables)
+        return generate_tokens(self.config, session, text, seed=seed, strategy=strategy)[0]
 
     def frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """(frames, H, W, 3) in [0, 1] for `save_video`."""

@@ -16,7 +16,7 @@ The published 500 clusters (a label file) are not shipped: the builtins use toke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -55,15 +55,11 @@ def sample_cluster_topk(logits: torch.Tensor, labels: torch.Tensor, temperature:
     return torch.multinomial(torch.softmax(inside / temperature2, dim=-1), 1, generator=generator).squeeze(1)
 
 
-Step = Callable[..., Sequence[torch.Tensor]]
-
-
-def generate_tokens(config: CogVideoConfig, prefill: Step, decode: Step, text: torch.Tensor, seed: int = 0,
+def generate_tokens(config: CogVideoConfig, session, text: torch.Tensor, seed: int = 0,
                     strategy: Strategy | None = None, device: str | torch.device = "cpu",
                     on_token: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Image tokens (B, frames, P) of one video per text row (B, T), from prefill/decode callables
-    with the program signatures (eager modules, loaded torch.export programs or ONNX sessions
-    wrapped alike)."""
+    """Image tokens (B, frames, P) of one video per text row (B, T), through a `program.Session`
+    (eager modules, loaded torch.export programs or ONNX sessions alike)."""
     strategy = strategy or Strategy()
     c = config
     T, P = c.text_length, c.frame_tokens
@@ -71,21 +67,20 @@ def generate_tokens(config: CogVideoConfig, prefill: Step, decode: Step, text: t
     labels = cluster_labels(c)
     batch = text.shape[0]
     start = torch.full((batch, 1), c.start_of_image, dtype=torch.int64)
-    outputs = prefill(torch.cat([text, start], dim=1).to(device))
-    logits, caches = outputs[0], list(outputs[1:])
+    logits = session.start(torch.cat([text, start], dim=1).to(device))
     images = torch.empty((batch, c.frames * P), dtype=torch.int64)
     for index in range(T, c.sequence_length):
         frame = (index - T) // P
         temperature, top_k = strategy.for_frame(frame)
-        images[:, index - T] = sample_cluster_topk(logits, labels, temperature, top_k, strategy.temperature2, generator)
+        images[:, index - T] = sample_cluster_topk(torch.as_tensor(logits), labels, temperature, top_k,
+                                                   strategy.temperature2, generator)
         if on_token is not None:
             on_token(index)
         following = index + 1
         if following == c.sequence_length:
             break
         token = start if (following - T) % P == 0 else images[:, index - T:index - T + 1]
-        outputs = decode(token.to(device), torch.tensor([following], device=device), *caches)
-        logits, caches = outputs[0], list(outputs[1:])
+        logits, _ = session.step(token.to(device), following)
     return images.view(batch, c.frames, P)
 
 

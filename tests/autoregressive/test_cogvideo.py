@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from f3compile.autoregressive.program import (PlusPrune, StepPrune, programs, reference_logits,
+from f3compile.autoregressive.program import (PlusPrune, Session, StepPrune, programs, reference_logits,
                                               run_teacher_forced)
 from f3compile.cli import main
 from f3compile.errors import F3Error
@@ -208,14 +208,15 @@ def test_cli_end_to_end_and_the_runtime_reproduces_the_eager_programs(tiny, cali
     assert manifest["plus_layers"] == [l for l in range(3) if f"mixins.attention_plus.{l}" not in dropped]
     decode = manifest["programs"]["decode"]
     assert [i["name"] for i in decode["inputs"]][:3] == ["token", "position", "past.base_kv.0"]
-    assert [o["name"] for o in decode["outputs"]][-1] == f"present.plus_kv.{manifest['plus_layers'][-1]}"
+    assert [o["name"] for o in decode["outputs"]][-1] == f"new.plus_kv.{manifest['plus_layers'][-1]}"
     assert main(["generate", str(tmp_path / "build"), "--prompt", "a red square", "--seed", "5",
                  "-o", str(tmp_path / "video.gif")]) == 0
     assert (tmp_path / "video.gif").stat().st_size > 0
     runtime = ARRuntime(tmp_path / "build")
     prefill, step = programs(tiny.module, prune_of(tiny, PruningPlan.load(plan)), batch=1)
     with torch.no_grad():
-        eager = generate_tokens(tiny.config, prefill, step, tiny.tokenizer(["a red square"]), seed=5)[0]
+        session = Session(prefill, step, prefill.core.slot_tables())
+        eager = generate_tokens(tiny.config, session, tiny.tokenizer(["a red square"]), seed=5)[0]
     assert torch.equal(runtime.generate("a red square", seed=5), eager)
     assert main(["bench", "builtin:tiny-cogvideo", "--plan", str(plan), "--repeat", "3",
                  "--json", str(tmp_path / "bench.json")]) == 0
@@ -249,3 +250,13 @@ def test_a_plan_for_another_model_is_refused(tiny, calibration, tmp_path):
     plan.model["fingerprint"] = "sha256:0"
     with pytest.raises(F3Error, match="another model"):
         prune_of(tiny, plan)
+
+
+def test_discovery_finds_the_plus_channels_by_what_they_attend_to(tiny):
+    from f3compile.autoregressive.calibrate import cross_frame_mass, find_temporal_units
+
+    mass = cross_frame_mass(tiny)
+    c = tiny.config
+    assert all(mass[("base", l)] == 0.0 for l in range(c.num_layers))  # own frame and text only
+    assert all(mass[("plus", l)] > 0.1 for l in range(c.num_layers))  # earlier frames' tokens
+    assert [u["id"] for u in find_temporal_units(tiny)] == [f"mixins.attention_plus.{l}" for l in range(c.num_layers)]
