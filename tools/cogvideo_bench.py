@@ -8,6 +8,11 @@ Plans need no calibration (speed depends on how much is pruned, not on which uni
   block-1.0   the plus channel dropped in every layer
   head-0.5    the first half of every plus channel's heads pruned
   frame-0.5   plus keys/values from frames 0, 2, 4, ... only, in every layer
+`--fidelity N` instead measures, for block-0.5 and block-1.0, how far each way of dropping the plus
+term moves the next-token distributions (σ-scaled base term kept, or renormalised to the base
+term): mean KL(dense ‖ pruned) and top-1 agreement over every image position of N dense
+generations, teacher-forced through the masking reference.
+
 Each plan is timed against the dense programs, interleaved (torch.export programs, medians): the
 prefill, one decode step (the static programs cost the same at every position), optionally whole
 videos, the cache memory and the FLOP-predicted decode speedup.
@@ -42,6 +47,40 @@ def structural_prune(name: str, layers: int, heads: int, frames: int) -> StepPru
     raise F3Error(f"unknown plan {name!r}; use block-0.5, block-1.0, head-0.5 or frame-0.5")
 
 
+@torch.no_grad()
+def fidelity(model, count: int) -> dict:
+    from f3compile.autoregressive.program import Session, programs, reference_logits
+    from f3compile.autoregressive.sampling import generate_tokens, teacher_tokens
+
+    c = model.config
+    prompts = ["a red square moves to the left", "a blue circle moves up", "two green triangles", "a yellow ball falls"]
+    prefill, decode = programs(model.module, None, 1)
+    sequences = []
+    for number in range(count):
+        text = model.tokenizer([prompts[number % len(prompts)]])
+        images = generate_tokens(c, Session(prefill, decode, prefill.core.slot_tables()), text, seed=number)
+        sequences.append(teacher_tokens(c, text, images))
+    dense = [torch.log_softmax(reference_logits(model.module, s)[:, c.text_length:].double(), -1) for s in sequences]
+    out = {}
+    for name in ("block-0.5", "block-1.0"):
+        for renormalise in (False, True):
+            prune = structural_prune(name, c.num_layers, c.num_heads, c.frames)
+            prune = StepPrune(prune.layers, renormalise=renormalise)
+            kl, agree, count_ = 0.0, 0.0, 0
+            for sequence, reference in zip(sequences, dense):
+                pruned = torch.log_softmax(reference_logits(model.module, sequence, prune)[:, c.text_length:].double(), -1)
+                # frames 2.. only: the first frame runs without the plus channel
+                ref, got = reference[:, c.frame_tokens:], pruned[:, c.frame_tokens:]
+                kl += float((ref.exp() * (ref - got)).sum(-1).sum())
+                agree += float((ref.argmax(-1) == got.argmax(-1)).double().sum())
+                count_ += ref.shape[0] * ref.shape[1]
+            key = f"{name} {'renormalised' if renormalise else 'scaled'}"
+            out[key] = {"mean_kl": kl / count_, "top1_agreement": agree / count_, "positions": count_}
+            print(f"{key:<24} mean KL {kl / count_:.4f} nats, top-1 agreement {100 * agree / count_:.1f}% "
+                  f"over {count_} positions", flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
@@ -49,6 +88,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--videos", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--fidelity", type=int, metavar="N", help="measure the two drop modes on N generations instead")
     args = parser.parse_args()
     try:
         started = time.perf_counter()
@@ -58,6 +98,9 @@ def main() -> int:
               f"{sum(p.numel() for p in model.module.parameters()) / 1e6:.0f} M parameters, "
               f"{c.sequence_length} tokens; loaded in {time.perf_counter() - started:.1f}s", flush=True)
         results = {}
+        if args.fidelity:
+            results = fidelity(model, args.fidelity)
+            args.plans = []
         for name in args.plans:
             started = time.perf_counter()
             rows = bench_ar(model, repeat=args.repeat, videos=args.videos,
