@@ -11,7 +11,11 @@ guidance and shapes):
 2. actions in order of error per FLOP removed (cheapest to lose first; one action per (stage,
    block): the first that fits), each added to the plan and measured together with what is
    already accepted; kept while the error stays within `max_error`, and, with a target speedup,
-   until the FLOP-predicted speedup reaches it.
+   until the FLOP-predicted speedup reaches it;
+3. only with a target speedup that pass 2 did not reach: the same order again, where an action
+   that removes more than the one a (stage, block) already has (reuse -> heads or drop) replaces
+   it, measured and kept under the same rules — so a target beyond what the gentlest actions give
+   is reached with the least measured error the greedy order finds.
 
 Every accepted step is reported with its measured error and the predicted speedup, and recorded in
 the plan (`search`), so the plan carries a known deviation for any model: no probe, no labels.
@@ -55,6 +59,13 @@ class Step:
 
 def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], head_order: dict[str, list[int]],
            reuse_period: int = 2) -> None:
+    """Set `block`'s action in `stage`, replacing the one it had."""
+    if block in stage.drop_blocks:
+        stage.drop_blocks.remove(block)
+    stage.reuse.pop(block, None)
+    for unit in units:
+        if unit.block == block:
+            stage.prune_heads.pop(unit.id, None)
     if action == "drop":
         stage.drop_blocks.append(block)
         return
@@ -152,25 +163,31 @@ def search_plan(
                 if gain <= 0:
                     continue
                 error = runner.error(trial)
-                singles.append((error / gain, number, block, action, error))
+                singles.append((error / gain, number, block, action, error, gain))
                 log(f"  alone: stage {number} {action:<5} {block}: error {error:.4f}, predicted {1 + gain:.3f}x")
     singles.sort(key=lambda s: (s[0], s[1], blocks.index(s[2]), actions.index(s[3])))
 
-    plan, steps, decided = base, [], set()
+    plan, steps, decided = base, [], {}  # (stage, block) -> FLOP gain of its accepted action alone
     reached = 1.0
-    for _, number, block, action, alone in singles:
-        if target_speedup is not None and reached >= target_speedup:
+    # pass 1: one action per (stage, block), the first that fits; pass 2 (only while a target speedup
+    # is still out of reach): replace an accepted action by one that removes more (reuse -> drop)
+    for upgrade in (False, True):
+        if upgrade and (target_speedup is None or reached >= target_speedup):
             break
-        if (number, block) in decided or (max_error is not None and alone > max_error):
-            continue
-        trial = with_action(plan, number, block, action)
-        error = runner.error(trial)
-        if max_error is not None and error > max_error:
-            continue
-        plan, reached = trial, predicted_speedup(trial, cost)
-        decided.add((number, block))
-        steps.append(Step(number, block, f"reuse:{reuse_period}" if action == "reuse" else action, error, reached))
-        log(f"accept: stage {number} {action:<5} {block}: error {error:.4f}, predicted {reached:.3f}x")
+        for _, number, block, action, alone, gain in singles:
+            if target_speedup is not None and reached >= target_speedup:
+                break
+            if (max_error is not None and alone > max_error) or (
+                    (number, block) in decided and (not upgrade or gain <= decided[(number, block)])):
+                continue
+            trial = with_action(plan, number, block, action)
+            error = runner.error(trial)
+            if max_error is not None and error > max_error:
+                continue
+            plan, reached = trial, predicted_speedup(trial, cost)
+            decided[(number, block)] = gain
+            steps.append(Step(number, block, f"reuse:{reuse_period}" if action == "reuse" else action, error, reached))
+            log(f"accept: stage {number} {action:<5} {block}: error {error:.4f}, predicted {reached:.3f}x")
     if target_speedup is not None and reached < target_speedup:
         within = f" within --max-error {max_error:g}" if max_error is not None else ""
         raise F3Error(f"--target-speedup {target_speedup:g} is out of reach{within}: the search got to {reached:.3f}x; "
@@ -181,7 +198,7 @@ def search_plan(
         order = [u.id for u in units]
         stage.prune_heads = {u: stage.prune_heads[u] for u in sorted(stage.prune_heads, key=order.index)}
     final_error = steps[-1].error if steps else 0.0
-    plan.ratio = [round(sum(1 for s in steps if s.stage == n) / len(blocks), 6) for n in range(stages)]
+    plan.ratio = [round(sum(1 for pair in decided if pair[0] == n) / len(blocks), 6) for n in range(stages)]
     plan.search = {
         "max_error": max_error, "target_speedup": target_speedup,
         "actions": [f"reuse:{reuse_period}" if a == "reuse" else a for a in actions],

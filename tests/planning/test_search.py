@@ -112,6 +112,30 @@ def test_search_to_a_target_speedup(models, calibrations):
         search_plan(model, stats, PROMPTS, cost, units)
 
 
+def test_a_target_beyond_the_gentlest_actions_upgrades_them(models, calibrations):
+    """Reuse everywhere is not fast enough: accepted reuses are replaced by drops until the target is
+    met; the plan stays valid and its recorded error is the compiled one."""
+    from f3compile.planning import make_plan
+    from f3compile.planning.schedule import predicted_speedup
+
+    model, (_, stats) = models["tiny-latte"], calibrations["tiny-latte"]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    reuse_all = predicted_speedup(make_plan(stats, 1.0, "block", stages=1, reuse=2), cost)
+    drop_all = predicted_speedup(make_plan(stats, 1.0, "block", stages=1), cost)
+    target = (reuse_all + drop_all) / 2
+    plan, steps = search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, stages=1,
+                              actions=("reuse", "drop"))
+    assert plan.search["predicted_speedup"] >= target > reuse_all
+    upgraded = [s for s in steps if s.action == "drop" and any(
+        t.block == s.block and t.action == "reuse:2" for t in steps[:steps.index(s)])]
+    assert upgraded, [s.to_dict() for s in steps]
+    stage = plan.stages[0]
+    assert not set(stage.drop_blocks) & set(stage.reuse)
+    assert plan.ratio == [1.0]  # both blocks decided, counted once each
+    assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
+
+
 def test_search_from_the_cli(capsys, tmp_path, calibrations):
     directory, _ = calibrations["tiny-tuneavideo"]
     prompts = tmp_path / "prompts.txt"
