@@ -189,20 +189,70 @@ def is_ar_build(directory: str | Path) -> bool:
         return False
 
 
+def _is_int(value: Any, least: int = 0, most: int = 2**40) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def _check_ar_manifest(data: Any, where: str, directory: Path) -> None:
+    """Every field the runtime reads, with its type and relations; files inside `directory`."""
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise F3Error(f"{where}: {what}; rebuild with `f3compile export`")
+
+    need(isinstance(data, dict) and data.get("schema") == SCHEMA, f"not a {SCHEMA} manifest")
+    need(isinstance(data.get("config"), dict), "config must be an object")
+    config = CogVideoConfig.from_dict(data["config"], f"{where}: config")
+    need(_is_int(data.get("batch"), 1, 4096), "batch must be an integer in [1, 4096]")
+    cache = data.get("cache")
+    need(isinstance(cache, dict) and _is_int(cache.get("bytes")) and isinstance(cache.get("tensors"), list),
+         "cache must hold an integer bytes and a list of tensors")
+    names = []
+    for number, spec in enumerate(cache["tensors"]):
+        need(isinstance(spec, dict) and set(spec) == {"name", "shape", "channel", "kept_frames"},
+             f"cache.tensors[{number}] must have exactly name, shape, channel and kept_frames")
+        need(spec["channel"] in ("base", "plus") and isinstance(spec["name"], str)
+             and spec["name"].startswith(f"{spec['channel']}_kv."), f"cache.tensors[{number}]: bad channel or name")
+        kept = spec["kept_frames"]
+        need(kept is None or (spec["channel"] == "plus" and isinstance(kept, list) and len(set(map(repr, kept))) == len(kept)
+                              and all(_is_int(f, 0, config.frames - 1) for f in kept)),
+             f"cache.tensors[{number}].kept_frames must be null or distinct frames of 0..{config.frames - 1}")
+        need(isinstance(spec["shape"], list) and len(spec["shape"]) == 5 and all(_is_int(x, 1) for x in spec["shape"]),
+             f"cache.tensors[{number}].shape must be 5 positive integers")
+        frames = config.frames if kept is None else len(kept)
+        slots = config.text_length + config.frame_tokens if spec["channel"] == "base" else (
+            config.text_length + frames * config.frame_tokens + 1)
+        batch, two, heads, length, dim = spec["shape"]
+        need(batch == data["batch"] and two == 2 and heads <= config.num_heads and length == slots and dim == config.head_dim,
+             f"cache.tensors[{number}].shape {spec['shape']} does not fit the config (expected "
+             f"[{data['batch']}, 2, <= {config.num_heads}, {slots}, {config.head_dim}])")
+        names.append(spec["name"])
+    need(len(set(names)) == len(names), "cache tensor names must be distinct")
+    programs = data.get("programs")
+    need(isinstance(programs, dict) and set(programs) >= {"prefill", "decode"}, "programs must hold prefill and decode")
+    for name in ("prefill", "decode"):
+        entry = programs[name]
+        need(isinstance(entry, dict) and isinstance(entry.get("files"), dict) and isinstance(entry.get("sha256"), dict)
+             and "pt2" in entry["files"] and set(entry["files"]) <= {"pt2", "onnx"}
+             and set(entry["sha256"]) == set(entry["files"]), f"programs.{name} must name its pt2 (and onnx) files and their sha256")
+        for kind, path in entry["files"].items():
+            need(isinstance(path, str) and path == Path(path).name and path not in ("", ".", "..")
+                 and path.isprintable(), f"programs.{name}.files.{kind} must be a file name inside the build")
+            need(isinstance(entry["sha256"][kind], str), f"programs.{name}.sha256.{kind} must be a string")
+        for io in ("inputs", "outputs"):
+            need(isinstance(entry.get(io), list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                                          for x in entry[io]), f"programs.{name}.{io} must list named tensors")
+    decode_inputs = [x["name"] for x in programs["decode"]["inputs"]]
+    need(decode_inputs == ["token", "position"] + [f"past.{n}" for n in names],
+         "the decode step's inputs must be token, position and past.X for every cache X")
+    for name in ("prefill", "decode"):
+        for kind, path in programs[name]["files"].items():
+            need((directory / path).is_file(), f"names {path}, which is missing")
+            need(sha256_file(directory / path) == programs[name]["sha256"][kind], f"{path} does not match its sha256")
+
+
 def load_ar_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of an autoregressive build, validated, with every file's sha256 checked."""
     directory = Path(directory)
     data = read_json(directory / MANIFEST, "rebuild it with `f3compile export`")
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise F3Error(f"{directory / MANIFEST} is not a {SCHEMA} manifest")
-    try:
-        CogVideoConfig.from_dict(data["config"], f"{directory / MANIFEST}: config")
-        for name in ("prefill", "decode"):
-            entry = data["programs"][name]
-            for kind, path in entry["files"].items():
-                if not (directory / path).is_file():
-                    raise F3Error(f"{directory / MANIFEST} names {path}, which is missing; rebuild with `f3compile export`")
-                if sha256_file(directory / path) != entry["sha256"][kind]:
-                    raise F3Error(f"{directory / path} does not match the manifest's sha256; rebuild with `f3compile export`")
-    except (KeyError, TypeError) as exc:
-        raise F3Error(f"{directory / MANIFEST} lacks {exc}; rebuild with `f3compile export`") from None
+    _check_ar_manifest(data, str(directory / MANIFEST), directory)
     return data

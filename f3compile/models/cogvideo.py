@@ -47,6 +47,10 @@ CONFIG_FILE = "cogvideo.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+LIMITS = {"num_layers": 1024, "hidden_size": 65536, "num_heads": 1024, "frames": 64, "grid": 256, "patch": 64,
+          "text_length": 4096}  # sizes beyond these are typos, not models; others: 10**7
+
+
 @dataclass(frozen=True)
 class CogVideoConfig:
     """Sizes of a CogVideo stage-1 transformer (defaults: the published model)."""
@@ -86,11 +90,17 @@ class CogVideoConfig:
 
         for item in fields(self):
             value = getattr(self, item.name)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool), f"{item.name} must be a number")
+            if item.name == "layernorm_epsilon":
+                need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1,
+                     "layernorm_epsilon must be a number in (0, 1)")
+            else:
+                need(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= LIMITS.get(item.name, 10**7),
+                     f"{item.name} must be an integer in [0, {LIMITS.get(item.name, 10**7)}]")
         need(self.num_layers >= 1 and self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
              f"hidden_size {self.hidden_size} must be a positive multiple of num_heads {self.num_heads}")
         need(0 < self.image_tokens < self.vocab_size, "image_tokens must lie in (0, vocab_size)")
-        need(self.frames >= 2 and self.grid >= 1 and self.text_length >= 1, "frames >= 2, grid >= 1 and text_length >= 1")
+        need(self.frames >= 2 and self.grid >= 1 and self.text_length >= 1 and self.patch >= 1,
+             "frames >= 2, grid >= 1, patch >= 1 and text_length >= 1")
         need(self.text_length <= self.frame_position_offset, "text_length must not exceed frame_position_offset")
         need(self.frame_position_offset + self.frame_tokens <= self.max_position,
              "max_position must cover the first frame (frame_position_offset + grid²)")
@@ -111,10 +121,7 @@ class CogVideoConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise F3Error(f"{where}: unknown CogVideo config keys {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**data).check()
-        except TypeError as exc:  # pragma: no cover - dataclass signature
-            raise F3Error(f"{where}: {exc}") from None
+        return cls(**data).check()
 
 
 class _Attention(nn.Module):
@@ -360,8 +367,11 @@ def load_cogvideo(spec: str) -> CogVideoModel:
             raise F3Error(f"unknown CogVideo builtin {name!r}; use tiny-cogvideo or arch-cogvideo")
         module = build(config)
     else:
+        from .._io import read_json
+
         directory = Path(spec)
-        config = CogVideoConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()), str(directory / CONFIG_FILE))
+        config = CogVideoConfig.from_dict(read_json(directory / CONFIG_FILE, "write it again with `f3compile convert`"),
+                                          str(directory / CONFIG_FILE))
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise F3Error(f"{directory} has {CONFIG_FILE} but no {WEIGHTS_FILE}; write one with `f3compile convert`")
