@@ -142,6 +142,13 @@ def cmd_inspect(args) -> None:
 
     plan = PruningPlan.load(args.plan)
     model = None
+    if args.model and _autoregressive(args.model):
+        from .autoregressive.bench import savings
+        from .models.cogvideo import load_cogvideo
+
+        print(render(plan, None).replace("pass --model to count the parameters and FLOPs each stage removes", "").rstrip())
+        print(savings(load_cogvideo(args.model), plan))
+        return
     if args.model:
         from .models import load_model
 

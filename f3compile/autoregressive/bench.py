@@ -35,6 +35,22 @@ def decode_flops(core: StepCore) -> float:
     return float(total)
 
 
+def savings(model: CogVideoModel, plan) -> str:
+    """What a plan removes from `model`'s step programs: parameters, decode-step FLOPs, cache bytes."""
+    dense, _ = programs(model.module, None, 1)
+    pruned, _ = programs(model.module, prune_of(model, plan), 1)
+
+    def parameters(core: StepCore) -> int:
+        return sum(p.numel() for p in core.parameters())
+
+    dp, pp = parameters(dense.core), parameters(pruned.core)
+    df, pf = decode_flops(dense.core), decode_flops(pruned.core)
+    dc, pc = dense.core.cache_bytes(1), pruned.core.cache_bytes(1)
+    return (f"on {model.spec}: parameters {dp:,} -> {pp:,} (-{100 * (1 - pp / dp):.1f}%), decode-step "
+            f"multiply-adds {df:,.0f} -> {pf:,.0f} (FLOP-predicted {df / pf:.3f}x), key/value cache at batch 1 "
+            f"{dc / 2**20:.2f} -> {pc / 2**20:.2f} MiB (-{100 * (1 - pc / dc):.1f}%)")
+
+
 def _time(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)

@@ -199,6 +199,10 @@ def test_cli_end_to_end_and_the_runtime_reproduces_the_eager_programs(tiny, cali
     directory, _ = calibration
     plan = tmp_path / "plan.json"
     assert main(["plan", str(directory), "--ratio", "0.5", "--granularity", "block", "-o", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(plan), "--model", "builtin:tiny-cogvideo"]) == 0
+    shown = capsys.readouterr().out
+    assert "mixins.attention_plus.0" in shown and "key/value cache at batch 1" in shown and "FLOP-predicted" in shown
     assert main(["export", "builtin:tiny-cogvideo", "--plan", str(plan), "-o", str(tmp_path / "build")]) == 0
     manifest = load_ar_manifest(tmp_path / "build")
     assert manifest["verify"]["onnx"]["logits_relative_l2"] <= 1e-4
