@@ -403,14 +403,29 @@ def module_from_state(config: CogVideoConfig, state: dict[str, torch.Tensor], wh
     return module.eval()
 
 
+def _rng_state_globals() -> list:
+    """What SAT's training loop stores beside the weights needs beyond plain tensors: numpy's random
+    state (`np_rng_state`, an ndarray of uint32) — array reconstruction only, no code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def read_sat_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a SAT `mp_rank_00_model_states.pt`, read with `torch.load(weights_only=True)`
-    (no code from the file runs); the state dict sits under `module` (or is the file itself)."""
+    (no code from the file runs; the only globals allowed beyond tensors are numpy's array
+    reconstruction, for the random state SAT saves with the weights); the state dict sits under
+    `module` (or is the file itself)."""
     path = Path(path)
     if not path.is_file():
         raise F3Error(f"{path} does not exist; pass the mp_rank_00_model_states.pt of a SAT checkpoint")
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_rng_state_globals()):
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError for anything outside the allow-list
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise F3Error(f"{path} cannot be read as weights only ({first[:160]}); "

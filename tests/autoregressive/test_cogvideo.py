@@ -79,7 +79,14 @@ def test_a_state_dict_off_the_published_layout_is_refused(change):
 
 
 def test_a_sat_checkpoint_converts_through_weights_only_loading(tmp_path, tiny):
-    torch.save({"module": tiny.module.state_dict(), "iteration": 1000}, tmp_path / "mp_rank_00_model_states.pt")
+    """As SAT's training loop saves it: the weights under `module`, the iteration and random states beside."""
+    import random
+
+    import numpy as np
+
+    torch.save({"module": tiny.module.state_dict(), "iteration": 1000, "np_rng_state": np.random.get_state(),
+                "random_rng_state": random.getstate(), "torch_rng_state": torch.get_rng_state()},
+               tmp_path / "mp_rank_00_model_states.pt")
     c = tiny.config
     convert(tmp_path / "mp_rank_00_model_states.pt", tmp_path / "model", text_length=c.text_length, frames=c.frames,
             grid=c.grid, patch=c.patch, image_tokens=c.image_tokens, frame_position_offset=c.frame_position_offset,
@@ -89,7 +96,7 @@ def test_a_sat_checkpoint_converts_through_weights_only_loading(tmp_path, tiny):
     assert loaded.fingerprint == tiny.fingerprint
 
 
-def test_a_checkpoint_holding_code_objects_is_refused_without_running_them(tmp_path, capsys, tiny):
+def test_a_checkpoint_holding_other_objects_is_refused_without_loading_them(tmp_path, capsys, tiny):
     path = tmp_path / "mp_rank_00_model_states.pt"
     torch.save({"module": tiny.module.state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
     assert main(["convert", str(path), "-o", str(tmp_path / "out")]) == 2
