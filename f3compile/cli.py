@@ -66,6 +66,7 @@ def cmd_plan(args) -> None:
     schedule: f3compile plan calib --ratio 0,0.5,1 --stages 3 --granularity block -o plan.json
     budget:   f3compile plan calib --target-speedup 1.3 --stages 3 --granularity block -o plan.json
     search:   f3compile plan calib --search --prompts examples/prompts.txt --max-error 0.05 --stages 2 -o plan.json
+              (--target-speedup 1.3 --reuse-periods 2,3,4: reach a speed with the least measured error)
     reuse:    f3compile plan calib --ratio 0.5 --granularity block --reuse 2 --stages 2 -o plan.json
     """
     from .calibration import CalibrationStats
@@ -79,8 +80,10 @@ def cmd_plan(args) -> None:
             raise F3Error("--search runs the model on prompts: pass --prompts (the calibration prompts)")
     elif (args.ratio is None) == (args.target_speedup is None):
         raise F3Error("give exactly one of --ratio R (or R1,R2,... one per stage) and --target-speedup S, or --search")
-    elif args.max_error is not None or args.prompts is not None:
-        raise F3Error("--max-error and --prompts belong to --search")
+    elif args.max_error is not None or args.prompts is not None or args.reuse_periods is not None:
+        raise F3Error("--max-error, --prompts and --reuse-periods belong to --search")
+    if args.search and args.reuse is not None and args.reuse_periods is not None:
+        raise F3Error("give --search one of --reuse K and --reuse-periods K1,K2,...")
     if args.criterion is None:
         from .planning.criteria import DEFAULT_CRITERION
 
@@ -107,7 +110,8 @@ def cmd_plan(args) -> None:
         actions = tuple(a for a in args.actions.split(",") if a)
         plan, steps = search_plan(model, stats, read_prompts(args.prompts), cost, units, max_error=args.max_error,
                                   target_speedup=args.target_speedup, stages=args.stages, criterion=args.criterion,
-                                  actions=actions, reuse_period=2 if args.reuse is None else args.reuse, log=print)
+                                  actions=actions, reuse_period=2 if args.reuse is None else args.reuse,
+                                  reuse_periods=_parse_periods(args.reuse_periods), log=print)
         what = (f"searched, {len(steps)} accepted step(s), error {plan.search['error']:.4f}, "
                 f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x")
     elif args.target_speedup is not None:
@@ -122,6 +126,15 @@ def cmd_plan(args) -> None:
         what = f"ratio {plan.ratio_text()}" + (f", reuse every {args.reuse} steps" if args.reuse else "")
     plan.save(args.output)
     _done(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
+
+
+def _parse_periods(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise F3Error(f"--reuse-periods {text!r} must be comma-separated integers, e.g. 2,3,4") from None
 
 
 def _parse_ratios(text: str) -> float | list[float]:
@@ -577,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", type=int, metavar="K", help="temporal reuse: the selected blocks (--granularity block) "
                    "are computed at every K-th step of their stage and reuse their residual in between, instead of "
                    "being dropped; with --search: the period of the reuse action (default 2)")
+    p.add_argument("--reuse-periods", metavar="K1,K2,...", help="with --search: try reuse at each of these periods "
+                   "(one action each; a target speedup upgrades to longer periods before dropping)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
     p.add_argument("--criterion", choices=CRITERIA, help=f"score (default {DEFAULT_CRITERION}; with --reuse: "
                    "residual_change, how much a block's residual changes from step to step)")

@@ -2,7 +2,8 @@
 
 Criterion plans rank units by what calibration saw; a searched plan checks its choices against the
 one thing a user cares about, the video, by running them. Actions per (stage, block): drop the block,
-reuse it (computed at every k-th step of the stage, its residual re-added in between), or prune
+reuse it (computed at every k-th step of the stage, its residual re-added in between; one action
+per period given: `reuse_periods`), or prune
 the lower-scored half of every attention's heads in it. Greedy, in two passes over the calibration prompts (their seeds, steps,
 guidance and shapes):
 
@@ -13,8 +14,8 @@ guidance and shapes):
    already accepted; kept while the error stays within `max_error`, and, with a target speedup,
    until the FLOP-predicted speedup reaches it;
 3. only with a target speedup that pass 2 did not reach: the same order again, where an action
-   that removes more than the one a (stage, block) already has (reuse -> heads or drop) replaces
-   it, measured and kept under the same rules — so a target beyond what the gentlest actions give
+   that removes more than the one a (stage, block) already has (reuse:2 -> reuse:4, reuse ->
+   drop) replaces it, measured and kept under the same rules — so a target beyond what the gentlest actions give
    is reached with the least measured error the greedy order finds.
 
 Every accepted step is reported with its measured error and the predicted speedup, and recorded in
@@ -69,8 +70,8 @@ def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], hea
     if action == "drop":
         stage.drop_blocks.append(block)
         return
-    if action == "reuse":
-        stage.reuse[block] = reuse_period
+    if action.startswith("reuse:"):
+        stage.reuse[block] = int(action.split(":", 1)[1])
         return
     for unit in units:
         if unit.block == block:
@@ -120,6 +121,7 @@ def search_plan(
     criterion: str = criteria.DEFAULT_CRITERION,
     actions: tuple[str, ...] = ACTIONS,
     reuse_period: int = 2,
+    reuse_periods: tuple[int, ...] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[PruningPlan, list[Step]]:
     """The searched plan and its accepted steps (see the module docstring)."""
@@ -134,8 +136,12 @@ def search_plan(
         raise F3Error(f"search actions must be among {', '.join(ACTIONS)}, got {', '.join(actions) or 'none'}")
     if not prompts:
         raise F3Error("--search needs at least one prompt (--prompts)")
-    if "reuse" in actions and not (isinstance(reuse_period, int) and 2 <= reuse_period <= 64):
-        raise F3Error(f"--reuse must be an integer period in [2, 64], got {reuse_period}")
+    periods = tuple(reuse_periods) if reuse_periods else (reuse_period,)
+    if "reuse" in actions and not (all(isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= 64 for k in periods)
+                                   and len(set(periods)) == len(periods)):
+        raise F3Error(f"reuse periods must be distinct integers in [2, 64], got {', '.join(map(str, periods))}")
+    # "reuse" stands for one action per period: reuse:K
+    actions = tuple(a for action in actions for a in ([f"reuse:{k}" for k in periods] if action == "reuse" else [action]))
     log = log or (lambda message: None)
     started = time.perf_counter()
     base = make_plan(stats, 0.0, "block", criterion, stages)  # spans and scores, nothing pruned
@@ -186,7 +192,7 @@ def search_plan(
                 continue
             plan, reached = trial, predicted_speedup(trial, cost)
             decided[(number, block)] = gain
-            steps.append(Step(number, block, f"reuse:{reuse_period}" if action == "reuse" else action, error, reached))
+            steps.append(Step(number, block, action, error, reached))
             log(f"accept: stage {number} {action:<5} {block}: error {error:.4f}, predicted {reached:.3f}x")
     if target_speedup is not None and reached < target_speedup:
         within = f" within --max-error {max_error:g}" if max_error is not None else ""
@@ -201,7 +207,7 @@ def search_plan(
     plan.ratio = [round(sum(1 for pair in decided if pair[0] == n) / len(blocks), 6) for n in range(stages)]
     plan.search = {
         "max_error": max_error, "target_speedup": target_speedup,
-        "actions": [f"reuse:{reuse_period}" if a == "reuse" else a for a in actions],
+        "actions": list(actions),
         "prompts": len(prompts), "error": round(final_error, 6), "predicted_speedup": round(reached, 6),
         "evaluations": runner.calls, "seconds": round(time.perf_counter() - started, 3),
         "accepted": [s.to_dict() for s in steps],

@@ -136,6 +136,28 @@ def test_a_target_beyond_the_gentlest_actions_upgrades_them(models, calibrations
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
 
 
+def test_longer_reuse_periods_come_before_dropping(models, calibrations):
+    """With periods 2 and 4 and reuse only, a target above reuse-2-everywhere is met by upgrading
+    blocks to period 4; the plan holds only reuses and its recorded error is the compiled one."""
+    from f3compile.planning import make_plan
+    from f3compile.planning.schedule import predicted_speedup
+
+    model, (_, stats) = models["tiny-latte"], calibrations["tiny-latte"]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    k2 = predicted_speedup(make_plan(stats, 1.0, "block", stages=1, reuse=2), cost)
+    k4 = predicted_speedup(make_plan(stats, 1.0, "block", stages=1, reuse=4), cost)
+    target = (k2 + k4) / 2
+    plan, steps = search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, stages=1,
+                              actions=("reuse",), reuse_periods=(2, 4))
+    assert plan.search["actions"] == ["reuse:2", "reuse:4"]
+    assert plan.search["predicted_speedup"] >= target > k2
+    assert 4 in plan.stages[0].reuse.values() and not plan.stages[0].drop_blocks
+    assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
+    with pytest.raises(F3Error, match="distinct integers"):
+        search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, actions=("reuse",), reuse_periods=(2, 1))
+
+
 def test_search_from_the_cli(capsys, tmp_path, calibrations):
     directory, _ = calibrations["tiny-tuneavideo"]
     prompts = tmp_path / "prompts.txt"
