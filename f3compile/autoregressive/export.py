@@ -28,7 +28,7 @@ import torch
 from .._io import atomic_dir, read_json, sha256_file
 from ..errors import F3Error
 from ..models.cogvideo import CogVideoConfig, CogVideoModel
-from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs, slot_tables
+from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs
 
 SCHEMA = "f3compile.ar-manifest/1"
 MANIFEST = "manifest.json"

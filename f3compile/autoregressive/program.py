@@ -32,8 +32,6 @@ Pruning semantics (per layer l, the plus channel is the temporal unit):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -480,7 +478,3 @@ def run_teacher_forced(prefill: PrefillProgram, decode: DecodeProgram, tokens: t
     for index in range(prefill.length, tokens.shape[1]):
         logits.append(session.step(tokens[:, index:index + 1], index)[0])
     return torch.stack(logits, dim=1)
-
-
-def layers_in(prune: StepPrune, config: CogVideoConfig) -> Iterable[int]:  # pragma: no cover - helper for reports
-    return [layer for layer in range(config.num_layers) if prune.of(layer) != PlusPrune()]
