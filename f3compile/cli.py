@@ -513,9 +513,10 @@ def _bench_autoregressive(args, spec: str, started: float) -> None:
     from .models.cogvideo import load_cogvideo
     from .planning import PruningPlan
 
-    if args.sweep is not None or args.backend != ["torch"] or args.device != "cpu" or args.precision != "fp32" or args.shape:
+    if (args.sweep is not None or args.backend != ["torch"] or args.device != "cpu" or args.precision != "fp32"
+            or args.shape or args.plot):
         raise F3Error("autoregressive bench takes --plan with the torch backend, fp32 on the CPU "
-                      "(no --sweep, --shape, --device or --precision)")
+                      "(no --sweep, --shape, --device, --precision or --plot)")
     model = load_cogvideo(spec)
     rows = bench_ar(model, PruningPlan.load(args.plan), repeat=args.repeat, videos=args.videos)
     print(format_rows(rows), flush=True)
