@@ -256,7 +256,7 @@ def cmd_generate(args) -> None:
     packages, onnxruntime the .onnx files, tensorrt the engines. The output is .gif, .mp4 or .png
     (frames side by side).
     """
-    from .runtime import Runtime, save_video
+    from .runtime import Runtime
 
     started = time.perf_counter()
     suffix = args.output.suffix.lower()
@@ -265,7 +265,7 @@ def cmd_generate(args) -> None:
     from .autoregressive.export import is_ar_build
 
     if is_ar_build(args.build):
-        _generate_autoregressive(args, started, suffix)
+        _generate_autoregressive(args, started)
         return
     start = None
     if args.latents:
@@ -276,13 +276,7 @@ def cmd_generate(args) -> None:
     latents = runtime.generate(args.prompt, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                                latents=start)
     frames = runtime.decode(latents)[0]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.stem}.tmp{suffix}")
-    try:
-        save_video(frames, tmp, fps=args.fps)
-        tmp.replace(args.output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_video(frames, args.output, args.fps)
     if args.save_latents:
         from safetensors.torch import save_file
 
@@ -291,6 +285,19 @@ def cmd_generate(args) -> None:
     _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
                    f"{args.steps} steps, backend {args.backend}"
                    + (f", temporal reuse carried {carried / 2**20:.2f} MiB of residuals" if carried else "") + ")")
+
+
+def _write_video(frames, output: Path, fps: int) -> None:
+    """Write frames to a hidden temporary file next to `output`, then rename it into place."""
+    from .runtime import save_video
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.tmp{output.suffix.lower()}")
+    try:
+        save_video(frames, tmp, fps=fps)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parse_shape(text: str | None):
@@ -487,9 +494,8 @@ def _build_autoregressive(args, target: str) -> None:
                    f"{manifest['cache']['bytes'] / 2**20:.2f} MiB at batch {args.batch}) -> {args.output}")
 
 
-def _generate_autoregressive(args, started: float, suffix: str) -> None:
+def _generate_autoregressive(args, started: float) -> None:
     from .autoregressive.runtime import ARRuntime
-    from .runtime import save_video
 
     if args.backend not in ("torch", "onnxruntime") or args.device != "cpu" or args.latents or args.save_latents:
         raise F3Error("an autoregressive build generates on the CPU with --backend torch or onnxruntime "
@@ -497,13 +503,7 @@ def _generate_autoregressive(args, started: float, suffix: str) -> None:
     runtime = ARRuntime(args.build, backend=args.backend)
     tokens = runtime.generate(args.prompt, seed=args.seed)
     frames = runtime.frames(tokens)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.stem}.tmp{suffix}")
-    try:
-        save_video(frames, tmp, fps=args.fps)
-        tmp.replace(args.output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_video(frames, args.output, args.fps)
     _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} from "
                    f"{tokens.numel()} tokens, backend {args.backend}, cache {runtime.cache_bytes / 2**20:.2f} MiB)")
 
