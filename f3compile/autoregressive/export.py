@@ -62,7 +62,8 @@ def verification_tokens(model: CogVideoModel, batch: int, decode_steps: int, see
     prefill, decode = programs(model.module, None, batch)
     text = model.tokenizer(["a red square moves to the left"] * batch)
     with torch.no_grad():
-        images = generate_tokens(c, Session(prefill, decode, prefill.core.slot_tables()), text, seed=seed)
+        images = generate_tokens(c, Session(prefill, decode, prefill.core.slot_tables()), text, seed=seed,
+                                 count=decode_steps)
     return teacher_tokens(c, text, images)[:, : c.text_length + 1 + decode_steps]
 
 

@@ -57,9 +57,10 @@ def sample_cluster_topk(logits: torch.Tensor, labels: torch.Tensor, temperature:
 
 def generate_tokens(config: CogVideoConfig, session, text: torch.Tensor, seed: int = 0,
                     strategy: Strategy | None = None, device: str | torch.device = "cpu",
-                    on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+                    on_token: Callable[[int], None] | None = None, count: int | None = None) -> torch.Tensor:
     """Image tokens (B, frames, P) of one video per text row (B, T), through a `program.Session`
-    (eager modules, loaded torch.export programs or ONNX sessions alike)."""
+    (eager modules, loaded torch.export programs or ONNX sessions alike). With `count`, only the
+    first `count` tokens are generated (the rest of the returned grid is 0)."""
     strategy = strategy or Strategy()
     c = config
     T, P = c.text_length, c.frame_tokens
@@ -68,8 +69,9 @@ def generate_tokens(config: CogVideoConfig, session, text: torch.Tensor, seed: i
     batch = text.shape[0]
     start = torch.full((batch, 1), c.start_of_image, dtype=torch.int64)
     logits = session.start(torch.cat([text, start], dim=1).to(device))
-    images = torch.empty((batch, c.frames * P), dtype=torch.int64)
-    for index in range(T, c.sequence_length):
+    images = torch.zeros((batch, c.frames * P), dtype=torch.int64)
+    last = c.sequence_length if count is None else min(c.sequence_length, T + count)
+    for index in range(T, last):
         frame = (index - T) // P
         temperature, top_k = strategy.for_frame(frame)
         images[:, index - T] = sample_cluster_topk(torch.as_tensor(logits), labels, temperature, top_k,
@@ -77,7 +79,7 @@ def generate_tokens(config: CogVideoConfig, session, text: torch.Tensor, seed: i
         if on_token is not None:
             on_token(index)
         following = index + 1
-        if following == c.sequence_length:
+        if following == last:
             break
         token = start if (following - T) % P == 0 else images[:, index - T:index - T + 1]
         logits, _ = session.step(token.to(device), following)

@@ -271,3 +271,15 @@ def test_discovery_finds_the_plus_channels_by_what_they_attend_to(tiny):
     assert all(mass[("base", l)] == 0.0 for l in range(c.num_layers))  # own frame and text only
     assert all(mass[("plus", l)] > 0.1 for l in range(c.num_layers))  # earlier frames' tokens
     assert [u["id"] for u in find_temporal_units(tiny)] == [f"mixins.attention_plus.{l}" for l in range(c.num_layers)]
+
+
+def test_a_partial_generation_is_the_start_of_the_whole_one(tiny):
+    from f3compile.autoregressive.sampling import generate_tokens
+
+    prefill, decode = programs(tiny.module, None, batch=1)
+    text = tiny.tokenizer(["a red square"])
+    with torch.no_grad():
+        whole = generate_tokens(tiny.config, Session(prefill, decode, prefill.core.slot_tables()), text, seed=2)
+        part = generate_tokens(tiny.config, Session(prefill, decode, prefill.core.slot_tables()), text, seed=2, count=21)
+    assert torch.equal(part.flatten()[:21], whole.flatten()[:21])
+    assert torch.all(part.flatten()[21:] == 0)
