@@ -109,4 +109,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from f3compile.errors import F3Error
+
+    try:
+        main()
+    except F3Error as exc:  # the user's to fix: one line, like the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
