@@ -319,7 +319,7 @@ class PaletteDecoder:
 
 @dataclass
 class CogVideoModel:
-    """A loaded CogVideo: weights, sizes, tokenizer, decoder and fingerprint (the autoregressive
+    """A loaded CogVideo: weights, sizes, tokenizer and fingerprint (the autoregressive
     counterpart of `VideoModel`; `kind` tells the CLI which pipeline to run)."""
 
     spec: str
@@ -332,10 +332,6 @@ class CogVideoModel:
     @property
     def tokenizer(self) -> ByteTextTokenizer:
         return ByteTextTokenizer(self.config)
-
-    @property
-    def decoder(self) -> PaletteDecoder:
-        return PaletteDecoder(self.config)
 
 
 def _fingerprint(config: CogVideoConfig, module: nn.Module) -> str:
@@ -470,17 +466,6 @@ def convert(source: str | Path, output: str | Path, **overrides: Any) -> CogVide
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return config
-
-
-def flops_per_token(config: CogVideoConfig, plus_layers: float, keys: int) -> float:
-    """Multiply-adds of one decode step: per layer base qkv+dense (4H²), MLP (8H²), base attention
-    over text + one frame, plus qkv+dense (4H²) and attention over `keys` in `plus_layers` layers,
-    and the tied image logits (image_tokens·H)."""
-    h = config.hidden_size
-    base_keys = config.text_length + config.frame_tokens
-    per_layer = 12 * h * h + 2 * base_keys * h
-    plus = 4 * h * h + 2 * keys * h
-    return config.num_layers * per_layer + plus_layers * plus + config.image_tokens * h
 
 
 __all__ = ["CogVideoConfig", "CogVideoTransformer", "CogVideoModel", "load_cogvideo", "is_cogvideo_spec",
