@@ -184,15 +184,22 @@ def test_calibration_records_causal_frame_to_frame_attention_per_layer(tiny, cal
     torch.testing.assert_close(gate, torch.sigmoid(tiny.module.plus(0)[2].detach()))
 
 
-def test_plans_from_the_calibration_build_equal_programs(tiny, calibration, tmp_path):
+def test_each_plan_granularity_maps_to_the_pruning_it_names(tiny, calibration):
     from f3compile.autoregressive.export import prune_of
+    from f3compile.models.cogvideo import layer_of
     from f3compile.planning import make_plan
 
     _, stats = calibration
-    for granularity in ("block", "head", "frame"):
+    for granularity in ("block", "attention", "head", "frame"):
         plan = make_plan(stats, 0.5, granularity, "cross_frame_mass", 1)
-        prune = prune_of(tiny, plan)
-        assert prune.layers, granularity
+        stage, prune = plan.stages[0], prune_of(tiny, plan)
+        dropped = {layer_of(u) for u in list(stage.drop_blocks) + list(stage.drop_attention)}
+        assert {l for l, p in prune.layers.items() if p.drop} == dropped
+        assert {l: p.pruned_heads for l, p in prune.layers.items() if p.pruned_heads} == {
+            layer_of(u): tuple(sorted(h)) for u, h in stage.prune_heads.items()}
+        assert {l: p.kept_frames for l, p in prune.layers.items() if p.kept_frames is not None} == {
+            layer_of(u): tuple(sorted(f)) for u, f in stage.keep_frames.items()}
+        assert prune.layers, granularity  # ratio 0.5 prunes something at every granularity
 
 
 # --- export, runtime, CLI --------------------------------------------------------------------
