@@ -42,11 +42,14 @@ def cmd_calibrate(args) -> None:
         if args.latents or args.frames or args.height or args.width:
             raise F3Error("CogVideo generates its own frames from tokens: drop --latents/--frames/--height/--width")
         model = load_cogvideo(args.model)
+        key_model = load_cogvideo(args.key_model) if args.key_model else None
         stats = calibrate_cogvideo(model, prompts, seed=args.seed, batch_size=args.batch_size, output_dir=args.output,
-                                   prompts_sha256=sha256_file(args.prompts), progress=True)
+                                   prompts_sha256=sha256_file(args.prompts), progress=True, key_model=key_model)
         _done(started, f"calibrated {len(stats.units)} plus channels on {len(prompts)} prompts x "
                        f"{stats.meta['tokens_per_video']} tokens -> {args.output}")
         return
+    if args.key_model:
+        raise F3Error("--key-model is for CogVideo stage-2 models")
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
@@ -254,7 +257,8 @@ def cmd_generate(args) -> None:
     example: f3compile generate build --prompt "a red circle moving left" -o video.gif
     --backend torch runs the .pt2 programs (from compile or export) on --device, aoti the AOTInductor
     packages, onnxruntime the .onnx files, tensorrt the engines. The output is .gif, .mp4 or .png
-    (frames side by side).
+    (frames side by side). A CogVideo build generates its 5 frames; --interpolate BUILD2 (a stage-2
+    build) fills frames between them: f3compile generate s1 --interpolate s2 --prompt "..." -o v.gif
     """
     from .runtime import Runtime
 
@@ -267,6 +271,8 @@ def cmd_generate(args) -> None:
     if is_ar_build(args.build):
         _generate_autoregressive(args, started)
         return
+    if args.interpolate is not None:
+        raise F3Error("--interpolate takes a CogVideo stage-2 build and needs a CogVideo stage-1 build to interpolate")
     start = None
     if args.latents:
         from .sampling import read_latents
@@ -501,11 +507,31 @@ def _generate_autoregressive(args, started: float) -> None:
         raise F3Error("an autoregressive build generates on the CPU with --backend torch or onnxruntime "
                       "(no --latents/--save-latents)")
     runtime = ARRuntime(args.build, backend=args.backend)
+    if runtime.stage != 1:
+        raise F3Error(f"{args.build} is a stage-2 (interpolation) build: generate with a stage-1 build and pass "
+                      "this one as --interpolate")
+    interpolator = None
+    if args.interpolate is not None:
+        if args.rounds < 1:
+            raise F3Error("--rounds must be at least 1 (each doubles the frame rate)")
+        interpolator = ARRuntime(args.interpolate, backend=args.backend)
+        if interpolator.stage != 2:
+            raise F3Error(f"--interpolate {args.interpolate} is a stage-1 build; pass a stage-2 build")
+        k, c = runtime.config, interpolator.config
+        if (k.grid, k.image_tokens, k.frames) != (c.grid, c.image_tokens, c.frames):
+            raise F3Error(f"--interpolate {args.interpolate} takes {c.frames} frames of {c.grid}x{c.grid} tokens over "
+                          f"{c.image_tokens} image tokens; {args.build} makes {k.frames} of {k.grid}x{k.grid} over {k.image_tokens}")
     tokens = runtime.generate(args.prompt, seed=args.seed)
+    what = f"backend {args.backend}, cache {runtime.cache_bytes / 2**20:.2f} MiB"
+    if interpolator is not None:
+        key_frames = tokens.shape[0]
+        tokens = interpolator.interpolate(args.prompt, tokens, rounds=args.rounds, seed=args.seed)
+        what += (f"; interpolated {key_frames} -> {tokens.shape[0]} frames in {args.rounds} round(s), cache "
+                 f"{interpolator.cache_bytes / 2**20:.2f} MiB")
     frames = runtime.frames(tokens)
     _write_video(frames, args.output, args.fps)
     _done(started, f"wrote {args.output} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} from "
-                   f"{tokens.numel()} tokens, backend {args.backend}, cache {runtime.cache_bytes / 2**20:.2f} MiB)")
+                   f"{tokens.numel()} tokens, {what})")
 
 
 def _bench_autoregressive(args, spec: str, started: float) -> None:
@@ -534,13 +560,14 @@ def cmd_convert(args) -> None:
     Reads the .pt with torch.load(weights_only=True) (no code in it runs), checks every key and
     shape against the published layout and writes DIR/{cogvideo.json, model.safetensors}; the
     directory is then a MODEL for every other command. Sizes come from the tensors' shapes;
-    --start-of-image and --pad-token give the tokenizer's special ids.
+    --start-of-image and --pad-token give the tokenizer's special ids. The interpolation checkpoint
+    (cogvideo-stage2) has the same names: convert it with --stage 2.
     """
     from .models.cogvideo import convert
 
     started = time.perf_counter()
     overrides = {k: v for k, v in (("start_of_image", args.start_of_image), ("pad_token", args.pad_token),
-                                   ("text_length", args.text_length)) if v is not None}
+                                   ("text_length", args.text_length), ("stage", args.stage)) if v is not None}
     config = convert(args.checkpoint, args.output, **overrides)
     _done(started, f"converted {config.num_layers} layers, hidden {config.hidden_size}, vocabulary "
                    f"{config.vocab_size} -> {args.output}")
@@ -571,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default 7.5)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default 1)")
+    p.add_argument("--key-model", help="CogVideo stage-2 models: the stage-1 model whose frames it interpolates")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
     p.add_argument("--latents", type=Path, help="start every prompt from these latents instead of noise (.pt or "
                    "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
@@ -641,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", type=Path, help="start from these latents instead of noise (.pt or one-tensor "
                    ".safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
     p.add_argument("--save-latents", type=Path, help="also write the final latents (safetensors)")
+    p.add_argument("--interpolate", type=Path, help="CogVideo: a stage-2 build that fills frames between the "
+                   "stage-1 build's (5 -> 9 -> 17 -> 33)")
+    p.add_argument("--rounds", type=int, default=3, help="with --interpolate: rounds, each doubling the frame rate (default 3)")
     p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
 
     p = add("bench", cmd_bench)
@@ -693,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-of-image", type=int, help="token id of <start_of_image> (default 0)")
     p.add_argument("--pad-token", type=int, help="token id of the text padding (default 0)")
     p.add_argument("--text-length", type=int, help="text slots before the first frame (default 64)")
+    p.add_argument("--stage", type=int, choices=(1, 2), help="2 for the interpolation checkpoint (cogvideo-stage2; default 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
 
     p = add("inspect", cmd_inspect)

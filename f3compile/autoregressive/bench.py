@@ -1,8 +1,9 @@
 """Dense vs pruned CogVideo step programs, timed side by side.
 
 Per variant: prefill latency, per-token decode latency (the static programs cost the same at every
-position: attention runs over the whole static cache under a mask), a whole video (one prefill and
-frames·grid² − 1 decode steps with sampling), and the cache memory. Prefill and decode calls are
+position: attention runs over the whole static cache, or in stage 2 over a gathered window, under a
+mask), a whole video (stage 1: one prefill and frames·grid² − 1 decode steps with sampling; stage 2:
+one interpolation, the prefill of three key frames and 2·grid² decode steps), and the cache memory. Prefill and decode calls are
 interleaved dense/pruned and reported as medians; the videos alternate too. The FLOP prediction
 counts one decode step from the programs' own structure.
 """
@@ -18,20 +19,21 @@ import torch
 from ..models.cogvideo import CogVideoModel
 from .export import prune_of
 from .program import Session, StepCore, StepPrune, programs
-from .sampling import generate_tokens
+from .sampling import generate_tokens, interpolate_tokens, interpolation_text, teacher_tokens
 
 
 def decode_flops(core: StepCore) -> float:
     """Multiply-adds of one decode step of `core`: per layer base qkv + dense + MLP (12H²) and base
     attention over its T + P slots; per plus channel its kept heads' share of qkv + dense (4H²)
-    and attention over its slots; the tied image logits."""
+    and attention over the keys a step reads (stage 1: its cache; stage 2: the text and one window
+    per kept frame); the tied image logits."""
     c = core.config
     h, d = c.hidden_size, c.head_dim
     base_slots = c.text_length + c.frame_tokens
     total = c.num_layers * (12 * h * h + 2 * base_slots * h) + c.image_tokens * h
     for plus in core.plus.values():
         width = plus.heads * d
-        total += 3 * h * width + h * width + 2 * plus.slots * width
+        total += 3 * h * width + h * width + 2 * plus.decode_keys * width
     return float(total)
 
 
@@ -75,8 +77,18 @@ def bench_ar(model: CogVideoModel, plan=None, repeat: int = 20, videos: int = 1,
                                torch.export.export(decode, decode.example_inputs(), strict=False).module())
         else:
             callables[name] = (prefill, decode)
-    text = model.tokenizer(["a red square moves to the left"] * batch)
-    prefix = torch.cat([text, torch.full((batch, 1), c.start_of_image)], dim=1)
+    if c.stage == 1:
+        text = model.tokenizer(["a red square moves to the left"] * batch)
+        prefix = torch.cat([text, torch.full((batch, 1), c.start_of_image)], dim=1)
+    else:  # the text and three seeded random key frames
+        text = model.tokenizer([interpolation_text("a red square moves to the left", 2.0)] * batch)
+        given = torch.randint(0, c.image_tokens, (batch, c.given_frames, c.frame_tokens), generator=torch.Generator().manual_seed(0))
+        prefix = teacher_tokens(c, text, given)
+
+    def video(session, seed):
+        if c.stage == 1:
+            return generate_tokens(c, session, text, seed)
+        return interpolate_tokens(c, session, text, given, seed)
     decode_inputs = {}
     for name, (prefill, decode) in callables.items():
         outputs = prefill(prefix)
@@ -94,7 +106,7 @@ def bench_ar(model: CogVideoModel, plan=None, repeat: int = 20, videos: int = 1,
     for number in range(videos):
         for name, (prefill, decode) in callables.items():
             session = Session(prefill, decode, tables[name])
-            times[name]["video"].append(_time(generate_tokens, c, session, text, number))
+            times[name]["video"].append(_time(video, session, number))
     rows = []
     for name in callables:
         row = {"variant": name, "prefill_ms": 1e3 * statistics.median(times[name]["prefill"]),

@@ -1,22 +1,24 @@
-"""Calibration of CogVideo on the real autoregressive loop (stage 1).
+"""Calibration of CogVideo on the real autoregressive loops (stage 1, and stage 2's interpolation).
 
 Each prompt is generated token by token with cluster top-k sampling through the dense step
-programs; at every token the recorder reads the plus channel's probabilities over its cache
-(text + every earlier frame token: up to T + F·P keys, one query at a time) and sums, per layer
-and head, the mass each query frame pays to each key frame. The result has the diffusion
+programs; at every token the recorder reads the plus channel's probabilities over its keys
+(stage 1: text + every earlier frame token, up to T + F·P keys; stage 2: text + the token's window
+in every frame, and in the prefill the key frames' windows) and sums, per layer and head, the mass
+each query frame (slot) pays to each key frame. A stage-2 model interpolates between key frames that
+a stage-1 model (`key_model`, dense) generates for the same prompt. The result has the diffusion
 calibrations' format (`f3compile.calibration/1`, one "step"), so `plan` and `inspect` work on it:
 
   unit/{id}/attn        (1, H, F, F)  Σ over query tokens of the frame-key mass, renormalised over
                                       frame keys (the text keys' share is kept apart)
   unit/{id}/text_mass   (1, H)        Σ over frame-query tokens of the mass on text keys
   unit/{id}/rows        (1,)          query tokens per (head, query frame)
-  unit/{id}/branch      (1,)          Σ ‖(1 − σ(a))·dense_plus(ctx_plus)‖ / ‖hidden‖ over frame ≥ 1 tokens
+  unit/{id}/branch      (1,)          Σ ‖(1 − σ(a))·dense_plus(ctx_plus)‖ / ‖hidden‖ over tokens that use it
   unit/{id}/head_branch (1, H)        the same per head
   unit/{id}/calls       (1,)          tokens summed into branch
   block/{id}/ratio, calls              = branch, calls (the channel is its own block)
   layer/{l}/gate        (hidden,)     σ(attn_distribution[l])
-Frame 0's queries attend (within their frame) like every other, though their plus term is not
-used at inference: their row says they do no cross-frame work.
+In stage 1, frame 0's queries attend (within their frame) like every other, though their plus term
+is not used at inference: their row says they do no cross-frame work. In stage 2 every slot uses it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class PlusRecorder:
             self.text_mass[layer] += text[:, :, row].sum(0)
             if layer == self.layers[0]:
                 self.frame_queries += probs.shape[0]
-            if f >= 1:  # where the plus term is used
+            if f >= c.plus_from:  # where the plus term is used
                 norm = hidden[:, row].double().norm(dim=-1).clamp_min(1e-12)  # (B,)
                 heads, d = plus.heads, c.head_dim
                 context = plus_context[:, row].double().view(-1, heads, d)  # (B, h, d)
@@ -142,15 +144,36 @@ def find_temporal_units(model: CogVideoModel) -> list[dict]:
     return units
 
 
+def check_key_model(model: CogVideoModel, key_model: CogVideoModel | None) -> None:
+    """A stage-2 model needs a stage-1 model of the same frame grid and image vocabulary for its key frames."""
+    c = model.config
+    if c.stage == 1:
+        if key_model is not None:
+            raise F3Error("--key-model is for stage-2 models; a stage-1 model makes its own frames")
+        return
+    if key_model is None:
+        raise F3Error(f"{model.spec} is a stage-2 (interpolation) model: pass --key-model with the stage-1 model "
+                      "that makes its key frames")
+    k = key_model.config
+    if k.stage != 1 or (k.grid, k.image_tokens, k.frames) != (c.grid, c.image_tokens, c.frames):
+        raise F3Error(f"--key-model {key_model.spec} must be a stage-1 model with {c.frames} frames of {c.grid}x{c.grid} "
+                      f"tokens over {c.image_tokens} image tokens, like {model.spec}")
+
+
 @torch.no_grad()
 def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, batch_size: int = 1,
                        output_dir: Path | None = None, prompts_sha256: str | None = None, progress: bool = False,
-                       strategy: Strategy | None = None) -> CalibrationStats:
-    """Generate every prompt with the dense programs while recording the plus channels."""
+                       strategy: Strategy | None = None, key_model: CogVideoModel | None = None) -> CalibrationStats:
+    """Generate every prompt with the dense programs while recording the plus channels. A stage-2
+    model interpolates between key frames that `key_model` (stage 1, dense) generates for the same
+    prompt: both of the first round's triples, with the published first spacing (2.0 s)."""
     from ..calibration.calibrate import library_versions
+    from .program import programs
+    from .sampling import interpolate_tokens, interpolation_text
 
     started = time.perf_counter()
     c = model.config
+    check_key_model(model, key_model)
     units = find_temporal_units(model)
     if len(units) != c.num_layers:
         raise F3Error(f"{model.spec}: {c.num_layers - len(units)} plus channel(s) attend to no other frame; "
@@ -169,15 +192,27 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
 
     tables = core.slot_tables()
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    groups = (c.frames - 1) // 2  # stage 2: key-frame triples of a 5-frame stage-1 video
+    tokens_per_video = c.frames * c.frame_tokens if c.stage == 1 else groups * (c.frames - c.given_frames) * c.frame_tokens
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(batches) * c.frames * c.frame_tokens, desc="calibrate", unit="token", leave=False)
+        bar = tqdm(total=len(batches) * tokens_per_video, desc="calibrate", unit="token", leave=False)
+    tick = (lambda _: bar.update(1)) if bar is not None else None
     try:
         for number, batch in enumerate(batches):
-            generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number, strategy=strategy,
-                            on_token=(lambda _: bar.update(1)) if bar is not None else None)
+            if c.stage == 1:
+                generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number,
+                                strategy=strategy, on_token=tick)
+                continue
+            key_prefill, key_decode = programs(key_model.module, None, len(batch))
+            key_frames = generate_tokens(key_model.config, Session(key_prefill, key_decode, key_prefill.core.slot_tables()),
+                                         key_model.tokenizer(batch), seed=seed + number, strategy=strategy)
+            text = model.tokenizer([interpolation_text(prompt, 2.0) for prompt in batch])
+            for group in range(groups):
+                interpolate_tokens(c, Session(prefill, decode, tables), text, key_frames[:, 2 * group:2 * group + 3],
+                                   seed=seed + number, strategy=strategy, on_token=tick)
     finally:
         if bar is not None:
             bar.close()
@@ -194,7 +229,9 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         "steps": 1,
         "num_train_timesteps": 1,
         "timesteps": [0],
-        "tokens_per_video": c.frames * c.frame_tokens,
+        "tokens_per_video": tokens_per_video,
+        "stage": c.stage,
+        "key_model": None if key_model is None else {"spec": key_model.spec, "fingerprint": key_model.fingerprint},
         "sampling": (strategy or Strategy()).__dict__,
         "units": units,
         "versions": library_versions(),

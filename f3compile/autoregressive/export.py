@@ -55,16 +55,24 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def verification_tokens(model: CogVideoModel, batch: int, decode_steps: int, seed: int = 0) -> torch.Tensor:
-    """A real input sequence (B, T + 1 + decode_steps): a dense generation's first tokens."""
-    from .sampling import generate_tokens, teacher_tokens
+    """A real input sequence (B, prefill length + decode_steps): a dense generation's first tokens
+    (stage 2: between three seeded random key frames)."""
+    from .sampling import generate_tokens, interpolate_tokens, interpolation_text, teacher_tokens
 
     c = model.config
     prefill, decode = programs(model.module, None, batch)
-    text = model.tokenizer(["a red square moves to the left"] * batch)
+    session = Session(prefill, decode, prefill.core.slot_tables())
+    prompt = "a red square moves to the left"
     with torch.no_grad():
-        images = generate_tokens(c, Session(prefill, decode, prefill.core.slot_tables()), text, seed=seed,
-                                 count=decode_steps)
-    return teacher_tokens(c, text, images)[:, : c.text_length + 1 + decode_steps]
+        if c.stage == 1:
+            text = model.tokenizer([prompt] * batch)
+            images = generate_tokens(c, session, text, seed=seed, count=decode_steps)
+        else:
+            text = model.tokenizer([interpolation_text(prompt, 2.0)] * batch)
+            given = torch.randint(0, c.image_tokens, (batch, c.given_frames, c.frame_tokens),
+                                  generator=torch.Generator().manual_seed(seed))
+            images = torch.cat([given, interpolate_tokens(c, session, text, given, seed=seed, count=decode_steps)], dim=1)
+    return teacher_tokens(c, text, images)[:, : c.prefill_length + decode_steps]
 
 
 def _run(prefill, decode, tables, tokens: torch.Tensor, prefill_length: int) -> list[list[torch.Tensor]]:
@@ -157,7 +165,7 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
             "programs": entries, "seconds": seconds,
         }
         if verify:
-            steps = verify_steps if verify_steps is not None else min(2 * c.frame_tokens, c.sequence_length - c.text_length - 1)
+            steps = verify_steps if verify_steps is not None else min(2 * c.frame_tokens, c.sequence_length - c.prefill_length)
             tokens = verification_tokens(model, batch, steps)
             with torch.no_grad():
                 tables = prefill.core.slot_tables()

@@ -16,10 +16,20 @@ Token index s runs over the whole sequence: text slots [0, T), then frame f's gr
 
 A layer whose plus channel is dropped has no plus cache at all, so pruning frees cache memory.
 Masks come from the token index alone: base keys are all the text and the query's own frame up to
-the query (causal), plus keys every cached token up to the query. Logits cover the image tokens
+the query (causal), plus keys every cached token up to the query.
+
+Stage 2 (interpolation, `config.stage == 2`) keeps the caches and changes what is attended: the
+prefill runs the text and three key frames (slots 0-2, times 0, 2, 4), whose base keys are their
+whole frame and whose plus keys are the key frames' tokens in the same window of side `window`
+after a cyclic shift of window // 2 on odd layers (windows wrap at the edges); a decode step
+(slots 3-4, times 1 and 3) gathers from the plus cache only the text and the token's window in
+every kept frame, cut at the frame's edges, up to itself — as the published code selects them.
+Every frame slot of stage 2 uses the plus term.
+
+Logits cover the image tokens
 only (the published inference ties them to the first 20,000 rows of the word embeddings). The gate
-σ(attn_distribution) mixes the two channels for frame tokens of frames ≥ 1; text and the first
-frame take the base term alone.
+σ(attn_distribution) mixes the two channels for frame tokens of frames ≥ 1 (stage 1; every frame in
+stage 2); text and stage 1's first frame take the base term alone.
 
 Pruning semantics (per layer l, the plus channel is the temporal unit):
   drop       frame tokens of frames ≥ 1 get σ(a)·dense(ctx_base) — the σ-scaled base term kept,
@@ -102,16 +112,44 @@ def frame_of(config: CogVideoConfig) -> torch.Tensor:
 
 
 def position_ids(config: CogVideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(base_id, extra_id, use_extra), each (N,): text uses rows 0..T-1 of the base table, the first
-    frame rows from `frame_position_offset`, frames 2.. the extra table from row 0."""
+    """(base_id, extra_id, use_extra), each (N,): text uses rows 0..T-1 of the base table, a frame
+    at time 0 rows from `frame_position_offset`, a frame at time t >= 1 the extra table from row
+    (t - 1)·P (a slot's time is `config.slot_times`: stage 2 stores frames out of time order)."""
     c = config
     s = torch.arange(c.sequence_length)
     frame = frame_of(c)
+    time = torch.where(frame < 0, -1, torch.tensor(c.slot_times)[frame.clamp_min(0)])
     within = (s - c.text_length).clamp_min(0) % c.frame_tokens
     base_id = torch.where(frame < 0, s, c.frame_position_offset + within)
-    use_extra = frame >= 1
-    extra_id = torch.where(use_extra, (frame - 1).clamp_min(0) * c.frame_tokens + within, 0)
+    use_extra = time >= 1
+    extra_id = torch.where(use_extra, (time - 1).clamp_min(0) * c.frame_tokens + within, 0)
     return torch.where(use_extra, 0, base_id), extra_id, use_extra
+
+
+def window_ids(config: CogVideoConfig, tokens: torch.Tensor, shift: int) -> torch.Tensor:
+    """Stage 2, key frames: the window of each frame token index after the published cyclic shift
+    (`torch.roll` by −shift, then windows of side `window`; cells that roll over an edge share a
+    window with the opposite edge)."""
+    c = config
+    cell = (tokens - c.text_length).clamp_min(0) % c.frame_tokens
+    row, column = cell // c.grid, cell % c.grid
+    across = c.grid // c.window
+    return ((row - shift) % c.grid // c.window) * across + (column - shift) % c.grid // c.window
+
+
+def window_cells(config: CogVideoConfig, position: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2, one generated token: (cells (w²,), inside (w²,)) of the window around the token at
+    `position` (1,), as the published decoding selects them: the shifted window is cut at the frame's
+    edges (no wrap-around), so `inside` marks the cells that exist."""
+    c = config
+    cell = (position - c.text_length) % c.frame_tokens
+    row, column = cell // c.grid, cell % c.grid
+    offsets = torch.arange(c.window, device=position.device)
+    rows = ((row + shift) // c.window) * c.window - shift + offsets  # (w,)
+    columns = ((column + shift) // c.window) * c.window - shift + offsets
+    inside = ((rows >= 0) & (rows < c.grid)).view(-1, 1) & ((columns >= 0) & (columns < c.grid)).view(1, -1)
+    cells = rows.clamp(0, c.grid - 1).view(-1, 1) * c.grid + columns.clamp(0, c.grid - 1).view(1, -1)
+    return cells.reshape(-1), inside.reshape(-1)
 
 
 def plus_slots(config: CogVideoConfig, kept_frames: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +220,11 @@ class _PlusWeights(nn.Module):
         self.register_buffer("slot_of", slot_of)
         self.register_buffer("token_of", token_of)
         self.slots = int(token_of.shape[0]) if kept else 0  # every head pruned: no cache, the bias alone
+        self.kept_frames = list(range(c.frames)) if item.kept_frames is None else sorted(item.kept_frames)
+        self.shift = c.shift(layer)
+        # keys one decode step attends over: the whole cache (stage 1), or the text and one window of
+        # every kept frame (stage 2), and the token itself
+        self.decode_keys = (self.slots if c.stage == 1 else c.text_length + len(self.kept_frames) * c.window ** 2 + 1) if kept else 0
 
 
 class StepCore(nn.Module):
@@ -238,15 +281,21 @@ class StepCore(nn.Module):
         pos_extra = self.extra_positions(self.extra_id[positions])
         hidden = hidden + torch.where(self.use_extra[positions].view(1, -1, 1), pos_extra, pos_base)
         frame = self.frame[positions]  # (n,)
-        use_plus = (frame >= 1).view(1, -1, 1)
+        use_plus = (frame >= c.plus_from).view(1, -1, 1)
         within = (positions - T).clamp_min(0) % P
         base_slots = torch.where(positions < T, positions, T + within)  # (n,)
-        slot = torch.arange(T + P, device=tokens.device)
-        earlier_in_frame = ((slot - T).view(1, -1) < within.view(-1, 1)) if append else ((slot - T).view(1, -1) <= within.view(-1, 1))
-        base_valid = (slot < T).view(1, -1) | ((slot >= T).view(1, -1) & (positions >= T).view(-1, 1) & earlier_in_frame)
-        itself = torch.ones((positions.shape[0], 1), dtype=torch.bool, device=tokens.device)
-        if append:
-            base_valid = torch.cat([base_valid, itself], dim=1)
+        if append:  # the cache's text, the current frame's earlier tokens, the token itself
+            slot = torch.arange(T + P, device=tokens.device)
+            earlier_in_frame = (slot - T).view(1, -1) < within.view(-1, 1)
+            base_valid = (slot < T).view(1, -1) | ((slot >= T).view(1, -1) & (positions >= T).view(-1, 1) & earlier_in_frame)
+            base_valid = torch.cat([base_valid, torch.ones((positions.shape[0], 1), dtype=torch.bool, device=tokens.device)], dim=1)
+        else:  # prefill (positions 0..n-1): over its own tokens; key frames (stage 2) see all of their frame
+            same_frame = (frame.view(1, -1) == frame.view(-1, 1)) & (frame.view(-1, 1) >= 0)
+            forward = (positions.view(1, -1) <= positions.view(-1, 1)) | (frame.view(-1, 1) < c.given_frames)
+            base_valid = (frame < 0).view(1, -1) | (same_frame & forward)
+            n = tokens.shape[1]
+            last = min(n, T + max(0, (n - 1 - T) // P) * P) if n > T else n  # the chunk's last frame starts here
+            base_write = torch.cat([base_slots[:T], base_slots[last:]])  # text + last frame: what decoding reads
         heads = c.num_heads
         base_caches, plus_caches = caches[: c.num_layers], caches[c.num_layers:]
         new_base, new_plus, plus_index = [], [], 0
@@ -258,9 +307,9 @@ class StepCore(nn.Module):
                 new_base.append(kv)
                 base_context = _attend_appended(_heads(q, heads), base_caches[number], kv, base_valid)
             else:
-                keys = base_caches[number].index_copy(3, base_slots, kv)
-                new_base.append(keys)
-                base_context = _attend(_heads(q, heads), keys[:, 0], keys[:, 1], base_valid)
+                new_base.append(base_caches[number].index_copy(
+                    3, base_write, torch.cat([kv[:, :, :, :T], kv[:, :, :, last:]], dim=3)))
+                base_context = _attend(_heads(q, heads), kv[:, 0], kv[:, 1], base_valid)
             base_out = layer.attention.dense(base_context)
             gate = torch.sigmoid(self.gates[number])
             plus = self.plus[str(number)] if str(number) in self.plus else None
@@ -271,15 +320,30 @@ class StepCore(nn.Module):
                 pkv = torch.stack([_heads(pk, plus.heads), _heads(pv, plus.heads)], dim=1)
                 if append:
                     pkeys = plus_caches[plus_index]
-                    token_of = torch.cat([plus.token_of, positions])
                     kept_itself = (plus.slot_of[positions] < plus.slots - 1).view(-1, 1)  # its frame has slots
-                    valid = torch.cat([plus.token_of.view(1, -1) < positions.view(-1, 1), kept_itself], dim=1)
+                    if c.stage == 2:  # the text and the token's window in every kept frame, gathered
+                        cells, inside = window_cells(c, positions, plus.shift)
+                        window = torch.cat([T + g * P + cells for g in plus.kept_frames])
+                        window_valid = inside.repeat(len(plus.kept_frames)) & (window < positions)
+                        text_slots = torch.arange(T, device=tokens.device)
+                        pkeys = pkeys.index_select(3, torch.cat([text_slots, plus.slot_of[window]]))
+                        token_of = torch.cat([text_slots, torch.where(window_valid, window, NEVER), positions])
+                        valid = torch.cat([torch.ones_like(text_slots, dtype=torch.bool), window_valid]).view(1, -1)
+                    else:
+                        token_of = torch.cat([plus.token_of, positions])
+                        valid = plus.token_of.view(1, -1) < positions.view(-1, 1)
+                    valid = torch.cat([valid, kept_itself], dim=1)
                     new_plus.append(pkv)
                     plus_context = _attend_appended(_heads(pq, plus.heads), pkeys, pkv, valid)
                 else:
                     pkeys = plus_caches[plus_index].index_copy(3, plus.slot_of[positions], pkv)
                     token_of = plus.token_of
-                    valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
+                    if c.stage == 2:  # key frames: the text and the same shifted window of the three frames
+                        key_frame = (token_of >= T) & (token_of < c.prefill_length)
+                        same = window_ids(c, token_of, plus.shift).view(1, -1) == window_ids(c, positions, plus.shift).view(-1, 1)
+                        valid = (token_of < T).view(1, -1) | (key_frame.view(1, -1) & same & (positions >= T).view(-1, 1))
+                    else:
+                        valid = plus.token_of.view(1, -1) <= positions.view(-1, 1)
                     new_plus.append(pkeys)
                     plus_context = _attend(_heads(pq, plus.heads), pkeys[:, 0], pkeys[:, 1], valid)
                 plus_index += 1
@@ -355,7 +419,7 @@ class PrefillProgram(nn.Module):
     def __init__(self, core: StepCore, batch: int, length: int | None = None):
         super().__init__()
         self.core, self.batch = core, batch
-        self.length = length or core.config.text_length + 1
+        self.length = length or core.config.prefill_length
 
     def forward(self, tokens: torch.Tensor):
         specs = self.core.cache_specs(tokens.shape[0])
@@ -393,7 +457,7 @@ class DecodeProgram(nn.Module):
         dtype = self.core.word_embeddings.weight.dtype
         caches = tuple(torch.zeros(shape, dtype=dtype) for _, shape in self.core.cache_specs(self.batch))
         return (torch.full((self.batch, 1), c.start_of_image, dtype=torch.int64),
-                torch.tensor([c.text_length + 1], dtype=torch.int64), *caches)
+                torch.tensor([c.prefill_length], dtype=torch.int64), *caches)
 
     def input_names(self) -> list[str]:
         return ["token", "position"] + [f"past.{name}" for name, _ in self.core.cache_specs(self.batch)]
@@ -424,15 +488,18 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
     frame = torch.where(s < c.text_length, -1, (s - c.text_length) // c.frame_tokens)
     within = (s - c.text_length).clamp_min(0) % c.frame_tokens
     extra = model.mixins["extra_position_embedding"].position_embeddings.weight
+    time = [c.slot_times[int(f)] if f >= 0 else -1 for f in frame]
     positions = torch.stack([
         t.position_embeddings.weight[int(s_)] if frame[s_] < 0 else
-        t.position_embeddings.weight[c.frame_position_offset + int(within[s_])] if frame[s_] == 0 else
-        extra[(int(frame[s_]) - 1) * c.frame_tokens + int(within[s_])]
+        t.position_embeddings.weight[c.frame_position_offset + int(within[s_])] if time[s_] == 0 else
+        extra[(time[s_] - 1) * c.frame_tokens + int(within[s_])]
         for s_ in range(n)])
     hidden = t.word_embeddings.weight[tokens] + positions
     causal = s.view(1, -1) <= s.view(-1, 1)
-    base_mask = (frame.view(1, -1) < 0) | (causal & (frame.view(1, -1) == frame.view(-1, 1)))
-    frame_query = (frame >= 1).view(1, -1, 1)
+    key_frame_query = (frame < c.given_frames).view(-1, 1)  # stage 2: key frames see all of their frame
+    base_mask = (frame.view(1, -1) < 0) | ((causal | key_frame_query) & (frame.view(1, -1) == frame.view(-1, 1))
+                                           & (frame >= 0).view(-1, 1))
+    frame_query = (frame >= c.plus_from).view(1, -1, 1)
     d, heads = c.head_dim, c.num_heads
 
     def attention(x, weight, bias, mask, zero_heads=(), channel="", number=0):
@@ -458,7 +525,8 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
         gate = torch.sigmoid(gate)
         kept = torch.ones(n, dtype=torch.bool) if item.kept_frames is None else (
             (frame < 0) | torch.isin(frame, torch.tensor(list(item.kept_frames), dtype=torch.int64)))
-        plus = dense(attention(x, qkv.weight, qkv.bias, causal & kept.view(1, -1), item.pruned_heads,
+        plus_mask = causal if c.stage == 1 else stage2_plus_mask(c, number, n)
+        plus = dense(attention(x, qkv.weight, qkv.bias, plus_mask & kept.view(1, -1), item.pruned_heads,
                                channel="plus", number=number))
         plus_weight = 0.0 if item.drop else 1.0
         base_weight = 1.0 if (item.drop and prune.renormalise) else gate
@@ -468,6 +536,36 @@ def reference_logits(model: CogVideoTransformer, tokens: torch.Tensor, prune: St
         y = layer.mlp.dense_4h_to_h(F.gelu(layer.mlp.dense_h_to_4h(layer.post_attention_layernorm(hidden)), approximate="tanh"))
         hidden = hidden + layer.fourth_layernorm(y)
     return F.linear(t.final_layernorm(hidden), t.word_embeddings.weight[: c.image_tokens])
+
+
+def stage2_plus_mask(config: CogVideoConfig, layer: int, n: int) -> torch.Tensor:
+    """(n, n) keys of the stage-2 plus channel of `layer` for the first n token indices, written
+    after the published code one query at a time: text sees the text; a key-frame token (slots
+    0-2, run at once) the text and the three key frames' tokens in its window of the grid rolled by
+    −shift (windows wrap around the edges); a generated token the text, its window cut at the edges
+    in every earlier frame slot, and the cells of that window in its own slot up to itself."""
+    c = config
+    T, P, R, w, shift = c.text_length, c.frame_tokens, c.grid, c.window, c.shift(layer)
+    mask = torch.zeros((n, n), dtype=torch.bool)
+    mask[:, : min(T, n)] = True
+    for query in range(T, n):
+        f, cell = divmod(query - T, P)
+        x, y = divmod(cell, R)
+        if f < c.given_frames:
+            for key in range(T, min(n, T + c.given_frames * P)):
+                kx, ky = divmod((key - T) % P, R)
+                if ((x - shift) % R) // w == ((kx - shift) % R) // w and ((y - shift) % R) // w == ((ky - shift) % R) // w:
+                    mask[query, key] = True
+            continue
+        x0, y0 = (x + shift) // w * w - shift, (y + shift) // w * w - shift
+        rows, columns = range(max(0, x0), min(R, x0 + w)), range(max(0, y0), min(R, y0 + w))
+        for g in range(f + 1):
+            for kx in rows:
+                for ky in columns:
+                    key = T + g * P + kx * R + ky
+                    if key <= query:
+                        mask[query, key] = True
+    return mask
 
 
 def run_teacher_forced(prefill: PrefillProgram, decode: DecodeProgram, tokens: torch.Tensor) -> torch.Tensor:

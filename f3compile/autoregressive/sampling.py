@@ -1,9 +1,13 @@
-"""The autoregressive loop of CogVideo stage 1 over step programs, with cluster top-k sampling.
+"""The autoregressive loops of CogVideo (stage 1, and stage 2's interpolation) over step programs, with cluster top-k sampling.
 
 Token layout of one video (T text slots, F frames of P tokens): inputs at token index s are the
 text, then for every frame `<start_of_image>` followed by the frame's first P − 1 image tokens;
 the logits at index T + f·P + j predict image token j of frame f. One prefill runs the text and
 the first `<start_of_image>`, then F·P − 1 decode steps follow.
+
+Stage 2 (interpolation) runs the text and three key frames (slots 0-2, times 0, 2, 4) in the
+prefill, then decodes slots 3 and 4 (times 1 and 3) token by token; `interpolate_video` repeats it
+to fill 5 → 9 → 17 → 33 frames.
 
 Cluster top-k (CogView2's strategy): the image tokens are grouped in clusters; per token the
 softmax(logits / temperature) mass is summed per cluster, one of the top-k clusters is drawn by
@@ -20,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import F3Error
 from ..models.cogvideo import CogVideoConfig
 
 
@@ -63,6 +68,8 @@ def generate_tokens(config: CogVideoConfig, session, text: torch.Tensor, seed: i
     first `count` tokens are generated (the rest of the returned grid is 0)."""
     strategy = strategy or Strategy()
     c = config
+    if c.stage != 1:
+        raise F3Error("a stage-2 model interpolates between key frames; generate them with a stage-1 model")
     T, P = c.text_length, c.frame_tokens
     generator = torch.Generator().manual_seed(seed)
     labels = cluster_labels(c)
@@ -92,3 +99,63 @@ def teacher_tokens(config: CogVideoConfig, text: torch.Tensor, images: torch.Ten
     inputs = images.reshape(images.shape[0], -1).roll(1, dims=1)
     inputs[:, :: c.frame_tokens] = c.start_of_image
     return torch.cat([text, inputs], dim=1)
+
+
+def interpolation_text(prompt: str, duration: float) -> str:
+    """The text of a stage-2 run: the frame spacing in seconds, a line break, the prompt (the published
+    pipeline prefixes "<duration>秒" and `<n>`; the stand-in tokenizer writes it as "2.0s\\n")."""
+    return f"{float(duration)}s\n{prompt}"
+
+
+def interpolate_tokens(config: CogVideoConfig, session, text: torch.Tensor, given: torch.Tensor, seed: int = 0,
+                       strategy: Strategy | None = None, device: str | torch.device = "cpu",
+                       on_token: Callable[[int], None] | None = None, count: int | None = None) -> torch.Tensor:
+    """Stage 2: the two frames (B, 2, P) between three key frames `given` (B, 3, P) (times 0, 2, 4 →
+    1, 3). The prefill runs the text and the key frames; each generated frame starts with
+    `<start_of_image>`. With `count`, only the first `count` tokens are generated."""
+    strategy = strategy or Strategy()
+    c = config
+    if c.stage != 2:
+        raise F3Error("interpolation needs a stage-2 model (builtin:*-cogvideo-stage2 or a stage-2 checkpoint)")
+    P, start_index = c.frame_tokens, c.prefill_length
+    generator = torch.Generator().manual_seed(seed)
+    labels = cluster_labels(c)
+    batch = text.shape[0]
+    made = torch.zeros((batch, (c.frames - c.given_frames) * P), dtype=torch.int64)
+    inputs = teacher_tokens(c, text, torch.cat([given, made.view(batch, -1, P)], dim=1))
+    session.start(inputs[:, :start_index].to(device))
+    last = c.sequence_length if count is None else min(c.sequence_length, start_index + count)
+    for index in range(start_index, last):
+        generated = index - start_index
+        token = (torch.full((batch, 1), c.start_of_image, dtype=torch.int64) if (index - c.text_length) % P == 0
+                 else made[:, generated - 1:generated])
+        logits, _ = session.step(token.to(device), index)
+        temperature, top_k = strategy.for_frame((index - c.text_length) // P)
+        made[:, generated] = sample_cluster_topk(torch.as_tensor(logits), labels, temperature, top_k,
+                                                 strategy.temperature2, generator)
+        if on_token is not None:
+            on_token(index)
+    return made.view(batch, -1, P)
+
+
+def interpolate_video(config: CogVideoConfig, session_factory: Callable[[], object], text_for: Callable[[float], torch.Tensor],
+                      frames: torch.Tensor, rounds: int = 3, duration: float = 2.0, seed: int = 0,
+                      strategy: Strategy | None = None, on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Stage 2 repeated: every round fills a frame between each pair of neighbours, K → 2K − 1 frames
+    (5 → 9 → 17 → 33 in three rounds), on key-frame triples (2i, 2i+1, 2i+2) as the published pipeline
+    groups them, with the spacing halving from `duration`. `frames` (B, K, P), K odd >= 3;
+    `text_for(duration)` gives the tokenized text rows (B, T) of a round, `session_factory()` a fresh
+    `Session`."""
+    if frames.shape[1] < 3 or frames.shape[1] % 2 == 0:
+        raise F3Error(f"interpolation takes an odd number (>= 3) of key frames, not {frames.shape[1]}")
+    for number in range(rounds):
+        text = text_for(duration)
+        merged = []
+        for group in range((frames.shape[1] - 1) // 2):
+            given = frames[:, 2 * group:2 * group + 3]
+            made = interpolate_tokens(config, session_factory(), text, given, seed=seed + 1000 * number + group,
+                                      strategy=strategy, on_token=on_token)
+            merged += [given[:, 0], made[:, 0], given[:, 1], made[:, 1]]
+        frames = torch.stack(merged + [frames[:, -1]], dim=1)
+        duration /= 2
+    return frames

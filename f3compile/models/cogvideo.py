@@ -1,6 +1,8 @@
-"""The CogVideo family (stage 1): an autoregressive transformer with dual-channel attention.
+"""The CogVideo family: an autoregressive transformer with dual-channel attention (stage 1, which
+makes 5 frames, and stage 2, which interpolates between them; `CogVideoConfig.stage`).
 
-Parameter names follow SwissArmyTransformer 0.2.x as the published stage-1 checkpoint stores them
+Parameter names follow SwissArmyTransformer 0.2.x as the published checkpoints (stage 1 and stage 2
+alike) store them
 (`transformer.*` for the CogView2 base, `mixins.*` for what CogVideo adds), so a real state dict
 maps by name:
 
@@ -48,12 +50,12 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 LIMITS = {"num_layers": 1024, "hidden_size": 65536, "num_heads": 1024, "frames": 64, "grid": 256, "patch": 64,
-          "text_length": 4096}  # sizes beyond these are typos, not models; others: 10**7
+          "text_length": 4096, "stage": 2, "window": 256}  # sizes beyond these are typos, not models; others: 10**7
 
 
 @dataclass(frozen=True)
 class CogVideoConfig:
-    """Sizes of a CogVideo stage-1 transformer (defaults: the published model)."""
+    """Sizes of a CogVideo transformer (defaults: the published stage-1 model)."""
 
     num_layers: int = 48  # transformer layers, each with a base and a plus attention channel
     hidden_size: int = 3072  # model width H
@@ -70,6 +72,8 @@ class CogVideoConfig:
     layernorm_epsilon: float = 1e-5  # every layer norm
     start_of_image: int = 0  # id fed at every frame's first position (set by the builtins)
     pad_token: int = 0  # id of the text padding
+    stage: int = 1  # 1: frames one after another (full plus attention); 2: interpolation (windowed plus attention)
+    window: int = 10  # stage 2: side of the plus channel's windows (shift window // 2 on odd layers)
 
     @property
     def head_dim(self) -> int:
@@ -82,6 +86,32 @@ class CogVideoConfig:
     @property
     def sequence_length(self) -> int:
         return self.text_length + self.frames * self.frame_tokens
+
+    @property
+    def given_frames(self) -> int:
+        """Frame slots that are inputs, not generated: stage 2 takes 3 key frames and fills 2 between."""
+        return 3 if self.stage == 2 else 0
+
+    @property
+    def slot_times(self) -> tuple[int, ...]:
+        """The time of each frame slot (its position ids): stage 2 holds key frames 0, 2, 4 in slots 0-2 and
+        generates frames 1 and 3 in slots 3 and 4, as the published interpolation orders them."""
+        return (0, 2, 4, 1, 3) if self.stage == 2 else tuple(range(self.frames))
+
+    @property
+    def plus_from(self) -> int:
+        """First frame slot whose tokens use the plus channel (stage 1 runs the first frame without it)."""
+        return 0 if self.stage == 2 else 1
+
+    @property
+    def prefill_length(self) -> int:
+        """Tokens of the prefill: the text and the first `<start_of_image>` (stage 1), or the text and the
+        three key frames (stage 2)."""
+        return self.text_length + (self.given_frames * self.frame_tokens if self.stage == 2 else 1)
+
+    def shift(self, layer: int) -> int:
+        """Stage 2: the window shift of `layer` (0 on even layers, window // 2 on odd ones)."""
+        return self.window // 2 if layer % 2 else 0
 
     def check(self) -> "CogVideoConfig":
         def need(condition: bool, what: str) -> None:
@@ -108,6 +138,10 @@ class CogVideoConfig:
              "extra_positions must cover frames 2.. ((frames - 1) · grid²)")
         need(0 <= self.start_of_image < self.vocab_size and 0 <= self.pad_token < self.vocab_size,
              "start_of_image and pad_token must be token ids")
+        need(self.stage in (1, 2), "stage must be 1 (sequential frames) or 2 (interpolation)")
+        if self.stage == 2:
+            need(self.frames == 5, "a stage-2 model has 5 frame slots (3 key frames, 2 interpolated)")
+            need(self.window >= 2 and self.grid % self.window == 0, "stage 2: window must be >= 2 and divide grid")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,7 +208,7 @@ class _AttentionPlus(nn.Module):
 
 
 class CogVideoTransformer(nn.Module):
-    """The weights of a CogVideo stage-1 model under their SAT names (see the module docstring)."""
+    """The weights of a CogVideo model under their SAT names (see the module docstring)."""
 
     def __init__(self, config: CogVideoConfig):
         super().__init__()
@@ -204,7 +238,7 @@ def layer_of(unit: str) -> int:
 
 
 def published_keys(config: CogVideoConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter name of a SAT stage-1 state dict with its shape, written out independently
+    """Every parameter name of a SAT state dict (either stage) with its shape, written out independently
     of the module above (the key-compatibility tests compare the two)."""
     h, keys = config.hidden_size, {}
     keys["transformer.word_embeddings.weight"] = (config.vocab_size, h)
@@ -237,16 +271,18 @@ def _text_vocab_start(config: CogVideoConfig) -> int:
     return config.image_tokens + 2  # image tokens, <start_of_image>, <pad>, then bytes
 
 
-def tiny_config() -> CogVideoConfig:
+def tiny_config(stage: int = 1) -> CogVideoConfig:
     image = TINY["image_tokens"]
-    return CogVideoConfig(vocab_size=image + 2 + 256, start_of_image=image, pad_token=image + 1, **TINY).check()
+    return CogVideoConfig(vocab_size=image + 2 + 256, start_of_image=image, pad_token=image + 1, stage=stage,
+                          window=2 if stage == 2 else CogVideoConfig.window,
+                          **TINY).check()
 
 
-def arch_config(scale: float) -> CogVideoConfig:
+def arch_config(scale: float, stage: int = 1) -> CogVideoConfig:
     """The published sizes with the width scaled (heads of 64 kept; at least one head)."""
     heads = max(1, round(48 * scale))
     return CogVideoConfig(hidden_size=64 * heads, num_heads=heads, vocab_size=150010,
-                          start_of_image=20000, pad_token=20001).check()
+                          start_of_image=20000, pad_token=20001, stage=stage).check()
 
 
 def init_weights(model: CogVideoTransformer, seed: int) -> CogVideoTransformer:
@@ -340,11 +376,14 @@ def _fingerprint(config: CogVideoConfig, module: nn.Module) -> str:
     return fingerprint_modules(config.to_dict(), module)
 
 
+BUILTINS = ("tiny-cogvideo", "arch-cogvideo", "tiny-cogvideo-stage2", "arch-cogvideo-stage2")
+
+
 def is_cogvideo_spec(spec: str) -> bool:
-    """`builtin:tiny-cogvideo`, `builtin:arch-cogvideo[,width-scale=S]` or a directory holding
-    cogvideo.json."""
+    """`builtin:tiny-cogvideo[-stage2]`, `builtin:arch-cogvideo[-stage2][,width-scale=S]` or a
+    directory holding cogvideo.json."""
     if spec.startswith("builtin:"):
-        return spec[8:].split(",")[0] in ("tiny-cogvideo", "arch-cogvideo")
+        return spec[8:].split(",")[0] in BUILTINS
     return (Path(spec) / CONFIG_FILE).is_file()
 
 
@@ -353,15 +392,16 @@ def load_cogvideo(spec: str) -> CogVideoModel:
 
     if spec.startswith("builtin:"):
         name, scale = parse_preset(spec[8:])
-        if name == "tiny-cogvideo":
+        if name not in BUILTINS:
+            raise F3Error(f"unknown CogVideo builtin {name!r}; use one of {', '.join(BUILTINS)}")
+        stage = 2 if name.endswith("-stage2") else 1
+        if name.startswith("tiny-"):
             if scale != 1.0:
-                raise F3Error("builtin:tiny-cogvideo takes no width-scale")
-            config = tiny_config()
-        elif name == "arch-cogvideo":
-            config = arch_config(scale)
+                raise F3Error(f"builtin:{name} takes no width-scale")
+            config = tiny_config(stage)
         else:
-            raise F3Error(f"unknown CogVideo builtin {name!r}; use tiny-cogvideo or arch-cogvideo")
-        module = build(config)
+            config = arch_config(scale, stage)
+        module = build(config, seed=stage - 1)  # the two stages are separate models
     else:
         from .._io import read_json
 
