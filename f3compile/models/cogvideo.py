@@ -28,7 +28,9 @@ token of every frame is `<start_of_image>`. A frame token's attention output is
 σ(a)·dense(ctx_base) + (1 − σ(a))·dense_plus(ctx_plus) where the base channel sees the text and
 its own frame (causal) and the plus channel sees the text and every earlier frame token
 (causal); text tokens (which see all text) and the first frame get the base term alone, as the
-published inference runs it. Not modelled: the pipeline's log-weight on text keys (1.4 for the
+published inference runs it. Stage 2 holds three key frames (times 0, 2, 4) and the two frames it
+fills (times 1, 3) in its 5 slots; its plus channel attends within shifted windows (see
+`f3compile.autoregressive.program`). Not modelled: the pipeline's log-weight on text keys (1.4 for the
 first frame), its unpadded text, and its guidance run; padding slots are attended like text. The math lives in
 `f3compile.autoregressive.program`; this module holds the weights, the configs and the loaders.
 """
