@@ -191,6 +191,8 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         return (logits, *new)
 
     tables = core.slot_tables()
+    if key_model is not None:  # dense programs run any batch size
+        key_prefill, key_decode = programs(key_model.module)
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     groups = (c.frames - 1) // 2  # stage 2: key-frame triples of a 5-frame stage-1 video
     tokens_per_video = c.frames * c.frame_tokens if c.stage == 1 else groups * (c.frames - c.given_frames) * c.frame_tokens
@@ -206,7 +208,6 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
                 generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number,
                                 strategy=strategy, on_token=tick)
                 continue
-            key_prefill, key_decode = programs(key_model.module, None, len(batch))
             key_frames = generate_tokens(key_model.config, Session(key_prefill, key_decode, key_prefill.core.slot_tables()),
                                          key_model.tokenizer(batch), seed=seed + number, strategy=strategy)
             text = model.tokenizer([interpolation_text(prompt, 2.0) for prompt in batch])

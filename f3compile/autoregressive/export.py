@@ -10,9 +10,9 @@ The manifest names every input and output of both programs (the caches are `base
 token's entry `new.X`, which the runtime writes at the slot `program.slot_tables` gives for the
 cache's channel and kept frames, both listed under `cache.tensors`), the model's
 sizes (for the stand-in tokenizer and decoder), the plan's stage and the cache memory.
-Verification feeds one real token sequence (a seeded generation of the dense model) through the
-eager pruned programs and through each artifact — the prefill and the first frames' decode
-steps — and compares logits, caches and new entries: relative L2 ≤ 1e-5 (torch.export) and ≤ 1e-4
+Verification feeds one real token sequence (a seeded generation of the dense model; stage 2:
+between three seeded random key frames) through the eager pruned programs and through each
+artifact — the prefill and the first frames' decode steps — and compares logits, caches and new entries: relative L2 ≤ 1e-5 (torch.export) and ≤ 1e-4
 (onnxruntime, fp32).
 """
 

@@ -297,6 +297,7 @@ class StepCore(nn.Module):
             last = min(n, T + max(0, (n - 1 - T) // P) * P) if n > T else n  # the chunk's last frame starts here
             base_write = torch.cat([base_slots[:T], base_slots[last:]])  # text + last frame: what decoding reads
         heads = c.num_heads
+        windows: dict = {}  # stage-2 decode: gather indices per (shift, kept frames), shared by the layers alike
         base_caches, plus_caches = caches[: c.num_layers], caches[c.num_layers:]
         new_base, new_plus, plus_index = [], [], 0
         for number, layer in enumerate(self.layers):
@@ -322,13 +323,8 @@ class StepCore(nn.Module):
                     pkeys = plus_caches[plus_index]
                     kept_itself = (plus.slot_of[positions] < plus.slots - 1).view(-1, 1)  # its frame has slots
                     if c.stage == 2:  # the text and the token's window in every kept frame, gathered
-                        cells, inside = window_cells(c, positions, plus.shift)
-                        window = torch.cat([T + g * P + cells for g in plus.kept_frames])
-                        window_valid = inside.repeat(len(plus.kept_frames)) & (window < positions)
-                        text_slots = torch.arange(T, device=tokens.device)
-                        pkeys = pkeys.index_select(3, torch.cat([text_slots, plus.slot_of[window]]))
-                        token_of = torch.cat([text_slots, torch.where(window_valid, window, NEVER), positions])
-                        valid = torch.cat([torch.ones_like(text_slots, dtype=torch.bool), window_valid]).view(1, -1)
+                        index, token_of, valid = self._window_keys(plus, positions, windows)
+                        pkeys = pkeys.index_select(3, index)
                     else:
                         token_of = torch.cat([plus.token_of, positions])
                         valid = plus.token_of.view(1, -1) < positions.view(-1, 1)
@@ -362,6 +358,23 @@ class StepCore(nn.Module):
             hidden = hidden + layer.fourth_layernorm(y)
         last = self.final_layernorm(hidden[:, -1])
         return F.linear(last, self.word_embeddings.weight[: c.image_tokens]), new_base + new_plus
+
+    def _window_keys(self, plus: _PlusWeights, positions: torch.Tensor, windows: dict) -> tuple[torch.Tensor, ...]:
+        """Stage-2 decode step of one plus channel: (cache slots to gather: the text, then the token's
+        window in every kept frame; their token indices, with NEVER where masked, and the token itself;
+        validity (1, slots + 1)). Computed once per (shift, kept frames) and step."""
+        key = (plus.shift, tuple(plus.kept_frames))
+        if key not in windows:
+            c = self.config
+            T, P = c.text_length, c.frame_tokens
+            cells, inside = window_cells(c, positions, plus.shift)
+            window = torch.cat([T + g * P + cells for g in plus.kept_frames])
+            window_valid = inside.repeat(len(plus.kept_frames)) & (window < positions)
+            text_slots = torch.arange(T, device=positions.device)
+            windows[key] = (torch.cat([text_slots, plus.slot_of[window]]),
+                            torch.cat([text_slots, torch.where(window_valid, window, NEVER), positions]),
+                            torch.cat([torch.ones_like(text_slots, dtype=torch.bool), window_valid]).view(1, -1))
+        return windows[key]
 
     def slot_tables(self) -> list[torch.Tensor]:
         """Per cache (I/O order), the slot (N,) where each token index's entry is written."""

@@ -101,6 +101,22 @@ def test_a_stage2_checkpoint_converts_by_the_same_names(tmp_path, stage2):
     assert loaded.config == c and loaded.fingerprint == stage2.fingerprint
 
 
+def test_convert_stage_2_from_the_cli_marks_the_interpolation_checkpoint(tmp_path, capsys):
+    """The published sizes at a small width: the same keys convert to a stage-1 or, with --stage 2, a
+    stage-2 model directory, which loads as the stage-2 builtin of those weights."""
+    from safetensors.torch import save_file
+
+    builtin = load_cogvideo("builtin:arch-cogvideo-stage2,width-scale=0.02")
+    save_file({k: v.contiguous() for k, v in builtin.module.state_dict().items()}, str(tmp_path / "stage2.safetensors"))
+    ids = ["--start-of-image", "20000", "--pad-token", "20001"]
+    assert main(["convert", str(tmp_path / "stage2.safetensors"), "--stage", "2", "-o", str(tmp_path / "m2")] + ids) == 0
+    assert main(["convert", str(tmp_path / "stage2.safetensors"), "-o", str(tmp_path / "m1")] + ids) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "m2" / "cogvideo.json").read_text())["stage"] == 2
+    assert json.loads((tmp_path / "m1" / "cogvideo.json").read_text())["stage"] == 1
+    assert load_cogvideo(str(tmp_path / "m2")).fingerprint == builtin.fingerprint
+
+
 # --- step programs ---------------------------------------------------------------------------
 
 PRUNES = {
@@ -236,6 +252,7 @@ def test_stage2_cli_end_to_end(stage1, stage2, calibration, tmp_path, capsys):
       "--prompts", "p.txt", "-o", "c"], "must be a stage-1 model"),
     (["calibrate", "builtin:tiny-unet3d", "--key-model", "builtin:tiny-cogvideo", "--prompts", "p.txt", "-o", "c"],
      "CogVideo stage-2"),
+    (["generate", ".", "--interpolate", "s2", "--prompt", "x", "-o", "c.gif"], "--interpolate takes a CogVideo"),
 ])
 def test_stage2_misuse_is_a_one_line_error(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -243,7 +260,7 @@ def test_stage2_misuse_is_a_one_line_error(tmp_path, capsys, monkeypatch, argv, 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.gif").exists()
 
 
 def test_builds_of_the_wrong_stage_are_refused_by_generate(tmp_path, capsys):
