@@ -1,7 +1,9 @@
 """f3compile: training-free temporal-attention pruning compiler for text-to-video models.
 
-The public API mirrors the CLI verbs. Heavy submodules are imported on first use, so
-`import f3compile` and `f3compile --help` stay fast.
+The public API (`f3compile.api`, re-exported here) has the verbs of the CLI — `load`, `calibrate`,
+`plan`, `inspect`, `compile`, `export`, `Runtime`, `generate`, `bench`, `evaluate` — for every kind
+of model, with typed options. Heavy submodules are imported on first use, so `import f3compile`
+and `f3compile --help` stay fast.
 """
 
 from __future__ import annotations
@@ -14,18 +16,27 @@ from .errors import F3Error
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ".models",
-    "find_temporal_units": ".models",
+    # the verbs
+    **{name: ".api" for name in ("load", "kind_of", "calibrate", "plan", "inspect", "compile", "export", "Runtime",
+                                 "generate", "bench", "evaluate", "convert", "list_passes", "read_plan")},
+    # their options
+    **{name: ".options" for name in ("PlanOptions", "CompileOptions", "GenerateOptions", "BenchOptions", "Shapes",
+                                     "SweepOptions")},
+    "CalibrationConfig": ".calibration",
+    "ExportConfig": ".exporters",
+    "EvalConfig": ".evaluation",
+    # what they return and take
+    "CalibrationStats": ".calibration",
+    "PruningPlan": ".planning",
+    "CompiledModel": ".compiler",
     "VideoModel": ".models",
     "VideoShapes": ".models",
     "TemporalUnit": ".models",
-    "calibrate": ".calibration",
-    "CalibrationConfig": ".calibration",
-    "CalibrationStats": ".calibration",
+    # the stage functions underneath (diffusion models)
+    "load_model": ".models",
+    "find_temporal_units": ".models",
     "read_prompts": ".calibration",
     "make_plan": ".planning",
-    "PruningPlan": ".planning",
-    "compile": ".compiler",
     "compile_to_dir": ".compiler",
 }
 

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -85,15 +85,10 @@ def peak_device_mb(fn: Callable, inputs: tuple, weight_bytes: int, device: torch
     return (weight_bytes + torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def _callables(backend: str, model, plan, shapes, work: Path, device: torch.device, precision: str):
-    """(dense stages, pruned stages, dense programs, compiled pruned stages): callables of the dense
-    and the pruned stages (per pruned stage a dict from tuples of reused blocks to callables;
-    () computes every block), the dense torch programs and the compiled pruned stages."""
-    from .compiler.compile import PRECISION_DTYPES, compile
-
-    dtype = PRECISION_DTYPES[precision]
-    dense_programs = [s.program for s in compile(model, None, shapes, dtype=dtype, device=device)]
-    compiled = compile(model, plan, shapes, dtype=dtype, device=device)
+def _callables(backend: str, dense, pruned, work: Path):
+    """(dense stages, pruned stages) as callables on `backend`: per dense stage a callable, per pruned
+    stage a dict from tuples of reused blocks to callables (() computes every block). The torch
+    backend runs the compiled programs; the others run artifacts exported from them."""
     if backend == "torch":
         def wrap(program):
             module = program.module()
@@ -102,66 +97,99 @@ def _callables(backend: str, model, plan, shapes, work: Path, device: torch.devi
                 with torch.no_grad():
                     return module(*args)
             return call
-        pruned = [{(): wrap(stage.program)} | {v.reused: wrap(v.program) for v in stage.reuse_programs}
-                  for stage in compiled]
-        return [wrap(p) for p in dense_programs], pruned, dense_programs, compiled
+        return ([wrap(stage.program) for stage in dense],
+                [{(): wrap(stage.program)} | {v.reused: wrap(v.program) for v in stage.reuse_programs} for stage in pruned])
     from .exporters import ExportConfig, export
     from .runtime.backends import make_backend
 
     target = {"tensorrt": "trt", "aoti": "aoti"}.get(backend, "onnx")
+    precision = pruned.precision
     if backend == "tensorrt" and precision == "fp32":
         precision = "fp16"  # strongly typed engines run in the ONNX's own precision; fp16 is what deploys
-    config = ExportConfig(target=target, verify=False, precision=precision, device=device.type)
-    dense_manifest = export(model, None, work / "dense", shapes, config)
-    pruned_manifest = export(model, plan, work / "pruned", shapes, config)
-    dense = [make_backend(backend, work / "dense", s, device) for s in dense_manifest["stages"]]
-    pruned = [{(): make_backend(backend, work / "pruned", s, device).run}
-              | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device).run
-                 for p in s.get("reuse", {}).get("programs", [])}
-              for s in pruned_manifest["stages"]]
-    return dense, pruned, dense_programs, compiled
+    config = ExportConfig(target=target, verify=False, precision=precision, device=pruned.device.type)
+    manifests = {}
+    for name, compiled in (("dense", dense), ("pruned", pruned)):
+        if precision == compiled.precision:  # export what was compiled: no second capture
+            manifests[name] = export(compiled, output_dir=work / name, config=config)
+        else:
+            manifests[name] = export(compiled.model, compiled.plan, work / name, compiled.shapes, config)
+    device = pruned.device
+    dense_calls = [make_backend(backend, work / "dense", s, device) for s in manifests["dense"]["stages"]]
+    pruned_calls = [{(): make_backend(backend, work / "pruned", s, device).run}
+                    | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device).run
+                       for p in s.get("reuse", {}).get("programs", [])}
+                    for s in manifests["pruned"]["stages"]]
+    return dense_calls, pruned_calls
 
 
-def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, warmup: int = 2,
+def bench(model, plan, backend: str | Sequence[str] = "torch", shapes=None, repeat: int = 10, warmup: int = 2,
           device: str | torch.device = "cpu", precision: str = "fp32") -> list[dict]:
-    """Benchmark `plan` against the dense model on `device` in `precision`; one row per stage plus
-    a `loop` row."""
-    from .calibration.calibrate import resolve_shapes
-    from .compiler.compile import PRECISION_DTYPES, export_inputs, program_parameters
+    """Benchmark `plan` against the dense model on `device` in `precision`, on each backend; per
+    backend one row per stage plus a `loop` row. The denoiser is captured once: the dense and the
+    pruned programs are compiled from that capture, and every backend runs (artifacts of) them."""
+    from .compiler.compile import PRECISION_DTYPES, capture, compile
     from .devices import check_device
-    from .planning.cost import count_flops
-    from .planning.plan import split_steps
+    from .models.base import resolve_shapes
+    from .models.discovery import find_temporal_units
 
-    if backend not in BACKENDS:
-        raise F3Error(f"--backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    backends = [backend] if isinstance(backend, str) else list(backend)
+    for name in backends:
+        if name not in BACKENDS:
+            raise F3Error(f"--backend {name!r} is unknown; use one of {', '.join(BACKENDS)}")
     if repeat < 1:
         raise F3Error("--repeat must be at least 1")
     if precision not in PRECISION_DTYPES:
         raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
     device = check_device(device)
-    if backend == "tensorrt":
+    if "tensorrt" in backends:
         from .exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
-    from .models.discovery import find_temporal_units
-
     shapes = resolve_shapes(model, *(dataclasses.astuple(shapes)[1:] if shapes else (None, None, None)))
-    model.shapes = dataclasses.replace(shapes, batch=1)
-    model.info.pop("_temporal_units", None)
-    plan.check_model(model, find_temporal_units(model))  # before any heavy work
-    inputs = export_inputs(model, shapes, seed=3, dtype=PRECISION_DTYPES[precision], device=device)
+    plan.check_model(model, find_temporal_units(model, shapes))  # before any heavy work
+    dtype = PRECISION_DTYPES[precision]
+    captured = capture(model, shapes, dtype, device=device)
+    dense = compile(model, None, shapes, dtype=dtype, device=device, captured=captured)
+    pruned = compile(model, plan, shapes, dtype=dtype, device=device, captured=captured)
+    return measure(dense, pruned, backends, repeat=repeat, warmup=warmup)
+
+
+def measure(dense, pruned, backends: Sequence[str] = ("torch",), repeat: int = 10, warmup: int = 2) -> list[dict]:
+    """Time compiled models `dense` and `pruned` (`compiler.CompiledModel`s of one model, shapes,
+    precision and device) side by side on each backend; the rows `bench` returns."""
+    from .planning.cost import count_flops
+    from .planning.plan import split_steps
+
+    plan, device = pruned.plan, pruned.device
+    inputs = pruned.inputs(seed=3)
+    dense_program = dense[0].program
+    dense_flops, _ = count_flops(dense_program.module(), inputs)
+    steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
+    stage_flops = []
+    for stage, built, group in zip(plan.stages, pruned, steps):
+        variants = _reuse_variants(stage, built, None, len(group), device)
+        stage_flops.append(sum(count_flops(program.module(), inputs + extra)[0] * share
+                               for _, extra, share, program in variants.values()))
+    rows = []
+    for backend in backends:
+        rows += _measure_backend(backend, dense, pruned, inputs, dense_flops, stage_flops, steps, repeat, warmup)
+    return rows
+
+
+def _measure_backend(backend, dense, pruned, inputs, dense_flops, stage_flops, steps, repeat, warmup) -> list[dict]:
+    from .compiler.compile import program_parameters
+
+    plan, device, precision = pruned.plan, pruned.device, pruned.precision
+    dense_program = dense[0].program
     with tempfile.TemporaryDirectory(prefix="f3bench-") as work:
-        dense, pruned, dense_programs, compiled = _callables(backend, model, plan, shapes, Path(work), device, precision)
-        dense_flops, _ = count_flops(dense_programs[0].module(), inputs)
+        dense_calls, pruned_calls = _callables(backend, dense, pruned, Path(work))
         rows = []
-        steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
-        for index, (stage, built) in enumerate(zip(plan.stages, compiled)):
-            variants = _reuse_variants(stage, built, pruned[index], len(steps[index]), device)
-            fns = {"dense": dense[0]} | {name: fn for name, (fn, _, _, _) in variants.items()}
+        for index, (stage, built) in enumerate(zip(plan.stages, pruned)):
+            variants = _reuse_variants(stage, built, pruned_calls[index], len(steps[index]), device)
+            fns = {"dense": dense_calls[0]} | {name: fn for name, (fn, _, _, _) in variants.items()}
             times = time_rotating(fns, inputs, repeat, warmup, device)
             share = {name: weight for name, (_, _, weight, _) in variants.items()}
-            flops = sum(count_flops(program.module(), inputs + extra)[0] * share[name]
-                        for name, (_, extra, _, program) in variants.items())
+            flops = stage_flops[index]
             dense_ms = statistics.median(times["dense"])
             pruned_ms = sum(statistics.median(times[name]) * share[name] for name in variants)
             pruned_p90 = sum(_percentile(times[name], 0.9) * share[name] for name in variants)
@@ -174,10 +202,10 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
                 "speedup": speedup, "predicted_speedup": predicted,
                 "efficiency": speedup / predicted,
                 "gain_efficiency": (speedup - 1) / (predicted - 1) if predicted > 1.0005 else None,
-                "dense_params": program_parameters(dense_programs[0]), "pruned_params": program_parameters(program),
+                "dense_params": program_parameters(dense_program), "pruned_params": program_parameters(program),
                 "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
                 "device": device.type, "precision": precision,
-                "dense_peak_mb": peak_device_mb(dense[0], inputs, _weight_bytes(dense_programs[0]), device),
+                "dense_peak_mb": peak_device_mb(dense_calls[0], inputs, _weight_bytes(dense_program), device),
                 "pruned_peak_mb": peak_device_mb(compute_fn, inputs, _weight_bytes(program), device),
                 **({"reuse": {name: {"median_ms": statistics.median(times[name]), "share": share[name]}
                               for name in variants},
@@ -201,10 +229,11 @@ def bench(model, plan, backend: str = "torch", shapes=None, repeat: int = 10, wa
     return rows
 
 
-def _reuse_variants(stage, built, callables: dict, steps: int, device: torch.device) -> dict:
+def _reuse_variants(stage, built, callables: dict | None, steps: int, device: torch.device) -> dict:
     """name -> (callable taking the standard inputs, its residual inputs, share of the stage's steps,
     torch program). "pruned" computes every block; "reuse:<blocks>" take residuals (zeros of the
-    residuals' shapes: the work does not depend on their values)."""
+    residuals' shapes: the work does not depend on their values). `callables` None: no callables
+    (the programs and shares only)."""
     from .compiler.compile import output_values
     from .reuse import pattern_at
 
@@ -220,10 +249,9 @@ def _reuse_variants(stage, built, callables: dict, steps: int, device: torch.dev
             continue  # a pattern this many steps never reach
         extra = tuple(torch.zeros(tuple(int(d) for d in values[b].shape), dtype=values[b].dtype, device=device)
                       for b in pattern)
-        fn = callables[pattern]
         name = "pruned" if not pattern else "reuse:" + ",".join(pattern)
-        variants[name] = ((lambda fn, extra: lambda *args: fn(*args, *extra))(fn, extra), extra,
-                          counts[pattern] / max(steps, 1), program)
+        call = None if callables is None else (lambda fn, extra: lambda *args: fn(*args, *extra))(callables[pattern], extra)
+        variants[name] = (call, extra, counts[pattern] / max(steps, 1), program)
     return variants
 
 

@@ -16,6 +16,7 @@ from .errors import F3Error
 from .reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS, step_patterns
 
 SCHEMA = "f3compile.manifest/1"
+AR_SCHEMA = "f3compile.ar-manifest/1"  # the build of an autoregressive model (`autoregressive.export`)
 TOP_KEYS = {"schema": str, "model": dict, "plan": dict, "shapes": dict, "sample_layout": str, "scheduler": dict,
             "text_encoder": dict, "versions": dict, "stages": list}
 STAGE_KEYS = {"index": int, "timesteps": list, "plan": dict, "files": dict, "parameters": int, "precision": str,
@@ -182,6 +183,18 @@ def _check_reuse(stage: dict, at: str) -> None:
                       f"produce ({len(needed)}), got {len(seen)}; rebuild the artifacts")
     if reuse["residual_bytes"] < 0:
         raise F3Error(f"{at}: reuse.residual_bytes must be >= 0")
+
+
+def build_kind(directory: str | Path) -> str:
+    """The kind of model a build directory holds, by its manifest ("diffusion" when it cannot tell:
+    that loader then says what is wrong with the directory)."""
+    import json
+
+    try:
+        data = json.loads((Path(directory) / "manifest.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return "diffusion"
+    return "autoregressive" if isinstance(data, dict) and data.get("schema") == AR_SCHEMA else "diffusion"
 
 
 def program_entries(stage: dict) -> list[dict]:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from f3compile.models import load_model
-
-from f3compile.models.builtin import BUILTINS  # one registry of tiny models
+from tests.helpers import TINY
 
 torch.set_num_threads(2)
 
@@ -15,7 +14,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def models():
     """builtin name -> VideoModel (built once per session)."""
-    return {name: load_model(f"builtin:{name}") for name in BUILTINS}
+    return {name: load_model(f"builtin:{name}") for name in TINY}
 
 
 @pytest.fixture(scope="session")

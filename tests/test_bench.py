@@ -7,7 +7,7 @@ import pytest
 from f3compile.bench import bench, time_interleaved
 from f3compile.planning import make_plan
 
-from .test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 
 def test_time_interleaved_alternates_and_counts():

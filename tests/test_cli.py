@@ -8,27 +8,10 @@ import sys
 import pytest
 
 from f3compile.cli import main
-from f3compile.models.builtin import BUILTINS
+from tests.helpers import TINY, assert_one_line_error, run
 
 
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own exits (usage errors, --help)
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, message):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0]
-    assert "Traceback" not in err
-
-
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_calibrate_plan_inspect_on_builtins(capsys, tmp_path, prompts_file, name):
     code, out, _ = run(capsys, "calibrate", f"builtin:{name}", "--prompts", prompts_file, "-o", tmp_path / "calib", "--steps", "4")
     assert code == 0 and "calibrated" in out

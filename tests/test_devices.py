@@ -10,12 +10,11 @@ from f3compile.bench import bench
 from f3compile.compiler.compile import apply_stage, capture, export_inputs
 from f3compile.exporters import ExportConfig, export
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
 from f3compile.planning import make_plan
 from f3compile.runtime import Runtime
 
 from .passes.test_passes import stages_for
-from .test_cli import assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, run
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 REL_DEVICE = {"fp32": 1e-4, "fp16": 2e-2}  # CUDA vs CPU program (TF32 off), fp16 vs fp32 reference
@@ -37,7 +36,7 @@ def rel(a, b):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_every_granularity_runs_on_cuda_like_on_the_cpu(models, name, precision):
     model = models[name]

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from f3compile.errors import F3Error
+from tests.helpers import assert_one_line
 
 EXAMPLES = 1000  # per loader (each example is one mutated document, loaded from a file and, for plans/manifests, as a dict)
 SETTINGS = dict(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,
@@ -176,12 +177,6 @@ def encode(data, doc) -> tuple[bytes, bool]:
     if mode == "utf16":
         return text.encode("utf-16"), False
     return b"", False
-
-
-def assert_one_line(exc: F3Error) -> None:
-    message = str(exc)
-    assert message and len(message.splitlines()) == 1, f"not one line: {message!r}"
-    message.encode("utf-8")  # printable to a UTF-8 terminal (no lone surrogates)
 
 
 # -- seeds ------------------------------------------------------------------------------------
@@ -586,7 +581,7 @@ def test_manifest_hash_checks(env, tmp_path):
 
 # -- the CLI: one line `error: …`, exit status 2 ------------------------------------------------
 def test_cli_turns_bad_files_into_one_line_errors(env, tmp_path, capsys):
-    from tests.test_cli import assert_one_line_error, run
+    from tests.helpers import assert_one_line_error, run
 
     plan = copy.deepcopy(env["plan"])
     plan["calibration"]["steps"] = 1e308  # `inspect` split 1e308 steps into stages (ValueError)

@@ -24,7 +24,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from f3compile.models import load_model, temporal_blocks
-    from f3compile.models.discovery import find_temporal_units
+    from f3compile.models.discovery import discovery_probe, find_temporal_units
 
     for spec in args.specs:
         start = time.perf_counter()
@@ -33,7 +33,7 @@ def main() -> None:
         start = time.perf_counter()
         units = find_temporal_units(model, _probe_mode=args.probe)
         discovered = time.perf_counter() - start
-        probe = model.info.get("_discovery_probe", "real") if args.probe == "fake" else "real"
+        probe = discovery_probe(model) if args.probe == "fake" else "real"
         print(f"{spec}: threads={torch.get_num_threads()} load={loaded:.2f}s discovery={discovered:.2f}s "
               f"(probe {probe}) units={len(units)} blocks={len(temporal_blocks(units))}", flush=True)
 

@@ -27,10 +27,10 @@ import torch
 
 from .._io import atomic_dir, read_json, sha256_file
 from ..errors import F3Error
+from ..manifest import AR_SCHEMA as SCHEMA
 from ..models.cogvideo import CogVideoConfig, CogVideoModel
 from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs
 
-SCHEMA = "f3compile.ar-manifest/1"
 MANIFEST = "manifest.json"
 TOLERANCE = {"pt2": 1e-5, "onnx": 1e-4}  # relative L2 of logits and caches against the eager programs
 

@@ -19,7 +19,7 @@ from .._io import atomic_dir
 from ..config import option
 from ..errors import F3Error
 from ..manifest import library_versions
-from ..models.base import VideoModel, VideoShapes
+from ..models.base import VideoModel, resolve_shapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..sampling import check_latents, denoise_loop, start_latents
 from .recorder import AttentionRecorder
@@ -64,24 +64,6 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, width: int | None, batch: int = 1) -> VideoShapes:
-    """The model's default shapes with the given overrides, checked against the architecture."""
-    shapes = VideoShapes(batch, frames or model.shapes.frames, height or model.shapes.height, width or model.shapes.width)
-    for name, value in (("batch", shapes.batch), ("frames", shapes.frames), ("height", shapes.height), ("width", shapes.width)):
-        if value < 1:
-            raise F3Error(f"--{name} must be a positive integer, got {value}")
-    if shapes.frames < 2:
-        raise F3Error("--frames must be at least 2: temporal attention needs several frames")
-    fixed = model.denoiser.config.get("video_length") if hasattr(model.denoiser, "config") else None
-    if fixed and shapes.frames != fixed:
-        raise F3Error(f"{model.spec} has a fixed temporal position embedding for {fixed} frames; use --frames {fixed}")
-    multiple = model.vae_scale_factor * 2
-    for name, value in (("height", shapes.height), ("width", shapes.width)):
-        if value % multiple:
-            raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")
-    return shapes
-
-
 def calibrate(
     model: VideoModel,
     prompts: list[str],
@@ -105,12 +87,9 @@ def calibrate(
     if not prompts:
         raise F3Error("no prompts to calibrate on; pass at least one prompt")
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
-    if shapes.frames != model.shapes.frames or (shapes.height, shapes.width) != (model.shapes.height, model.shapes.width):
-        model.shapes = dataclasses.replace(shapes, batch=1)
-        model.info.pop("_temporal_units", None)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
-    units = find_temporal_units(model)
+    units = find_temporal_units(model, shapes)
     blocks = temporal_blocks(units)
     scheduler = model.scheduler
     scheduler.set_timesteps(config.steps)

@@ -20,7 +20,7 @@ def write_heatmaps(stats: CalibrationStats, directory: Path, criterion: str = "c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..planning.criteria import mean_attention, score_by_step
+    from .criteria import mean_attention, score_by_step
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []

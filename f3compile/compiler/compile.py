@@ -1,8 +1,10 @@
 """`compile`: capture the denoiser with torch.export, run the passes per plan stage, save.
 
 capture (non-strict torch.export at fixed shapes, CFG-doubled batch) → unlifted graph →
-pass pipeline → re-export (the pruned graph is traced again, which re-checks every shape and
-lifts only the weights still used) → `stageK/denoiser.pt2` + `manifest.json`.
+pass pipeline (`passes.PassManager`, driven by a `RewriteSpec` built here from the plan stage) →
+re-export (the pruned graph is traced again, which re-checks every shape and lifts only the
+weights still used) → a `CompiledModel`, which `save` writes as `stageK/denoiser.pt2` +
+`manifest.json` and which `export` and `bench` consume without capturing again.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from .._io import atomic_dir, sha256_file
 from ..devices import check_device
 from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
-from ..models.base import DenoiseModule, VideoModel, VideoShapes
+from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes, resolve_shapes
 from ..models.discovery import find_temporal_units
-from ..passes import PassContext
+from ..passes import BlockRewrite, PassManager, RewriteSpec, UnitRewrite
 from ..planning.plan import PruningPlan, Stage
 from ..runtime.components import save_components
-from .pipeline import run_pipeline
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -60,12 +61,63 @@ class CompiledStage:
                        for value in output_values(self.program)[1:]))
 
 
+@dataclass
+class CompiledModel:
+    """What `compile` produced: one pruned program per plan stage, and what they were made from.
+
+    Iterating it gives the `CompiledStage`s. `save` writes the build directory; `export` and
+    `bench` take it as it is, so a plan is captured once however many artifacts are made of it.
+    """
+
+    model: VideoModel
+    plan: PruningPlan | None  # None: the dense model
+    shapes: VideoShapes  # resolved; batch = prompts per call (the programs take twice as many rows)
+    dtype: torch.dtype
+    device: torch.device
+    batch_range: tuple[int, int] | None  # the symbolic CFG batch, or None (fixed)
+    units: list[TemporalUnit]
+    stages: list[CompiledStage]
+    seconds: float = 0.0  # capture, passes and re-export
+    manifest: dict | None = None  # what `save` wrote last
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, index: int) -> CompiledStage:
+        return self.stages[index]
+
+    @property
+    def precision(self) -> str:
+        return next(name for name, dtype in PRECISION_DTYPES.items() if dtype == self.dtype)
+
+    def inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Example inputs of the programs' signature (sample, timestep, encoder_hidden_states)."""
+        return export_inputs(self.model, self.shapes, seed=seed, dtype=self.dtype, device=self.device)
+
+    def save(self, output_dir: str | Path, plan_path: str | Path | None = None) -> dict:
+        """Write `stageK/denoiser.pt2` (and reuse programs), the pipeline components and
+        `manifest.json` atomically; returns the manifest."""
+        from ..manifest import write_manifest
+
+        started = time.perf_counter() - self.seconds  # the manifest's `seconds` count the compilation too
+        with atomic_dir(output_dir) as tmp:
+            stages = stage_entries(self.model, self.stages, tmp, self.shapes, precision=self.precision)
+            manifest = build_manifest(self.model, self.plan, plan_path, self.shapes, stages, started,
+                                      device=self.device.type, components=save_components(self.model, tmp / "pipeline"))
+            write_manifest(tmp, manifest)
+        self.manifest = manifest
+        return manifest
+
+
 class ProgramLoop:
     """Compiled stages run as the runtime runs them: `denoise_for()` gives a fresh `denoise_for(t)`
     for one denoising loop that switches stages by timestep and, within a stage with temporal
     reuse, runs each step's program and carries the residuals."""
 
-    def __init__(self, compiled: list[CompiledStage]):
+    def __init__(self, compiled: CompiledModel | list[CompiledStage]):
         self.stages = [c.stage for c in compiled]
         self.modules = [{(): c.program.module()} | {v.reused: v.program.module() for v in c.reuse_programs}
                         for c in compiled]
@@ -163,16 +215,33 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
     return _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
 
 
+def rewrite_spec(stage: Stage, units: list[TemporalUnit], reused: tuple[str, ...] = ()) -> RewriteSpec:
+    """The passes' neutral description of `stage` for the program that takes the residuals of
+    `reused` as inputs (the other blocks with a reuse period > 1 return theirs)."""
+    unit_rewrites: dict[str, UnitRewrite] = {}
+    for unit_id in stage.drop_attention:
+        unit_rewrites[unit_id] = UnitRewrite(drop=True)
+    for unit_id, heads in stage.prune_heads.items():
+        unit_rewrites[unit_id] = dataclasses.replace(unit_rewrites.get(unit_id, UnitRewrite()), pruned_heads=tuple(heads))
+    for unit_id, frames in stage.keep_frames.items():
+        unit_rewrites[unit_id] = dataclasses.replace(unit_rewrites.get(unit_id, UnitRewrite()), kept_frames=tuple(frames))
+    block_rewrites = {block: BlockRewrite(drop=True) for block in stage.drop_blocks}
+    for block in stage.reused_blocks:
+        block_rewrites[block] = BlockRewrite(residual="given" if block in reused else "returned")
+    return RewriteSpec(units={u.id: u for u in units}, unit_rewrites=unit_rewrites, block_rewrites=block_rewrites)
+
+
 def apply_stage(program: torch.export.ExportedProgram, stage: Stage, units, inputs,
-                batch_range: tuple[int, int] | None = None) -> CompiledStage:
+                batch_range: tuple[int, int] | None = None, passes: PassManager | None = None) -> CompiledStage:
     """Run the pass pipeline for `stage` on a copy of `program`'s graph and re-export it; with
     temporal reuse, once more per pattern of reused blocks (`reuse_patterns`)."""
     from ..planning.plan import reuse_patterns
 
+    manager = passes or PassManager()
+
     def build(reused: tuple[str, ...], example, factors) -> tuple[torch.export.ExportedProgram, dict[str, bool]]:
         gm = program.module()
-        ctx = PassContext(units={u.id: u for u in units}, stage=stage, reused=reused)
-        results = run_pipeline(gm, ctx)
+        results = manager(gm, rewrite_spec(stage, units, reused))
         return _export(gm, tuple(inputs) + example, batch_range, factors), results
 
     pruned, results = build((), (), ())
@@ -210,26 +279,28 @@ def _check_shapes(model: VideoModel, plan: PruningPlan, shapes: VideoShapes) -> 
 
 def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | None = None,
             dtype: torch.dtype = torch.float32, batch_range: tuple[int, int] | None = None,
-            device: str | torch.device = "cpu") -> list[CompiledStage]:
+            device: str | torch.device = "cpu", captured: torch.export.ExportedProgram | None = None,
+            passes: PassManager | None = None) -> CompiledModel:
     """One pruned program per plan stage (the dense model when `plan` is None), weights in `dtype`
     on `device` (every tensor the passes create goes there too).
 
-    With `batch_range` (min, max) the CFG batch dimension stays symbolic in the programs."""
-    from ..calibration.calibrate import resolve_shapes
-
+    With `batch_range` (min, max) the CFG batch dimension stays symbolic in the programs.
+    `captured`: the denoiser already captured at these shapes, dtype, batch range and device (as
+    `capture` returns it), so that several plans share one capture."""
+    started = time.perf_counter()
     shapes = shapes or model.shapes
     shapes = resolve_shapes(model, shapes.frames, shapes.height, shapes.width, shapes.batch)
-    if shapes.frames != model.shapes.frames or (shapes.height, shapes.width) != (model.shapes.height, model.shapes.width):
-        model.shapes = dataclasses.replace(shapes, batch=1)
-        model.info.pop("_temporal_units", None)
-    units = find_temporal_units(model)
+    units = find_temporal_units(model, shapes)
+    dense = plan is None
     plan = plan or PruningPlan.dense(model, units)
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
     device = check_device(device, allow_meta=True)
-    program = capture(model, shapes, dtype, batch_range, device=device)
+    program = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
-    return [apply_stage(program, stage, units, inputs, batch_range) for stage in plan.stages]
+    stages = [apply_stage(program, stage, units, inputs, batch_range, passes) for stage in plan.stages]
+    return CompiledModel(model=model, plan=None if dense else plan, shapes=shapes, dtype=dtype, device=device,
+                         batch_range=batch_range, units=units, stages=stages, seconds=time.perf_counter() - started)
 
 
 def _io_spec(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype, program: torch.export.ExportedProgram) -> dict:
@@ -345,18 +416,8 @@ def compile_to_dir(model: VideoModel, plan: PruningPlan | None, output_dir: str 
                    shapes: VideoShapes | None = None, plan_path: str | Path | None = None,
                    precision: str = "fp32", device: str | torch.device = "cpu") -> dict:
     """Compile every stage on `device` in `precision` and write `stageK/denoiser.pt2` and
-    `manifest.json` atomically."""
-    from ..manifest import write_manifest
-
+    `manifest.json` atomically (`compile` then `CompiledModel.save`)."""
     if precision not in PRECISION_DTYPES:
         raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
-    started = time.perf_counter()
     device = check_device(device)
-    compiled = compile(model, plan, shapes, dtype=PRECISION_DTYPES[precision], device=device)
-    shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
-    with atomic_dir(output_dir) as tmp:
-        stages = stage_entries(model, compiled, tmp, shapes, precision=precision)
-        manifest = build_manifest(model, plan, plan_path, shapes, stages, started, device=device.type,
-                                  components=save_components(model, tmp / "pipeline"))
-        write_manifest(tmp, manifest)
-    return manifest
+    return compile(model, plan, shapes, dtype=PRECISION_DTYPES[precision], device=device).save(output_dir, plan_path)

@@ -4,7 +4,8 @@ Per variant (the dense model and every plan): probe accuracy of the generated vi
 prompts' labels (colour, shape, direction, all three — the CLIPSIM analogue), Fréchet distance of
 probe features against real clips of the same labels (the FVD analogue, with its spread over
 seeds), PSNR against the dense videos of the same seeds, temporal consistency, and the measured
-denoising-loop speedup of the pruned programs over the dense program (interleaved, medians).
+denoising-loop speedup of the pruned programs over the dense program (interleaved, medians), timed
+on the very programs that generated the videos (at the evaluation's batch).
 
 Pruned variants run the compiled, pruned torch.export programs — the artifacts that get exported —
 switched by timestep exactly as the deployed runtime switches stages.
@@ -38,7 +39,8 @@ class EvalConfig:
     seed: int = option(0, "first seed; sample s of every prompt uses the same noise in every variant")
     batch: int = option(20, "prompts per sampling call (the programs' batch; CFG doubles it)")
     real_per_prompt: int = option(10, "real clips per prompt for the Fréchet reference")
-    repeat: int = option(5, "timed calls per variant for the speedup (bench's machinery: batch 1, interleaved, medians)")
+    repeat: int = option(5, "timed calls per variant for the speedup (bench's machinery on the programs that "
+                              "generate the videos: at `batch`, interleaved, medians)")
     device: str = option("cpu", "cpu or cuda: where the programs are compiled and the videos sampled")
 
 
@@ -106,18 +108,28 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
     return vae_decode(vae, latents)
 
 
-def _programs(model, plan, shapes, device):
-    from ..compiler.compile import ProgramLoop, compile
+def _capture(model, shapes, device):
+    """The denoiser captured once at `shapes` on `device`, shared by every variant's compile."""
+    from ..compiler.compile import capture
 
-    return ProgramLoop(compile(model, plan, shapes, device=device))
+    return capture(model, shapes, device=device)
 
 
-def _generate(model, programs, prompts: list[dict], config: EvalConfig, cond, uncond,
+def _compiled(model, plan, shapes, device, captured):
+    """The compiled programs of `plan` (None: dense) at `shapes`, from the shared capture."""
+    from ..compiler.compile import compile
+
+    return compile(model, plan, shapes, device=device, captured=captured)
+
+
+def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, uncond,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, frames (samples × prompts, F, H, W, 3)), sample-major; identical noise for
     every variant."""
+    from ..compiler.compile import ProgramLoop
     from ..sampling import denoise_loop, initial_latents
 
+    programs = ProgramLoop(compiled)
     shape = model.latent_shape(dataclasses.replace(model.shapes, batch=config.batch))
     videos, finals = [], []
     for sample in range(config.samples):
@@ -145,14 +157,13 @@ def _real_clips(prompts: list[dict], per_prompt: int, frames: int, size: int, se
     return torch.from_numpy(np.stack(clips))
 
 
-def _speedup(model, plan, config: EvalConfig) -> float:
-    """The denoising-loop speedup exactly as `f3compile bench` measures it (batch 1, dense and
-    pruned programs interleaved, medians per stage, stages weighted by their steps): one
-    machinery, so `eval` and `bench` report the same number for the same plan."""
-    from ..bench import bench
+def _speedup(dense, pruned, config: EvalConfig) -> float:
+    """The denoising-loop speedup of the compiled programs that generated the videos, measured by
+    `f3compile bench`'s machinery (dense and pruned interleaved, medians per stage, stages weighted
+    by their steps) at the evaluation's batch: each variant is captured once, for both."""
+    from ..bench import measure
 
-    shapes = dataclasses.replace(model.shapes, batch=1)
-    rows = bench(model, plan, "torch", shapes, repeat=config.repeat, warmup=1, device=config.device)
+    rows = measure(dense, pruned, ["torch"], repeat=config.repeat, warmup=1)
     return float(next(row for row in rows if row["stage"] == "loop")["speedup"])
 
 
@@ -210,12 +221,13 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
         "clips": len(real),
     }
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)
-    dense_programs = _programs(model, None, batch_shapes, device)
+    captured = _capture(model, batch_shapes, device)
+    dense = _compiled(model, None, batch_shapes, device, captured)
     results, dense_frames, dense_latents, grid = {}, None, None, {}
     for variant in variants:
         started = time.perf_counter()
-        programs = dense_programs if variant.plan is None else _programs(model, variant.plan, batch_shapes, device)
-        latents, frames = _generate(model, programs, prompts, config, cond, uncond, device)
+        compiled = dense if variant.plan is None else _compiled(model, variant.plan, batch_shapes, device, captured)
+        latents, frames = _generate(model, compiled, prompts, config, cond, uncond, device)
         features, predicted = probe.classify(frames)
         per_seed = [metrics.frechet_distance(features[s * len(prompts):(s + 1) * len(prompts)].numpy(),
                                              real_features.numpy()) for s in range(config.samples)]
@@ -229,7 +241,7 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
             "frechet_spread": float(np.std(per_seed)),
             **_fidelity(latents, frames, dense_latents, dense_frames),
             "temporal_consistency": float(metrics.temporal_consistency(frames).mean()),
-            "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config),
+            "speedup": 1.0 if variant.plan is None else _speedup(dense, compiled, config),
         }
         if dense_frames is None:
             dense_frames, dense_latents = frames, latents
@@ -252,13 +264,16 @@ def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], conf
     """Fidelity to the dense model only: usable on any model, no labels and no probe."""
     cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
     batch_shapes = dataclasses.replace(model.shapes, batch=config.batch)
+    captured = _capture(model, batch_shapes, device)
+    dense_compiled = _compiled(model, None, batch_shapes, device, captured)
     results, dense, grid = {}, None, {}
     for variant in variants:
         started = time.perf_counter()
-        latents, frames = _generate(model, _programs(model, variant.plan, batch_shapes, device), prompts, config, cond,
-                                    uncond, device)
+        compiled = dense_compiled if variant.plan is None else _compiled(model, variant.plan, batch_shapes, device,
+                                                                          captured)
+        latents, frames = _generate(model, compiled, prompts, config, cond, uncond, device)
         entry = {**variant.meta, **_fidelity(latents, frames, *(dense or (None, None))),
-                 "speedup": 1.0 if variant.plan is None else _speedup(model, variant.plan, config)}
+                 "speedup": 1.0 if variant.plan is None else _speedup(dense_compiled, compiled, config)}
         if dense is None:
             dense = (latents, frames)
         results[variant.name] = entry

@@ -8,7 +8,6 @@ back its precisions. A failed verification fails the export and leaves no artifa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from .._io import atomic_dir, sha256_file
 from ..config import option
 from ..errors import F3Error
-from ..models.base import VideoModel, VideoShapes
+from ..models.base import VideoShapes
 
 TARGETS = ("onnx", "aoti", "trt")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -73,15 +72,21 @@ def removed_modules(stage_plan: dict, units: dict) -> list[str]:
     return removed
 
 
-def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes | None = None,
+def export(source, plan=None, output_dir: str | Path | None = None, shapes: VideoShapes | None = None,
            config: ExportConfig | None = None, plan_path: str | Path | None = None, progress: bool = False) -> dict:
-    """Build the artifacts of `config.target` for every plan stage into `output_dir`; returns the manifest."""
-    from ..compiler.compile import PRECISION_DTYPES, build_manifest, compile, stage_entries
+    """Build the artifacts of `config.target` for every plan stage into `output_dir`; returns the manifest.
+
+    `source` is a `VideoModel` (compiled here with `plan` at `shapes`, in the config's precision,
+    device and batch profile) or a `CompiledModel` that `compile` already made (then `plan` and
+    `shapes` are its own, and it must have been compiled as the config asks)."""
+    from ..compiler.compile import PRECISION_DTYPES, CompiledModel, build_manifest, compile, stage_entries
+    from ..devices import check_device
     from ..manifest import write_manifest
-    from ..models.discovery import find_temporal_units
 
     config = config or ExportConfig()
     config.check()
+    if output_dir is None:
+        raise F3Error("export needs an output directory (-o BUILD_DIR)")
     trt_info = None
     if config.target == "trt":  # fail at once, before any work
         from .tensorrt import require_tensorrt
@@ -91,15 +96,22 @@ def export(model: VideoModel, plan, output_dir: str | Path, shapes: VideoShapes 
     started = time.perf_counter()
     dtype = PRECISION_DTYPES[config.precision]
     batch_range = (config.dynamic_batch[0], config.dynamic_batch[2]) if config.dynamic_batch else None
-    from ..devices import check_device
-
     device = check_device(config.device)
-    compiled = compile(model, plan, shapes, dtype=dtype, batch_range=batch_range, device=device)
-    shapes = dataclasses.replace(model.shapes, batch=(shapes or model.shapes).batch)
-    units = {u.id: u for u in find_temporal_units(model)}
-    from ..compiler.compile import export_inputs
-
-    inputs = export_inputs(model, shapes, dtype=dtype, device=device)
+    if isinstance(source, CompiledModel):
+        compiled = source
+        if plan is not None or shapes is not None:
+            raise F3Error("a compiled model carries its own plan and shapes; pass neither")
+        asked = (dtype, device, batch_range)
+        if (compiled.dtype, compiled.device, compiled.batch_range) != asked:
+            raise F3Error(f"the compiled model is {compiled.precision} on {compiled.device} with batch range "
+                          f"{compiled.batch_range}; the export asks for {config.precision} on {device} with "
+                          f"{batch_range}: compile it as the export asks")
+        started -= compiled.seconds
+    else:
+        compiled = compile(source, plan, shapes, dtype=dtype, batch_range=batch_range, device=device)
+    model, plan, shapes = compiled.model, compiled.plan, compiled.shapes
+    units = {u.id: u for u in compiled.units}
+    inputs = compiled.inputs()
     with atomic_dir(output_dir) as tmp:
         stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
         for entry, stage in zip(stages, compiled):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..errors import F3Error
 
 
 @dataclass(frozen=True)
@@ -130,3 +134,39 @@ class VideoModel:
         timestep = torch.full((batch,), 500.0)
         ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
         return sample, timestep, ehs
+
+
+def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None) -> str:
+    """sha256 over the denoiser config (canonical JSON) and every parameter and buffer.
+
+    Private config keys (``_diffusers_version``, ``_use_default_values``, …) are bookkeeping,
+    not architecture: a model saved and loaded back keeps its fingerprint.
+    """
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    digest = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, width: int | None, batch: int = 1) -> VideoShapes:
+    """The model's default shapes with the given overrides, checked against the architecture."""
+    shapes = VideoShapes(batch, frames or model.shapes.frames, height or model.shapes.height, width or model.shapes.width)
+    for name, value in (("batch", shapes.batch), ("frames", shapes.frames), ("height", shapes.height), ("width", shapes.width)):
+        if value < 1:
+            raise F3Error(f"--{name} must be a positive integer, got {value}")
+    if shapes.frames < 2:
+        raise F3Error("--frames must be at least 2: temporal attention needs several frames")
+    fixed = model.denoiser.config.get("video_length") if hasattr(model.denoiser, "config") else None
+    if fixed and shapes.frames != fixed:
+        raise F3Error(f"{model.spec} has a fixed temporal position embedding for {fixed} frames; use --frames {fixed}")
+    multiple = model.vae_scale_factor * 2
+    for name, value in (("height", shapes.height), ("width", shapes.width)):
+        if value % multiple:
+            raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")
+    return shapes

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..errors import F3Error
+from .base import fingerprint_modules
 
 CONFIG_FILE = "cogvideo.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -373,37 +374,26 @@ class CogVideoModel:
 
 
 def _fingerprint(config: CogVideoConfig, module: nn.Module) -> str:
-    from .loading import fingerprint_modules
-
     return fingerprint_modules(config.to_dict(), module)
 
 
-BUILTINS = ("tiny-cogvideo", "arch-cogvideo", "tiny-cogvideo-stage2", "arch-cogvideo-stage2")
-
-
-def is_cogvideo_spec(spec: str) -> bool:
-    """`builtin:tiny-cogvideo[-stage2]`, `builtin:arch-cogvideo[-stage2][,width-scale=S]` or a
-    directory holding cogvideo.json."""
-    if spec.startswith("builtin:"):
-        return spec[8:].split(",")[0] in BUILTINS
-    return (Path(spec) / CONFIG_FILE).is_file()
+def build_builtin(group: str, scale: float = 1.0, stage: int = 1) -> CogVideoTransformer:
+    """The weights of a CogVideo builtin: `tiny` sizes or the published ones (`preset`, width × `scale`)."""
+    config = tiny_config(stage) if group == "tiny" else arch_config(scale, stage)
+    return build(config, seed=stage - 1)  # the two stages are separate models
 
 
 def load_cogvideo(spec: str) -> CogVideoModel:
-    from .presets import parse_preset
+    """A CogVideo from `builtin:NAME[,width-scale=S]` (registered in `models.registry`) or a directory
+    holding cogvideo.json and model.safetensors (`f3compile convert` writes one)."""
+    from . import registry
 
     if spec.startswith("builtin:"):
-        name, scale = parse_preset(spec[8:])
-        if name not in BUILTINS:
-            raise F3Error(f"unknown CogVideo builtin {name!r}; use one of {', '.join(BUILTINS)}")
-        stage = 2 if name.endswith("-stage2") else 1
-        if name.startswith("tiny-"):
-            if scale != 1.0:
-                raise F3Error(f"builtin:{name} takes no width-scale")
-            config = tiny_config(stage)
-        else:
-            config = arch_config(scale, stage)
-        module = build(config, seed=stage - 1)  # the two stages are separate models
+        entry, scale = registry.parse_builtin(spec[8:])
+        if entry.family != "cogvideo":
+            raise F3Error(f"builtin:{entry.name} is not a CogVideo model")
+        module = registry.resolve(entry.builder)(entry.group, scale, **entry.options)
+        config = module.config
     else:
         from .._io import read_json
 
@@ -510,5 +500,5 @@ def convert(source: str | Path, output: str | Path, **overrides: Any) -> CogVide
     return config
 
 
-__all__ = ["CogVideoConfig", "CogVideoTransformer", "CogVideoModel", "load_cogvideo", "is_cogvideo_spec",
+__all__ = ["CogVideoConfig", "CogVideoTransformer", "CogVideoModel", "load_cogvideo",
            "published_keys", "convert", "read_sat_checkpoint", "unit_id", "layer_of"]

@@ -171,8 +171,7 @@ def _named_holders(root: nn.Module) -> Iterator[tuple[str, Any]]:
             yield f"{name}.processor", processor
 
 
-def _second_size(model: VideoModel) -> list[VideoShapes]:
-    base = model.shapes
+def _second_size(base: VideoShapes) -> list[VideoShapes]:
     options = []
     for factor in (2.0, 0.5):  # doubling first: halving can collapse the deepest level to 1x1 in both probes
         height, width = int(base.height * factor), int(base.width * factor)
@@ -180,8 +179,9 @@ def _second_size(model: VideoModel) -> list[VideoShapes]:
     return options
 
 
-def _trace(model: VideoModel, names: dict[nn.Module, str], probe_mode: str):
-    """(first, io_shapes, second): the probes at the model's size and at a second spatial size.
+def _trace(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str], probe_mode: str):
+    """(first, io_shapes, second, probe): the probes at `shapes` and at a second spatial size, and
+    which trace answered ("fake" or "real").
 
     Shape-only (fake tensors) first. A model whose forward cannot run on fake tensors (say, one
     that branches on tensor *values*) is traced for real instead, as is one whose fake trace fits
@@ -189,8 +189,7 @@ def _trace(model: VideoModel, names: dict[nn.Module, str], probe_mode: str):
     """
     if probe_mode not in ("fake", "real"):
         raise ValueError(f"_probe_mode must be 'fake' or 'real', got {probe_mode!r}")
-    frames = model.shapes.frames
-    base_shapes = VideoShapes(1, frames, model.shapes.height, model.shapes.width)
+    base_shapes = VideoShapes(1, shapes.frames, shapes.height, shapes.width)
     modes = (True, False) if probe_mode == "fake" else (False,)
     for fake in modes:
         last = fake is modes[-1]
@@ -202,12 +201,10 @@ def _trace(model: VideoModel, names: dict[nn.Module, str], probe_mode: str):
             if last:
                 raise
             continue  # not traceable on fake tensors: trace it for real
-        for shapes in _second_size(model):
+        for other in _second_size(base_shapes):
             try:
-                second, _ = _probe(model, shapes, names, fake=fake)
-                if probe_mode == "fake":
-                    model.info["_discovery_probe"] = "fake" if fake else "real"  # which trace answered
-                return first, io_shapes, second
+                second, _ = _probe(model, other, names, fake=fake)
+                return first, io_shapes, second, "fake" if fake else "real"
             except _FakeLeak:
                 raise
             except Exception:  # this spatial size does not fit the architecture; try the next
@@ -215,19 +212,45 @@ def _trace(model: VideoModel, names: dict[nn.Module, str], probe_mode: str):
     raise F3Error(f"could not trace {model.spec} at a second spatial size to confirm the frame axis")
 
 
-def find_temporal_units(model: VideoModel, *, _probe_mode: str = "fake") -> list[TemporalUnit]:
-    """Every temporal attention unit of `model`'s denoiser, in module order.
+# (model fingerprint, frames, height, width) -> (units, which probe answered); a model's units
+# depend on its architecture and the shapes it runs at, both of which the key holds
+_CACHE: dict[tuple[str, int, int, int], tuple[tuple[TemporalUnit, ...], str]] = {}
+_CACHE_SIZE = 64
+
+
+def _key(model: VideoModel, shapes: VideoShapes) -> tuple[str, int, int, int]:
+    return (model.fingerprint, shapes.frames, shapes.height, shapes.width)
+
+
+def discovery_probe(model: VideoModel, shapes: VideoShapes | None = None) -> str | None:
+    """Which trace answered the cached discovery of `model` at `shapes`: "fake" (shape-only) or
+    "real" (the fallback); None when it has not run."""
+    entry = _CACHE.get(_key(model, shapes or model.shapes))
+    return entry[1] if entry else None
+
+
+def forget(model: VideoModel) -> None:
+    """Drop the cached discoveries of `model` (the next `find_temporal_units` traces again)."""
+    for key in [key for key in _CACHE if key[0] == model.fingerprint]:
+        del _CACHE[key]
+
+
+def find_temporal_units(model: VideoModel, shapes: VideoShapes | None = None, *,
+                        _probe_mode: str = "fake") -> list[TemporalUnit]:
+    """Every temporal attention unit of `model`'s denoiser at `shapes` (default: the model's own), in
+    module order; cached by (model fingerprint, shapes).
 
     Raises `F3Error` when the model has no temporal attention. `_probe_mode="real"` traces
     with real compute (the former behaviour; tests compare both) and bypasses the cache.
     """
-    cached = model.info.get("_temporal_units") if _probe_mode == "fake" else None
-    if cached is not None:
-        return list(cached)
+    shapes = shapes or model.shapes
+    key = _key(model, shapes)
+    if _probe_mode == "fake" and key in _CACHE:
+        return list(_CACHE[key][0])
     root = model.denoiser
     names = {module: name for name, module in root.named_modules()}
-    frames = model.shapes.frames
-    first, io_shapes, second = _trace(model, names, _probe_mode)
+    frames = shapes.frames
+    first, io_shapes, second, probe = _trace(model, shapes, names, _probe_mode)
 
     temporal_names = []
     for name, record in first.items():
@@ -276,7 +299,9 @@ def find_temporal_units(model: VideoModel, *, _probe_mode: str = "fake") -> list
             frames=frames, channels=int(attention.to_q.in_features),
         ))
     if _probe_mode == "fake":
-        model.info["_temporal_units"] = tuple(units)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = (tuple(units), probe)
     return units
 
 

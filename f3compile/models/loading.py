@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .._io import read_json
 from ..errors import F3Error
-from .base import VideoModel, VideoShapes
+from . import registry
+from .base import VideoModel, VideoShapes, fingerprint_modules
 from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, encode_hashed
 
 DEFAULT_FRAMES = 8
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Library chatter (deprecations, optional backends) would drown the tool's own output.
     import warnings
 
@@ -32,24 +30,6 @@ def _quiet_libraries() -> None:
         transformers.utils.logging.set_verbosity_error()
     except Exception:  # pragma: no cover - logging is cosmetic
         pass
-
-
-def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None) -> str:
-    """sha256 over the denoiser config (canonical JSON) and every parameter and buffer.
-
-    Private config keys (``_diffusers_version``, ``_use_default_values``, …) are bookkeeping,
-    not architecture: a model saved and loaded back keeps its fingerprint.
-    """
-    public = {key: value for key, value in config.items() if not key.startswith("_")}
-    digest = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
-    for module in modules:
-        if module is None:
-            continue
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
 
 
 def pixel_pack_factor(channels: int) -> int:
@@ -87,7 +67,8 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
 
 def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -> VideoModel:
     """Wrap a diffusers text-to-video pipeline as a `VideoModel`."""
-    family = BY_PIPELINE_CLASS.get(type(pipe).__name__)
+    # the class itself or the supported pipeline it subclasses
+    family = next((BY_PIPELINE_CLASS[cls.__name__] for cls in type(pipe).__mro__ if cls.__name__ in BY_PIPELINE_CLASS), None)
     if family is None:
         raise F3Error(
             f"pipeline class {type(pipe).__name__} is not supported; "
@@ -172,6 +153,23 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
     raise F3Error(f"{path} has neither model_index.json (pipeline) nor config.json (denoiser); pass a diffusers model directory")
 
 
+def build_builtin(name: str, seed: int = 0):
+    """(pipeline, default (frames, height, width)) of the diffusion builtin `NAME[,width-scale=S]`, its
+    weights drawn from `seed` (deterministic: the global RNG is restored afterwards)."""
+    entry, scale = registry.parse_builtin(name)
+    if entry.kind != "diffusion":
+        raise F3Error(f"builtin:{entry.name} is an {entry.kind} model, not a diffusion pipeline")
+    builder = registry.resolve(entry.builder)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        pipe = builder(scale) if entry.scalable else builder(**entry.options)
+    finally:
+        torch.random.set_rng_state(state)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, entry.shapes
+
+
 def _resolve_hub_id(spec: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -192,16 +190,13 @@ def load_model(spec: str) -> VideoModel:
     a bare denoiser directory (``config.json``), or a Hugging Face id already in the local cache
     (never fetched from the network).
     """
-    _quiet_libraries()
+    quiet_libraries()
     spec = str(spec)
-    from .cogvideo import is_cogvideo_spec
-
-    if is_cogvideo_spec(spec):
-        raise F3Error(f"{spec} is an autoregressive model (CogVideo): this command takes diffusion models; "
-                      "CogVideo runs through calibrate, plan, inspect, compile, export, generate and bench")
+    kind = registry.kind_of_spec(spec).name
+    if kind != "diffusion":
+        raise F3Error(f"{spec} is an {kind} model: load_model takes diffusion models; load it with f3compile.load "
+                      "(the CLI's verbs take either)")
     if spec.startswith("builtin:"):
-        from .builtin import build_builtin
-
         pipe, shapes = build_builtin(spec.split(":", 1)[1])
         return from_pipeline(pipe, spec, shapes)
     path = Path(spec).expanduser()
@@ -214,4 +209,4 @@ def load_model(spec: str) -> VideoModel:
     raise F3Error(f"model '{spec}' does not exist; pass a diffusers model directory, a cached hub id or builtin:NAME")
 
 
-__all__ = ["load_model", "from_pipeline", "fingerprint_modules", "FAMILIES"]
+__all__ = ["load_model", "from_pipeline", "build_builtin", "FAMILIES"]

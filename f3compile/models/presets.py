@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import F3Error
+from .components import ddim_scheduler, preset_vae, randomize_temporal_outputs, text_encoder as stand_in_text
 
 
 def _width(channels: int, scale: float, multiple: int = 8) -> int:
@@ -26,35 +26,8 @@ def _groups(*channels: int) -> int:
     return max(g for g in range(1, 33) if common % g == 0)
 
 
-def _text(hidden: int, length: int, t5: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from .builtin import byte_tokenizer
-
-    tokenizer = byte_tokenizer(length, t5_style=t5)
-    if t5:
-        config = T5Config(vocab_size=len(tokenizer), d_model=hidden, d_kv=64, num_heads=max(1, hidden // 64), d_ff=2 * hidden,
-                          num_layers=1, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-        return tokenizer, T5EncoderModel(config).eval()
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                            num_attention_heads=max(1, hidden // 64), max_position_embeddings=length,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    return tokenizer, CLIPTextModel(config).eval()
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    # 4 levels = the published 8x spatial downsampling, tiny widths
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
-                         layers_per_block=1, norm_num_groups=8, sample_size=256).eval()
-
-
 def build_arch_modelscope(scale: float):
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
-
-    from .builtin import _scheduler
 
     # multiples of 32: UNet3D's transformer_in always uses 32 norm groups
     widths = tuple(_width(c, scale, 32) for c in (320, 640, 1280, 1280))
@@ -66,14 +39,12 @@ def build_arch_modelscope(scale: float):
         norm_num_groups=_groups(*widths), cross_attention_dim=cross,
         attention_head_dim=max(1, int(round(64 * scale))),  # UNet3D passes it on as the head *count*
     ).eval()
-    tokenizer, text_encoder = _text(cross, 77, t5=False)
-    return TextToVideoSDPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler())
+    tokenizer, text_encoder = stand_in_text(cross, 77, t5=False)
+    return TextToVideoSDPipeline(vae=preset_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim_scheduler())
 
 
 def build_arch_animatediff(scale: float):
     from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-    from .builtin import _scheduler
 
     widths = tuple(_width(c, scale, 32) for c in (320, 640, 1280, 1280))
     cross = _width(768, scale, 64)
@@ -86,15 +57,13 @@ def build_arch_animatediff(scale: float):
     adapter = MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_num_attention_heads=8,
                             motion_norm_num_groups=groups, motion_max_seq_length=32, use_motion_mid_block=True)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
-    tokenizer, text_encoder = _text(cross, 77, t5=False)
-    return AnimateDiffPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                               motion_adapter=adapter, scheduler=_scheduler())
+    tokenizer, text_encoder = stand_in_text(cross, 77, t5=False)
+    return AnimateDiffPipeline(vae=preset_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                               motion_adapter=adapter, scheduler=ddim_scheduler())
 
 
 def build_arch_latte(scale: float):
     from diffusers import LattePipeline, LatteTransformer3DModel
-
-    from .builtin import _scheduler
 
     heads = max(1, int(round(16 * scale)))
     caption = _width(4096, scale, 64)
@@ -104,12 +73,11 @@ def build_arch_latte(scale: float):
         activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
         norm_elementwise_affine=False, norm_eps=1e-6, video_length=16,
     ).eval()
-    tokenizer, text_encoder = _text(caption, 120, t5=True)
-    return LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=transformer, scheduler=_scheduler())
+    tokenizer, text_encoder = stand_in_text(caption, 120, t5=True)
+    return LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=preset_vae(), transformer=transformer, scheduler=ddim_scheduler())
 
 
 def build_arch_tuneavideo(scale: float):
-    from .builtin import _scheduler, randomize_temporal_outputs
     from .tuneavideo import TuneAVideoPipeline, TuneAVideoUNet
 
     widths = tuple(_width(c, scale, 32) for c in (320, 640, 1280, 1280))
@@ -119,31 +87,5 @@ def build_arch_tuneavideo(scale: float):
         norm_num_groups=_groups(*widths), cross_attention_dim=cross, attention_head_dim=8,
     ).eval()
     randomize_temporal_outputs(unet)
-    tokenizer, text_encoder = _text(cross, 77, t5=False)
-    return TuneAVideoPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler())
-
-
-# name -> (builder(scale), default (frames, height, width) in pixels, description)
-PRESETS = {
-    "arch-modelscope": (build_arch_modelscope, (16, 256, 256), "ModelScope T2V 1.7B UNet3D, 16 frames 256x256"),
-    "arch-animatediff": (build_arch_animatediff, (16, 512, 512), "SD 1.5 UNet + AnimateDiff v1-5-2 motion modules, 16 frames 512x512"),
-    "arch-latte": (build_arch_latte, (16, 256, 256), "Latte-1 (28 layers, 16x72 heads), 16 frames 256x256"),
-    "arch-tuneavideo": (build_arch_tuneavideo, (8, 512, 512), "Tune-A-Video (SD v1.4 UNet + sparse-causal and temporal attention), 8 frames 512x512"),
-}
-
-
-def parse_preset(name: str) -> tuple[str, float]:
-    """'arch-latte,width-scale=0.25' -> ('arch-latte', 0.25)."""
-    base, *options = name.split(",")
-    scale = 1.0
-    for option in options:
-        key, _, value = option.partition("=")
-        if key != "width-scale":
-            raise F3Error(f"unknown option '{key}' in builtin:{name}; the presets take width-scale=S")
-        try:
-            scale = float(value)
-        except ValueError:
-            raise F3Error(f"width-scale must be a number, got '{value}'") from None
-        if not 0.01 <= scale <= 1.0:
-            raise F3Error(f"width-scale must be in [0.01, 1], got {scale}")
-    return base, scale
+    tokenizer, text_encoder = stand_in_text(cross, 77, t5=False)
+    return TuneAVideoPipeline(vae=preset_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim_scheduler())

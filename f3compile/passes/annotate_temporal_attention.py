@@ -15,16 +15,17 @@ from __future__ import annotations
 from torch import fx
 
 from ..errors import F3Error
-from .base import PassContext, PassResult, aten, innermost, shape_of
+from .base import PassResult, RewriteSpec, aten, graph_pass, innermost, shape_of
 
 
-def annotate_temporal_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+@graph_pass("units (tags attention nodes; checks the planned ones exist)")
+def annotate_temporal_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
     found: set[str] = set()
     for node in gm.graph.nodes:
         if node.target != aten.scaled_dot_product_attention.default:
             continue
-        unit = ctx.units.get(innermost(node, ctx.prefix) or "")
+        unit = spec.units.get(innermost(node, spec.prefix) or "")
         if unit is None:
             continue
         query = shape_of(node.args[0])
@@ -37,13 +38,12 @@ def annotate_temporal_attention(gm: fx.GraphModule, ctx: PassContext) -> PassRes
         if node.meta.get("f3_unit") != unit.id:
             node.meta["f3_unit"] = unit.id
             modified = True
-    stage = ctx.stage
     # units whose attention must still be in the graph for head or frame pruning (dropped
     # units may already be gone when the pipeline runs again)
-    removed = set(stage.drop_attention) | {u for u in ctx.units if ctx.units[u].block in stage.drop_blocks}
-    removed |= {u for u, heads in stage.prune_heads.items() if len(heads) == ctx.units[u].heads}
-    planned = (set(stage.prune_heads) | set(stage.keep_frames)) - removed
+    removed = set(spec.drop_attention) | {u for u in spec.units if spec.units[u].block in spec.drop_blocks}
+    removed |= {u for u, heads in spec.prune_heads.items() if len(heads) == spec.units[u].heads}
+    planned = (set(spec.prune_heads) | set(spec.keep_frames)) - removed
     missing = sorted(planned - found)
     if missing:
         raise F3Error(f"planned unit(s) {', '.join(missing)} have no attention node in the exported graph")
-    return PassResult(modified)
+    return PassResult(gm, modified)

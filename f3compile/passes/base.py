@@ -1,50 +1,172 @@
-"""The pass contract: a function `GraphModule, PassContext -> PassResult(modified)`.
+"""The pass contract and the pass manager, in torch.fx's manner.
 
-Passes work on the unlifted graph of a torch.export program (`ExportedProgram.module()`): weights
-are `get_attr` nodes and every node traced inside a module carries `meta["nn_module_stack"]` with
-the module path. They use only what discovery provides (unit ids, heads, head_dim, frames, block
-ids), never architecture names, so a new architecture needs no pass changes.
+A pass is a callable `(GraphModule, RewriteSpec) -> PassResult(graph_module, modified)` that
+declares what it rewrites (`rewrites`: the spec fields it reads). It works on the unlifted graph of
+a torch.export program (`ExportedProgram.module()`): weights are `get_attr` nodes and every node
+traced inside a module carries `meta["nn_module_stack"]` with the module path. Passes use only
+what discovery provides (unit ids, heads, head_dim, frames, block ids) and the neutral
+`RewriteSpec`, never architecture names or plan files, so a new architecture needs no pass
+changes and the passes do not depend on how plans are made.
+
+`PassManager` runs an ordered list of passes, lints the graph after each one and names the pass
+that failed. The default list is the registered pipeline (`register_pass`, in `passes/__init__`);
+`f3compile compile --list-passes` prints it. docs/ARCHITECTURE.md shows how a new pass registers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import fx
 
 from ..errors import F3Error
 from ..models.base import DenoiseModule, TemporalUnit
-from ..planning.plan import Stage
 
 aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
 class PassResult:
+    """What a pass returns: the (rewritten) graph module and whether anything changed."""
+
+    graph_module: fx.GraphModule
     modified: bool
 
 
-@dataclass
-class PassContext:
-    """What the passes may rely on: the discovered units and the stage to apply."""
+@dataclass(frozen=True)
+class UnitRewrite:
+    """What one program does to one temporal attention."""
 
-    units: dict[str, TemporalUnit]
-    stage: Stage
+    drop: bool = False  # its residual branch is removed: h = h
+    pruned_heads: tuple[int, ...] = ()  # sliced out of q/k/v and the output projection
+    kept_frames: tuple[int, ...] | None = None  # keys and values gathered from these frames (None: all)
+
+
+@dataclass(frozen=True)
+class BlockRewrite:
+    """What one program does to one temporal block."""
+
+    drop: bool = False  # output = input
+    residual: str | None = None  # temporal reuse: "returned" (computed; residual is an extra output)
+    #                              or "given" (not run; output = input + the residual, an extra input)
+
+
+@dataclass(frozen=True)
+class RewriteSpec:
+    """The neutral description of one program's rewrite: per unit and per block what to do.
+
+    Built from a plan stage by the compiler (`compiler.compile.rewrite_spec`); the passes read
+    nothing else. Entries keep the plan's order (the I/O of temporal reuse follows it).
+    """
+
+    units: Mapping[str, TemporalUnit]  # every discovered unit, by id
+    unit_rewrites: Mapping[str, UnitRewrite] = field(default_factory=dict)
+    block_rewrites: Mapping[str, BlockRewrite] = field(default_factory=dict)
     prefix: str = DenoiseModule.PREFIX
-    # the program being built for a stage with temporal reuse: the blocks whose residual comes in as
-    # an input (the others in `stage.reused_blocks` are computed and return their residual)
-    reused: tuple[str, ...] = ()
+
+    @property
+    def drop_blocks(self) -> list[str]:
+        return [block for block, rewrite in self.block_rewrites.items() if rewrite.drop]
+
+    @property
+    def drop_attention(self) -> list[str]:
+        return [unit for unit, rewrite in self.unit_rewrites.items() if rewrite.drop]
+
+    @property
+    def prune_heads(self) -> dict[str, tuple[int, ...]]:
+        return {unit: rewrite.pruned_heads for unit, rewrite in self.unit_rewrites.items() if rewrite.pruned_heads}
+
+    @property
+    def keep_frames(self) -> dict[str, tuple[int, ...]]:
+        return {unit: rewrite.kept_frames for unit, rewrite in self.unit_rewrites.items()
+                if rewrite.kept_frames is not None}
+
+    @property
+    def carried_blocks(self) -> list[str]:
+        """Blocks whose residual crosses steps (returned or given), in plan order."""
+        return [block for block, rewrite in self.block_rewrites.items() if rewrite.residual is not None]
+
+    @property
+    def reused(self) -> list[str]:
+        """Blocks whose residual this program takes as an input instead of running them."""
+        return [block for block, rewrite in self.block_rewrites.items() if rewrite.residual == "given"]
 
     def removed(self, unit_id: str) -> bool:
         """True when the program does not run the unit (its block dropped or reused, or the
         attention dropped)."""
-        block = self.units[unit_id].block
-        return block in self.stage.drop_blocks or block in self.reused or unit_id in self.stage.drop_attention
+        block = self.block_rewrites.get(self.units[unit_id].block, BlockRewrite())
+        return block.drop or block.residual == "given" or self.unit_rewrites.get(unit_id, UnitRewrite()).drop
 
 
-GraphPass = Callable[[fx.GraphModule, PassContext], PassResult]
+GraphPass = Callable[[fx.GraphModule, RewriteSpec], PassResult]
+
+
+def graph_pass(rewrites: str) -> Callable[[GraphPass], GraphPass]:
+    """Declare what a pass rewrites (shown by `--list-passes`): `@graph_pass("drop_blocks")`."""
+    def mark(fn: GraphPass) -> GraphPass:
+        fn.rewrites = rewrites
+        return fn
+    return mark
+
+
+PIPELINE: list[GraphPass] = []  # the registered passes, in the order they run
+
+
+def register_pass(graph_pass: GraphPass, *, before: str | None = None, after: str | None = None) -> GraphPass:
+    """Add `graph_pass` to the pipeline: at the end, or just before / after the pass of that name."""
+    names = [p.__name__ for p in PIPELINE]
+    if graph_pass.__name__ in names:
+        raise ValueError(f"a pass named {graph_pass.__name__} is registered already")
+    if not hasattr(graph_pass, "rewrites"):
+        raise ValueError(f"pass {graph_pass.__name__} does not declare what it rewrites (@graph_pass)")
+    anchor = before or after
+    if anchor is None:
+        PIPELINE.append(graph_pass)
+    elif anchor not in names:
+        raise ValueError(f"no registered pass named {anchor}")
+    else:
+        PIPELINE.insert(names.index(anchor) + (1 if after else 0), graph_pass)
+    return graph_pass
+
+
+class PassManager:
+    """Runs passes in order on one graph; lints after each; a failure names the pass."""
+
+    def __init__(self, passes: Iterable[GraphPass] | None = None):
+        self.passes = list(PIPELINE if passes is None else passes)
+
+    def __call__(self, gm: fx.GraphModule, spec: RewriteSpec) -> dict[str, bool]:
+        """Apply every pass to `gm` in place; returns pass name -> modified."""
+        results = {}
+        for graph_pass in self.passes:
+            name = graph_pass.__name__
+            try:
+                result = graph_pass(gm, spec)
+            except F3Error as exc:
+                raise F3Error(f"pass {name}: {exc}") from None
+            except Exception as exc:  # a bug: keep the traceback, but say where it happened
+                raise RuntimeError(f"pass {name} failed: {exc}") from exc
+            if result.graph_module is not gm:
+                raise RuntimeError(f"pass {name} returned another graph module; passes rewrite in place")
+            try:
+                gm.graph.lint()
+            except Exception as exc:
+                raise RuntimeError(f"pass {name} left an invalid graph: {exc}") from exc
+            results[name] = result.modified
+        return results
+
+    def describe(self) -> str:
+        """One line per pass: number, name, what it rewrites and its docstring's first line."""
+        import importlib
+
+        lines = []
+        for number, graph_pass in enumerate(self.passes, 1):
+            doc = (importlib.import_module(graph_pass.__module__).__doc__ or "").strip().splitlines()[0]
+            lines.append(f"{number}. {graph_pass.__name__:<28} {doc.split(':', 1)[-1].strip()} "
+                         f"[rewrites: {graph_pass.rewrites}]")
+        return "\n".join(lines)
 
 
 # -- node helpers shared by the passes ---------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from .base import PassContext, PassResult, aten, new_zeros_like, shape_of
+from .base import PassResult, RewriteSpec, aten, graph_pass, new_zeros_like, shape_of
 
 _SHAPE_ONLY = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default, aten.transpose.int,
@@ -134,5 +134,6 @@ def run_cleanup(gm: fx.GraphModule) -> bool:
     return changed
 
 
-def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    return PassResult(run_cleanup(gm))
+@graph_pass("everything (known zeros, dead code, unused weights)")
+def cleanup(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
+    return PassResult(gm, run_cleanup(gm))

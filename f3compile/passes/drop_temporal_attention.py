@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from torch import fx
 
-from .base import PassContext, PassResult, new_zeros_like, region_inputs, shape_of, single_output
+from .base import PassResult, RewriteSpec, graph_pass, new_zeros_like, region_inputs, shape_of, single_output
 
 
-def drop_temporal_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+@graph_pass("unit_rewrites.drop")
+def drop_temporal_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
-    for unit_id in ctx.stage.drop_attention:
-        if ctx.units[unit_id].block in ctx.stage.drop_blocks:
+    for unit_id in spec.drop_attention:
+        if spec.units[unit_id].block in spec.drop_blocks:
             continue  # the whole block is gone already
-        nodes, output = single_output(gm.graph, unit_id, ctx.prefix, "temporal attention")
+        nodes, output = single_output(gm.graph, unit_id, spec.prefix, "temporal attention")
         if output is None:
             continue  # already dropped
         reference = region_inputs(nodes)[0]
         zero = new_zeros_like(gm.graph, reference, shape_of(output), before=output)
         output.replace_all_uses_with(zero)
         modified = True
-    return PassResult(modified)
+    return PassResult(gm, modified)

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 from torch import fx
 
-from .base import PassContext, PassResult, block_input, new_zeros_like, region_inputs, shape_of, single_output
+from .base import (PassResult, RewriteSpec, block_input, graph_pass, new_zeros_like, region_inputs, shape_of,
+                   single_output)
 
 
-def drop_temporal_blocks(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+@graph_pass("block_rewrites.drop")
+def drop_temporal_blocks(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
-    for block in ctx.stage.drop_blocks:
-        nodes, output = single_output(gm.graph, block, ctx.prefix, "temporal block")
+    for block in spec.drop_blocks:
+        nodes, output = single_output(gm.graph, block, spec.prefix, "temporal block")
         if output is None:
             continue  # already dropped
-        if block in ctx.units:  # an attention that is its own block: its residual branch goes
+        if block in spec.units:  # an attention that is its own block: its residual branch goes
             reference = region_inputs(nodes)[0]
             output.replace_all_uses_with(new_zeros_like(gm.graph, reference, shape_of(output), before=output))
             modified = True
             continue
         output.replace_all_uses_with(block_input(nodes, output, block))
         modified = True
-    return PassResult(modified)
+    return PassResult(gm, modified)

@@ -15,23 +15,23 @@ import torch
 from torch import fx
 
 from ..errors import F3Error
-from .base import PassContext, PassResult, aten, linear_of, region, shape_of
+from .base import PassResult, RewriteSpec, aten, graph_pass, linear_of, region, shape_of
 
 
-def gather_key_frames(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+@graph_pass("unit_rewrites.kept_frames")
+def gather_key_frames(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
-    stage = ctx.stage
-    for unit_id, kept in stage.keep_frames.items():
-        unit = ctx.units[unit_id]
-        if ctx.removed(unit_id):
+    for unit_id, kept in spec.keep_frames.items():
+        unit = spec.units[unit_id]
+        if spec.removed(unit_id):
             continue
-        if len(stage.prune_heads.get(unit_id, ())) == unit.heads:
+        if len(spec.prune_heads.get(unit_id, ())) == unit.heads:
             continue  # no head left: keys and values are dead anyway
-        nodes = region(gm.graph, unit_id, ctx.prefix)
+        nodes = region(gm.graph, unit_id, spec.prefix)
         if not nodes:
             continue
-        k_proj = linear_of(nodes, f"{unit_id}.to_k", ctx.prefix)
-        v_proj = linear_of(nodes, f"{unit_id}.to_v", ctx.prefix)
+        k_proj = linear_of(nodes, f"{unit_id}.to_k", spec.prefix)
+        v_proj = linear_of(nodes, f"{unit_id}.to_v", spec.prefix)
         if k_proj is None or v_proj is None:
             raise F3Error(f"{unit_id}: could not find its key/value projections in the graph; frame pruning needs them")
         if k_proj.args[0].meta.get("f3_gathered"):
@@ -55,4 +55,4 @@ def gather_key_frames(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             if proj.args[0] is source:
                 proj.replace_input_with(source, gathered)
         modified = True
-    return PassResult(modified)
+    return PassResult(gm, modified)

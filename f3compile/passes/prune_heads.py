@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from ..errors import F3Error
-from .base import (PassContext, PassResult, aten, get_attr_tensor, linear_of, new_zeros_like, region,
+from .base import (PassResult, RewriteSpec, aten, get_attr_tensor, graph_pass, linear_of, new_zeros_like, region,
                    set_attr_tensor, shape_of)
 
 _RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
@@ -29,17 +29,17 @@ def _slice_rows(gm, node, rows: torch.Tensor, dim: int) -> None:
     set_attr_tensor(gm, node, tensor.detach().index_select(dim, rows.to(tensor.device)).contiguous())
 
 
-def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+@graph_pass("unit_rewrites.pruned_heads")
+def prune_heads(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
-    stage = ctx.stage
-    for unit_id, pruned in stage.prune_heads.items():
-        unit = ctx.units[unit_id]
-        if ctx.removed(unit_id):
+    for unit_id, pruned in spec.prune_heads.items():
+        unit = spec.units[unit_id]
+        if spec.removed(unit_id):
             continue
-        nodes = region(gm.graph, unit_id, ctx.prefix)
+        nodes = region(gm.graph, unit_id, spec.prefix)
         if not nodes:
             continue
-        linears = {name: linear_of(nodes, f"{unit_id}.{name}", ctx.prefix) for name in ("to_q", "to_k", "to_v", "to_out.0")}
+        linears = {name: linear_of(nodes, f"{unit_id}.{name}", spec.prefix) for name in ("to_q", "to_k", "to_v", "to_out.0")}
         if len(pruned) == unit.heads and linears["to_q"] is None:
             continue  # every head already pruned: q/k/v are gone, only the output bias is left
         if any(node is None for node in linears.values()):
@@ -81,4 +81,4 @@ def prune_heads(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.args = (node.args[0], target)
         linears["to_q"].meta["f3_kept_heads"] = kept
         modified = True
-    return PassResult(modified)
+    return PassResult(gm, modified)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from .._io import read_json, write_json_atomic
-from ..errors import F3Error
-from . import criteria
+from ..calibration import criteria
 from ..calibration.stats import CalibrationStats
+from ..errors import F3Error
 from ..reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS
 
 SCHEMA = "f3compile.plan/1"
@@ -148,7 +148,7 @@ class PruningPlan:
         """The empty plan (one stage, nothing pruned) for `model`: the dense baseline."""
         return cls(
             model={"spec": model.spec, "fingerprint": model.fingerprint},
-            calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": model.shapes.frames},
+            calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": units[0].frames if units else model.shapes.frames},
             granularity="block", criterion=criteria.DEFAULT_CRITERION, ratio=0.0,
             stages=[Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
             scores={u.id: {"score": 0.0, "per_head": [0.0] * u.heads, "per_frame": [0.0] * u.frames} for u in units}

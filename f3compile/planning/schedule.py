@@ -10,9 +10,9 @@ matter. Stages are weighted by their share of the calibration's steps, as `inspe
 
 from __future__ import annotations
 
+from ..calibration import criteria
 from ..calibration.stats import CalibrationStats
 from ..errors import F3Error
-from . import criteria
 from .cost import ModelCost
 from .plan import PruningPlan, _is_number, make_plan, split_steps
 

@@ -32,11 +32,11 @@ from typing import Callable
 
 import torch
 
+from ..calibration import criteria
 from ..calibration.stats import CalibrationStats
 from ..errors import F3Error
 from ..models.base import TemporalUnit, VideoModel, VideoShapes
 from ..sampling import denoise_loop, initial_latents
-from . import criteria
 from .cost import ModelCost
 from .eager import plan_denoise_for
 from .plan import PruningPlan, Stage, make_plan, split_steps

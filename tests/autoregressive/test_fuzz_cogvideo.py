@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from f3compile.errors import F3Error
-from tests.test_fuzz_loaders import SETTINGS, _pool, assert_one_line, encode, mutate
+from tests.helpers import assert_one_line
+from tests.test_fuzz_loaders import SETTINGS, _pool, encode, mutate
 
 EXAMPLES = 300  # per loader
 

@@ -8,12 +8,12 @@ from f3compile import F3Error
 from f3compile.calibration import CalibrationConfig, calibrate, read_prompts
 from f3compile.calibration.recorder import AttentionRecorder
 from f3compile.models import find_temporal_units, temporal_blocks
-from f3compile.models.builtin import BUILTINS
+from tests.helpers import TINY
 
 ROW_SUM_TOL = 1e-4  # summed fp32 probabilities, rows of length F
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_recording_does_not_change_outputs(models, name):
     model = models[name]
     units = find_temporal_units(model)

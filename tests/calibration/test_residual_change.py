@@ -21,7 +21,7 @@ from f3compile.calibration.calibrate import CalibrationConfig, calibrate, resolv
 from f3compile.calibration.recorder import AttentionRecorder
 from f3compile.calibration.stats import META_FILE, STATS_FILE, CalibrationStats
 from f3compile.models import find_temporal_units, temporal_blocks
-from f3compile.planning import criteria
+from f3compile.calibration import criteria
 from f3compile.sampling import denoise_loop, start_latents
 
 REL = 1e-4  # fp32 recorded sums against float64 norms of the same fp32 residuals

@@ -19,7 +19,7 @@ from f3compile.calibration.recorder import AttentionRecorder
 from f3compile.cli import main
 from f3compile.models import find_temporal_units
 from f3compile.models.discovery import temporal_blocks
-from f3compile.planning import criteria
+from f3compile.calibration import criteria
 
 # Tolerances, named in one place.
 REL = 1e-5  # fp32 statistics against a float64 recomputation from the same captured tensors

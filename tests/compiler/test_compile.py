@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from f3compile.compiler.compile import export_inputs
-from f3compile.models.builtin import BUILTINS
 from f3compile.planning import make_plan
 
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, run
 
 REL_RELOAD = 1e-6
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_compile_two_stage_plan_writes_programs_and_manifest(capsys, tmp_path, calibrations, models, name):
     _, stats = calibrations[name]
     plan = make_plan(stats, 0.5, "head", stages=2)

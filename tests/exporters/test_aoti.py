@@ -14,7 +14,7 @@ from f3compile.manifest import load_manifest
 from f3compile.planning import make_plan
 from f3compile.runtime import Runtime
 
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 REL_AOTI = 1e-4  # compiled kernels vs the torch program, fp32 (inductor reorders reductions)
 

@@ -8,11 +8,10 @@ from f3compile import F3Error
 from f3compile.exporters import ExportConfig, export
 from f3compile.manifest import load_manifest, validate_manifest
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
 from f3compile.planning import make_plan
 from f3compile.planning.cost import ModelCost
 
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, run
 
 REL_ORT = 1e-5          # onnxruntime vs torch program, fp32
 # |ONNX initializer bytes saved - 4 x pruned parameters| on the builtins, at most 3,904 B (tiny-unet3d,
@@ -25,7 +24,7 @@ CONSTANT_SLACK = 4096
 @pytest.fixture(scope="module")
 def dense_exports(models, tmp_path_factory):
     out = {}
-    for name in BUILTINS:
+    for name in TINY:
         directory = tmp_path_factory.mktemp(f"dense-{name}") / "build"
         out[name] = export(models[name], None, directory, config=ExportConfig(samples=1))
     return out
@@ -38,7 +37,7 @@ def _removed_attention_units(stage, units):
     return removed
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("granularity, stages", [("block", 2), ("attention", 1), ("head", 1), ("frame", 1)])
 def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, dense_exports, tmp_path, name, granularity, stages):
     model, (_, stats) = models[name], calibrations[name]

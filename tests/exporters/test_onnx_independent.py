@@ -18,6 +18,7 @@ from f3compile.exporters import onnx as onnx_export
 from f3compile.exporters.onnx import NAME_SCOPES, audit_onnx
 from f3compile.models import find_temporal_units
 from f3compile.planning import make_plan
+from tests.helpers import rel
 
 from ..passes.reference import masked
 
@@ -51,10 +52,6 @@ def _inputs(model, entry, timestep, seed):
     return sample, torch.full(shapes["timestep"], timestep), context
 
 
-def _rel(ours, reference):
-    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_onnxruntime_equals_the_masked_model(models, pruned_exports, case):
     import onnxruntime
@@ -75,8 +72,8 @@ def test_onnxruntime_equals_the_masked_model(models, pruned_exports, case):
                     reference = model.denoise(sample, timesteps, context).numpy()
                 dense = model.denoise(sample, timesteps, context).numpy()
             assert ours.shape == reference.shape
-            assert _rel(ours, reference) <= REL_ONNX_VS_MASKED
-            assert _rel(ours, dense) >= MIN_PRUNING_EFFECT  # positive control: the plan is really applied
+            assert rel(ours, reference) <= REL_ONNX_VS_MASKED
+            assert rel(ours, dense) >= MIN_PRUNING_EFFECT  # positive control: the plan is really applied
 
 
 # -- the audit: "no node from removed modules" --------------------------------------------------

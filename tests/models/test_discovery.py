@@ -8,6 +8,7 @@ from torch.utils._pytree import tree_leaves
 
 from f3compile import F3Error
 from f3compile.models import find_temporal_units, temporal_blocks
+from f3compile.models.discovery import discovery_probe, forget
 from f3compile.models.base import VideoModel, VideoShapes
 
 
@@ -91,7 +92,8 @@ def _toy_model(temporal: bool, denoiser: type | None = None) -> VideoModel:
     return VideoModel(
         spec="toy", family="toy", denoiser=(denoiser or _OddlyNamed)(temporal), scheduler=None, text_encoder=None, tokenizer=None,
         pipeline=None, shapes=VideoShapes(1, 5, 32, 32), latent_channels=4, vae_scale_factor=8, text_length=3,
-        text_dim=6, fingerprint="sha256:toy", denoise_call=lambda d, s, t, c: d(s, t, c), encode_call=None,
+        text_dim=6, fingerprint=f"sha256:toy-{(denoiser or _OddlyNamed).__name__}-{temporal}",  # discovery caches by it
+        denoise_call=lambda d, s, t, c: d(s, t, c), encode_call=None,
     )
 
 
@@ -154,9 +156,9 @@ def _fakes_in(module: nn.Module) -> list[str]:
 @pytest.mark.parametrize("name", ["tiny-unet3d", "tiny-animatediff", "tiny-latte"])
 def test_shape_only_discovery_matches_the_real_probe(models, name):
     model = models[name]
-    model.info.pop("_temporal_units", None)
+    forget(model)
     units = find_temporal_units(model)
-    assert model.info["_discovery_probe"] == "fake"  # no silent fallback to real compute
+    assert discovery_probe(model) == "fake"  # no silent fallback to real compute
     real = find_temporal_units(model, _probe_mode="real")
     assert [(u.id, u.block, u.heads, u.head_dim, u.frames, u.channels) for u in units] == \
         [(u.id, u.block, u.heads, u.head_dim, u.frames, u.channels) for u in real]
@@ -170,7 +172,7 @@ def test_discovery_leaves_the_denoiser_untouched(models, name):
     with torch.no_grad():
         before_out = model.denoise(*inputs)
     before = _parameters(model.denoiser)
-    model.info.pop("_temporal_units", None)
+    forget(model)
     find_temporal_units(model)
     after = model.denoiser.state_dict(keep_vars=True)
     assert list(after) == list(before)
@@ -185,7 +187,7 @@ def test_discovery_leaves_the_denoiser_untouched(models, name):
 @pytest.mark.parametrize("name", ["tiny-unet3d", "tiny-animatediff", "tiny-latte"])
 def test_discovery_runs_no_real_compute(models, name):
     model = models[name]
-    model.info.pop("_temporal_units", None)
+    forget(model)
     with _RealCompute() as shape_only:
         find_temporal_units(model)
     assert shape_only.ops == []
@@ -224,7 +226,7 @@ class _StatefulToy(_OddlyNamed):
 def test_state_built_during_discovery_does_not_leak():
     model, reference = _toy_model(True, _StatefulToy), _toy_model(True, _StatefulToy)
     units = find_temporal_units(model)
-    assert model.info["_discovery_probe"] == "fake"
+    assert discovery_probe(model) == "fake"
     assert [(u.id, u.block) for u in units] == [("mixer.0.inner", "mixer.0")]
     lazy = model.denoiser.lazy
     assert "table" not in lazy._buffers and lazy.cache == {}  # the fake ones were taken back out
@@ -245,6 +247,6 @@ class _ValueBranching(_OddlyNamed):
 def test_a_model_fake_tensors_cannot_trace_falls_back_to_the_real_probe():
     model = _toy_model(True, _ValueBranching)
     units = find_temporal_units(model)
-    assert model.info["_discovery_probe"] == "real"
+    assert discovery_probe(model) == "real"
     assert [(u.id, u.block, u.frames) for u in units] == [("mixer.0.inner", "mixer.0", 5)]
     assert _fakes_in(model.denoiser) == []

@@ -6,11 +6,10 @@ import torch
 from f3compile import F3Error
 from f3compile.models import load_model
 from f3compile.sampling import denoise_loop, initial_latents
+from tests.helpers import TINY
 
-from f3compile.models.builtin import BUILTINS
 
-
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_builtin_denoise_shape_and_determinism(models, name):
     model = models[name]
     sample, timestep, ehs = model.example_inputs()
@@ -19,7 +18,7 @@ def test_builtin_denoise_shape_and_determinism(models, name):
     assert model.fingerprint == load_model(f"builtin:{name}").fingerprint  # built deterministically
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_saved_pipeline_directory_loads_back_identically(models, name, tmp_path):
     model = models[name]
     model.pipeline.save_pretrained(tmp_path / "pipe")
@@ -44,7 +43,7 @@ def test_bare_denoiser_directory(models, tmp_path):
     assert not torch.equal(cond[0], cond[1])  # distinct prompts, distinct embeddings
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_sampling_loop_reproduces_the_diffusers_pipeline(models, name):
     model, pipe, shapes = models[name], models[name].pipeline, models[name].shapes
     kwargs = {"video_length": shapes.frames, "clean_caption": False, "mask_feature": False} if name == "tiny-latte" \

@@ -13,8 +13,7 @@ from f3compile.models.base import VideoShapes
 ])
 def test_presets_have_the_published_temporal_layout(name, units, blocks):
     model = load_model(f"builtin:{name},width-scale=0.1")
-    model.shapes = VideoShapes(1, 16, 64, 64)  # small frames keep the probe quick; layout is shape-independent
-    found = find_temporal_units(model)
+    found = find_temporal_units(model, VideoShapes(1, 16, 64, 64))  # small frames keep the probe quick; layout is shape-independent
     assert len(found) == units and len(temporal_blocks(found)) == blocks
     assert all(unit.frames == 16 for unit in found)  # the frame axis discovery confirmed is the one it ran
 

@@ -12,7 +12,7 @@ from f3compile import F3Error
 from f3compile.models import find_temporal_units, load_model
 from f3compile.models.tuneavideo import TEMPORAL_KEYS, TuneAVideoUNet, save_pipeline, save_unet
 
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, rel, run
 from .tuneavideo_reference import reference_forward
 
 REL_REFERENCE = 1e-5  # our module vs the independent functional reference (fp32)
@@ -25,10 +25,6 @@ SD_V1 = dict(  # Stable Diffusion v1's UNet config at 1/10 width (the published 
 # the 16 transformer blocks that carry attn_temp in the SD v1 layout
 TEMPORAL_BLOCKS = ([f"down_blocks.{i}.attentions.{j}" for i in range(3) for j in range(2)] + ["mid_block.attentions.0"]
                    + [f"up_blocks.{i}.attentions.{j}" for i in range(1, 4) for j in range(3)])
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 def random_state(unet: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -126,11 +122,11 @@ def test_numerics_match_the_independent_reference(variant):
         ours = unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
         expected = reference_forward(state, dict(unet.config), sample, timestep, text)
     assert ours.shape == expected.shape == (2, 4, 5, *size)
-    assert rel_err(ours, expected) <= REL_REFERENCE
+    assert rel(ours, expected) <= REL_REFERENCE
     # the temporal attention does work here: without it the output differs
     without = {k: (torch.zeros_like(v) if ".attn_temp.to_out" in k else v) for k, v in state.items()}
     with torch.no_grad():
-        assert rel_err(reference_forward(without, dict(unet.config), sample, timestep, text), expected) > 1e-3
+        assert rel(reference_forward(without, dict(unet.config), sample, timestep, text), expected) > 1e-3
 
 
 def test_discovery_finds_the_16_temporal_attentions_and_nothing_else():
@@ -143,7 +139,7 @@ def test_discovery_finds_the_16_temporal_attentions_and_nothing_else():
 
 
 def test_modelscope_and_tuneavideo_directories_are_told_apart_by_keys(tmp_path):
-    from f3compile.models.builtin import build_builtin
+    from f3compile.models.loading import build_builtin
 
     pipe, _ = build_builtin("tiny-unet3d")
     pipe.unet.save_pretrained(tmp_path / "modelscope")  # also says "UNet3DConditionModel"
@@ -155,7 +151,7 @@ def test_modelscope_and_tuneavideo_directories_are_told_apart_by_keys(tmp_path):
 
 
 def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
-    from f3compile.models.builtin import build_builtin
+    from f3compile.models.loading import build_builtin
 
     pipe, _ = build_builtin("tiny-tuneavideo")
     save_unet(pipe.unet, tmp_path / "unet", safetensors=False)
@@ -184,19 +180,18 @@ def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
 def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     """save_pretrained layout (SD v1 UNet at small width, pickle UNet weights, fp16 DDIM-inverted
     latents) -> calibrate -> plan -> inspect -> compile -> export -> generate -> bench."""
-    from f3compile.models.builtin import randomize_temporal_outputs
-    from f3compile.models.presets import _text, _vae
+    from f3compile.models.components import preset_vae, randomize_temporal_outputs, text_encoder as preset_text
     from f3compile.models.tuneavideo import TuneAVideoPipeline
     from diffusers import DDIMScheduler
 
     torch.manual_seed(0)
     unet = TuneAVideoUNet(**{**SD_V1, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32}).eval()
     randomize_temporal_outputs(unet)
-    tokenizer, text_encoder = _text(32, 77, t5=False)
+    tokenizer, text_encoder = preset_text(32, 77, t5=False)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     directory = tmp_path / "tune-a-video"
-    save_pipeline(TuneAVideoPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    save_pipeline(TuneAVideoPipeline(vae=preset_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                      scheduler=scheduler), directory, safetensors=False)
     assert (directory / "unet" / "diffusion_pytorch_model.bin").is_file()
     (directory / "inv_latents").mkdir()

@@ -12,7 +12,7 @@ import torch
 
 from f3compile.compiler.compile import apply_stage, capture, export_inputs
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
+from tests.helpers import TINY
 
 from .test_passes import stages_for
 
@@ -35,7 +35,7 @@ def on_meta(models):
     return out
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads", "frame", "mixed"])
 def test_pruned_program_holds_only_tensors_of_the_graph_device(on_meta, models, name, kind):
     units, program, inputs = on_meta[name]

@@ -10,24 +10,19 @@ import pytest
 import torch
 
 from f3compile import F3Error
-from f3compile.compiler.compile import apply_stage, capture, export_inputs
-from f3compile.compiler.pipeline import run_pipeline
+from f3compile.compiler.compile import apply_stage, capture, export_inputs, rewrite_spec
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
-from f3compile.passes import PassContext
+from f3compile.passes import PassManager
 from f3compile.passes.base import aten, innermost, region
 from f3compile.planning.cost import ModelCost, count_flops
 from f3compile.planning.plan import Stage
+from tests.helpers import TINY, rel
 
 from .reference import masked
 
 REL_EMPTY = 1e-6   # empty plan vs the original denoiser
 REL_PRUNED = 1e-5  # pruned program vs the masking reference
 FLOPS_REL = 0.02   # counted FLOPs of the program vs `inspect`'s removal
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +57,16 @@ def stages_for(units):
     }
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_empty_plan_equals_the_original_denoiser(captured, name):
     model, units, program, inputs = captured[name]
     compiled = apply_stage(program, Stage((999, 0)), units, inputs)
     with torch.no_grad():
-        assert rel_err(compiled.program.module()(*inputs), model.denoise(*inputs)) <= REL_EMPTY
+        assert rel(compiled.program.module()(*inputs), model.denoise(*inputs)) <= REL_EMPTY
     assert compiled.parameters == sum(p.numel() for p in model.denoiser.parameters())
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads", "frame", "mixed"])
 def test_pruned_program_equals_masking_reference(captured, name, kind):
     model, units, program, inputs = captured[name]
@@ -82,8 +77,8 @@ def test_pruned_program_equals_masking_reference(captured, name, kind):
         with masked(model, stage, units):
             reference = model.denoise(*inputs)
         dense = model.denoise(*inputs)
-    assert rel_err(ours, reference) <= REL_PRUNED
-    assert rel_err(reference, dense) > 1e-4  # the plan really changes the output
+    assert rel(ours, reference) <= REL_PRUNED
+    assert rel(reference, dense) > 1e-4  # the plan really changes the output
     # parameters fall by exactly the pruned weights; FLOPs by what `inspect` reports
     cost = ModelCost.measure(model, units)
     flops_removed, params_removed = cost.stage_removed(stage)
@@ -101,26 +96,26 @@ def _sdpa_by_unit(gm):
     return {innermost(n, "denoiser."): n for n in gm.graph.nodes if n.target == aten.scaled_dot_product_attention.default}
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_structure_of_each_pass(captured, name):
     model, units, _, _ = captured[name]
     stages = stages_for(units)
     by_id = {u.id: u for u in units}
     # drop_temporal_blocks: nothing of the dropped blocks remains, weights included
     _, _, gm, _ = _graph(captured, name)
-    run_pipeline(gm, PassContext(by_id, stages["block"]))
+    PassManager()(gm, rewrite_spec(stages["block"], units))
     for block in stages["block"].drop_blocks:
         assert not region(gm.graph, block, "denoiser.")
         assert not [n for n, _ in gm.named_parameters() if n.startswith(f"denoiser.{block}.")]
     # drop_temporal_attention: the attention and its weights are gone
     _, _, gm, _ = _graph(captured, name)
-    run_pipeline(gm, PassContext(by_id, stages["attention"]))
+    PassManager()(gm, rewrite_spec(stages["attention"], units))
     for unit_id in stages["attention"].drop_attention:
         assert not region(gm.graph, unit_id, "denoiser.")
         assert not [n for n, _ in gm.named_parameters() if n.startswith(f"denoiser.{unit_id}.")]
     # prune_heads: projections and the attention node have the kept head count
     _, _, gm, _ = _graph(captured, name)
-    run_pipeline(gm, PassContext(by_id, stages["head"]))
+    PassManager()(gm, rewrite_spec(stages["head"], units))
     params = dict(gm.named_parameters())
     sdpa = _sdpa_by_unit(gm)
     for unit_id, pruned in stages["head"].prune_heads.items():
@@ -141,14 +136,14 @@ def test_structure_of_each_pass(captured, name):
             assert q[2] == by_id[innermost(node, "denoiser.")].frames and k[2] == 4
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("kind", ["block", "attention", "head", "frame", "mixed"])
 def test_negative_spatial_and_unplanned_attention_untouched(captured, name, kind):
     model, units, gm, inputs = _graph(captured, name)
     stage = stages_for(units)[kind]
     before = {k: (v.args[0].meta["val"].shape, v.args[1].meta["val"].shape) for k, v in _sdpa_by_unit(gm).items()}
     params_before = {n: p.shape for n, p in gm.named_parameters()}
-    run_pipeline(gm, PassContext({u.id: u for u in units}, stage))
+    PassManager()(gm, rewrite_spec(stage, units))
     touched = set(stage.drop_attention) | set(stage.prune_heads) | set(stage.keep_frames)
     touched |= {u.id for u in units if u.block in stage.drop_blocks}
     after = _sdpa_by_unit(gm)
@@ -165,16 +160,16 @@ def test_negative_spatial_and_unplanned_attention_untouched(captured, name, kind
             assert dict(gm.named_parameters())[param].shape == shape, param
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads", "frame", "mixed"])
 def test_passes_are_idempotent(captured, name, kind):
     model, units, gm, inputs = _graph(captured, name)
-    ctx = PassContext({u.id: u for u in units}, stages_for(units)[kind])
-    first = run_pipeline(gm, ctx)
+    spec = rewrite_spec(stages_for(units)[kind], units)
+    first = PassManager()(gm, spec)
     with torch.no_grad():
         once = gm(*inputs)
     code = gm.code
-    second = run_pipeline(gm, ctx)
+    second = PassManager()(gm, spec)
     assert any(first.values()) and not any(second.values())
     assert gm.code == code
     with torch.no_grad():
@@ -185,10 +180,10 @@ def test_frames_mismatch_is_reported_by_the_annotate_pass(captured):
     model, units, gm, _ = _graph(captured, "tiny-unet3d")
     wrong = {u.id: type(u)(u.id, u.block, u.heads, u.head_dim, u.frames + 1, u.channels) for u in units}
     with pytest.raises(F3Error, match="pass annotate_temporal_attention: .* does not attend over 9 frames"):
-        run_pipeline(gm, PassContext(wrong, Stage((999, 0), drop_attention=[units[0].id])))
+        PassManager()(gm, rewrite_spec(Stage((999, 0), drop_attention=[units[0].id]), list(wrong.values())))
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads"])
 def test_eager_application_equals_the_masking_reference(captured, name, kind):
     """What `plan --search` measures (hooks on the eager model) is what the passes compile
@@ -204,5 +199,5 @@ def test_eager_application_equals_the_masking_reference(captured, name, kind):
             reference = model.denoise(*inputs)
         dense = model.denoise(*inputs)  # and the hooks are gone afterwards
         assert torch.equal(dense, model.denoise(*inputs))
-    assert rel_err(ours, reference) <= REL_EMPTY
-    assert rel_err(dense, reference) > 1e-4
+    assert rel(ours, reference) <= REL_EMPTY
+    assert rel(dense, reference) > 1e-4

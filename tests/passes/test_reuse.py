@@ -18,17 +18,13 @@ from f3compile.errors import F3Error
 from f3compile.exporters import ExportConfig, export
 from f3compile.manifest import load_manifest, validate_manifest
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
 from f3compile.planning.eager import plan_denoise_for
 from f3compile.planning.plan import PruningPlan, Stage, reuse_patterns
 from f3compile.runtime import Runtime
 from f3compile.sampling import denoise_loop, initial_latents
+from tests.helpers import TINY, rel
 
 REL_LOOP = 1e-5  # whole sampling loop, fp32
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def blocks_of(model):
@@ -113,7 +109,7 @@ def eager_loop(model, plan, prompt, seed, steps):
                         denoise_for=plan_denoise_for(model, plan, find_temporal_units(model)))
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 def test_reuse_programs_equal_a_reference_that_skips_the_blocks(models, tmp_path, name):
     """Runtime (compiled compute + reuse programs) and eager hooks vs the skipping reference."""
     model = models[name]

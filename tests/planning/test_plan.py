@@ -6,16 +6,16 @@ import torch
 
 from f3compile import F3Error
 from f3compile.models import find_temporal_units
-from f3compile.models.builtin import BUILTINS
 from f3compile.planning import GRANULARITIES, PruningPlan, make_plan
-from f3compile.planning import criteria
+from f3compile.calibration import criteria
 from f3compile.planning.cost import ModelCost, count_flops
 from f3compile.planning.inspect import render
+from tests.helpers import TINY
 
 FLOP_REL = 1e-9  # counted FLOPs are integers: derived removals must match exactly (up to rounding)
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("stages", [1, 2])
 def test_make_plan_counts_and_stage_ranges(calibrations, name, granularity, stages, tmp_path):

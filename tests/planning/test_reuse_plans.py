@@ -18,7 +18,7 @@ from f3compile.planning.plan import split_steps
 from f3compile.planning.schedule import make_target_plan, predicted_speedup
 from f3compile.reuse import pattern_at
 
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 REL_FLOPS = 1e-3  # the cost model vs FLOPs counted on the compiled programs
 

@@ -23,7 +23,7 @@ from f3compile.exporters import onnx as onnx_export
 from f3compile.manifest import load_manifest
 from f3compile.runtime import Runtime
 
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, rel, run
 
 REL_PIPELINE = 1e-5  # final latents of a whole sampling loop, fp32 artifacts vs the diffusers pipeline
 GENERATE = ["--prompt", "a red circle", "--steps", "1", "--backend", "onnxruntime"]
@@ -146,10 +146,6 @@ def test_a_batch_range_the_graph_cannot_take_is_refused(models):
         capture(model, model.shapes, batch_range=(2, 8))
 
 
-def _rel(ours, reference):
-    return float((ours - reference).norm() / reference.norm())
-
-
 def test_animatediff_dense_pt2_reproduces_the_pipeline(models, tmp_path):
     model = models["tiny-animatediff"]
     compile_to_dir(model, None, tmp_path / "b")
@@ -159,7 +155,7 @@ def test_animatediff_dense_pt2_reproduces_the_pipeline(models, tmp_path):
                                generator=torch.Generator().manual_seed(9)).frames
     ours = Runtime(tmp_path / "b", backend="torch").generate("a red circle", seed=9, steps=2, guidance_scale=7.5)
     assert ours.shape == reference.shape
-    assert _rel(ours, reference) <= REL_PIPELINE
+    assert rel(ours, reference) <= REL_PIPELINE
 
 
 def test_latte_dense_onnx_reproduces_the_pipeline(models, dense_build):
@@ -170,7 +166,7 @@ def test_latte_dense_onnx_reproduces_the_pipeline(models, dense_build):
                                guidance_scale=7.5, generator=torch.Generator().manual_seed(2)).frames
     ours = Runtime(dense_build, backend="onnxruntime").generate("A Blue Square", seed=2, steps=3, guidance_scale=7.5)
     assert ours.shape == reference.shape
-    assert _rel(ours, reference) <= REL_PIPELINE
+    assert rel(ours, reference) <= REL_PIPELINE
 
 
 def test_component_hash_separates_names_from_contents(tmp_path):

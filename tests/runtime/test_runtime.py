@@ -14,13 +14,9 @@ from f3compile.runtime import Runtime
 from f3compile.sampling import denoise_loop, initial_latents
 
 from ..passes.reference import masked
-from ..test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, rel, run
 
 REL_LOOP = 1e-5  # whole sampling loop, fp32, artifacts vs eager
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.fixture(scope="module")

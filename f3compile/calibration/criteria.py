@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from ..calibration.stats import CalibrationStats
+from .stats import CalibrationStats
 from ..errors import F3Error
 
 CRITERIA = ("cross_frame_mass", "output_norm", "residual_change", "random")
