@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from f3compile.compiler.compile import export_inputs
+from f3compile.errors import F3Error
 from f3compile.planning import make_plan
 
 from tests.helpers import TINY, assert_one_line_error, run
@@ -73,3 +74,47 @@ def test_compile_errors_leave_nothing(capsys, tmp_path, calibrations):
         code, _, err = run(capsys, *argv)
         assert_one_line_error(code, err, message)
         assert not (tmp_path / "out").exists()
+
+
+def _count_captures(monkeypatch) -> list:
+    """Record every torch.export.export call (the capture and each re-export) from here on."""
+    calls = []
+    original = torch.export.export
+
+    def counting(module, args, *rest, **kwargs):
+        calls.append(type(module).__name__)
+        return original(module, args, *rest, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", counting)
+    return calls
+
+
+def test_bench_on_two_backends_captures_each_stage_of_each_variant_once(capsys, tmp_path, calibrations, monkeypatch):
+    """`bench --backend torch onnxruntime` of a 2-stage plan: the denoiser is captured once, each
+    stage of the dense (one stage) and the pruned (two) programs re-exported once, and the ONNX of
+    both is exported from those programs without capturing again."""
+    _, stats = calibrations["tiny-unet3d"]
+    make_plan(stats, 0.5, "head", stages=2).save(tmp_path / "plan.json")
+    calls = _count_captures(monkeypatch)
+    code, out, err = run(capsys, "bench", "builtin:tiny-unet3d", "--plan", tmp_path / "plan.json", "--backend",
+                         "torch", "onnxruntime", "--repeat", "1", "--json", tmp_path / "bench.json")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert {row["backend"] for row in rows} == {"torch", "onnxruntime"}
+    # 1 capture of the denoiser + 1 dense stage + 2 pruned stages, whatever the number of backends
+    assert calls == ["DenoiseModule"] + ["GraphModule"] * 3
+
+
+def test_export_of_a_compiled_model_captures_nothing_again(tmp_path, calibrations, models, monkeypatch):
+    from f3compile import api
+    from f3compile.exporters import ExportConfig
+
+    plan = make_plan(calibrations["tiny-latte"][1], 0.5, "block", stages=2)
+    compiled = api.compile(models["tiny-latte"], plan)
+    calls = _count_captures(monkeypatch)
+    manifest = api.export(compiled, config=ExportConfig(samples=1), output_dir=tmp_path / "build")
+    assert calls == [] and len(manifest["stages"]) == 2
+    assert all(stage["verify"]["onnxruntime_vs_torch"]["passed"] for stage in manifest["stages"])
+    with pytest.raises(F3Error, match="compile it as the export asks"):
+        api.export(compiled, config=ExportConfig(precision="fp16"), output_dir=tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()
