@@ -2,8 +2,8 @@
 
     python examples/api_quickstart.py [OUTPUT_DIR] [--model builtin:tiny-unet3d]
 
-Runs on a CPU in about a minute with the tiny builtin model; any model spec works (a diffusers
-directory, `builtin:ref-unet3d`, ...). Writes OUTPUT_DIR/{calib, plan.json, build, dense.gif,
+Runs on a CPU in well under a minute with the tiny builtin Latte; any model spec works (a diffusers
+directory, `builtin:ref-latte`, ...). Writes OUTPUT_DIR/{calib, plan.json, build, dense.gif,
 pruned.gif, bench.json}.
 """
 
@@ -21,7 +21,7 @@ PROMPTS = ["a red circle moving left", "a blue square moving up"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", nargs="?", type=Path, default=Path("api-quickstart"))
-    parser.add_argument("--model", default="builtin:tiny-unet3d")
+    parser.add_argument("--model", default="builtin:tiny-latte")
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     out = args.output

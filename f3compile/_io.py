@@ -160,3 +160,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def directory_sha256(path: str | os.PathLike) -> str:
+    """sha256 over every file below `path`: relative names and contents, length-prefixed (moving
+    bytes between a name and the previous file's content changes the hash)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        name, content = str(file.relative_to(path)).encode(), file.read_bytes()
+        for part in (name, content):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+    return "sha256:" + digest.hexdigest()

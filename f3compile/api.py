@@ -31,6 +31,7 @@ _LAZY = {
     "parse_batch_profile": ("exporters.export", "parse_batch_profile"),
     "EvalConfig": ("evaluation", "EvalConfig"),
     "eval_markdown": ("evaluation.report", "markdown"),
+    "eval_comparison": ("evaluation.report", "comparison"),
     "CRITERIA": ("calibration.criteria", "CRITERIA"),
     "DEFAULT_CRITERION": ("calibration.criteria", "DEFAULT_CRITERION"),
     "GRANULARITIES": ("planning.plan", "GRANULARITIES"),

@@ -231,7 +231,7 @@ def cmd_eval(args) -> None:
     combination once, in held-out wording.
     """
     from . import api
-    from .api import EvalConfig, eval_markdown
+    from .api import EvalConfig, eval_comparison, eval_markdown
     from .options import SweepOptions
 
     started = time.perf_counter()
@@ -247,6 +247,7 @@ def cmd_eval(args) -> None:
                           sweep=sweep, calibration=args.calibration, output_dir=args.output,
                           plot=args.sweep or args.plot, log=lambda line: print(line, flush=True))
     print(eval_markdown(result))
+    print(eval_comparison(result))
     _done(started, f"evaluated {len(result['results'])} variant(s) -> {args.output}")
 
 

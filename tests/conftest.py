@@ -1,6 +1,15 @@
-"""Shared fixtures: one registry of tiny models (the builtins) and small calibrations."""
+"""Shared fixtures: one registry of tiny models (the builtins) and small calibrations.
+
+Under pytest-xdist (`make test` runs two workers) the expensive fixtures are built once per run,
+not once per worker: `shared` builds a directory under the run's common temporary root behind a
+file lock, and every worker reads it.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -8,7 +17,28 @@ import torch
 from f3compile.models import load_model
 from tests.helpers import TINY
 
-torch.set_num_threads(2)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under xdist; None in a plain run
+torch.set_num_threads(1 if WORKER else 2)  # one thread per worker: two workers fill the two cores
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """`shared(name, build)`: the directory `name`, written by `build(directory)` once per test run
+    (by whichever worker gets there first; the others wait on the lock and read it)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = (root.parent if WORKER else root) / "shared"  # the workers' common temporary root
+    root.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        directory = root / name
+        with FileLock(str(root / f"{name}.lock")):
+            if not (directory / ".complete").is_file():
+                build(directory)
+                (directory / ".complete").touch()
+        return directory
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -18,17 +48,32 @@ def models():
 
 
 @pytest.fixture(scope="session")
-def calibrations(models, tmp_path_factory):
+def calibrations(models, shared):
     """builtin name -> (directory, CalibrationStats) from a 6-step, 2-prompt calibration."""
     from f3compile.calibration import CalibrationConfig, CalibrationStats, calibrate
 
     out = {}
     for name, model in models.items():
-        directory = tmp_path_factory.mktemp(f"calib-{name}") / "calib"
-        calibrate(model, ["a red circle moving left", "a blue square"], CalibrationConfig(steps=6, heatmaps=False),
-                  output_dir=directory)
+        directory = shared(f"calib-{name}", lambda d, model=model: calibrate(
+            model, ["a red circle moving left", "a blue square"], CalibrationConfig(steps=6, heatmaps=False),
+            output_dir=d / "calib")) / "calib"
         out[name] = (directory, CalibrationStats.load(directory))
     return out
+
+
+@pytest.fixture(scope="session")
+def dense_export(models, shared):
+    """`dense_export(name)` -> (build directory, manifest) of the tiny builtin's dense fp32 ONNX export
+    (opset 20, verified on one sample), made once per run."""
+    import json
+
+    from f3compile.exporters import ExportConfig, export
+
+    def get(name: str):
+        directory = shared(f"dense-export-{name}", lambda d: export(models[name], None, d / "build",
+                                                                    config=ExportConfig(samples=1))) / "build"
+        return directory, json.loads((directory / "manifest.json").read_text())
+    return get
 
 
 @pytest.fixture(scope="session")

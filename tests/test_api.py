@@ -104,7 +104,7 @@ def test_calibrate_plan_compile_on_cogvideo(tmp_path):
 @pytest.mark.slow
 def test_the_api_example_runs_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "api_quickstart.py"), str(tmp_path / "out"),
-                           "--steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           "--steps", "4"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
     for name in ("calib/stats.safetensors", "plan.json", "build/manifest.json", "dense-build/manifest.json",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from f3compile.bench import bench, time_interleaved
+from f3compile.benchmark import bench, time_interleaved
 from f3compile.planning import make_plan
 
 from tests.helpers import assert_one_line_error, run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from f3compile.bench import bench
+from f3compile.benchmark import bench
 from f3compile.compiler.compile import apply_stage, capture, export_inputs
 from f3compile.exporters import ExportConfig, export
 from f3compile.models import find_temporal_units

@@ -115,6 +115,8 @@ def test_failed_verification_during_export_leaves_nothing(monkeypatch, capsys, t
 def test_failed_save_during_compile_leaves_nothing(monkeypatch, tmp_path, previous_build, where, existing):
     """A save that dies after writing part of its file (disk full) fails the compile without a trace."""
     import f3compile.manifest
+    from f3compile import memo
+    from f3compile.memo import Memo
 
     output, before = prepare_output(tmp_path, previous_build, existing)
     seen = []
@@ -128,6 +130,7 @@ def test_failed_save_during_compile_leaves_nothing(monkeypatch, tmp_path, previo
         raise OSError(28, "No space left on device")
 
     real_save = torch.export.save
+    monkeypatch.setattr(memo, "FILES", Memo(limit_bytes=0))  # every file is really saved, none written from memory
     if where == "torch.export.save":
         monkeypatch.setattr(torch.export, "save", lambda program, path, **kw: fail_after_writing(
             path, lambda: real_save(program, path, **kw)))

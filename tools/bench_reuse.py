@@ -6,7 +6,7 @@
 No calibration is needed: the plans are built on the model directly, one stage over a trajectory
 of `--steps` steps, every temporal block either reused with period K (for each K of `--periods`)
 or dropped (the upper bound of what skipping the blocks can save). Each plan goes through
-`f3compile.bench.bench` (dense and pruned programs interleaved, medians; a reuse stage's time is its
+`f3compile.benchmark.bench` (dense and pruned programs interleaved, medians; a reuse stage's time is its
 programs' medians weighted by the steps each one runs), so the speedups are of the whole denoising
 loop at batch 1. Quality is not measured here (see `f3compile eval`).
 """
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from f3compile.bench import bench
+    from f3compile.benchmark import bench
     from f3compile.calibration.calibrate import resolve_shapes
     from f3compile.models import find_temporal_units, load_model
     from f3compile.planning import PruningPlan

@@ -10,7 +10,7 @@ Plans need no calibration (speed does not depend on which units are chosen, only
   attention-0.5  every other temporal attention dropped
   head-0.5       the first half of every unit's heads pruned
   frame-0.5      every other key frame dropped in every unit (keys/values of frames 0, 2, 4, ...)
-Each plan is timed with `f3compile.bench.bench` (interleaved with the dense program, medians,
+Each plan is timed with `f3compile.benchmark.bench` (interleaved with the dense program, medians,
 CUDA events on a GPU, peak device memory), so the numbers are the ones `f3compile bench` prints.
 """
 
@@ -66,7 +66,7 @@ def main() -> None:
 
     import torch
 
-    from f3compile.bench import bench
+    from f3compile.benchmark import bench
     from f3compile.calibration.calibrate import resolve_shapes
     from f3compile.cli import _parse_shape
     from f3compile.models import find_temporal_units, load_model

@@ -1,5 +1,6 @@
 """Build directories of autoregressive models: prefill and decode-step programs (torch.export, ONNX),
-verified, with a manifest (`f3compile.ar-manifest/1`) that a runtime needs nothing else beside.
+verified, with a manifest (`f3compile.manifest/1` of kind `autoregressive`, `AutoregressiveManifest`)
+that a runtime needs nothing else beside.
 
     BUILD/manifest.json
     BUILD/prefill.pt2, BUILD/decode.pt2          torch.export programs (always)
@@ -18,20 +19,21 @@ artifact — the prefill and the first frames' decode steps — and compares log
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_dir, read_json, sha256_file
+from dataclasses import dataclass
+
+from .._io import atomic_dir, sha256_file
 from ..errors import F3Error
-from ..manifest import AR_SCHEMA as SCHEMA
+from ..manifest import SCHEMA, ManifestHeader, library_versions, load_manifest, register_manifest, write_manifest
 from ..models.cogvideo import CogVideoConfig, CogVideoModel
+from ..schema import fail, is_int, key
 from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs
 
-MANIFEST = "manifest.json"
 TOLERANCE = {"pt2": 1e-5, "onnx": 1e-4}  # relative L2 of logits and caches against the eager programs
 
 
@@ -48,10 +50,6 @@ def prune_of(model: CogVideoModel, plan, renormalise: bool = False) -> StepPrune
 
 def _specs(names: list[str], tensors) -> list[dict[str, Any]]:
     return [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in zip(names, tensors)]
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 def verification_tokens(model: CogVideoModel, batch: int, decode_steps: int, seed: int = 0) -> torch.Tensor:
@@ -88,9 +86,14 @@ def _run(prefill, decode, tables, tokens: torch.Tensor, prefill_length: int) -> 
 
 
 def _compare(candidate: list[list[torch.Tensor]], reference: list[list[torch.Tensor]]) -> dict[str, float]:
-    logits = max(_relative(c[0], r[0]) for c, r in zip(candidate, reference))
-    caches = max(_relative(x, y) for c, r in zip(candidate, reference) for x, y in zip(c[1:], r[1:]))
-    return {"logits_relative_l2": logits, "caches_relative_l2": caches, "calls": len(reference)}
+    """Relative L2 of the logits and of the cache entries, the largest over the calls (the same
+    comparison as every exporter's verification, `exporters.verify.errors`)."""
+    from ..exporters.verify import errors
+
+    logits = errors((r[0], c[0]) for c, r in zip(candidate, reference))
+    caches = errors((y, x) for c, r in zip(candidate, reference) for x, y in zip(c[1:], r[1:]))
+    return {"logits_relative_l2": logits["relative_l2_error"], "caches_relative_l2": caches["relative_l2_error"],
+            "max_abs_error": max(logits["max_abs_error"], caches["max_abs_error"]), "calls": len(reference)}
 
 
 def onnx_callables(directory: Path, manifest: dict):
@@ -103,7 +106,8 @@ def onnx_callables(directory: Path, manifest: dict):
 
     def wrap(name: str):
         spec = manifest["programs"][name]
-        session = ort.InferenceSession(str(directory / spec["files"]["onnx"]), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(directory / spec["files"]["onnx"]["path"]), options,
+                                       providers=["CPUExecutionProvider"])
         inputs = [i["name"] for i in spec["inputs"]]
 
         def call(*args):
@@ -152,6 +156,8 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
             entries[name] = {"files": files, "inputs": _specs(module.input_names(), inputs),
                              "outputs": _specs(module.output_names(), outputs)}
         core = prefill.core
+        for name, entry in entries.items():  # hashed before the verification reads them
+            entry["files"] = {kind: {"path": path, "sha256": sha256_file(tmp / path)} for kind, path in entry["files"].items()}
         manifest: dict[str, Any] = {
             "schema": SCHEMA, "kind": "autoregressive", "family": model.family,
             "model": {"spec": model.spec, "fingerprint": model.fingerprint},
@@ -161,6 +167,7 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
                                                 "stage": plan.stages[0].to_dict()},
             "renormalise": renormalise,
             "plus_layers": [int(k) for k, v in core.plus.items() if v.heads],
+            "versions": library_versions(),
             "cache": {"bytes": core.cache_bytes(batch), "tensors": core.cache_layout(batch)},
             "programs": entries, "seconds": seconds,
         }
@@ -170,7 +177,7 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
             with torch.no_grad():
                 tables = prefill.core.slot_tables()
                 reference = _run(prefill, decode, tables, tokens, prefill.length)
-                loaded = {n: torch.export.load(str(tmp / e["files"]["pt2"])).module() for n, e in entries.items()}
+                loaded = {n: torch.export.load(str(tmp / e["files"]["pt2"]["path"])).module() for n, e in entries.items()}
                 checks = {"pt2": _compare(_run(loaded["prefill"], loaded["decode"], tables, tokens, prefill.length), reference)}
                 if target == "onnx":
                     onnx_prefill, onnx_decode = onnx_callables(tmp, manifest)
@@ -182,86 +189,106 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
                     raise F3Error(f"the {kind} programs differ from the eager ones by {worst:.2e} (relative L2) "
                                   f"over {result['calls']} calls, above {TOLERANCE[kind]:g}; nothing was written")
             manifest["verify"] = checks
-        for entry in entries.values():
-            entry["sha256"] = {kind: sha256_file(tmp / path) for kind, path in entry["files"].items()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return manifest
 
 
-def is_ar_build(directory: str | Path) -> bool:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("schema") == SCHEMA
-    except (ValueError, OSError, AttributeError):
-        return False
+def _file_name(path: Any) -> bool:
+    return isinstance(path, str) and path == Path(path).name and path not in ("", ".", "..") and path.isprintable()
 
 
-def _is_int(value: Any, least: int = 0, most: int = 2**40) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+@dataclass
+class ProgramFile:
+    """programs.<name>.files.<kind>: a file beside the manifest and its sha256."""
+
+    MESSAGE = "must be a file name inside the build with its sha256"
+    path: str = key(check=_file_name)
+    sha256: str = key(check=lambda v: v.startswith("sha256:"))
 
 
-def _check_ar_manifest(data: Any, where: str, directory: Path) -> None:
-    """Every field the runtime reads, with its type and relations; files inside `directory`."""
-    def need(condition: bool, what: str) -> None:
-        if not condition:
-            raise F3Error(f"{where}: {what}; rebuild with `f3compile export`")
+@dataclass
+class StepProgram:
+    """programs.prefill / programs.decode: the torch.export program (and its ONNX) and its I/O."""
 
-    need(isinstance(data, dict) and data.get("schema") == SCHEMA, f"not a {SCHEMA} manifest")
-    need(isinstance(data.get("config"), dict), "config must be an object")
-    config = CogVideoConfig.from_dict(data["config"], f"{where}: config")
-    need(_is_int(data.get("batch"), 1, 4096), "batch must be an integer in [1, 4096]")
-    cache = data.get("cache")
-    need(isinstance(cache, dict) and _is_int(cache.get("bytes")) and isinstance(cache.get("tensors"), list),
-         "cache must hold an integer bytes and a list of tensors")
-    names = []
-    for number, spec in enumerate(cache["tensors"]):
-        need(isinstance(spec, dict) and set(spec) == {"name", "shape", "channel", "kept_frames"},
-             f"cache.tensors[{number}] must have exactly name, shape, channel and kept_frames")
-        need(spec["channel"] in ("base", "plus") and isinstance(spec["name"], str)
-             and spec["name"].startswith(f"{spec['channel']}_kv."), f"cache.tensors[{number}]: bad channel or name")
-        kept = spec["kept_frames"]
-        need(kept is None or (spec["channel"] == "plus" and isinstance(kept, list) and len(set(map(repr, kept))) == len(kept)
-                              and all(_is_int(f, 0, config.frames - 1) for f in kept)),
-             f"cache.tensors[{number}].kept_frames must be null or distinct frames of 0..{config.frames - 1}")
-        need(isinstance(spec["shape"], list) and len(spec["shape"]) == 5 and all(_is_int(x, 1) for x in spec["shape"]),
-             f"cache.tensors[{number}].shape must be 5 positive integers")
-        frames = config.frames if kept is None else len(kept)
-        slots = config.text_length + config.frame_tokens if spec["channel"] == "base" else (
-            config.text_length + frames * config.frame_tokens + 1)
-        batch, two, heads, length, dim = spec["shape"]
-        need(batch == data["batch"] and two == 2 and heads <= config.num_heads and length == slots and dim == config.head_dim,
-             f"cache.tensors[{number}].shape {spec['shape']} does not fit the config (expected "
-             f"[{data['batch']}, 2, <= {config.num_heads}, {slots}, {config.head_dim}])")
-        names.append(spec["name"])
-    need(len(set(names)) == len(names), "cache tensor names must be distinct")
-    programs = data.get("programs")
-    need(isinstance(programs, dict) and set(programs) >= {"prefill", "decode"}, "programs must hold prefill and decode")
-    for name in ("prefill", "decode"):
-        entry = programs[name]
-        need(isinstance(entry, dict) and isinstance(entry.get("files"), dict) and isinstance(entry.get("sha256"), dict)
-             and "pt2" in entry["files"] and set(entry["files"]) <= {"pt2", "onnx"}
-             and set(entry["sha256"]) == set(entry["files"]), f"programs.{name} must name its pt2 (and onnx) files and their sha256")
-        for kind, path in entry["files"].items():
-            need(isinstance(path, str) and path == Path(path).name and path not in ("", ".", "..")
-                 and path.isprintable(), f"programs.{name}.files.{kind} must be a file name inside the build")
-            need(isinstance(entry["sha256"][kind], str), f"programs.{name}.sha256.{kind} must be a string")
-        for io in ("inputs", "outputs"):
-            need(isinstance(entry.get(io), list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
-                                                          for x in entry[io]), f"programs.{name}.{io} must list named tensors")
-    decode_inputs = [x["name"] for x in programs["decode"]["inputs"]]
-    need(decode_inputs == ["token", "position"] + [f"past.{n}" for n in names],
-         "the decode step's inputs must be token, position and past.X for every cache X")
-    for name in ("prefill", "decode"):
-        for kind, path in programs[name]["files"].items():
-            need((directory / path).is_file(), f"names {path}, which is missing")
-            need(sha256_file(directory / path) == programs[name]["sha256"][kind], f"{path} does not match its sha256")
+    files: dict[str, ProgramFile] = key(check=lambda v: "pt2" in v and set(v) <= {"pt2", "onnx"},
+                                        message="files must name the pt2 (and onnx) program")
+    inputs: list[dict[str, Any]] = key(check=lambda v: all(isinstance(x.get("name"), str) for x in v),
+                                       message="inputs must list named tensors")
+    outputs: list[dict[str, Any]] = key(check=lambda v: all(isinstance(x.get("name"), str) for x in v),
+                                        message="outputs must list named tensors")
+
+
+@dataclass
+class CacheTensor:
+    """cache.tensors[i]: one key/value cache and the frame slots it holds."""
+
+    name: str = key()
+    shape: list[int] = key(check=lambda v: len(v) == 5 and all(x >= 1 for x in v), message="shape must be 5 positive integers")
+    channel: Any = key(check=lambda v: v in ("base", "plus"), message="channel must be base or plus")
+    kept_frames: list[int] | None = key()
+
+
+@dataclass
+class Cache:
+    bytes: int = key(check=lambda v: 0 <= v <= 2**40, message="bytes must be an integer in [0, 2**40]")
+    tensors: list[CacheTensor] = key()
+
+
+@dataclass(kw_only=True)
+class AutoregressiveManifest(ManifestHeader):
+    """The build of an autoregressive model: prefill and decode-step programs with static caches."""
+
+    FIX = "rebuild with `f3compile export`"
+    family: str = key()
+    config: dict[str, Any] = key(message="config must be an object")
+    batch: int = key(check=lambda v: 1 <= v <= 4096, message="batch must be an integer in [1, 4096]")
+    precision: str = key()
+    plan: dict[str, Any] | None = key()
+    renormalise: bool = key()
+    plus_layers: list[int] = key()
+    cache: Cache = key()
+    programs: dict[str, StepProgram] = key(check=lambda v: {"prefill", "decode"} <= set(v),
+                                           message="programs must hold prefill and decode")
+    seconds: Any = key(optional=True)
+    verify: Any = key(optional=True)
+    versions: dict[str, str] = key(optional=True, message="versions must map package names to version strings")
+
+    @staticmethod
+    def relations(data: dict, where: str) -> None:
+        fix = AutoregressiveManifest.FIX
+        config = CogVideoConfig.from_dict(data["config"], f"{where}: config")
+        names = []
+        for number, spec in enumerate(data["cache"]["tensors"]):
+            at = f"{where}: cache.tensors[{number}]"
+            if not spec["name"].startswith(f"{spec['channel']}_kv."):
+                fail(at, "bad channel or name", fix)
+            kept = spec["kept_frames"]
+            if not (kept is None or (spec["channel"] == "plus" and len(set(kept)) == len(kept)
+                                     and all(0 <= f < config.frames for f in kept))):
+                fail(at, f"kept_frames must be null or distinct frames of 0..{config.frames - 1}", fix)
+            frames = config.frames if kept is None else len(kept)
+            slots = config.text_length + config.frame_tokens if spec["channel"] == "base" else (
+                config.text_length + frames * config.frame_tokens + 1)
+            batch, two, heads, length, dim = spec["shape"]
+            if not (batch == data["batch"] and two == 2 and heads <= config.num_heads and length == slots
+                    and dim == config.head_dim):
+                fail(at, f"shape {spec['shape']} does not fit the config (expected [{data['batch']}, 2, "
+                         f"<= {config.num_heads}, {slots}, {config.head_dim}])", fix)
+            names.append(spec["name"])
+        if len(set(names)) != len(names):
+            fail(where, "cache tensor names must be distinct", fix)
+        decode_inputs = [x["name"] for x in data["programs"]["decode"]["inputs"]]
+        if decode_inputs != ["token", "position"] + [f"past.{n}" for n in names]:
+            fail(where, "the decode step's inputs must be token, position and past.X for every cache X", fix)
+
+    @staticmethod
+    def files(data: dict) -> list[tuple[str, dict]]:
+        return [(kind, entry) for name in ("prefill", "decode") for kind, entry in data["programs"][name]["files"].items()]
+
+
+register_manifest("autoregressive", AutoregressiveManifest)
 
 
 def load_ar_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of an autoregressive build, validated, with every file's sha256 checked."""
-    directory = Path(directory)
-    data = read_json(directory / MANIFEST, "rebuild it with `f3compile export`")
-    _check_ar_manifest(data, str(directory / MANIFEST), directory)
-    return data
+    return load_manifest(directory, kind="autoregressive")

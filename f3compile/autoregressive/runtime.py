@@ -35,8 +35,8 @@ class ARRuntime:
         else:
             import torch.export
 
-            self.prefill = torch.export.load(str(self.directory / programs["prefill"]["files"]["pt2"])).module()
-            self.decode_step = torch.export.load(str(self.directory / programs["decode"]["files"]["pt2"])).module()
+            self.prefill = torch.export.load(str(self.directory / programs["prefill"]["files"]["pt2"]["path"])).module()
+            self.decode_step = torch.export.load(str(self.directory / programs["decode"]["files"]["pt2"]["path"])).module()
         self.backend = backend
         self.tables = slot_tables(self.config, self.manifest["cache"]["tensors"])
 

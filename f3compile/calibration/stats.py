@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from .._io import read_json, sha256_file
 from ..errors import F3Error
 from ..models.base import TemporalBlock, TemporalUnit
+from ..schema import fail, key, validate
 
 SCHEMA = "f3compile.calibration/1"
 STATS_FILE = "stats.safetensors"
@@ -116,39 +117,65 @@ def _count(value: Any, least: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _positive(value: Any) -> bool:
+    return _count(value)
+
+
+@dataclass
+class UnitDocument:
+    """units[i]: one temporal attention (`models.base.TemporalUnit`)."""
+
+    MESSAGE = "must be an object with string id and block and positive integer heads, head_dim, frames and channels"
+    id: str = key(check=bool)
+    block: str = key(check=bool)
+    heads: int = key(check=_positive)
+    head_dim: int = key(check=_positive)
+    frames: int = key(check=_positive)
+    channels: int = key(check=_positive)
+
+
+@dataclass
+class CalibrationDocument:
+    """The calibration.json fields that planning reads (others are recorded for people), with their
+    types; `relations` checks timesteps, steps and the units' blocks."""
+
+    OPEN = True  # seeds, scheduler, versions, seconds, ... are recorded but not read
+    MISSING_IS_WRONG = True
+    FIX = "re-run `f3compile calibrate`"
+    model: dict[str, Any] = key(check=lambda v: isinstance(v.get("spec"), str) and isinstance(v.get("fingerprint"), str),
+                                message="model must be an object with a string spec and fingerprint")
+    prompts: dict[str, Any] = key(check=lambda v: _count(v.get("count")), message="prompts.count must be a positive integer")
+    shapes: dict[str, Any] = key(check=lambda v: _count(v.get("frames")), message="shapes.frames must be a positive integer")
+    num_train_timesteps: int = key(check=_positive, message="num_train_timesteps must be a positive integer")
+    timesteps: list[int] = key(check=lambda v: bool(v) and all(t >= 0 for t in v) and all(a > b for a, b in zip(v, v[1:])),
+                               message="timesteps must be a non-empty, decreasing list of distinct integers in [0, "
+                                       "num_train_timesteps - 1]")
+    steps: int = key(check=_positive, message="steps must be a positive integer")
+    units: list[UnitDocument] = key(check=bool, message="units must be a non-empty list")
+
+    @staticmethod
+    def relations(meta: dict, where: str) -> None:
+        fix = CalibrationDocument.FIX
+        total, timesteps = meta["num_train_timesteps"], meta["timesteps"]
+        if not timesteps[0] < total:
+            fail(where, f"timesteps must be a non-empty, decreasing list of distinct integers in [0, {total - 1}]", fix)
+        if not meta["steps"] <= total:
+            fail(where, f"steps must be an integer in [1, {total}]", fix)
+        units, seen = meta["units"], set()
+        for number, unit in enumerate(units):
+            if not (unit["id"] == unit["block"] or unit["id"].startswith(unit["block"] + ".")):
+                fail(where, f"units[{number}]: block {unit['block']!r} must be {unit['id']!r} or a module that encloses it", fix)
+            if unit["id"] in seen:
+                fail(where, f"units[{number}]: id {unit['id']!r} appears twice", fix)
+            seen.add(unit["id"])
+        blocks = {unit["block"] for unit in units if unit["block"] != unit["id"]}
+        for number, unit in enumerate(units):
+            if unit["block"] != unit["id"] and unit["block"] in seen:
+                fail(where, f"units[{number}]: block {unit['block']!r} is another temporal attention; an attention "
+                            "encloses no other", fix)
+            if unit["block"] == unit["id"] and any(unit["id"].startswith(b + ".") for b in blocks):
+                fail(where, f"units[{number}]: {unit['id']!r} is its own block inside another temporal block", fix)
+
+
 def _check_meta(meta: dict, where: str) -> None:
-    """The calibration.json fields that planning reads, with their types and relations."""
-
-    def require(condition: bool, what: str) -> None:
-        if not condition:
-            raise F3Error(f"{where}: {what}; re-run `f3compile calibrate`")
-
-    model, prompts, shapes = meta.get("model"), meta.get("prompts"), meta.get("shapes")
-    require(isinstance(model, dict) and isinstance(model.get("spec"), str) and isinstance(model.get("fingerprint"), str),
-            "model must be an object with a string spec and fingerprint")
-    require(isinstance(prompts, dict) and _count(prompts.get("count")), "prompts.count must be a positive integer")
-    require(isinstance(shapes, dict) and _count(shapes.get("frames")), "shapes.frames must be a positive integer")
-    total, timesteps = meta.get("num_train_timesteps"), meta.get("timesteps")
-    require(_count(total), "num_train_timesteps must be a positive integer")
-    require(isinstance(timesteps, list) and timesteps and all(_count(t, 0) for t in timesteps)
-            and all(a > b for a, b in zip(timesteps, timesteps[1:])) and timesteps[0] < total,
-            f"timesteps must be a non-empty, decreasing list of distinct integers in [0, {total - 1}]")
-    require(_count(meta.get("steps")) and meta["steps"] <= total, f"steps must be an integer in [1, {total}]")
-    units, keys = meta.get("units"), sorted(f.name for f in fields(TemporalUnit))
-    require(isinstance(units, list) and units, "units must be a non-empty list")
-    seen = set()
-    for number, unit in enumerate(units):
-        require(isinstance(unit, dict) and sorted(unit) == keys
-                and all(isinstance(unit[k], str) and unit[k] for k in ("id", "block"))
-                and all(_count(unit[k]) for k in ("heads", "head_dim", "frames", "channels")),
-                f"units[{number}] must be an object with string id and block and positive integer heads, head_dim, frames and channels")
-        require(unit["id"] == unit["block"] or unit["id"].startswith(unit["block"] + "."),
-                f"units[{number}]: block {unit['block']!r} must be {unit['id']!r} or a module that encloses it")
-        require(unit["id"] not in seen, f"units[{number}]: id {unit['id']!r} appears twice")
-        seen.add(unit["id"])
-    blocks = {unit["block"] for unit in units if unit["block"] != unit["id"]}
-    for number, unit in enumerate(units):
-        require(unit["block"] == unit["id"] or unit["block"] not in seen,
-                f"units[{number}]: block {unit['block']!r} is another temporal attention; an attention encloses no other")
-        require(unit["block"] != unit["id"] or not any(unit["id"].startswith(b + ".") for b in blocks),
-                f"units[{number}]: {unit['id']!r} is its own block inside another temporal block")
+    validate(CalibrationDocument, meta, where)

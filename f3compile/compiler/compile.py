@@ -10,6 +10,7 @@ weights still used) → a `CompiledModel`, which `save` writes as `stageK/denois
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from .._io import atomic_dir, sha256_file
 from ..devices import check_device
 from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
+from .. import memo
+from ..memo import program_bytes
 from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes, resolve_shapes
 from ..models.discovery import find_temporal_units
 from ..passes import BlockRewrite, PassManager, RewriteSpec, UnitRewrite
@@ -142,6 +145,18 @@ def _listed(module):
     return call
 
 
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """`torch.export.save` of `program` to `path`; a small program saved before is written from its
+    bytes (`memo.FILES`) instead of being serialized again."""
+    key = ("pt2", id(program))
+    saved = memo.FILES.get(key)
+    if saved is not None and saved[0] is program:
+        Path(path).write_bytes(saved[1])
+        return
+    torch.export.save(program, str(path))
+    memo.FILES.put(key, (program, Path(path).read_bytes()), program_bytes(program))
+
+
 def program_parameters(program: torch.export.ExportedProgram) -> int:
     """Number of parameters (buffers such as frame indices or positional tables excluded)."""
     return sum(program.state_dict[name].numel() for name in program.graph_signature.parameters)
@@ -242,6 +257,9 @@ def apply_stage(program: torch.export.ExportedProgram, stage: Stage, units, inpu
     def build(reused: tuple[str, ...], example, factors) -> tuple[torch.export.ExportedProgram, dict[str, bool]]:
         gm = program.module()
         results = manager(gm, rewrite_spec(stage, units, reused))
+        if not any(modified for graph_pass, modified in zip(manager.passes, results.values())
+                   if not getattr(graph_pass, "annotates_only", False)):
+            return program, results  # nothing rewritten (only tagged): the captured program is this one
         return _export(gm, tuple(inputs) + example, batch_range, factors), results
 
     pruned, results = build((), (), ())
@@ -296,9 +314,22 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
     device = check_device(device, allow_meta=True)
-    program = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
+    key = (model.fingerprint, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
+           batch_range)
+    program = captured if captured is not None else memo.PROGRAMS.get(("capture", key))
+    if program is None:
+        program = capture(model, shapes, dtype, batch_range, device=device)
+        memo.PROGRAMS.put(("capture", key), program, program_bytes(program))
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
-    stages = [apply_stage(program, stage, units, inputs, batch_range, passes) for stage in plan.stages]
+    stages = []
+    for stage in plan.stages:
+        stage_key = ("stage", key, json.dumps(stage.to_dict(), sort_keys=True), tuple(units))
+        built = memo.PROGRAMS.get(stage_key) if passes is None else None
+        if built is None:
+            built = apply_stage(program, stage, units, inputs, batch_range, passes)
+            if passes is None:
+                memo.PROGRAMS.put(stage_key, built, sum(program_bytes(p) for p in [built.program] + [v.program for v in built.reuse_programs]))
+        stages.append(dataclasses.replace(built, stage=stage))
     return CompiledModel(model=model, plan=None if dense else plan, shapes=shapes, dtype=dtype, device=device,
                          batch_range=batch_range, units=units, stages=stages, seconds=time.perf_counter() - started)
 
@@ -331,7 +362,7 @@ def _reuse_entries(stage: CompiledStage, io: dict, number: int, stage_dir: Path)
     programs = []
     for index, variant in enumerate(stage.reuse_programs, 1):
         path = stage_dir / f"denoiser.reuse{index}.pt2"
-        torch.export.save(variant.program, str(path))
+        save_program(variant.program, path)
         programs.append({
             "reused": list(variant.reused),
             "files": {"pt2": {"path": f"stage{number}/{path.name}", "sha256": sha256_file(path)}},
@@ -357,7 +388,7 @@ def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: P
         stage_dir = directory / f"stage{number}"
         stage_dir.mkdir(exist_ok=True)
         path = stage_dir / "denoiser.pt2"
-        torch.export.save(stage.program, str(path))
+        save_program(stage.program, path)
         entry = {
             "index": number,
             "timesteps": list(stage.stage.timesteps),
@@ -381,6 +412,7 @@ def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shape
 
     return {
         "schema": SCHEMA,
+        "kind": "diffusion",
         "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family, **model.info_public()},
         "plan": {"path": str(plan_path) if plan_path else None,
                  "fingerprint": sha256_file(plan_path) if plan_path else None,

@@ -161,7 +161,7 @@ def _speedup(dense, pruned, config: EvalConfig) -> float:
     """The denoising-loop speedup of the compiled programs that generated the videos, measured by
     `f3compile bench`'s machinery (dense and pruned interleaved, medians per stage, stages weighted
     by their steps) at the evaluation's batch: each variant is captured once, for both."""
-    from ..bench import measure
+    from ..benchmark import measure
 
     rows = measure(dense, pruned, ["torch"], repeat=config.repeat, warmup=1)
     return float(next(row for row in rows if row["stage"] == "loop")["speedup"])

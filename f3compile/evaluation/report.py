@@ -27,8 +27,8 @@ def _fidelity_markdown(result: dict) -> str:
         f"Model `{result['model']['spec']}`: {result['prompts']} prompts × {result['config']['samples']} seeds "
         f"= {result['videos_per_variant']} videos per variant, {result['config']['steps']} steps, guidance "
         f"{result['config']['guidance_scale']:g}. Fidelity to the dense model from the same noise: PSNR and SSIM of "
-        "the decoded frames, relative L2 of the final latents (means over videos); speedup: the denoising loop at "
-        "batch 1 as `f3compile bench` measures it.",
+        "the decoded frames, relative L2 of the final latents (means over videos); speedup: the denoising loop of "
+        f"the programs that made the videos, at batch {result['config']['batch']}, timed as `f3compile bench` times.",
         "",
         "| " + " | ".join(FIDELITY_COLUMNS) + " |",
         "|" + "|".join("---" for _ in FIDELITY_COLUMNS) + "|",
@@ -53,8 +53,8 @@ def markdown(result: dict) -> str:
         f"guidance {result['config']['guidance_scale']:g}. Real clips ({ref['clips']}): probe accuracy "
         f"{ref['accuracy']['all']:.1%} (all three), Fréchet between two real halves {ref['frechet_real_halves']:.2f}, "
         f"temporal consistency {ref['temporal_consistency']:.3f}. Accuracies: [95% bootstrap interval over prompts]; "
-        "Fréchet: all videos pooled (seeds: mean ± sd of the per-seed distances); speedup: the denoising loop at "
-        "batch 1 as `f3compile bench` measures it.",
+        "Fréchet: all videos pooled (seeds: mean ± sd of the per-seed distances); speedup: the denoising loop of "
+        f"the programs that made the videos, at batch {result['config']['batch']}, timed as `f3compile bench` times.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -77,9 +77,29 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(result: dict) -> str:
+    """One line per pruned variant against the dense model: speed and quality side by side."""
+    dense_name = next(iter(result["results"]))
+    dense = result["results"][dense_name]
+    lines = []
+    for name, entry in list(result["results"].items())[1:]:
+        if result.get("measures") == "fidelity":
+            lines.append(f"{name}: {entry['speedup']:.2f}x the speed of dense; PSNR {entry['psnr_vs_dense']:.1f} dB, SSIM "
+                         f"{entry['ssim_vs_dense']:.3f} against the dense videos")
+            continue
+        accuracy = ", ".join(f"{key} {entry['accuracy'][key]:.0%} (dense {dense['accuracy'][key]:.0%})"
+                             for key in ("color", "shape", "direction"))
+        lines.append(f"{name}: {entry['speedup']:.2f}x the speed of dense; Fréchet {entry['frechet']:.0f} (dense "
+                     f"{dense['frechet']:.0f} ± {dense['frechet_spread']:.0f} over seeds); {accuracy}; PSNR "
+                     f"{entry['psnr_vs_dense']:.1f} dB against the dense videos")
+    return "\n".join(lines)
+
+
 def grid_png(result: dict, path: Path, max_variants: int = 8, scale: int = 4) -> None:
-    """Rows: the first prompts (seed 0); columns: dense and up to `max_variants`-1 pruned variants,
-    each cell the clip's frames side by side."""
+    """Rows: the first prompts (seed 0), each labelled with its whole prompt; columns: dense and up
+    to `max_variants`-1 pruned variants, each cell the clip's frames side by side."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +107,9 @@ def grid_png(result: dict, path: Path, max_variants: int = 8, scale: int = 4) ->
 
     names = list(result["_grid"])[:max_variants]
     prompts = result["_grid_prompts"]
-    fig, axes = plt.subplots(len(prompts), len(names), figsize=(2.6 * len(names), 0.55 * len(prompts) + 0.6),
+    labels = ["\n".join(textwrap.wrap(prompt, 26)) for prompt in prompts]
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    fig, axes = plt.subplots(len(prompts), len(names), figsize=(1.6 + 2.6 * len(names), max(0.55, 0.16 * lines) * len(prompts) + 0.6),
                              squeeze=False)
     for column, name in enumerate(names):
         videos = result["_grid"][name].numpy()
@@ -101,7 +123,7 @@ def grid_png(result: dict, path: Path, max_variants: int = 8, scale: int = 4) ->
             if row == 0:
                 ax.set_title(name, fontsize=7)
             if column == 0:
-                ax.set_ylabel(prompts[row][:28], fontsize=5, rotation=0, ha="right", va="center")
+                ax.set_ylabel(labels[row], fontsize=6, rotation=0, ha="right", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

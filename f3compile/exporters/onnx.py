@@ -19,7 +19,17 @@ def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path
     import logging
     import warnings
 
-    weight_bytes = sum(t.numel() * t.element_size() for t in program.state_dict.values())
+    from .. import memo
+    from ..memo import program_bytes
+
+    weight_bytes = program_bytes(program)
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    names = (tuple(input_names or INPUT_NAMES), tuple(output_names or OUTPUT_NAMES))
+    key = ("onnx", id(program), opset, names, tuple((tuple(t.shape), str(t.dtype)) for t in inputs))
+    exported = None if external else memo.FILES.get(key)
+    if exported is not None and exported[0] is program:  # exported before: the same bytes (`memo.FILES`)
+        Path(path).write_bytes(exported[1])
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -28,7 +38,9 @@ def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path
             output_names=output_names or OUTPUT_NAMES,
             opset_version=opset, verbose=False,
         )
-    onnx_program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
+    onnx_program.save(str(path), external_data=external)
+    if not external:
+        memo.FILES.put(key, (program, Path(path).read_bytes()), weight_bytes)
 
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # per-node metadata of torch's dynamo exporter: "['', 'denoiser', ...]"

@@ -105,7 +105,7 @@ class AutoregressiveKind(ModelKind):
         return self._build(source, plan, options, output_dir, "onnx", plan_path, verify=config.verify)
 
     def describe_build(self, manifest, output, verb) -> list[str]:
-        lines = [f"{name}: {', '.join(sorted(entry['files'].values()))}; {len(entry['inputs'])} inputs, "
+        lines = [f"{name}: {', '.join(sorted(f['path'] for f in entry['files'].values()))}; {len(entry['inputs'])} inputs, "
                  f"{len(entry['outputs'])} outputs" for name, entry in manifest["programs"].items()]
         for kind, result in manifest.get("verify", {}).items():
             lines.append(f"verify {kind} vs eager over {result['calls']} calls: logits rel. L2 "

@@ -128,7 +128,7 @@ class DiffusionKind(ModelKind):
         return Video(frames, summary, latents if options.save_latents else None)
 
     def bench(self, model, plans, options) -> BenchResult:
-        from ..bench import bench, format_table, plot
+        from ..benchmark import bench, format_table, plot
 
         shapes = _parse_shape(options.shape)
         results, texts = [], []

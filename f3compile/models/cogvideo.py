@@ -152,12 +152,11 @@ class CogVideoConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "CogVideoConfig":
-        if not isinstance(data, dict):
-            raise F3Error(f"{where} must hold a JSON object of CogVideo sizes")
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise F3Error(f"{where}: unknown CogVideo config keys {unknown}; known: {sorted(known)}")
+        """A config from cogvideo.json (or a manifest): keys and JSON types by the schema layer
+        (`schema.validate`, this dataclass is the schema), ranges and relations by `check`."""
+        from ..schema import validate
+
+        validate(cls, data, where)
         return cls(**data).check()
 
 

@@ -18,7 +18,7 @@ from ..errors import F3Error
 from .base import PassResult, RewriteSpec, aten, graph_pass, innermost, shape_of
 
 
-@graph_pass("units (tags attention nodes; checks the planned ones exist)")
+@graph_pass("units (tags attention nodes; checks the planned ones exist)", annotates_only=True)
 def annotate_temporal_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
     found: set[str] = set()

@@ -103,10 +103,13 @@ class RewriteSpec:
 GraphPass = Callable[[fx.GraphModule, RewriteSpec], PassResult]
 
 
-def graph_pass(rewrites: str) -> Callable[[GraphPass], GraphPass]:
-    """Declare what a pass rewrites (shown by `--list-passes`): `@graph_pass("drop_blocks")`."""
+def graph_pass(rewrites: str, annotates_only: bool = False) -> Callable[[GraphPass], GraphPass]:
+    """Declare what a pass rewrites (shown by `--list-passes`): `@graph_pass("drop_blocks")`.
+    `annotates_only`: it only tags nodes (`meta`), so a graph only it modified computes what it did
+    before (the compiler then keeps the program it started from instead of tracing it again)."""
     def mark(fn: GraphPass) -> GraphPass:
         fn.rewrites = rewrites
+        fn.annotates_only = annotates_only
         return fn
     return mark
 

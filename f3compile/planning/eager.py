@@ -1,6 +1,6 @@
 """Run a plan's stage on the eager model, without compiling: what `plan --search` measures.
 
-Forward hooks give DESIGN.md's pruning semantics on the loaded denoiser:
+Forward hooks give the pruning semantics of docs/ARCHITECTURE.md on the loaded denoiser:
 - dropped block: its output is its input (an attention that is its own block: its output is 0);
 - dropped attention: its output is 0, so the residual add outside it leaves h unchanged;
 - pruned heads: their slices of the output projection's input are 0 (= their q/k/v rows and

@@ -20,19 +20,11 @@ from ..calibration import criteria
 from ..calibration.stats import CalibrationStats
 from ..errors import F3Error
 from ..reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS
+from ..schema import fail, is_number as _is_number, key, name as _name, validate
 
 SCHEMA = "f3compile.plan/1"
 GRANULARITIES = ("block", "attention", "head", "frame")
-PLAN_KEYS = ("schema", "model", "calibration", "granularity", "criterion", "ratio", "stages", "scores")
-OPTIONAL_PLAN_KEYS = ("budget", "search")  # how a `--target-speedup` or `--search` plan was chosen
-BUDGET_KEYS = ("target_speedup", "predicted_speedup")
-SEARCH_KEYS = ("max_error", "target_speedup", "actions", "prompts", "error", "predicted_speedup", "evaluations",
-               "seconds", "accepted")
-SEARCH_STEP_KEYS = ("stage", "block", "action", "error", "predicted_speedup")
-STAGE_KEYS = ("timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames")
-OPTIONAL_STAGE_KEYS = ("reuse",)  # {block id: period k}: computed at every k-th step of the stage, else reused
 MAX_REUSE_PERIOD = 64
-SCORE_KEYS = ("score", "per_head", "per_frame")
 MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
 
 
@@ -188,43 +180,146 @@ class PruningPlan:
                     raise F3Error(f"plan stage {number}: frame {max(frames)} of {unit_id!r} is out of range (the model runs {by_id[unit_id].frames})")
 
 
-def _check_search(search: Any, where: str, stages: int) -> None:
-    _check_keys(search, SEARCH_KEYS, where)
-    for key in ("max_error", "target_speedup"):
-        if search[key] is not None and not (_is_number(search[key]) and search[key] >= 0):
-            _fail(where, f"{key} must be null or a non-negative number")
-    for key in ("prompts", "evaluations"):
-        if not (isinstance(search[key], int) and not isinstance(search[key], bool) and search[key] >= 0):
-            _fail(where, f"{key} must be a non-negative integer")
-    if not all(_is_number(search[k]) and search[k] >= 0 for k in ("error", "predicted_speedup", "seconds")):
-        _fail(where, "error, predicted_speedup and seconds must be non-negative numbers")
-    if not isinstance(search["actions"], list) or not all(isinstance(a, str) for a in search["actions"]):
-        _fail(where, "actions must be a list of strings")
-    if not isinstance(search["accepted"], list):
-        _fail(where, "accepted must be a list")
-    for number, step in enumerate(search["accepted"]):
-        _check_keys(step, SEARCH_STEP_KEYS, f"{where}: accepted[{number}]")
-        if not (isinstance(step["stage"], int) and not isinstance(step["stage"], bool) and 0 <= step["stage"] < stages
-                and isinstance(step["block"], str) and isinstance(step["action"], str)
-                and _is_number(step["error"]) and _is_number(step["predicted_speedup"])):
-            _fail(f"{where}: accepted[{number}]", "needs an integer stage of the plan, string block and action, numbers")
+# -- plan.json: the schema ---------------------------------------------------------------------
+def _non_negative(value: Any) -> bool:
+    return value is None or (_is_number(value) and value >= 0)
+
+
+@dataclass
+class ScoreDocument:
+    """scores[<unit or block id>]: the criterion's score, per head and per key frame (blocks: none)."""
+
+    score: float = key(message="score must be a number, per_head and per_frame lists of numbers")
+    per_head: list[float] = key(message="score must be a number, per_head and per_frame lists of numbers")
+    per_frame: list[float] = key(message="score must be a number, per_head and per_frame lists of numbers")
+
+
+@dataclass
+class StageDocument:
+    """stages[i]: what is pruned while the timestep lies in [high, low]."""
+
+    timesteps: tuple[int, int] = key(check=lambda span: span[0] >= span[1] >= 0,
+                                     message=lambda span: f"timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
+    drop_blocks: list[str] = key(message="drop_blocks must be a list of unit ids")
+    drop_attention: list[str] = key(message="drop_attention must be a list of unit ids")
+    prune_heads: dict[str, Any] = key(message="prune_heads must be an object mapping unit ids to index lists")
+    keep_frames: dict[str, Any] = key(message="keep_frames must be an object mapping unit ids to index lists")
+    reuse: dict[str, Any] = key(optional=True, message="reuse must be an object mapping temporal block ids to periods")
+
+
+@dataclass
+class BudgetDocument:
+    """How a `--target-speedup` plan was chosen."""
+
+    target_speedup: float = key(check=lambda v: v >= 1.0, message="target_speedup and predicted_speedup must be numbers >= 1")
+    predicted_speedup: float = key(check=lambda v: v >= 1.0, message="target_speedup and predicted_speedup must be numbers >= 1")
+
+
+_STEP = "needs an integer stage of the plan, string block and action, numbers"
+
+
+@dataclass
+class SearchStepDocument:
+    stage: int = key(check=lambda v: v >= 0, message=_STEP)
+    block: str = key(message=_STEP)
+    action: str = key(message=_STEP)
+    error: float = key(message=_STEP)
+    predicted_speedup: float = key(message=_STEP)
+
+
+@dataclass
+class SearchDocument:
+    """How a `--search` plan was chosen: its bounds and every accepted step."""
+
+    max_error: float | None = key(check=_non_negative, message="max_error must be null or a non-negative number")
+    target_speedup: float | None = key(check=_non_negative, message="target_speedup must be null or a non-negative number")
+    actions: list[str] = key(message="actions must be a list of strings")
+    prompts: int = key(check=lambda v: v >= 0, message="prompts must be a non-negative integer")
+    error: float = key(check=lambda v: v >= 0, message="error, predicted_speedup and seconds must be non-negative numbers")
+    predicted_speedup: float = key(check=lambda v: v >= 0,
+                                   message="error, predicted_speedup and seconds must be non-negative numbers")
+    evaluations: int = key(check=lambda v: v >= 0, message="evaluations must be a non-negative integer")
+    seconds: float = key(check=lambda v: v >= 0, message="error, predicted_speedup and seconds must be non-negative numbers")
+    accepted: list[SearchStepDocument] = key(message="accepted must be a list")
+
+
+def _ratio_ok(ratio: Any) -> bool:
+    ratios = ratio if isinstance(ratio, list) and ratio else [ratio]
+    return all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios)
+
+
+@dataclass
+class PlanDocument:
+    """plan.json (`f3compile.plan/1`); `relations` checks what spans fields."""
+
+    schema: str = key(check=lambda v: v == SCHEMA, message=lambda v: f"schema is {v!r}, expected {SCHEMA!r}")
+    model: dict[str, Any] = key(check=lambda v: isinstance(v.get("fingerprint"), str),
+                                message="model must be an object with a string fingerprint")
+    calibration: dict[str, Any] = key(message="calibration must be an object")
+    granularity: Any = key(check=lambda v: v in GRANULARITIES,
+                           message=lambda v: f"granularity {v!r} is unknown; use one of {', '.join(GRANULARITIES)}")
+    criterion: Any = key(check=criteria.is_criterion, message=lambda v: f"criterion {v!r} is unknown; use one of "
+                                                                          "cross_frame_mass, output_norm, random:SEED")
+    ratio: Any = key(check=_ratio_ok, message=lambda v: f"ratio must be a number in [0, 1] or a list of them "
+                                                        f"(one per stage), got {v!r}")
+    scores: dict[str, ScoreDocument] = key(message="scores must be an object keyed by unit id")
+    stages: list[StageDocument] = key(check=bool, message="stages must be a non-empty list")
+    budget: BudgetDocument = key(optional=True)
+    search: SearchDocument = key(optional=True)
+
+    @staticmethod
+    def relations(data: dict, where: str) -> None:
+        scores, stages, ratio = data["scores"], data["stages"], data["ratio"]
+        attention_ids = {k for k, v in scores.items() if v["per_head"]}
+        if not attention_ids:
+            fail(where, "scores must list the temporal attentions (entries with per_head scores)")
+        block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") for a in attention_ids)}
+        # an attention inside no listed block is its own block (no module holds it alone)
+        block_ids |= {a for a in attention_ids if not any(a.startswith(k + ".") for k in scores)}
+        previous_low = None
+        for number, stage in enumerate(stages):
+            at = f"{where}: stages[{number}]"
+            span = stage["timesteps"]
+            if previous_low is not None and span[0] != previous_low - 1:
+                fail(at, f"timesteps {span} must start right below the previous stage's low end ({previous_low})")
+            previous_low = span[1]
+            for block in stage["drop_blocks"]:
+                if block not in block_ids:
+                    fail(at, f"drop_blocks: {block!r} is not a temporal block in this plan's scores")
+            for unit_id in stage["drop_attention"]:
+                if unit_id not in attention_ids:
+                    fail(at, f"drop_attention: {unit_id!r} is not a temporal attention in this plan's scores")
+            for field_name, size_key in (("prune_heads", "per_head"), ("keep_frames", "per_frame")):
+                for unit_id, indices in stage[field_name].items():
+                    if unit_id not in attention_ids:
+                        fail(at, f"{field_name}: {unit_id!r} is not a temporal attention in this plan's scores")
+                    _index_list(indices, len(scores[unit_id][size_key]), at, f"{field_name}[{unit_id!r}]")
+            if "reuse" in stage:
+                _check_reuse(stage, block_ids, at)
+        if previous_low != 0:
+            fail(where, f"the last stage must end at timestep 0, not {previous_low}")
+        if isinstance(ratio, list) and len(ratio) != len(stages):
+            fail(where, f"ratio lists {len(ratio)} values for {len(stages)} stages; give one per stage")
+        steps, most = data["calibration"].get("steps"), min(stages[0]["timesteps"][0] + 1, MAX_STEPS)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= most):
+            fail(where, f"calibration.steps must be null or an integer in [0, {most}] (at most one per timestep), got {steps!r}")
+        for number, step in enumerate(data.get("search", {}).get("accepted", [])):
+            if step["stage"] >= len(stages):
+                fail(f"{where}: search: accepted[{number}]", _STEP)
 
 
 def _check_reuse(stage: dict, block_ids: set[str], at: str) -> None:
-    reuse = stage["reuse"]
-    if not isinstance(reuse, dict):
-        _fail(at, "reuse must be an object mapping temporal block ids to periods")
-    for block, period in reuse.items():
+    for block, period in stage["reuse"].items():
         if block not in block_ids:
-            _fail(at, f"reuse: {_name(block)} is not a temporal block in this plan's scores")
+            fail(at, f"reuse: {_name(block)} is not a temporal block in this plan's scores")
         if not (isinstance(period, int) and not isinstance(period, bool) and 1 <= period <= MAX_REUSE_PERIOD):
-            _fail(at, f"reuse[{_name(block)}] must be an integer period in [1, {MAX_REUSE_PERIOD}], got {period!r}")
+            fail(at, f"reuse[{_name(block)}] must be an integer period in [1, {MAX_REUSE_PERIOD}], got {period!r}")
         if block in stage["drop_blocks"]:
-            _fail(at, f"reuse: {_name(block)} is also in drop_blocks; a block is either dropped or reused")
+            fail(at, f"reuse: {_name(block)} is also in drop_blocks; a block is either dropped or reused")
     try:
-        reuse_patterns(reuse)
+        reuse_patterns(stage["reuse"])
     except F3Error as exc:
-        _fail(at, str(exc))
+        fail(at, str(exc))
 
 
 def reuse_patterns(reuse: dict[str, int]) -> list[tuple[str, ...]]:
@@ -244,121 +339,19 @@ def reuse_patterns(reuse: dict[str, int]) -> list[tuple[str, ...]]:
                       "use one period per stage (or periods that divide each other)") from None
 
 
-def _fail(where: str, message: str) -> None:
-    raise F3Error(f"{where}: {message}")
-
-
-def _name(name: Any) -> str:
-    """A name from the file for a one-line message: odd ones (empty, control characters) quoted."""
-    return name if isinstance(name, str) and name.isprintable() and name.strip() == name != "" else repr(name)
-
-
-def _names(names) -> str:
-    return ", ".join(map(_name, names))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_keys(obj: Any, keys: tuple[str, ...], where: str) -> None:
-    if not isinstance(obj, dict):
-        _fail(where, "must be a JSON object")
-    unknown = sorted(set(obj) - set(keys))
-    missing = [k for k in keys if k not in obj]
-    if unknown:
-        _fail(where, f"unknown key(s) {_names(unknown)}; allowed: {', '.join(keys)}")
-    if missing:
-        _fail(where, f"missing key(s) {', '.join(missing)}")
-
-
 def _index_list(value: Any, size: int, where: str, what: str) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        _fail(where, f"{what} must be a non-empty list of integers")
+        fail(where, f"{what} must be a non-empty list of integers")
     if len(set(value)) != len(value):
-        _fail(where, f"{what} has duplicates")
+        fail(where, f"{what} has duplicates")
     bad = [v for v in value if not 0 <= v < size]
     if bad:
-        _fail(where, f"{what} {bad[0]} is out of range [0, {size - 1}]")
+        fail(where, f"{what} {bad[0]} is out of range [0, {size - 1}]")
 
 
 def validate_plan_dict(data: Any, where: str = "plan") -> None:
-    """Structural validation of a plan.json document; raises `F3Error` naming the problem."""
-    _check_keys({k: v for k, v in data.items() if k not in OPTIONAL_PLAN_KEYS} if isinstance(data, dict) else data,
-                PLAN_KEYS, where)
-    if "budget" in data:
-        _check_keys(data["budget"], BUDGET_KEYS, f"{where}: budget")
-        if not all(_is_number(v) and v >= 1.0 for v in data["budget"].values()):
-            _fail(f"{where}: budget", "target_speedup and predicted_speedup must be numbers >= 1")
-    if "search" in data:
-        _check_search(data["search"], f"{where}: search", len(data["stages"]) if isinstance(data["stages"], list) else 0)
-    if data["schema"] != SCHEMA:
-        _fail(where, f"schema is {data['schema']!r}, expected {SCHEMA!r}")
-    if not isinstance(data["model"], dict) or not isinstance(data["model"].get("fingerprint"), str):
-        _fail(where, "model must be an object with a string fingerprint")
-    if not isinstance(data["calibration"], dict):
-        _fail(where, "calibration must be an object")
-    if data["granularity"] not in GRANULARITIES:
-        _fail(where, f"granularity {data['granularity']!r} is unknown; use one of {', '.join(GRANULARITIES)}")
-    if not criteria.is_criterion(data["criterion"]):
-        _fail(where, f"criterion {data['criterion']!r} is unknown; use one of cross_frame_mass, output_norm, random:SEED")
-    ratio = data["ratio"]
-    ratios = ratio if isinstance(ratio, list) and ratio else [ratio]
-    if not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
-        _fail(where, f"ratio must be a number in [0, 1] or a list of them (one per stage), got {ratio!r}")
-    scores = data["scores"]
-    if not isinstance(scores, dict):
-        _fail(where, "scores must be an object keyed by unit id")
-    for unit_id, entry in scores.items():
-        _check_keys(entry, SCORE_KEYS, f"{where}: scores[{unit_id!r}]")
-        if not _is_number(entry["score"]) or not all(
-                isinstance(entry[key], list) and all(map(_is_number, entry[key])) for key in ("per_head", "per_frame")):
-            _fail(f"{where}: scores[{unit_id!r}]", "score must be a number, per_head and per_frame lists of numbers")
-    attention_ids = {k for k, v in scores.items() if v["per_head"]}
-    if not attention_ids:
-        _fail(where, "scores must list the temporal attentions (entries with per_head scores)")
-    block_ids = {k for k in scores if k not in attention_ids and any(a.startswith(k + ".") for a in attention_ids)}
-    # an attention inside no listed block is its own block (no module holds it alone)
-    block_ids |= {a for a in attention_ids if not any(a.startswith(k + ".") for k in scores)}
-    stages = data["stages"]
-    if not isinstance(stages, list) or not stages:
-        _fail(where, "stages must be a non-empty list")
-    previous_low = None
-    for number, stage in enumerate(stages):
-        at = f"{where}: stages[{number}]"
-        _check_keys({k: v for k, v in stage.items() if k not in OPTIONAL_STAGE_KEYS} if isinstance(stage, dict) else stage,
-                    STAGE_KEYS, at)
-        span = stage["timesteps"]
-        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(t, int) and not isinstance(t, bool) for t in span)) or span[0] < span[1] or span[1] < 0:
-            _fail(at, f"timesteps must be [high, low] integers with high >= low >= 0, got {span!r}")
-        if previous_low is not None and span[0] != previous_low - 1:
-            _fail(at, f"timesteps {span} must start right below the previous stage's low end ({previous_low})")
-        previous_low = span[1]
-        for key in ("drop_blocks", "drop_attention"):
-            if not isinstance(stage[key], list) or not all(isinstance(v, str) for v in stage[key]):
-                _fail(at, f"{key} must be a list of unit ids")
-        for block in stage["drop_blocks"]:
-            if block not in block_ids:
-                _fail(at, f"drop_blocks: {block!r} is not a temporal block in this plan's scores")
-        for unit_id in stage["drop_attention"]:
-            if unit_id not in attention_ids:
-                _fail(at, f"drop_attention: {unit_id!r} is not a temporal attention in this plan's scores")
-        for key, size_key in (("prune_heads", "per_head"), ("keep_frames", "per_frame")):
-            if not isinstance(stage[key], dict):
-                _fail(at, f"{key} must be an object mapping unit ids to index lists")
-            for unit_id, indices in stage[key].items():
-                if unit_id not in attention_ids:
-                    _fail(at, f"{key}: {unit_id!r} is not a temporal attention in this plan's scores")
-                _index_list(indices, len(scores[unit_id][size_key]), at, f"{key}[{unit_id!r}]")
-        if "reuse" in stage:
-            _check_reuse(stage, block_ids, at)
-    if previous_low != 0:
-        _fail(where, f"the last stage must end at timestep 0, not {previous_low}")
-    if isinstance(ratio, list) and len(ratio) != len(stages):
-        _fail(where, f"ratio lists {len(ratio)} values for {len(stages)} stages; give one per stage")
-    steps, most = data["calibration"].get("steps"), min(stages[0]["timesteps"][0] + 1, MAX_STEPS)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= most):
-        _fail(where, f"calibration.steps must be null or an integer in [0, {most}] (at most one per timestep), got {steps!r}")
+    """Validation of a plan.json document against `PlanDocument`; raises `F3Error` naming the problem."""
+    validate(PlanDocument, data, where)
 
 
 # -- selection ------------------------------------------------------------------------------

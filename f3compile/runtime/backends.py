@@ -37,12 +37,12 @@ class TorchBackend(_Backend):
     kind = "pt2"
 
     def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
-        program = torch.export.load(str(path))
+        program = load_program(path, stage["files"][self.kind]["sha256"])
         placed = {t.device for t in program.state_dict.values()}
         if placed != {device}:
             from torch.export.passes import move_to_device_pass
 
-            program = move_to_device_pass(program, device)
+            program = move_to_device_pass(torch.export.load(str(path)), device)  # it moves in place: a copy of its own
         self.module = program.module()
         self.device, self.dtypes = device, _dtypes(stage)
 
@@ -140,6 +140,19 @@ class TensorrtBackend(_Backend):
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return outputs
+
+
+def load_program(path: Path, sha256: str) -> torch.export.ExportedProgram:
+    """`torch.export.load(path)`, whose bytes have `sha256` (checked when the manifest was loaded); a
+    small program loaded before under the same sha256 is returned as it is (`memo.LOADED`): callers
+    only read it."""
+    from .. import memo
+
+    program = memo.LOADED.get(sha256)
+    if program is None:
+        program = torch.export.load(str(path))
+        memo.LOADED.put(sha256, program, memo.program_bytes(program))
+    return program
 
 
 def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu", label: str | None = None):

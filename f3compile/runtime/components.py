@@ -3,23 +3,12 @@ VAE and scheduler, saved with `save_pretrained` and hashed, so a runtime needs n
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from .._io import directory_sha256
 from ..errors import F3Error
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler")
-
-
-def directory_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        name, content = str(file.relative_to(path)).encode(), file.read_bytes()
-        # length-prefixed: moving bytes between a name and the previous file's content changes the hash
-        for part in (name, content):
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(part)
-    return "sha256:" + digest.hexdigest()
 
 
 def save_components(model, directory: Path) -> dict:
@@ -55,11 +44,10 @@ def _quiet() -> None:
 
 
 def load_component(build: Path, entry: dict, name: str):
-    """Load one saved component by its recorded class (transformers or diffusers)."""
+    """Load one saved component by its recorded class (transformers or diffusers); its sha256 was
+    checked when the manifest was loaded (`manifest.load_manifest`)."""
     _quiet()
     path = build / entry["path"]
-    if directory_sha256(path) != entry["sha256"]:
-        raise F3Error(f"{path} does not match the sha256 in the manifest; rebuild the artifacts")
     cls_name = entry["class"]
     if name == "tokenizer":
         from transformers import AutoTokenizer

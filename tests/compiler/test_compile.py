@@ -7,6 +7,8 @@ import torch
 
 from f3compile.compiler.compile import export_inputs
 from f3compile.errors import F3Error
+from f3compile import memo
+from f3compile.memo import Memo
 from f3compile.planning import make_plan
 
 from tests.helpers import TINY, assert_one_line_error, run
@@ -76,8 +78,12 @@ def test_compile_errors_leave_nothing(capsys, tmp_path, calibrations):
         assert not (tmp_path / "out").exists()
 
 
-def _count_captures(monkeypatch) -> list:
-    """Record every torch.export.export call (the capture and each re-export) from here on."""
+def _count_captures(monkeypatch, cache: bool = False) -> list:
+    """Record every torch.export.export call (the capture and each re-export) from here on; without
+    `cache`, with the process's program cache off (nothing compiled before is reused)."""
+
+    if not cache:
+        monkeypatch.setattr(memo, "PROGRAMS", Memo(limit_bytes=0))
     calls = []
     original = torch.export.export
 
@@ -90,19 +96,20 @@ def _count_captures(monkeypatch) -> list:
 
 
 def test_bench_on_two_backends_captures_each_stage_of_each_variant_once(capsys, tmp_path, calibrations, monkeypatch):
-    """`bench --backend torch onnxruntime` of a 2-stage plan: the denoiser is captured once, each
-    stage of the dense (one stage) and the pruned (two) programs re-exported once, and the ONNX of
-    both is exported from those programs without capturing again."""
-    _, stats = calibrations["tiny-unet3d"]
+    """`bench --backend torch onnxruntime` of a 2-stage plan: the denoiser is captured once, and that
+    capture is the dense program (nothing rewritten: it is not traced again); each of the pruned
+    program's two stages is re-exported once; the ONNX of both is exported from those programs
+    without capturing again."""
+    _, stats = calibrations["tiny-latte"]
     make_plan(stats, 0.5, "head", stages=2).save(tmp_path / "plan.json")
     calls = _count_captures(monkeypatch)
-    code, out, err = run(capsys, "bench", "builtin:tiny-unet3d", "--plan", tmp_path / "plan.json", "--backend",
+    code, out, err = run(capsys, "bench", "builtin:tiny-latte", "--plan", tmp_path / "plan.json", "--backend",
                          "torch", "onnxruntime", "--repeat", "1", "--json", tmp_path / "bench.json")
     assert code == 0, err
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert {row["backend"] for row in rows} == {"torch", "onnxruntime"}
-    # 1 capture of the denoiser + 1 dense stage + 2 pruned stages, whatever the number of backends
-    assert calls == ["DenoiseModule"] + ["GraphModule"] * 3
+    # 1 capture of the denoiser (= the dense program) + 2 pruned stages, whatever the number of backends
+    assert calls == ["DenoiseModule"] + ["GraphModule"] * 2
 
 
 def test_export_of_a_compiled_model_captures_nothing_again(tmp_path, calibrations, models, monkeypatch):
@@ -118,3 +125,29 @@ def test_export_of_a_compiled_model_captures_nothing_again(tmp_path, calibration
     with pytest.raises(F3Error, match="compile it as the export asks"):
         api.export(compiled, config=ExportConfig(precision="fp16"), output_dir=tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
+
+
+def test_the_program_cache_reuses_captures_and_stages_of_the_same_model(calibrations, models, monkeypatch):
+    """A plan compiled again (and the dense stage every bench compiles) is not traced again: the
+    cache is keyed by the model's fingerprint, shapes, dtype and device, and a stage's rewrite."""
+    from f3compile.compiler.compile import compile
+    from f3compile.models import load_model
+
+    monkeypatch.setattr(memo, "PROGRAMS", Memo())
+    plan = make_plan(calibrations["tiny-latte"][1], 0.5, "head", stages=2)
+    first = compile(models["tiny-latte"], plan)
+    calls = _count_captures(monkeypatch, cache=True)
+    again = compile(load_model("builtin:tiny-latte"), plan)  # a model loaded anew: the same fingerprint
+    assert calls == []
+    inputs = first.inputs(seed=5)
+    with torch.no_grad():
+        for a, b in zip(first, again):
+            assert torch.equal(a.program.module()(*inputs), b.program.module()(*inputs))
+    other = make_plan(calibrations["tiny-latte"][1], 1.0, "head", stages=2)
+    compile(models["tiny-latte"], other)
+    assert calls == ["GraphModule"] * 2  # the capture is shared; the two new stages are rewritten
+    compile(models["tiny-latte"], plan, shapes=models["tiny-latte"].shapes, dtype=torch.float64)
+    assert calls[2:] == ["DenoiseModule", "GraphModule", "GraphModule"]  # another dtype: another program
+    monkeypatch.setattr(memo, "PROGRAMS", Memo(limit_bytes=0))
+    compile(models["tiny-latte"], plan)
+    assert calls[5:] == ["DenoiseModule", "GraphModule", "GraphModule"]  # off: traced again

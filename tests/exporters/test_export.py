@@ -21,15 +21,6 @@ REL_ORT = 1e-5          # onnxruntime vs torch program, fp32
 CONSTANT_SLACK = 4096
 
 
-@pytest.fixture(scope="module")
-def dense_exports(models, tmp_path_factory):
-    out = {}
-    for name in TINY:
-        directory = tmp_path_factory.mktemp(f"dense-{name}") / "build"
-        out[name] = export(models[name], None, directory, config=ExportConfig(samples=1))
-    return out
-
-
 def _removed_attention_units(stage, units):
     by_id = {u.id: u for u in units}
     removed = {u.id for u in units if u.block in stage.drop_blocks} | set(stage.drop_attention)
@@ -39,14 +30,14 @@ def _removed_attention_units(stage, units):
 
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("granularity, stages", [("block", 2), ("attention", 1), ("head", 1), ("frame", 1)])
-def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, dense_exports, tmp_path, name, granularity, stages):
+def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, dense_export, tmp_path, name, granularity, stages):
     model, (_, stats) = models[name], calibrations[name]
     ratio = 0.5 if granularity != "attention" else 1.0
     plan = make_plan(stats, ratio, granularity, stages=stages)
     manifest = export(model, plan, tmp_path / "build", config=ExportConfig(samples=1))
     units = find_temporal_units(model)
     cost = ModelCost.measure(model, units)
-    dense = dense_exports[name]["stages"][0]["audit"]
+    dense = dense_export(name)[1]["stages"][0]["audit"]
     assert len(manifest["stages"]) == stages
     for entry, stage in zip(manifest["stages"], plan.stages):
         check = entry["verify"]["onnxruntime_vs_torch"]
@@ -64,7 +55,7 @@ def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, d
     assert load_manifest(tmp_path / "build")["stages"][0]["files"]["onnx"]["path"] == "stage0/denoiser.onnx"
 
 
-def test_manifest_refuses_changed_artifacts_and_bad_documents(dense_exports, tmp_path, models):
+def test_manifest_refuses_changed_artifacts_and_bad_documents(tmp_path, models):
     build = tmp_path / "build"
     manifest = export(models["tiny-latte"], None, build, config=ExportConfig(verify=False))
     assert "verify" in manifest["stages"][0] and manifest["stages"][0]["verify"] == {}

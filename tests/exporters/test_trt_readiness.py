@@ -18,14 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def tiny_exports(models, tmp_path_factory):
-    """name -> (build directory, manifest) of the dense fp32 opset-20 export (no verification: not under test)."""
-    out = {}
-    for name in TINY:
-        directory = tmp_path_factory.mktemp(f"trt-ready-{name}") / "build"
-        out[name] = directory, export(models[name], None, directory,
-                                      config=ExportConfig(opset=20, precision="fp32", verify=False))
-    return out
+def tiny_exports(dense_export):
+    """name -> (build directory, manifest) of the dense fp32 opset-20 export."""
+    return {name: dense_export(name) for name in TINY}
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=20, extra_opsets=()):

@@ -1,4 +1,4 @@
-"""An independent eager reference for DESIGN.md's pruning semantics, by masking in the original model.
+"""An independent eager reference for the pruning semantics of docs/ARCHITECTURE.md, by masking in the original model.
 
 - dropped block: a forward hook returns the block's input as its output (an attention that is its
   own block is dropped as an attention);

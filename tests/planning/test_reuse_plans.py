@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from f3compile import F3Error
-from f3compile.bench import bench
+from f3compile.benchmark import bench
 from f3compile.compiler.compile import compile as compile_plan, export_inputs
 from f3compile.models import find_temporal_units
 from f3compile.planning import PruningPlan, make_plan

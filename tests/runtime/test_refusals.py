@@ -23,7 +23,7 @@ from f3compile.exporters import onnx as onnx_export
 from f3compile.manifest import load_manifest
 from f3compile.runtime import Runtime
 
-from tests.helpers import assert_one_line_error, rel, run
+from tests.helpers import assert_one_line, assert_one_line_error, rel, run
 
 REL_PIPELINE = 1e-5  # final latents of a whole sampling loop, fp32 artifacts vs the diffusers pipeline
 GENERATE = ["--prompt", "a red circle", "--steps", "1", "--backend", "onnxruntime"]
@@ -106,6 +106,19 @@ def test_damaged_components_are_refused(capsys, dense_build, tmp_path, component
     assert_one_line_error(code, err, "does not match the sha256")
     assert f"{entry['path']} does not match" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("component", COMPONENT_FILES)
+def test_a_damaged_component_is_refused_when_the_build_is_opened(dense_build, tmp_path, component):
+    """Before any work: opening a build checks the sha256 of every component, so a damaged VAE is
+    refused before the denoising loop runs, not once the loop is done and the frames are decoded."""
+    build = _copy(dense_build, tmp_path)
+    entry = load_manifest(build)["components"][component]
+    _modify(build / entry["path"] / COMPONENT_FILES[component])
+    with pytest.raises(F3Error, match="does not match the sha256") as caught:
+        Runtime(build, backend="onnxruntime")
+    assert_one_line(caught.value)
+    load_manifest(build, check_hashes=False)  # the document itself is still valid
 
 
 def _two_stages(manifest: dict, first: list[int], second: list[int]) -> dict:
