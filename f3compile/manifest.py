@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._io import directory_sha256, read_json, sha256_file, write_json_atomic
 from .errors import F3Error

@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from f3compile.benchmark import bench
-    from f3compile.calibration.calibrate import resolve_shapes
     from f3compile.models import find_temporal_units, load_model
+    from f3compile.models.base import resolve_shapes
     from f3compile.planning import PruningPlan
 
     model = load_model(args.model)
@@ -42,9 +42,7 @@ def main() -> None:
     if args.shape:
         frames, height, width = (int(x) for x in args.shape.lower().split("x"))
     shapes = resolve_shapes(model, frames, height, width)
-    model.shapes = shapes
-    model.info.pop("_temporal_units", None)
-    units = find_temporal_units(model)
+    units = find_temporal_units(model, shapes)
     blocks = list(dict.fromkeys(unit.block for unit in units))
 
     def plan(**stage) -> PruningPlan:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -226,18 +227,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="directory for both runs' outputs (created)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with f3compile's dependencies")
     parser.add_argument("--compare-only", action="store_true", help="compare the outputs of an earlier run")
+    parser.add_argument("--rerun", choices=("old", "new"),
+                        help="run only this side again and compare with the other side's earlier run")
     args = parser.parse_args(argv)
     for checkout in (args.old, args.new):
         if not (checkout / "f3compile" / "cli.py").is_file():
             print(f"error: {checkout} is not an f3compile checkout (no f3compile/cli.py)", file=sys.stderr)
             return 2
     old_dir, new_dir = args.work / "old", args.work / "new"
-    runs_file = args.work / "runs.json"
-    if args.compare_only:
-        runs = json.loads(runs_file.read_text())
-    else:
-        runs = {"old": run_all(args.old, old_dir, args.python), "new": run_all(args.new, new_dir, args.python)}
-        runs_file.write_text(json.dumps(runs, indent=2))
+    runs = {}
+    for side, checkout, work in (("old", args.old, old_dir), ("new", args.new, new_dir)):
+        runs_file = args.work / f"runs-{side}.json"
+        if args.compare_only or (args.rerun and args.rerun != side):
+            if not runs_file.is_file():
+                print(f"error: {runs_file} is missing; run both sides first (without --compare-only/--rerun)",
+                      file=sys.stderr)
+                return 2
+            runs[side] = json.loads(runs_file.read_text())
+        else:
+            if work.exists():
+                shutil.rmtree(work)
+            runs[side] = run_all(checkout, work, args.python)
+            runs_file.write_text(json.dumps(runs[side], indent=2))
     rows = compare(old_dir, new_dir, runs["old"], runs["new"])
     width = max(len(r[0]) for r in rows)
     for output, check, equal, detail in rows:

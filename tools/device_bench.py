@@ -67,19 +67,17 @@ def main() -> None:
     import torch
 
     from f3compile.benchmark import bench
-    from f3compile.calibration.calibrate import resolve_shapes
-    from f3compile.cli import _parse_shape
+    from f3compile.kinds.diffusion import parse_shape
     from f3compile.models import find_temporal_units, load_model
+    from f3compile.models.base import resolve_shapes
 
     started = time.perf_counter()
     model = load_model(args.model)
     loaded = time.perf_counter() - started
-    shape = _parse_shape(args.shape)
+    shape = parse_shape(args.shape)
     shapes = resolve_shapes(model, *(dataclasses.astuple(shape)[1:] if shape else (None, None, None)))
-    model.shapes = dataclasses.replace(shapes, batch=1)
-    model.info.pop("_temporal_units", None)
     started = time.perf_counter()
-    units = find_temporal_units(model)
+    units = find_temporal_units(model, shapes)
     discovered = time.perf_counter() - started
     print(f"{args.model} {shapes.frames}x{shapes.height}x{shapes.width}: loaded in {loaded:.1f}s, "
           f"{len(units)} temporal units found in {discovered:.1f}s", flush=True)

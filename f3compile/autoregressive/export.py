@@ -31,7 +31,7 @@ from .._io import atomic_dir, sha256_file
 from ..errors import F3Error
 from ..manifest import SCHEMA, ManifestHeader, library_versions, load_manifest, register_manifest, write_manifest
 from ..models.cogvideo import CogVideoConfig, CogVideoModel
-from ..schema import fail, is_int, key
+from ..schema import fail, key
 from .program import DecodeProgram, PrefillProgram, Session, StepPrune, programs
 
 TOLERANCE = {"pt2": 1e-5, "onnx": 1e-4}  # relative L2 of logits and caches against the eager programs

@@ -130,7 +130,7 @@ class DiffusionKind(ModelKind):
     def bench(self, model, plans, options) -> BenchResult:
         from ..benchmark import bench, format_table, plot
 
-        shapes = _parse_shape(options.shape)
+        shapes = parse_shape(options.shape)
         results, texts = [], []
         for ratio, plan in plans:
             rows = bench(model, plan, list(options.backends), shapes, repeat=options.repeat, device=options.device,
@@ -153,7 +153,7 @@ class DiffusionKind(ModelKind):
         return evaluate(model, variants, prompts, config, log=log, measures=measures)
 
 
-def _parse_shape(text: str | None):
+def parse_shape(text: str | None):
     from ..models.base import VideoShapes
 
     if text is None:

@@ -204,6 +204,7 @@ def test_each_plan_granularity_maps_to_the_pruning_it_names(tiny, calibration):
 
 # --- export, runtime, CLI --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_end_to_end_and_the_runtime_reproduces_the_eager_programs(tiny, calibration, tmp_path, capsys):
     from f3compile.autoregressive.export import load_ar_manifest, prune_of
     from f3compile.autoregressive.runtime import ARRuntime

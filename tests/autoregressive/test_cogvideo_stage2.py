@@ -211,6 +211,7 @@ def test_calibration_records_windowed_attention_of_key_and_new_frames(stage2, ca
         assert stats.unit(unit.id, "calls")[0] == 2 * 2 * c.frames * c.frame_tokens  # every slot uses the plus term
 
 
+@pytest.mark.slow
 def test_stage2_cli_end_to_end(stage1, stage2, calibration, tmp_path, capsys):
     from f3compile.autoregressive.export import load_ar_manifest, prune_of
     from f3compile.autoregressive.runtime import ARRuntime

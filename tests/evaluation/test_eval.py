@@ -8,6 +8,8 @@ import pytest
 
 from f3compile.cli import main
 
+pytestmark = pytest.mark.slow  # whole evaluations of a trained model
+
 EVAL_FLAGS = ["--limit", "4", "--samples", "2", "--steps", "4", "--real", "2", "--repeat", "1", "--batch", "4"]
 
 

@@ -177,6 +177,7 @@ def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     """save_pretrained layout (SD v1 UNet at small width, pickle UNet weights, fp16 DDIM-inverted
     latents) -> calibrate -> plan -> inspect -> compile -> export -> generate -> bench."""

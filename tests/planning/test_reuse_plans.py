@@ -99,6 +99,7 @@ def test_bench_weights_the_reuse_programs_by_their_steps(models, calibrations):
         assert 1.0 < row["predicted_speedup"]
 
 
+@pytest.mark.slow
 def test_reuse_plan_through_the_cli(capsys, calibrations, tmp_path):
     """calibrate (fixture) → plan --reuse → inspect → export ONNX → generate on onnxruntime → bench."""
     directory, stats = calibrations["tiny-latte"]

@@ -62,6 +62,7 @@ def compiled_error(model, stats, plan) -> float:
     return sum(errors) / len(errors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, stages", [("tiny-unet3d", 1), ("tiny-latte", 2)])  # unet3d: 5 blocks, one stage keeps it quick
 def test_search_stays_within_the_bound_and_records_the_true_error(models, calibrations, name, stages):
     model, (_, stats) = models[name], calibrations[name]
@@ -158,6 +159,7 @@ def test_longer_reuse_periods_come_before_dropping(models, calibrations):
         search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, actions=("reuse",), reuse_periods=(2, 1))
 
 
+@pytest.mark.slow
 def test_search_from_the_cli(capsys, tmp_path, calibrations):
     directory, _ = calibrations["tiny-tuneavideo"]
     prompts = tmp_path / "prompts.txt"
