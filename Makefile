@@ -31,7 +31,7 @@ demo: venv
 	$(VENV)/bin/f3compile eval $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --prompts examples/shapes-heldout.jsonl --samples 2 -o $(DEMO_DIR)/eval
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build

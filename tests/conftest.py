@@ -91,8 +91,22 @@ def _tensorrt_available() -> bool:
     return torch.cuda.is_available()
 
 
+# The modules that take a minute or more, longest first. They are collected first, so that `make test`
+# (`--dist loadscope --no-loadscope-reorder`: whole modules handed out in collection order) starts
+# them early and the two workers finish together instead of one waiting on a long module at the end.
+LONG_FIRST = (
+    "tests/exporters/test_export.py", "tests/passes/test_passes.py", "tests/models/test_tuneavideo.py",
+    "tests/passes/test_reuse.py", "tests/planning/test_search.py", "tests/models/test_training.py",
+    "tests/compiler/test_compile.py", "tests/passes/test_devices.py", "tests/runtime/test_runtime.py",
+    "tests/test_api.py", "tests/autoregressive/test_cogvideo_stage2.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA (torch on CUDA, AOTInductor); `tensorrt` tests need TensorRT too."""
+    """The long modules first (`LONG_FIRST`, the rest in their order). `gpu` tests need CUDA (torch
+    on CUDA, AOTInductor); `tensorrt` tests need TensorRT too."""
+    rank = {path: i for i, path in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FIRST)))  # stable
     cuda, tensorrt = torch.cuda.is_available(), _tensorrt_available()
     for item in items:
         if "tensorrt" in item.keywords and not tensorrt:

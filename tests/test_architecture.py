@@ -129,3 +129,11 @@ def test_the_cli_has_no_model_kind_branch():
     for word in ("autoregressive", "cogvideo", "diffusion", "is_ar_build", "kind =="):
         hits = [line for line in source.splitlines() if word in line.lower() and ("if " in line or "elif " in line)]
         assert not hits, f"cli.py branches on {word!r}: {hits}"
+
+
+def test_the_long_modules_scheduled_first_exist():
+    """`tests/conftest.py` names the long modules that `make test` starts first; each must exist."""
+    from tests.conftest import LONG_FIRST
+
+    root = PACKAGE.parent
+    assert [path for path in LONG_FIRST if not (root / path).is_file()] == []

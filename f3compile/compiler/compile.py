@@ -226,8 +226,15 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
     the denoiser is captured and the model itself is never modified.
     """
     device = torch.device(device)
-    module = DenoiseModule(placed_denoiser(model, dtype, device), model.denoise_call).eval()
-    return _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
+    key = ("capture", model.cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype),
+           str(device), batch_range)
+    program = memo.PROGRAMS.get(key) if model.cache_key else None  # captured before at these shapes (`memo`)
+    if program is None:
+        module = DenoiseModule(placed_denoiser(model, dtype, device), model.denoise_call).eval()
+        program = _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
+        if model.cache_key:
+            memo.PROGRAMS.put(key, program, program_bytes(program))
+    return program
 
 
 def rewrite_spec(stage: Stage, units: list[TemporalUnit], reused: tuple[str, ...] = ()) -> RewriteSpec:
@@ -314,20 +321,21 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
     device = check_device(device, allow_meta=True)
-    key = (model.fingerprint, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
+    key = (model.cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
            batch_range)
-    program = captured if captured is not None else memo.PROGRAMS.get(("capture", key))
-    if program is None:
-        program = capture(model, shapes, dtype, batch_range, device=device)
-        memo.PROGRAMS.put(("capture", key), program, program_bytes(program))
+    program = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     stages = []
     for stage in plan.stages:
-        stage_key = ("stage", key, json.dumps(stage.to_dict(), sort_keys=True), tuple(units))
-        built = memo.PROGRAMS.get(stage_key) if passes is None else None
+        # what the passes read, not the steps it runs at: stages that prune alike share one program
+        # (and the exporters then write its files from memory)
+        rewrites = {k: v for k, v in stage.to_dict().items() if k != "timesteps"}
+        stage_key = ("stage", key, json.dumps(rewrites, sort_keys=True), tuple(units))
+        cached = passes is None and model.cache_key is not None
+        built = memo.PROGRAMS.get(stage_key) if cached else None
         if built is None:
             built = apply_stage(program, stage, units, inputs, batch_range, passes)
-            if passes is None:
+            if cached:
                 memo.PROGRAMS.put(stage_key, built, sum(program_bytes(p) for p in [built.program] + [v.program for v in built.reuse_programs]))
         stages.append(dataclasses.replace(built, stage=stage))
     return CompiledModel(model=model, plan=None if dense else plan, shapes=shapes, dtype=dtype, device=device,

@@ -98,6 +98,17 @@ class VideoModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     sample_layout: str = "B,C,F,H,W"
+    _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._weights_at_fingerprint = weights_state(self.denoiser)
+
+    @property
+    def cache_key(self) -> str | None:
+        """The fingerprint while the denoiser's weights are those it was computed from; None once
+        they were edited in place or replaced (a fine-tune, `load_state_dict`), so that nothing
+        compiled from the old weights is reused (`memo`)."""
+        return self.fingerprint if weights_state(self.denoiser) == self._weights_at_fingerprint else None
 
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
@@ -134,6 +145,12 @@ class VideoModel:
         timestep = torch.full((batch,), 500.0)
         ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
         return sample, timestep, ehs
+
+
+def weights_state(module: nn.Module) -> tuple:
+    """(storage address, version counter) of every parameter and buffer: it changes when a weight
+    is edited in place (its version counter moves) or replaced."""
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
 def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None) -> str:

@@ -11,9 +11,10 @@ from f3compile import memo
 from f3compile.memo import Memo
 from f3compile.planning import make_plan
 
-from tests.helpers import TINY, assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, rel, run
 
 REL_RELOAD = 1e-6
+REL_EDITED = 1e-5  # a pruned program vs the masking reference on the same weights, relative L2 (fp32)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -143,11 +144,59 @@ def test_the_program_cache_reuses_captures_and_stages_of_the_same_model(calibrat
     with torch.no_grad():
         for a, b in zip(first, again):
             assert torch.equal(a.program.module()(*inputs), b.program.module()(*inputs))
-    other = make_plan(calibrations["tiny-latte"][1], 1.0, "head", stages=2)
+    other = make_plan(calibrations["tiny-latte"][1], 1.0, "head", stages=2)  # every head, in both stages
+    assert other.stages[0].prune_heads == other.stages[1].prune_heads
     compile(models["tiny-latte"], other)
-    assert calls == ["GraphModule"] * 2  # the capture is shared; the two new stages are rewritten
-    compile(models["tiny-latte"], plan, shapes=models["tiny-latte"].shapes, dtype=torch.float64)
-    assert calls[2:] == ["DenoiseModule", "GraphModule", "GraphModule"]  # another dtype: another program
+    assert calls == ["GraphModule"]  # the capture is shared; both stages prune alike: one rewrite
+    compile(models["tiny-latte"], other, shapes=models["tiny-latte"].shapes, dtype=torch.float64)
+    assert calls[1:] == ["DenoiseModule", "GraphModule"]  # another dtype: another program
     monkeypatch.setattr(memo, "PROGRAMS", Memo(limit_bytes=0))
-    compile(models["tiny-latte"], plan)
-    assert calls[5:] == ["DenoiseModule", "GraphModule", "GraphModule"]  # off: traced again
+    compile(models["tiny-latte"], other)
+    assert calls[3:] == ["DenoiseModule", "GraphModule", "GraphModule"]  # off: traced again, stage by stage
+
+
+def test_stages_that_prune_alike_share_one_program_and_one_onnx_export(calibrations, models, tmp_path, monkeypatch):
+    """Two stages with the same rewrite (at different steps) are one program: rewritten once,
+    exported to ONNX once, and written as two identical files, each verified and hashed."""
+    from f3compile import api
+    from f3compile.exporters import ExportConfig
+
+    monkeypatch.setattr(memo, "PROGRAMS", Memo())
+    monkeypatch.setattr(memo, "FILES", Memo())
+    plan = make_plan(calibrations["tiny-latte"][1], 1.0, "head", stages=2)  # every head, in both stages
+    compiled = api.compile(models["tiny-latte"], plan)
+    assert compiled.stages[0].program is compiled.stages[1].program
+    assert [s.stage.timesteps for s in compiled] == [s.timesteps for s in plan.stages]  # each keeps its steps
+    exports = []
+    original = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exports.append(1) or original(*a, **k))
+    manifest = api.export(compiled, config=ExportConfig(samples=1), output_dir=tmp_path / "build")
+    assert len(exports) == 1 and len(manifest["stages"]) == 2
+    files = [tmp_path / "build" / f"stage{i}" / "denoiser.onnx" for i in (0, 1)]
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert all(stage["verify"]["onnxruntime_vs_torch"]["passed"] for stage in manifest["stages"])
+    assert [s["timesteps"] for s in manifest["stages"]] == [list(s.timesteps) for s in plan.stages]
+
+
+def test_weights_edited_after_loading_are_captured_anew(calibrations, monkeypatch):
+    """The cache is keyed by the fingerprint of the weights the model was loaded with; once they are
+    edited in place, the next compile captures and rewrites the model as it is now (a pruned
+    program holds copies of the weights it slices, so reusing it would run the old weights)."""
+    from f3compile.compiler.compile import compile
+    from f3compile.models import find_temporal_units, load_model
+    from tests.passes.reference import masked
+
+    monkeypatch.setattr(memo, "PROGRAMS", Memo())
+    model = load_model("builtin:tiny-latte")
+    plan = make_plan(calibrations["tiny-latte"][1], 0.5, "head")
+    before = compile(model, plan)
+    with torch.no_grad():
+        for parameter in model.denoiser.parameters():
+            parameter.mul_(1.5)
+    after = compile(model, plan)
+    inputs = model.example_inputs(seed=3)
+    with torch.no_grad(), masked(model, plan.stages[0], find_temporal_units(model)):
+        reference = model.denoise(*inputs)
+    with torch.no_grad():
+        assert rel(after.stages[0].program.module()(*inputs), reference) <= REL_EDITED
+        assert rel(before.stages[0].program.module()(*inputs), reference) > 1e-2  # the cached one would be wrong

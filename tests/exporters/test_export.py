@@ -1,5 +1,6 @@
 """ONNX export, verification, audit, manifest and Triton layout (CPU); TensorRT behind `gpu`."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from f3compile.exporters import ExportConfig, export
 from f3compile.manifest import load_manifest, validate_manifest
 from f3compile.models import find_temporal_units
 from f3compile.planning import make_plan
+from f3compile.planning.plan import Stage
 from f3compile.planning.cost import ModelCost
 
 from tests.helpers import TINY, assert_one_line_error, run
@@ -28,16 +30,37 @@ def _removed_attention_units(stage, units):
     return removed
 
 
-@pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("granularity, stages", [("block", 2), ("attention", 1), ("head", 1), ("frame", 1)])
+def _mixed_plan(stats, units):
+    """One stage of every kind of unit pruning: the first unit's attention dropped, and on the others
+    the heads and the frames that the plans of those granularities prune."""
+    attention, heads, frames = (make_plan(stats, ratio, granularity).stages[0]
+                                for granularity, ratio in (("attention", 1.0), ("head", 0.5), ("frame", 0.5)))
+    dropped = attention.drop_attention[:1]
+    stage = Stage(attention.timesteps, drop_attention=dropped,
+                  prune_heads={u: h for u, h in heads.prune_heads.items() if u not in dropped},
+                  keep_frames={u: f for u, f in frames.keep_frames.items() if u not in dropped})
+    assert stage.drop_attention and stage.prune_heads and stage.keep_frames
+    return dataclasses.replace(make_plan(stats, 0.5, "head"), stages=[stage])
+
+
+# Every granularity on tiny-unet3d; on the other families the two-stage block plan and one stage
+# that mixes attention, head and frame pruning (the passes' own family-specific checks are in
+# tests/passes/test_passes.py, for every granularity and family).
+PRUNED_ONNX_CASES = [(g, s, "tiny-unet3d") for g, s in (("block", 2), ("attention", 1), ("head", 1), ("frame", 1))]
+PRUNED_ONNX_CASES += [(g, s, name) for name in TINY if name != "tiny-unet3d" for g, s in (("block", 2), ("mixed", 1))]
+
+
+@pytest.mark.parametrize("granularity, stages, name", PRUNED_ONNX_CASES)
 def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, dense_export, tmp_path, name, granularity, stages):
     model, (_, stats) = models[name], calibrations[name]
-    ratio = 0.5 if granularity != "attention" else 1.0
-    plan = make_plan(stats, ratio, granularity, stages=stages)
-    manifest = export(model, plan, tmp_path / "build", config=ExportConfig(samples=1))
     units = find_temporal_units(model)
+    dense = dense_export(name)[1]["stages"][0]["audit"]  # first: a plan's empty stage is this program, exported once
+    if granularity == "mixed":
+        plan = _mixed_plan(stats, units)
+    else:
+        plan = make_plan(stats, 0.5 if granularity != "attention" else 1.0, granularity, stages=stages)
+    manifest = export(model, plan, tmp_path / "build", config=ExportConfig(samples=1))
     cost = ModelCost.measure(model, units)
-    dense = dense_export(name)[1]["stages"][0]["audit"]
     assert len(manifest["stages"]) == stages
     for entry, stage in zip(manifest["stages"], plan.stages):
         check = entry["verify"]["onnxruntime_vs_torch"]
