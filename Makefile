@@ -28,7 +28,7 @@ demo: venv
 	$(VENV)/bin/f3compile export $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json -o $(DEMO_DIR)/export
 	$(VENV)/bin/f3compile generate $(DEMO_DIR)/export-dense --prompt "$(DEMO_PROMPT)" --steps 20 --guidance-scale 5 --backend onnxruntime -o $(DEMO_DIR)/dense.gif
 	$(VENV)/bin/f3compile generate $(DEMO_DIR)/export --prompt "$(DEMO_PROMPT)" --steps 20 --guidance-scale 5 --backend onnxruntime -o $(DEMO_DIR)/pruned.gif
-	$(VENV)/bin/f3compile eval $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --prompts examples/shapes-heldout.jsonl --samples 2 -o $(DEMO_DIR)/eval
+	$(VENV)/bin/f3compile eval $(DEMO_MODEL) --plan $(DEMO_DIR)/plan.json --samples 2 -o $(DEMO_DIR)/eval
 
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
