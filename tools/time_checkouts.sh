@@ -5,16 +5,22 @@
 #        (MODEL=builtin:ref-unet3d, REPEATS=2, PYTHON=.venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD=$(realpath "$1"); NEW=$(realpath "$2"); OUT=${3:-time-checkouts}
+OLD=$(realpath "$1"); NEW=$(realpath "$2"); OUT=$(realpath -m "${3:-time-checkouts}"); ROOT=$PWD
 MODEL=${MODEL:-builtin:ref-unet3d}
 REPEATS=${REPEATS:-2}
-PYTHON=$(realpath "${PYTHON:-.venv/bin/python}")
+PYTHON=${PYTHON:-$PWD/.venv/bin/python}  # not resolved: a venv's python is a link
 for checkout in "$OLD" "$NEW"; do
     [ -f "$checkout/f3compile/cli.py" ] || { echo "error: $checkout is not an f3compile checkout" >&2; exit 2; }
 done
 rm -rf "$OUT" && mkdir -p "$OUT"
-f3() { local checkout=$1; shift; PYTHONPATH="$checkout" "$PYTHON" -m f3compile.cli "$@"; }
-f3 "$NEW" calibrate "$MODEL" --prompts examples/shapes-calibration.txt --steps 20 --guidance-scale 5 --no-heatmaps \
+# run from $OUT: `python -m` puts the working directory first on the path, and a checkout there
+# would shadow the one on PYTHONPATH
+f3() { local checkout=$1; shift; (cd "$OUT" && PYTHONPATH="$checkout" "$PYTHON" -m f3compile.cli "$@"); }
+for checkout in "$OLD" "$NEW"; do
+    used=$(cd "$OUT" && PYTHONPATH="$checkout" "$PYTHON" -c "import f3compile; print(f3compile.__file__)")
+    [ "$used" = "$checkout/f3compile/__init__.py" ] || { echo "error: $checkout is shadowed by $used" >&2; exit 2; }
+done
+f3 "$NEW" calibrate "$MODEL" --prompts "$ROOT/examples/shapes-calibration.txt" --steps 20 --guidance-scale 5 --no-heatmaps \
     -o "$OUT/calib" > "$OUT/calibrate.log"
 f3 "$NEW" plan "$OUT/calib" --ratio 1 --granularity block --reuse 2 -o "$OUT/plan.json" > "$OUT/plan.log"
 timed() {  # verb side rep argv...: one line "verb side seconds"
