@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 from .. import memo
 from ..memo import program_bytes
-from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes, resolve_shapes
+from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes, resolve_shapes, weights_state
 from ..models.discovery import find_temporal_units
 from ..passes import BlockRewrite, PassManager, RewriteSpec, UnitRewrite
 from ..planning.plan import PruningPlan, Stage
@@ -228,13 +229,30 @@ def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.f
     device = torch.device(device)
     key = ("capture", model.cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype),
            str(device), batch_range)
-    program = memo.PROGRAMS.get(key) if model.cache_key else None  # captured before at these shapes (`memo`)
+    program = _recall(key) if model.cache_key else None  # captured before at these shapes (`memo`)
     if program is None:
         module = DenoiseModule(placed_denoiser(model, dtype, device), model.denoise_call).eval()
         program = _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
         if model.cache_key:
-            memo.PROGRAMS.put(key, program, program_bytes(program))
+            _remember(key, program, model, program_bytes(program))
     return program
+
+
+def _remember(key, value, model: VideoModel, nbytes: int) -> None:
+    """Keep `value` (programs whose weights are the model's own tensors, not copies) in the memo
+    with the state of the weights it was made from."""
+    memo.PROGRAMS.put(key, (value, weakref.ref(model.denoiser), weights_state(model.denoiser)), nbytes)
+
+
+def _recall(key):
+    """What `_remember` kept, unless the model it came from was edited since: its programs then
+    compute with the edited tensors, whatever model now asks for them by the same fingerprint."""
+    entry = memo.PROGRAMS.get(key)
+    if entry is None:
+        return None
+    value, source, state = entry
+    denoiser = source()
+    return None if denoiser is not None and weights_state(denoiser) != state else value
 
 
 def rewrite_spec(stage: Stage, units: list[TemporalUnit], reused: tuple[str, ...] = ()) -> RewriteSpec:
@@ -332,11 +350,12 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
         rewrites = {k: v for k, v in stage.to_dict().items() if k != "timesteps"}
         stage_key = ("stage", key, json.dumps(rewrites, sort_keys=True), tuple(units))
         cached = passes is None and model.cache_key is not None
-        built = memo.PROGRAMS.get(stage_key) if cached else None
+        built = _recall(stage_key) if cached else None
         if built is None:
             built = apply_stage(program, stage, units, inputs, batch_range, passes)
             if cached:
-                memo.PROGRAMS.put(stage_key, built, sum(program_bytes(p) for p in [built.program] + [v.program for v in built.reuse_programs]))
+                _remember(stage_key, built, model,
+                          sum(program_bytes(p) for p in [built.program] + [v.program for v in built.reuse_programs]))
         stages.append(dataclasses.replace(built, stage=stage))
     return CompiledModel(model=model, plan=None if dense else plan, shapes=shapes, dtype=dtype, device=device,
                          batch_range=batch_range, units=units, stages=stages, seconds=time.perf_counter() - started)
