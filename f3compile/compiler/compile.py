@@ -339,17 +339,18 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     _check_shapes(model, plan, shapes)
     plan.check_model(model, units)
     device = check_device(device, allow_meta=True)
-    key = (model.cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
+    cache_key = model.cache_key  # None: the weights were edited since loading, nothing is reused
+    key = (cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
            batch_range)
     program = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     stages = []
+    cached = passes is None and cache_key is not None
     for stage in plan.stages:
         # what the passes read, not the steps it runs at: stages that prune alike share one program
         # (and the exporters then write its files from memory)
         rewrites = {k: v for k, v in stage.to_dict().items() if k != "timesteps"}
         stage_key = ("stage", key, json.dumps(rewrites, sort_keys=True), tuple(units))
-        cached = passes is None and model.cache_key is not None
         built = _recall(stage_key) if cached else None
         if built is None:
             built = apply_stage(program, stage, units, inputs, batch_range, passes)
