@@ -177,7 +177,7 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     _calibration_kind(stats).check_plan_options(options)
     if options.kind == "ratio":
         return make_plan(stats, options.ratio, options.granularity, criterion, options.stages, seed=options.seed,
-                         reuse=options.reuse)
+                         reuse=options.reuse, window=options.window, keep_mass=options.keep_mass)
     from .models import find_temporal_units
     from .planning.cost import ModelCost
 

@@ -35,6 +35,7 @@ def cmd_calibrate(args) -> None:
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
+        query_fraction=args.query_fraction,
     )
     stats = api.calibrate(args.model, args.prompts, config, latents=args.latents, key_model=args.key_model,
                           output_dir=args.output, progress=True)
@@ -59,7 +60,7 @@ def cmd_plan(args) -> None:
         ratio=None if args.ratio is None else _parse_ratios(args.ratio), target_speedup=args.target_speedup,
         search=args.search, max_error=args.max_error, actions=tuple(a for a in args.actions.split(",") if a),
         reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), granularity=args.granularity,
-        criterion=args.criterion, stages=args.stages, seed=args.seed,
+        criterion=args.criterion, stages=args.stages, seed=args.seed, window=args.window, keep_mass=args.keep_mass,
     )
     plan = api.plan(args.calibration, options, model=args.model, prompts=args.prompts, log=print)
     if plan.search is not None:
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default 1)")
     p.add_argument("--key-model", help="CogVideo stage-2 models: the stage-1 model whose frames it interpolates")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
+    p.add_argument("--query-fraction", type=float, default=1.0, metavar="Q", help="full 3-D attention: record the "
+                   "queries of this share of each frame's positions (seeded by --seed; default 1: all)")
     p.add_argument("--latents", type=Path, help="start every prompt from these latents instead of noise (.pt or "
                    "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
 
@@ -329,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, help=f"score (default {DEFAULT_CRITERION}; with --reuse: "
                    "residual_change, how much a block's residual changes from step to step)")
     p.add_argument("--stages", type=int, default=1, help="timestep stages, each ranked on its own steps (default 1)")
+    p.add_argument("--window", type=int, metavar="W", help="--granularity window: windowed heads attend within ±W "
+                   "frames of the query's frame (0: its own frame only)")
+    p.add_argument("--keep-mass", type=float, metavar="M", help="--granularity window, instead of --ratio: window every "
+                   "head that keeps at least M of its attention inside the window")
     p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (a control plan)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
 

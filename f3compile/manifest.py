@@ -59,8 +59,9 @@ def text_encoder_info(model) -> dict[str, Any]:
         "negative_prompt": "",
         "family": model.family,
         # how prompts are tokenized and encoded: "clip" (CLIP-style, mask only if the encoder asks),
-        # "t5" (lower-cased, attention mask passed), "hashed" (bare denoiser: seeded pseudo-embeddings)
-        "style": "hashed" if model.pipeline is None else ("t5" if model.family == "latte" else "clip"),
+        # "t5" (lower-cased, attention mask passed), "umt5" (Wan: cleaned, mask passed, the states past
+        # each prompt's length zeroed), "hashed" (bare denoiser: seeded pseudo-embeddings)
+        "style": "hashed" if model.pipeline is None else {"latte": "t5", "wan": "umt5"}.get(model.family, "clip"),
     }
 
 
@@ -194,6 +195,8 @@ def _check_reuse(stage: dict, at: str) -> None:
 
 
 def _decoder_ok(decoder: Any) -> bool:
+    if isinstance(decoder, dict) and decoder.get("kind") == "wan_vae":
+        return True
     return isinstance(decoder, dict) and decoder.get("kind") == "pixel_shuffle" and isinstance(decoder.get("factor"), int) \
         and not isinstance(decoder["factor"], bool) and decoder["factor"] >= 1
 
@@ -225,7 +228,7 @@ class DiffusionManifest(ManifestHeader):
     components: dict[str, ComponentEntry] = key(
         optional=True, message='components must be an object mapping names to {"path", "class", "sha256"}')
     decoder: Any = key(optional=True, check=_decoder_ok,
-                       message='decoder must be {"kind": "pixel_shuffle", "factor": K} with K >= 1')
+                       message='decoder must be {"kind": "wan_vae"} or {"kind": "pixel_shuffle", "factor": K} with K >= 1')
     device: Any = key(optional=True)
 
     @staticmethod

@@ -39,7 +39,9 @@ class PlanOptions:
     actions: tuple[str, ...] = option(("drop", "reuse", "heads"), "search: actions to try")
     reuse: int | None = option(None, "temporal reuse period K of the selected blocks (search: of the reuse action)")
     reuse_periods: tuple[int, ...] | None = option(None, "search: one reuse action per period")
-    granularity: str = option("head", "unit level: block, attention, head or frame")
+    granularity: str = option("head", "unit level: block, attention, head, frame or window (full 3-D attention)")
+    window: int | None = option(None, "granularity window: windowed heads attend within ±W frames (0: own frame)")
+    keep_mass: float | None = option(None, "granularity window: window every head keeping at least this share inside")
     criterion: str | None = option(None, "score (default cross_frame_mass; with reuse: residual_change)")
     stages: int = option(1, "timestep stages, each ranked on its own steps")
     seed: int = option(0, "seed of the random criterion (a control plan)")
@@ -58,6 +60,9 @@ class PlanOptions:
                 raise F3Error("--search runs the model on prompts: pass --prompts (the calibration prompts)")
             if self.reuse is not None and self.reuse_periods is not None:
                 raise F3Error("give --search one of --reuse K and --reuse-periods K1,K2,...")
+        elif self.keep_mass is not None:
+            if self.ratio is not None or self.target_speedup is not None:
+                raise F3Error("give one of --keep-mass M, --ratio R and --target-speedup S")
         elif (self.ratio is None) == (self.target_speedup is None):
             raise F3Error("give exactly one of --ratio R (or R1,R2,... one per stage) and --target-speedup S, or --search")
         elif self.max_error is not None or with_prompts or self.reuse_periods is not None:

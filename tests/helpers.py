@@ -9,7 +9,8 @@ import torch
 from f3compile.errors import F3Error
 from f3compile.models.registry import builtin_names
 
-TINY = builtin_names(kind="diffusion", group="tiny")  # the tiny diffusion models every stage is tested on
+TINY = builtin_names(kind="diffusion", group="tiny", attention="temporal")  # the factorised tiny models every stage is tested on
+TINY_FULL = builtin_names(kind="diffusion", group="tiny", attention="full")  # the tiny full 3-D attention models
 
 
 def rel(ours, reference) -> float:

@@ -38,6 +38,7 @@ class CalibrationConfig:
     seed: int = option(0, "seed of the initial latents")
     batch_size: int = option(1, "prompts per sampling call")
     heatmaps: bool = option(True, "write heatmap PNGs")
+    query_fraction: float = option(1.0, "share of each frame's query positions recorded in full 3-D attention (seeded)")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -64,6 +65,14 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def _unit_record(unit) -> dict:
+    """A unit as calibration.json lists it (a temporal unit without the spatiotemporal fields)."""
+    record = dataclasses.asdict(unit)
+    if not unit.spatiotemporal:
+        del record["tokens"], record["text_tokens"]
+    return record
+
+
 def calibrate(
     model: VideoModel,
     prompts: list[str],
@@ -86,6 +95,8 @@ def calibrate(
         raise F3Error(f"--batch-size must be at least 1, got {config.batch_size}")
     if not prompts:
         raise F3Error("no prompts to calibrate on; pass at least one prompt")
+    if not 0.0 < config.query_fraction <= 1.0:
+        raise F3Error(f"--query-fraction must be in (0, 1], got {config.query_fraction}")
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
@@ -105,7 +116,8 @@ def calibrate(
         from tqdm import tqdm
 
         bar = tqdm(total=len(batches) * config.steps, desc="calibrate", unit="step", leave=False)
-    recorder = AttentionRecorder(model.denoiser, units, blocks, len(timesteps))
+    recorder = AttentionRecorder(model.denoiser, units, blocks, len(timesteps), query_fraction=config.query_fraction,
+                                 seed=config.seed)
 
     def on_step(index: int, t) -> None:
         recorder.step = index
@@ -144,10 +156,12 @@ def calibrate(
         "scheduler": type(scheduler).__name__,
         "num_train_timesteps": int(scheduler.config.num_train_timesteps),
         "timesteps": timesteps,
-        "units": [dataclasses.asdict(unit) for unit in units],
+        "units": [_unit_record(unit) for unit in units],
         "versions": library_versions(),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if any(unit.spatiotemporal for unit in units):
+        meta["query_fraction"] = config.query_fraction  # the sampled positions follow from it and `seed`
     stats = CalibrationStats(meta=meta, tensors=tensors)
     if output_dir is not None:
         with atomic_dir(output_dir) as tmp:

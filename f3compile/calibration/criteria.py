@@ -65,6 +65,31 @@ def mean_attention(stats: CalibrationStats, unit_id: str, steps: Sequence[int] |
     return (attn / rows.clamp_min(1)).float()
 
 
+def window_mass(stats: CalibrationStats, unit_id: str, window: int, steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(H,) share of each head's attention that a ±`window`-frame window keeps, averaged over query
+    frames: the mass on key frames within `window` of the query's frame plus the mass on text keys
+    (which stay visible). Full 3-D attention units only."""
+    steps = _steps(stats, steps)
+    rows = stats.unit(unit_id, "rows")[steps].double().sum().clamp_min(1)
+    attn = stats.unit(unit_id, "attn")[steps].double().sum(0) / rows  # (H, F, F)
+    frames = attn.shape[-1]
+    distance = (torch.arange(frames)[:, None] - torch.arange(frames)[None, :]).abs()
+    inside = (attn * (distance <= window)).sum(-1)  # (H, F)
+    text = f"unit/{unit_id}/text"
+    if text in stats.tensors:
+        inside = inside + stats.tensors[text][steps].double().sum(0) / rows
+    return inside.mean(-1).clamp(0, 1).float()
+
+
+def window_scores(stats: CalibrationStats, unit_id: str, window: int, criterion: str,
+                  steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(H,) score of windowing each head at `window`: F3's rule per head, the attention mass outside
+    the window (cross_frame_mass); output_norm and random:SEED as for heads."""
+    if criterion == "cross_frame_mass":
+        return 1.0 - window_mass(stats, unit_id, window, steps)
+    return head_scores(stats, unit_id, criterion, steps)
+
+
 def _block_of(stats: CalibrationStats, unit_id: str) -> str:
     return next(unit.block for unit in stats.units if unit.id == unit_id)
 

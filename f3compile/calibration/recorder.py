@@ -21,6 +21,17 @@ and per block:
                      (output − input; an attention that is its own block: its output), compared
                      with the same block's residual at the previous step of the same loop; 0 at step 0
   change_calls (S,)  number of comparisons summed into `change` (none at step 0)
+
+Spatiotemporal units (full 3-D attention) are read at their attention kernel instead: while such a
+unit runs, a torch-function mode passes `scaled_dot_product_attention` through untouched and hands
+its q and k (after norms and rotary embeddings) and its output to the recorder. The probabilities
+are recomputed per head and per chunk of `query_chunk` query rows in fp32 (never the N×N matrix of
+all heads), for the video queries of the sampled spatial positions (`query_fraction`) of every frame:
+  attn        (S, H, F, F)  Σ over calls, batch rows and recorded queries of frame f of the mass on
+                            the keys of frame g
+  text        (S, H, F)     the same for the mass on text keys (units with a text block)
+  rows        (S,)          recorded queries per (head, query frame)
+and `branch`/`head_branch` from the kernel output as above.
 """
 
 from __future__ import annotations
@@ -45,6 +56,37 @@ class _UnitState:
     captured: dict = field(default_factory=dict)
 
 
+class _Kernel(torch.overrides.TorchFunctionMode):
+    """Active only while one spatiotemporal unit runs: passes its attention kernel through untouched
+    and hands q, k and the kernel's output to the recorder."""
+
+    def __init__(self, on_kernel):
+        super().__init__()
+        self.on_kernel = on_kernel
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+            given = dict(zip(names, args)) | kwargs
+            self.on_kernel(given["query"], given["key"], given.get("scale"), out)
+        return out
+
+
+def sampled_positions(tokens: int, fraction: float, seed: int, unit_id: str) -> torch.Tensor:
+    """The spatial positions (sorted) whose queries are recorded in every frame: all of them at
+    fraction 1, else round(fraction × tokens) (at least one) drawn from `seed` and the unit id."""
+    if fraction >= 1.0:
+        return torch.arange(tokens)
+    import hashlib
+
+    count = max(1, round(fraction * tokens))
+    digest = hashlib.sha256(f"{seed}|{unit_id}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    return torch.randperm(tokens, generator=generator)[:count].sort().values
+
+
 @dataclass
 class _Residuals:
     """A block's residuals (fp32, detached) at one denoising step, in call order."""
@@ -56,13 +98,16 @@ class _Residuals:
 class AttentionRecorder:
     """Collects per-step temporal attention statistics while attached to a denoiser."""
 
-    def __init__(self, denoiser: nn.Module, units: list[TemporalUnit], blocks: list[TemporalBlock], steps: int):
+    def __init__(self, denoiser: nn.Module, units: list[TemporalUnit], blocks: list[TemporalBlock], steps: int,
+                 query_fraction: float = 1.0, seed: int = 0, query_chunk: int = 1024):
         self.denoiser = denoiser
         self.units = units
         self.blocks = blocks
         self.steps = steps
         self.step = 0
+        self.query_fraction, self.seed, self.query_chunk = query_fraction, seed, query_chunk
         self._handles: list = []
+        self._modes: list = []
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -79,6 +124,7 @@ class AttentionRecorder:
             )
             for unit in self.units
         }
+        self._text = {unit.id: torch.zeros(steps, unit.heads, unit.frames) for unit in self.units if unit.text_tokens}
         self._block_ratio = {block.id: torch.zeros(steps) for block in self.blocks}
         self._block_calls = {block.id: torch.zeros(steps) for block in self.blocks}
         self._change = {block.id: torch.zeros(steps) for block in self.blocks}
@@ -101,6 +147,9 @@ class AttentionRecorder:
         for unit in self.units:
             attention = modules[unit.id]
             state = self._state[unit.id]
+            if unit.spatiotemporal:
+                self._attach_kernel(state, attention, modules)
+                continue
             for name in ("to_q", "to_k", "to_v"):
                 self._handles.append(getattr(attention, name).register_forward_hook(self._capture(state, name)))
             parent_name, _, attr = unit.id.rpartition(".")
@@ -114,6 +163,8 @@ class AttentionRecorder:
             self._handles.append(modules[block.id].register_forward_hook(self._record_block(block.id), with_kwargs=True))
 
     def detach(self) -> None:
+        while self._modes:  # a forward that raised inside a unit left its mode entered
+            self._modes.pop().__exit__(None, None, None)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -170,6 +221,73 @@ class AttentionRecorder:
 
         return hook
 
+    def _attach_kernel(self, state: _UnitState, attention: nn.Module, modules: dict) -> None:
+        unit = state.unit
+        positions = sampled_positions(unit.tokens, self.query_fraction, self.seed, unit.id)
+        # recorded query rows of the sequence, frame by frame, and the frame of each
+        rows = torch.cat([unit.text_tokens + frame * unit.tokens + positions for frame in range(unit.frames)])
+        frame_of = torch.arange(unit.frames).repeat_interleave(len(positions))
+        parent_name, _, attr = unit.id.rpartition(".")
+        norm = getattr(modules.get(parent_name), attr.replace("attn", "norm"), None) if attr.startswith("attn") else None
+        if isinstance(norm, nn.Module):
+            self._handles.append(norm.register_forward_hook(self._capture_residual(state)))
+
+        def on_kernel(query, key, scale, out):
+            self._record_kernel(state, attention, query, key, scale, out, rows, frame_of)
+
+        def enter(module, args):
+            mode = _Kernel(on_kernel)
+            mode.__enter__()
+            self._modes.append(mode)
+
+        def leave(module, args, output):
+            self._modes.pop().__exit__(None, None, None)
+            state.captured.clear()
+
+        self._handles.append(attention.register_forward_pre_hook(enter))
+        self._handles.append(attention.register_forward_hook(leave))
+
+    @torch.no_grad()
+    def _record_kernel(self, state: _UnitState, attention: nn.Module, query, key, scale, out, rows, frame_of) -> None:
+        unit, step = state.unit, self.step
+        if query.ndim != 4 or query.shape[1] != unit.heads or query.shape[2] != unit.sequence:
+            raise F3Error(f"{unit.id} ran an attention kernel on {tuple(query.shape)}, not (B, {unit.heads}, "
+                          f"{unit.sequence}, d); calibrate at the shapes it was discovered at")
+        scale = unit.head_dim ** -0.5 if scale is None else scale
+        text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
+        rows, frame_of = rows.to(query.device), frame_of.to(query.device)
+        attn = torch.zeros(unit.heads, frames, frames, dtype=torch.float64, device=query.device)
+        text_mass = torch.zeros(unit.heads, frames, dtype=torch.float64, device=query.device)
+        for batch in range(query.shape[0]):
+            for head in range(unit.heads):
+                keys = key[batch, head].float()  # (N, d)
+                for start in range(0, len(rows), self.query_chunk):  # (c, N) at a time, never N x N
+                    chunk = rows[start:start + self.query_chunk]
+                    probs = torch.softmax(query[batch, head, chunk].float() @ keys.T * scale, dim=-1)
+                    if not torch.isfinite(probs).all():
+                        raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
+                    where = frame_of[start:start + self.query_chunk]
+                    per_frame = probs[:, text:].reshape(len(chunk), frames, tokens).sum(-1).double()  # (c, F)
+                    attn[head].index_add_(0, where, per_frame)
+                    if text:
+                        text_mass[head].index_add_(0, where, probs[:, :text].sum(-1).double())
+        state.attn[step] += attn.float().cpu()
+        if text:
+            self._text[unit.id][step] += text_mass.float().cpu()
+        state.rows[step] += query.shape[0] * len(rows) // frames
+        residual = state.captured.pop("residual", None)
+        if residual is not None:  # ‖branch‖ / ‖residual input‖, per head through the output projection
+            residual_norm = residual.float().norm().clamp_min(1e-12)
+            projection = attention.to_out[0]
+            full = projection(out.transpose(1, 2).flatten(2).to(projection.weight.dtype)).float()
+            state.branch[step] += float(full.norm() / residual_norm)
+            weight = projection.weight.float()  # (C, H·d)
+            d = unit.head_dim
+            for head in range(unit.heads):
+                part = out[:, head].float() @ weight[:, head * d:(head + 1) * d].T  # (B, N, C)
+                state.head_branch[step, head] += float(part.norm() / residual_norm)
+        state.calls[step] += 1
+
     def _record_block(self, block_id: str):
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs.get("hidden_states")
@@ -215,6 +333,8 @@ class AttentionRecorder:
             out[f"unit/{unit_id}/branch"] = state.branch.clone()
             out[f"unit/{unit_id}/head_branch"] = state.head_branch.clone()
             out[f"unit/{unit_id}/calls"] = state.calls.clone()
+            if unit_id in self._text:
+                out[f"unit/{unit_id}/text"] = self._text[unit_id].clone()
         for block_id in self._block_ratio:
             if block_id in self._state:  # dropping it removes the residual branch: ‖branch‖ / ‖residual input‖
                 out[f"block/{block_id}/ratio"] = self._state[block_id].branch.clone()

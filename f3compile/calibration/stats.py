@@ -95,6 +95,8 @@ class CalibrationStats:
             expected |= {f"unit/{unit.id}/{name}": shape for name, shape in (
                 ("attn", (steps, unit.heads, unit.frames, unit.frames)), ("rows", (steps,)), ("branch", (steps,)),
                 ("head_branch", (steps, unit.heads)), ("calls", (steps,)))}
+            if unit.text_tokens:
+                expected[f"unit/{unit.id}/text"] = (steps, unit.heads, unit.frames)
         for block in stats.blocks:
             expected |= {f"block/{block.id}/ratio": (steps,), f"block/{block.id}/calls": (steps,)}
         for block in stats.blocks:  # residual change: absent from calibrations written before it was recorded
@@ -125,13 +127,16 @@ def _positive(value: Any) -> bool:
 class UnitDocument:
     """units[i]: one temporal attention (`models.base.TemporalUnit`)."""
 
-    MESSAGE = "must be an object with string id and block and positive integer heads, head_dim, frames and channels"
+    MESSAGE = ("must be an object with string id and block, positive integer heads, head_dim, frames and channels "
+               "and, for full 3-D attention, positive tokens and non-negative text_tokens")
     id: str = key(check=bool)
     block: str = key(check=bool)
     heads: int = key(check=_positive)
     head_dim: int = key(check=_positive)
     frames: int = key(check=_positive)
     channels: int = key(check=_positive)
+    tokens: int = key(optional=True, check=_positive)
+    text_tokens: int = key(optional=True, check=lambda v: _count(v, 0))
 
 
 @dataclass

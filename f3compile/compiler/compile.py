@@ -265,6 +265,8 @@ def rewrite_spec(stage: Stage, units: list[TemporalUnit], reused: tuple[str, ...
         unit_rewrites[unit_id] = dataclasses.replace(unit_rewrites.get(unit_id, UnitRewrite()), pruned_heads=tuple(heads))
     for unit_id, frames in stage.keep_frames.items():
         unit_rewrites[unit_id] = dataclasses.replace(unit_rewrites.get(unit_id, UnitRewrite()), kept_frames=tuple(frames))
+    for unit_id, windows in stage.windows.items():
+        unit_rewrites[unit_id] = dataclasses.replace(unit_rewrites.get(unit_id, UnitRewrite()), windows=tuple(windows))
     block_rewrites = {block: BlockRewrite(drop=True) for block in stage.drop_blocks}
     for block in stage.reused_blocks:
         block_rewrites[block] = BlockRewrite(residual="given" if block in reused else "returned")
@@ -458,8 +460,11 @@ def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shape
 
 
 def decoder_info(model: VideoModel) -> dict:
-    """How samples become frames when the pipeline has no VAE: RGB pixels packed space-to-depth."""
+    """How samples become frames where it is not a 2-D VAE frame by frame: Wan's video VAE
+    (de-normalized latents, decoded as a whole video), or no VAE (RGB pixels packed space-to-depth)."""
     pipe = model.pipeline
+    if model.family == "wan":
+        return {"decoder": {"kind": "wan_vae", "temporal_scale": model.temporal_scale}}
     if pipe is None or getattr(pipe, "vae", None) is not None:
         return {}
     return {"decoder": {"kind": "pixel_shuffle", "factor": model.vae_scale_factor, "range": [-1, 1]}}

@@ -15,11 +15,17 @@ from ..errors import F3Error
 
 @dataclass(frozen=True)
 class TemporalUnit:
-    """One temporal attention module: self-attention whose sequence axis is the frame axis.
+    """One attention module that mixes frames.
+
+    A *temporal* unit (the factorised families) is self-attention whose sequence axis is the frame
+    axis. A *spatiotemporal* unit (full 3-D attention: Wan, CogVideoX) is self-attention over every
+    token of every frame: `text_tokens` text tokens first (CogVideoX; 0 for Wan), then `frames` ×
+    `tokens` video tokens in frame-major order; `tokens` is 0 for a temporal unit.
 
     `id` is the module path inside the denoiser (stable, human-readable); `block` is the
-    path of the enclosing temporal block (the outermost module that holds only temporal
-    attention), which is what `drop_blocks` removes.
+    path of the enclosing block (temporal: the outermost module that holds only temporal
+    attention; spatiotemporal: the transformer block around it), which is what `drop_blocks`
+    removes and temporal reuse reuses. `frames` counts latent frames.
     """
 
     id: str
@@ -28,6 +34,17 @@ class TemporalUnit:
     head_dim: int
     frames: int
     channels: int  # width of the attention's input/output
+    tokens: int = 0  # spatial tokens per frame of a spatiotemporal unit; 0: a temporal unit
+    text_tokens: int = 0  # text tokens before the video tokens in the same sequence (CogVideoX)
+
+    @property
+    def spatiotemporal(self) -> bool:
+        return self.tokens > 0
+
+    @property
+    def sequence(self) -> int:
+        """Length of the attention's sequence (temporal units: the frames)."""
+        return self.text_tokens + self.frames * self.tokens if self.tokens else self.frames
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,7 @@ class VideoModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     sample_layout: str = "B,C,F,H,W"
+    temporal_scale: int = 1  # a VAE that compresses time: latent frames = (frames - 1) // scale + 1
     _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,11 +144,15 @@ class VideoModel:
         negative = negative if negative is not None else [""] * len(prompts)
         return self.encode_call(self, prompts, negative)
 
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a `frames`-frame video (`temporal_scale` 4: 81 frames -> 21)."""
+        return frames if self.temporal_scale == 1 else (frames - 1) // self.temporal_scale + 1
+
     def latent_shape(self, shapes: VideoShapes) -> tuple[int, int, int, int, int]:
         return (
             shapes.batch,
             self.latent_channels,
-            shapes.frames,
+            self.latent_frames(shapes.frames),
             shapes.height // self.vae_scale_factor,
             shapes.width // self.vae_scale_factor,
         )
@@ -179,6 +201,13 @@ def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, wi
             raise F3Error(f"--{name} must be a positive integer, got {value}")
     if shapes.frames < 2:
         raise F3Error("--frames must be at least 2: temporal attention needs several frames")
+    scale = model.temporal_scale
+    if scale > 1 and (shapes.frames - 1) % scale:
+        below = (shapes.frames - 1) // scale * scale + 1
+        raise F3Error(f"--frames {shapes.frames} does not fit {model.spec}'s VAE, which compresses time {scale}x: "
+                      f"use 1 + {scale}k frames (e.g. {below} or {below + scale})")
+    if scale > 1 and model.latent_frames(shapes.frames) < 2:
+        raise F3Error(f"--frames must be at least {scale + 1} for {model.spec}: attention across frames needs two latent frames")
     fixed = model.denoiser.config.get("video_length") if hasattr(model.denoiser, "config") else None
     if fixed and shapes.frames != fixed:
         raise F3Error(f"{model.spec} has a fixed temporal position embedding for {fixed} frames; use --frames {fixed}")

@@ -40,6 +40,26 @@ class _Seen:
     rows: int = -1
     self_attention: bool = True
     calls: int = 0
+    queries: int = -1  # sequence lengths at the attention kernel itself (after any text is joined in)
+    keys: int = -1
+
+
+class _KernelShapes(torch.overrides.TorchFunctionMode):
+    """Records the query and key lengths of `scaled_dot_product_attention` calls, by the attention
+    module running them (a processor may join text and video into one sequence before the kernel)."""
+
+    def __init__(self, seen: dict[str, "_Seen"]):
+        super().__init__()
+        self.seen, self.stack = seen, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and self.stack:
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            record = self.seen.setdefault(self.stack[-1], _Seen())
+            record.queries, record.keys = int(query.shape[-2]), int(key.shape[-2])
+        return func(*args, **kwargs)
 
 
 def _probe(
@@ -70,18 +90,22 @@ def _probe(
         if isinstance(hidden, torch.Tensor) and isinstance(out, torch.Tensor):
             io_shapes[names[module]] = (tuple(int(d) for d in hidden.shape), tuple(int(d) for d in out.shape))
 
+    kernels = _KernelShapes(seen)
     for module, name in names.items():
         if is_attention(module):
             handles.append(module.register_forward_pre_hook(attention_hook, with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(lambda m, a, k, n=name: kernels.stack.append(n),
+                                                            with_kwargs=True))
+            handles.append(module.register_forward_hook(lambda m, a, o: None if kernels.stack.pop() else None))
         elif name and not isinstance(module, _CONTAINERS):
             handles.append(module.register_forward_hook(block_hook, with_kwargs=True))
     try:
         sample, timestep, ehs = model.example_inputs(shapes, cfg=False)  # small real tensors
         if fake:
-            with _shape_only(model.denoiser) as mode, torch.no_grad():
+            with _shape_only(model.denoiser) as mode, torch.no_grad(), kernels:
                 model.denoise(mode.from_tensor(sample), mode.from_tensor(timestep), mode.from_tensor(ehs))
         else:
-            with torch.no_grad():
+            with torch.no_grad(), kernels:
                 model.denoise(sample, timestep, ehs)
     finally:
         for handle in handles:
@@ -249,7 +273,7 @@ def find_temporal_units(model: VideoModel, shapes: VideoShapes | None = None, *,
         return list(_CACHE[key][0])
     root = model.denoiser
     names = {module: name for name, module in root.named_modules()}
-    frames = shapes.frames
+    frames = model.latent_frames(shapes.frames)
     first, io_shapes, second, probe = _trace(model, shapes, names, _probe_mode)
 
     temporal_names = []
@@ -262,9 +286,14 @@ def find_temporal_units(model: VideoModel, shapes: VideoShapes | None = None, *,
             temporal_names.append(name)
     attention_names = set(first)
     if not temporal_names:
+        units = _spatiotemporal_units(model, shapes, names, first, second, io_shapes, probe)
+        if units:
+            if _probe_mode == "fake":
+                _remember(key, units, probe)
+            return units
         raise F3Error(
-            f"{model.spec} has no temporal attention (no self-attention over the {frames}-frame axis); "
-            "f3compile prunes temporal attention only"
+            f"{model.spec} has no temporal attention (no self-attention over the {frames}-frame axis, and none "
+            "over all frames' tokens); f3compile prunes attention across frames only"
         )
     temporal_set = set(temporal_names)
     modules = dict(root.named_modules())
@@ -299,10 +328,124 @@ def find_temporal_units(model: VideoModel, shapes: VideoShapes | None = None, *,
             frames=frames, channels=int(attention.to_q.in_features),
         ))
     if _probe_mode == "fake":
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = (tuple(units), probe)
+        _remember(key, units, probe)
     return units
+
+
+def _remember(key, units: list[TemporalUnit], probe: str) -> None:
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (tuple(units), probe)
+
+
+def _spatiotemporal_units(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str], first: dict,
+                          second: dict, io_shapes: dict, probe: str) -> list[TemporalUnit]:
+    """Full 3-D attention: self-attention whose kernel sequence is `text + frames x tokens`, the text
+    block fixed, `tokens` growing with the spatial size and the whole growing by `tokens` per added
+    frame (a third trace, one latent frame longer). Its token order (the text block first, then the
+    frames one after another) is confirmed on real values (`_confirm_frame_major`)."""
+    frames = model.latent_frames(shapes.frames)
+    candidates = [name for name, record in first.items()
+                  if name in second and record.queries > 0 and record.queries == record.keys
+                  and second[name].queries == second[name].keys and second[name].queries != record.queries]
+    if not candidates:
+        return []
+    longer = VideoShapes(1, shapes.frames + model.temporal_scale, shapes.height, shapes.width)
+    third, _ = _probe(model, longer, names, fake=probe == "fake")
+    found: dict[str, tuple[int, int]] = {}
+    for name in candidates:
+        one, two, three = first[name], second[name], third.get(name)
+        if three is None or three.queries != three.keys:
+            continue
+        tokens = three.queries - one.queries  # one more frame adds one frame of tokens
+        text = one.queries - frames * tokens
+        if tokens <= 0 or text < 0 or (two.queries - text) % frames:
+            continue
+        found[name] = (tokens, text)
+    if not found:
+        return []
+    modules = dict(model.denoiser.named_modules())
+    ordered = sorted(found, key=list(modules).index)
+    _confirm_frame_major(model, shapes, names, ordered[0], found[ordered[0]][1])
+    units = []
+    for name in ordered:
+        block = name
+        parts = name.split(".")
+        for depth in range(len(parts) - 1, 0, -1):  # the outermost module around this unit alone
+            prefix = ".".join(parts[:depth])
+            if isinstance(modules[prefix], _CONTAINERS):
+                continue
+            if any(other != name and other.startswith(prefix + ".") for other in found):
+                break
+            if any(isinstance(m, _CONVS) for m in modules[prefix].modules()):
+                break
+            io = io_shapes.get(prefix)
+            if io is not None and io[0] == io[1]:
+                block = prefix
+        attention = modules[name]
+        inner = attention.to_q.out_features
+        tokens, text = found[name]
+        units.append(TemporalUnit(
+            id=name, block=block, heads=int(attention.heads), head_dim=int(inner // attention.heads), frames=frames,
+            channels=int(attention.to_q.in_features), tokens=tokens, text_tokens=text,
+        ))
+    return units
+
+
+class _Stop(Exception):
+    """Ends a forward once the kernel it was run for has been seen."""
+
+
+class _GrabQuery(torch.overrides.TorchFunctionMode):
+    """Keeps the query of the first attention kernel run while `active`, then stops the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self.query = False, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and self.active:
+            self.query = (args[0] if args else kwargs["query"]).detach().clone()
+            raise _Stop
+        return func(*args, **kwargs)
+
+
+def _confirm_frame_major(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str], unit: str,
+                         text: int) -> None:
+    """Change one latent frame of the input and see which query rows of the first spatiotemporal
+    unit's attention kernel change: exactly that frame's tokens, after the text block, in a
+    frame-major sequence. Real values at three latent frames; each forward stops at that kernel."""
+    scale = model.temporal_scale
+    small = VideoShapes(1, 1 + 2 * scale if scale > 1 else 3, shapes.height, shapes.width)
+    frames = model.latent_frames(small.frames)
+    module = next(m for m, n in names.items() if n == unit)
+    sample, timestep, ehs = model.example_inputs(small, cfg=False)
+    changed = sample.clone()
+    changed[:, :, 1] += 1.0
+    queries = []
+    for x in (sample, changed):
+        grab = _GrabQuery()
+        handle = module.register_forward_pre_hook(lambda m, a: setattr(grab, "active", True))
+        try:
+            with torch.no_grad(), grab:
+                model.denoise(x, timestep, ehs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if grab.query is None or grab.query.ndim != 4:
+            raise F3Error(f"{unit} of {model.spec} ran no (B, heads, sequence, dim) attention kernel on a real "
+                          "forward; cannot confirm its token order")
+        queries.append(grab.query)
+    changed_rows = (queries[0] - queries[1]).abs().amax(dim=(0, 1, 3)) > 0  # (sequence,)
+    length = queries[0].shape[-2]
+    tokens = (length - text) // frames
+    expected = torch.zeros(length, dtype=torch.bool)
+    expected[text + tokens: text + 2 * tokens] = True
+    if tokens <= 0 or not torch.equal(changed_rows, expected):
+        raise F3Error(f"{unit} of {model.spec} attends over {frames} frames of tokens, but not in frame-major order "
+                      f"after a {text}-token text block; f3compile cannot window it")
 
 
 def temporal_blocks(units: list[TemporalUnit]) -> list[TemporalBlock]:

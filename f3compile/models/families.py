@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import wan
+
 
 def _timesteps(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
     # (B,) float32: the exported signature; diffusers' sinusoidal embeddings cast to float anyway.
@@ -103,6 +105,7 @@ FAMILIES: dict[str, Family] = {
     "latte": Family("latte", "LatteTransformer3DModel", "LattePipeline", _denoise_latte, _encode_latte),
     # Tune-A-Video calls its UNet "UNet3DConditionModel" too; loading tells it apart by its keys
     "tuneavideo": Family("tuneavideo", "TuneAVideoUNet", "TuneAVideoPipeline", _denoise_unet3d, _encode_clip_like),
+    "wan": Family("wan", "WanTransformer3DModel", "WanPipeline", wan.denoise, wan.encode),
 }
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}

@@ -46,6 +46,8 @@ def _denoiser_of(pipe) -> torch.nn.Module:
 
 
 def _default_shapes(family: Family, denoiser, vae_scale_factor: int) -> VideoShapes:
+    if family.name == "wan":  # the published 480p shape: 81 frames (21 latent frames)
+        return VideoShapes(batch=1, frames=81, height=480, width=832)
     config = denoiser.config
     latent = config.get("sample_size", 32)
     latent = latent[0] if isinstance(latent, (list, tuple)) else latent
@@ -57,6 +59,10 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
     if family.name == "latte":
         dim = denoiser.config.caption_channels
         length = 120  # LattePipeline pads prompts to 120 tokens
+    elif family.name == "wan":
+        from .wan import TEXT_LENGTH
+
+        dim, length = denoiser.config.text_dim, TEXT_LENGTH
     else:
         dim = denoiser.config.cross_attention_dim
         length = pipe.tokenizer.model_max_length if pipe is not None else 77
@@ -76,7 +82,14 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -
         )
     pipe.set_progress_bar_config(disable=True)
     denoiser = _denoiser_of(pipe).eval()
-    if getattr(pipe, "vae", None) is not None:
+    temporal_scale = 1
+    if family.name == "wan":
+        from . import wan
+
+        wan.refuse_unsupported(pipe, spec)
+        wan.refuse_unsupported(denoiser, spec)
+        temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
+    elif getattr(pipe, "vae", None) is not None:
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     else:  # no VAE: pixel space, RGB frames packed space-to-depth into the channels (3·k² of them)
         vae_scale = pixel_pack_factor(int(denoiser.config.in_channels))
@@ -96,6 +109,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -
         info={"pipeline_class": type(pipe).__name__, "denoiser_class": type(denoiser).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
               "scheduler_class": type(pipe.scheduler).__name__},
+        temporal_scale=temporal_scale,
     )
 
 
@@ -103,14 +117,24 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
     import diffusers
 
     family = BY_DENOISER_CLASS[class_name]
+    temporal_scale = 1
     if family.name == "tuneavideo":
         from .tuneavideo import load_unet
 
         denoiser = load_unet(path)
     else:
+        if family.name == "wan":
+            from . import wan
+
+            wan.refuse_unsupported(read_json(path / "config.json", "re-save the denoiser"), str(path))
         denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
-    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if family.name == "wan":  # the published sampler and VAE strides; a bare transformer brings neither
+        from . import wan
+
+        scheduler, temporal_scale = wan.scheduler(), 4
+    else:
+        scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     length, dim = _text_dims(family, denoiser, None)
     return VideoModel(
         spec=spec, family=family.name, denoiser=denoiser, scheduler=scheduler, text_encoder=None, tokenizer=None,
@@ -119,7 +143,8 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
         fingerprint=fingerprint_modules(dict(denoiser.config), denoiser),
         denoise_call=family.denoise, encode_call=encode_hashed,
         info={"pipeline_class": None, "denoiser_class": class_name, "text_encoder_class": None,
-              "scheduler_class": "DDIMScheduler", "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
+              "scheduler_class": type(scheduler).__name__, "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
+        temporal_scale=temporal_scale,
     )
 
 
@@ -163,7 +188,7 @@ def build_builtin(name: str, seed: int = 0):
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        pipe = builder(scale) if entry.scalable else builder(**entry.options)
+        pipe = builder(scale, **entry.options) if entry.scalable else builder(**entry.options)
     finally:
         torch.random.set_rng_state(state)
     pipe.set_progress_bar_config(disable=True)

@@ -38,6 +38,7 @@ class Family:
     name: str
     kind: str
     description: str
+    attention: str = "temporal"  # "temporal": factorised (temporal layers); "full": full 3-D attention
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ for _name, _description in (
     ("tuneavideo", "Tune-A-Video's UNet (SD v1 layout with sparse-causal and temporal attention)"),
 ):
     register_family(Family(_name, "diffusion", _description))
+register_family(Family("wan", "diffusion", "Wan 2.1 WanTransformer3DModel (WanPipeline), full 3-D attention", "full"))
 register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransformer names), stage 1 and stage 2"))
 
 _BUILDERS = "f3compile.models.builtin"
@@ -135,6 +137,12 @@ for _builtin in (
             "Latte-1 (28 layers, 16x72 heads), 16 frames 256x256", "preset"),
     Builtin("arch-tuneavideo", "tuneavideo", f"{_PRESETS}:build_arch_tuneavideo", (8, 512, 512),
             "Tune-A-Video (SD v1.4 UNet + sparse-causal and temporal attention), 8 frames 512x512", "preset"),
+    Builtin("tiny-wan", "wan", "f3compile.models.wan:build_tiny_wan", (17, 64, 64),
+            "WanTransformer3DModel, 2 layers of 4 heads, Wan VAE strides (17 frames -> 5 latent frames)", "tiny"),
+    Builtin("arch-wan2.1-1.3b", "wan", "f3compile.models.wan:build_arch_wan", (81, 480, 832),
+            "Wan2.1-T2V-1.3B (30 layers, 12x128 heads), 81 frames 480x832", "preset", {"size": "1.3b"}),
+    Builtin("arch-wan2.1-14b", "wan", "f3compile.models.wan:build_arch_wan", (81, 720, 1280),
+            "Wan2.1-T2V-14B (40 layers, 40x128 heads), 81 frames 720x1280", "preset", {"size": "14b"}),
     Builtin("tiny-cogvideo", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,
             "CogVideo stage 1, 3 layers of 64, 5 frames of 4x4 tokens", "tiny", {"stage": 1}),
     Builtin("tiny-cogvideo-stage2", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,
@@ -153,10 +161,12 @@ register_layout(Layout("config.json", "diffusion", "a bare diffusers denoiser sa
 
 
 # -- lookups -----------------------------------------------------------------------------------
-def builtin_names(kind: str | None = None, group: str | None = None) -> list[str]:
-    """Names of the builtins of `kind` and `group` (None: any), in registration order."""
+def builtin_names(kind: str | None = None, group: str | None = None, attention: str | None = None) -> list[str]:
+    """Names of the builtins of `kind`, `group` and `attention` ("temporal" or "full"; None: any), in
+    registration order."""
     return [name for name, entry in BUILTINS.items()
-            if (kind is None or entry.kind == kind) and (group is None or entry.group == group)]
+            if (kind is None or entry.kind == kind) and (group is None or entry.group == group)
+            and (attention is None or FAMILIES[entry.family].attention == attention)]
 
 
 def parse_builtin(name: str) -> tuple[Builtin, float]:

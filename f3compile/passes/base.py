@@ -42,6 +42,7 @@ class UnitRewrite:
     drop: bool = False  # its residual branch is removed: h = h
     pruned_heads: tuple[int, ...] = ()  # sliced out of q/k/v and the output projection
     kept_frames: tuple[int, ...] | None = None  # keys and values gathered from these frames (None: all)
+    windows: tuple[int | None, ...] | None = None  # per head: attend within ±W frames (None: that head dense)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class RewriteSpec:
     def keep_frames(self) -> dict[str, tuple[int, ...]]:
         return {unit: rewrite.kept_frames for unit, rewrite in self.unit_rewrites.items()
                 if rewrite.kept_frames is not None}
+
+    @property
+    def windows(self) -> dict[str, tuple[int | None, ...]]:
+        return {unit: rewrite.windows for unit, rewrite in self.unit_rewrites.items() if rewrite.windows is not None}
 
     @property
     def carried_blocks(self) -> list[str]:

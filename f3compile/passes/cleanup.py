@@ -86,16 +86,24 @@ def fold_zeros(gm: fx.GraphModule) -> bool:
     return changed
 
 
+def _writes_in_place(node: fx.Node) -> bool:
+    """An op that writes into one of its arguments (`copy_` into a slice of `empty_like`, as Wan's
+    rotary embedding does): its result is unused but its effect is not."""
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
 def eliminate_dead_code(gm: fx.GraphModule) -> bool:
     """Erase nodes whose results are unused.
 
     fx's own DCE keeps ops tagged nondeterministic (dropout, which is the identity in an eval
-    graph) and metadata assertions; here every aten op of an export graph is functional, and an
-    assertion is dead when nothing but assertions reads the tensor it checks.
+    graph) and metadata assertions; here every aten op of an export graph is functional except the
+    in-place ones (kept), and an assertion is dead when nothing but assertions reads the tensor it
+    checks.
     """
     changed = False
     for node in reversed(list(gm.graph.nodes)):
-        if node.op not in ("call_function", "get_attr") or node.users:
+        if node.op not in ("call_function", "get_attr") or node.users or _writes_in_place(node):
             continue
         if node.target in _ASSERTS:
             checked = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None

@@ -10,6 +10,9 @@ removes is then derived from those per-module counts with the exact semantics of
                   (all heads pruned: the output is the bias, written 0 × norm(h) + b so that
                   exporters do not fold it into a full-size constant; the norm stays)
   keep frames     k/v projections and the attention core scale with kept frames / frames
+  windows         full 3-D attention: the core of a head at window W keeps
+                  [T·(T + F·S) + F·S·(T + K·S)] / (T + F·S)² of its share, K = min(2W + 1, F)
+                  (T text tokens, F frames of S tokens; what `window_attention` computes)
   reuse k         the block's FLOPs (after the pruning above inside it) at the steps that reuse:
                   of a stage's n steps, ceil(n / k) compute (n → ∞: a share 1 − 1/k is saved);
                   no parameters (the computing program keeps them all)
@@ -60,6 +63,16 @@ def count_flops(fn: Callable, inputs: tuple) -> tuple[int, dict[str, int]]:
 
 def _params(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def window_core_share(unit: TemporalUnit, window: int) -> float:
+    """Share of a head's attention-core FLOPs left when it attends within ±`window` frames."""
+    text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
+    if window >= frames - 1:
+        return 1.0
+    slots = min(2 * window + 1, frames)
+    length = text + frames * tokens
+    return (text * length + frames * tokens * (text + slots * tokens)) / (length * length)
 
 
 @dataclass
@@ -132,6 +145,11 @@ class ModelCost:
             if unit_id in dropped:
                 flops += split["total"]
                 params += counts["attention"] + counts["norm"]
+                continue
+            windows = stage.windows.get(unit_id)
+            if windows:
+                kept = sum(1.0 if w is None else window_core_share(unit, w) for w in windows) / unit.heads
+                flops += round(split["core"] * (1.0 - kept))
                 continue
             pruned_heads = len(stage.prune_heads.get(unit_id, []))
             kept_heads = (unit.heads - pruned_heads) / unit.heads

@@ -23,7 +23,8 @@ from ..reuse import MAX_PROGRAMS as MAX_REUSE_PROGRAMS
 from ..schema import fail, is_number as _is_number, key, name as _name, validate
 
 SCHEMA = "f3compile.plan/1"
-GRANULARITIES = ("block", "attention", "head", "frame")
+GRANULARITIES = ("block", "attention", "head", "frame", "window")
+FULL_ATTENTION_GRANULARITIES = ("block", "attention", "window")  # what plans of full 3-D attention units take
 MAX_REUSE_PERIOD = 64
 MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
 
@@ -41,6 +42,8 @@ class Stage:
     # 0, k, 2k, … (counted from the stage's first step); at the others its output is its input plus
     # the residual (output − input) of the last computed step. k = 1 computes every step.
     reuse: dict[str, int] = field(default_factory=dict)
+    # full 3-D attention: unit id -> per head the window W (attend within ±W frames) or None (dense)
+    windows: dict[str, list[int | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -52,6 +55,8 @@ class Stage:
         }
         if self.reuse:
             data["reuse"] = {k: int(v) for k, v in self.reuse.items()}
+        if self.windows:
+            data["windows"] = {k: [None if w is None else int(w) for w in v] for k, v in self.windows.items()}
         return data
 
     @property
@@ -64,7 +69,8 @@ class Stage:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.drop_blocks or self.drop_attention or self.prune_heads or self.keep_frames or self.reused_blocks)
+        return not (self.drop_blocks or self.drop_attention or self.prune_heads or self.keep_frames or self.reused_blocks
+                    or any(w is not None for v in self.windows.values() for w in v))
 
 
 @dataclass
@@ -80,6 +86,8 @@ class PruningPlan:
     scores: dict[str, dict[str, Any]]
     budget: dict[str, float] | None = None
     search: dict[str, Any] | None = None
+    window: int | None = None  # granularity window: the W of the windowed heads
+    keep_mass: float | None = None  # granularity window: heads keeping at least this share were windowed
 
     # -- (de)serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +101,10 @@ class PruningPlan:
             data["budget"] = dict(self.budget)
         if self.search is not None:
             data["search"] = dict(self.search)
+        if self.window is not None:
+            data["window"] = int(self.window)
+        if self.keep_mass is not None:
+            data["keep_mass"] = float(self.keep_mass)
         return data
 
     def stage_ratios(self) -> list[float]:
@@ -123,6 +135,7 @@ class PruningPlan:
                 prune_heads={k: [int(h) for h in v] for k, v in s["prune_heads"].items()},
                 keep_frames={k: [int(f) for f in v] for k, v in s["keep_frames"].items()},
                 reuse={k: int(v) for k, v in s.get("reuse", {}).items()},
+                windows={k: [None if w is None else int(w) for w in v] for k, v in s.get("windows", {}).items()},
             )
             for s in data["stages"]
         ]
@@ -133,6 +146,8 @@ class PruningPlan:
             stages=stages, scores=data["scores"],
             budget={k: float(v) for k, v in data["budget"].items()} if "budget" in data else None,
             search=dict(data["search"]) if "search" in data else None,
+            window=int(data["window"]) if "window" in data else None,
+            keep_mass=float(data["keep_mass"]) if "keep_mass" in data else None,
         )
 
     @classmethod
@@ -178,6 +193,12 @@ class PruningPlan:
             for unit_id, frames in stage.keep_frames.items():
                 if max(frames) >= by_id[unit_id].frames:
                     raise F3Error(f"plan stage {number}: frame {max(frames)} of {unit_id!r} is out of range (the model runs {by_id[unit_id].frames})")
+            for unit_id, windows in stage.windows.items():
+                unit = by_id.get(unit_id)
+                if unit is None or not unit.spatiotemporal:
+                    raise F3Error(f"plan stage {number} windows: {unit_id!r} is not a full 3-D attention of {model.spec}")
+                if len(windows) != unit.heads:
+                    raise F3Error(f"plan stage {number} windows: {unit_id!r} lists {len(windows)} heads, it has {unit.heads}")
 
 
 # -- plan.json: the schema ---------------------------------------------------------------------
@@ -205,6 +226,7 @@ class StageDocument:
     prune_heads: dict[str, Any] = key(message="prune_heads must be an object mapping unit ids to index lists")
     keep_frames: dict[str, Any] = key(message="keep_frames must be an object mapping unit ids to index lists")
     reuse: dict[str, Any] = key(optional=True, message="reuse must be an object mapping temporal block ids to periods")
+    windows: dict[str, Any] = key(optional=True, message="windows must be an object mapping unit ids to per-head lists")
 
 
 @dataclass
@@ -266,6 +288,8 @@ class PlanDocument:
     stages: list[StageDocument] = key(check=bool, message="stages must be a non-empty list")
     budget: BudgetDocument = key(optional=True)
     search: SearchDocument = key(optional=True)
+    window: int = key(optional=True, check=lambda v: v >= 0, message="window must be a non-negative integer")
+    keep_mass: float = key(optional=True, check=lambda v: 0 <= v <= 1, message="keep_mass must be a number in [0, 1]")
 
     @staticmethod
     def relations(data: dict, where: str) -> None:
@@ -296,6 +320,13 @@ class PlanDocument:
                     _index_list(indices, len(scores[unit_id][size_key]), at, f"{field_name}[{unit_id!r}]")
             if "reuse" in stage:
                 _check_reuse(stage, block_ids, at)
+            for unit_id, windows in stage.get("windows", {}).items():
+                if unit_id not in attention_ids:
+                    fail(at, f"windows: {_name(unit_id)} is not an attention in this plan's scores")
+                heads = len(scores[unit_id]["per_head"])
+                if not isinstance(windows, list) or len(windows) != heads or not all(
+                        w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 0) for w in windows):
+                    fail(at, f"windows[{_name(unit_id)}] must list {heads} entries, each null (dense) or a window >= 0")
         if previous_low != 0:
             fail(where, f"the last stage must end at timestep 0, not {previous_low}")
         if isinstance(ratio, list) and len(ratio) != len(stages):
@@ -383,13 +414,24 @@ def make_plan(
     stages: int = 1,
     seed: int = 0,
     reuse: int | None = None,
+    window: int | None = None,
+    keep_mass: float | None = None,
 ) -> PruningPlan:
     """Rank units by `criterion` on each stage's steps and prune the lowest `ratio` fraction.
+
+    Granularity ``window`` (full 3-D attention): rank heads by the attention mass outside ±`window`
+    frames and window the lowest `ratio` of them, or every head keeping at least `keep_mass` inside.
 
     ``criterion="random"`` draws the scores from `seed` instead (the plan records ``random:SEED``).
     With `reuse` K (block granularity) the selected blocks are not dropped but reused with period
     K (computed at every K-th step of their stage).
     """
+    full = [unit for unit in stats.units if unit.spatiotemporal]
+    if granularity == "window" or window is not None or keep_mass is not None:
+        return _window_plan(stats, ratio, granularity, window, keep_mass, criterion, stages, seed)
+    if full and granularity not in FULL_ATTENTION_GRANULARITIES:
+        raise F3Error(f"--granularity {granularity} does not apply to full 3-D attention ({full[0].id}); use "
+                      f"{', '.join(FULL_ATTENTION_GRANULARITIES)}")
     ratios = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio]
     if not ratios or not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
         raise F3Error(f"--ratio must be in [0, 1] (or one such value per stage), got {ratio}")
@@ -484,4 +526,79 @@ def make_plan(
         },
         granularity=granularity, criterion=criterion,
         ratio=[float(r) for r in ratios] if len(ratios) > 1 else float(ratios[0]), stages=plan_stages, scores=scores,
+    )
+
+
+def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int | None, keep_mass: float | None,
+                 criterion: str, stages: int, seed: int) -> PruningPlan:
+    """Granularity window: per stage, the heads of full 3-D attention units attend within ±`window`."""
+    if granularity != "window":
+        raise F3Error("--window and --keep-mass make window plans; add --granularity window")
+    if window is None or isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise F3Error(f"--granularity window needs --window W, a frame distance >= 0 (0: each query's own frame), got {window}")
+    if (ratio is None) == (keep_mass is None):
+        raise F3Error("a window plan takes exactly one of --ratio R (the lowest-scored share of heads) and "
+                      "--keep-mass M (every head that keeps at least M of its attention inside the window)")
+    if keep_mass is not None and not (_is_number(keep_mass) and 0.0 <= keep_mass <= 1.0):
+        raise F3Error(f"--keep-mass must be in [0, 1], got {keep_mass}")
+    units = [unit for unit in stats.units if unit.spatiotemporal]
+    if not units:
+        raise F3Error("--granularity window needs full 3-D attention (Wan, CogVideoX); this calibration has temporal "
+                      "attention only: use block, attention, head or frame")
+    if criterion == "random":
+        criterion = f"random:{int(seed)}"
+    if not criteria.is_criterion(criterion) or criterion in criteria.BLOCK_ONLY:
+        raise F3Error(f"--criterion {criterion!r} does not rank heads; use cross_frame_mass, output_norm or random")
+    if keep_mass is not None and criterion != "cross_frame_mass":
+        raise F3Error("--keep-mass reads the attention mass inside the window: use --criterion cross_frame_mass")
+    steps = len(stats.timesteps)
+    if not 1 <= stages <= steps:
+        raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")
+    ratios = None
+    if ratio is not None:
+        ratios = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio]
+        if not ratios or not all(_is_number(r) and 0.0 <= r <= 1.0 for r in ratios):
+            raise F3Error(f"--ratio must be in [0, 1] (or one such value per stage), got {ratio}")
+        if len(ratios) > 1 and len(ratios) != stages:
+            raise F3Error(f"--ratio gives {len(ratios)} values for --stages {stages}; give one value or one per stage")
+        ratios = ratios * stages if len(ratios) == 1 else ratios
+    order = {unit.id: index for index, unit in enumerate(units)}
+    groups = split_steps(steps, stages)
+    plan_stages = []
+    for number, (group, span) in enumerate(zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps))):
+        stage = Stage(timesteps=span)
+        candidates = sorted(
+            (float(score), order[unit.id], head, unit.id)
+            for unit in units
+            for head, score in enumerate(criteria.window_scores(stats, unit.id, window, criterion, group)))
+        if ratios is not None:
+            chosen = candidates[: _n_pruned(ratios[number], len(candidates))]
+        else:
+            chosen = [c for c in candidates if c[0] <= 1.0 - keep_mass + 1e-9]
+        picked: dict[str, set[int]] = {}
+        for _, _, head, unit_id in chosen:
+            picked.setdefault(unit_id, set()).add(head)
+        by_id = {unit.id: unit for unit in units}
+        stage.windows = {unit_id: [window if head in picked[unit_id] else None for head in range(by_id[unit_id].heads)]
+                         for unit_id in sorted(picked, key=order.__getitem__)}
+        plan_stages.append(stage)
+    scores: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        per_head = criteria.window_scores(stats, unit.id, window, criterion)
+        scores[unit.id] = {"score": round(float(per_head.mean()), 6), "per_head": [round(float(x), 6) for x in per_head],
+                           "per_frame": [round(float(x), 6) for x in criteria.frame_scores(stats, unit.id)]}
+        if unit.block != unit.id:
+            scores[unit.block] = {"score": round(float(per_head.mean()), 6), "per_head": [], "per_frame": []}
+    meta = stats.meta
+    chosen_ratio = 0.0 if ratios is None else (ratios[0] if len(set(ratios)) == 1 else [float(r) for r in ratios])
+    if ratios is None:  # the share of heads windowed, per stage
+        total = sum(unit.heads for unit in units)
+        shares = [sum(w is not None for v in stage.windows.values() for w in v) / total for stage in plan_stages]
+        chosen_ratio = round(shares[0], 6) if len(set(shares)) == 1 else [round(x, 6) for x in shares]
+    return PruningPlan(
+        model={"spec": meta["model"]["spec"], "fingerprint": meta["model"]["fingerprint"]},
+        calibration={"fingerprint": meta.get("stats_sha256"), "prompts": meta["prompts"]["count"],
+                     "steps": meta["steps"], "frames": meta["shapes"]["frames"]},
+        granularity="window", criterion=criterion, ratio=chosen_ratio, stages=plan_stages, scores=scores,
+        window=window, keep_mass=keep_mass,
     )

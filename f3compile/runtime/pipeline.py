@@ -87,10 +87,17 @@ class Runtime:
         def run(texts: list[str], length: int) -> torch.Tensor:
             if style == "t5":
                 texts = [t.lower().strip() for t in texts]
+            if style == "umt5":  # as WanPipeline cleans prompts (html entities, whitespace)
+                from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+                texts = [prompt_clean(t) for t in texts]
             tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
                                return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
-            use_mask = style == "t5" or getattr(encoder.config, "use_attention_mask", False)
-            return encoder(tokens.input_ids, attention_mask=tokens.attention_mask if use_mask else None)[0]
+            use_mask = style in ("t5", "umt5") or getattr(encoder.config, "use_attention_mask", False)
+            states = encoder(tokens.input_ids, attention_mask=tokens.attention_mask if use_mask else None)[0]
+            if style == "umt5":  # each prompt's states trimmed to its length and zero-padded back
+                states = states * tokens.attention_mask.gt(0).unsqueeze(-1).to(states.dtype)
+            return states
 
         cond = run(prompts, info["max_length"])
         return cond, run(negative, cond.shape[1])
@@ -148,6 +155,10 @@ class Runtime:
         """(B, F, H, W, 3) frames in [0, 1] decoded frame by frame with the VAE."""
         vae = self.component("vae")
         decoder = self.manifest.get("decoder", {})
+        if vae is not None and decoder.get("kind") == "wan_vae":
+            from ..models.wan import decode
+
+            return decode(vae, latents)
         if vae is None and decoder.get("kind") == "pixel_shuffle":  # pixel-space model: unpack, no VAE
             from ..models.reference.models import unpack
 

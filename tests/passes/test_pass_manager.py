@@ -93,7 +93,7 @@ def test_the_default_pipeline_and_its_description():
     names = [p.__name__ for p in PassManager().passes]
     assert names == [p.__name__ for p in PIPELINE] == [
         "annotate_temporal_attention", "reuse_temporal_blocks", "drop_temporal_blocks", "drop_temporal_attention",
-        "prune_heads", "gather_key_frames", "cleanup"]
+        "prune_heads", "gather_key_frames", "window_attention", "cleanup"]
     lines = PassManager().describe().splitlines()
     assert lines[4].startswith("5. prune_heads") and lines[4].endswith("[rewrites: unit_rewrites.pruned_heads]")
 

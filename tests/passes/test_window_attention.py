@@ -1,0 +1,156 @@
+"""window_attention on full 3-D attention: structure, negative, idempotence and equality with diffusers'
+own attention processor given a block-banded mask (tests/passes/window_reference.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from f3compile.errors import F3Error
+from f3compile.models import load_model
+from f3compile.models.discovery import find_temporal_units
+from f3compile.passes import PassManager, RewriteSpec, UnitRewrite, window_attention
+from f3compile.passes.base import aten, region
+from f3compile.planning.cost import count_flops, window_core_share
+from tests.helpers import TINY_FULL, rel
+from tests.passes.window_reference import banded
+
+EXACT = 1e-5  # fp32, relative L2: the rewrite regroups heads (an RMS over permuted channels rounds differently)
+
+
+@pytest.fixture(scope="module", params=TINY_FULL)
+def wan(request):
+    from f3compile.compiler.compile import capture
+
+    model = load_model(f"builtin:{request.param}")
+    units = find_temporal_units(model)
+    program = capture(model, model.shapes)
+    return model, units, program, model.example_inputs(seed=3)
+
+
+def _rewrite(program, units, windows_by_unit, passes=None):
+    gm = program.module()
+    spec = RewriteSpec(units={u.id: u for u in units},
+                       unit_rewrites={uid: UnitRewrite(windows=tuple(w)) for uid, w in windows_by_unit.items()})
+    results = (passes or PassManager())(gm, spec)
+    return gm, results, spec
+
+
+def _reference(model, units, windows_by_unit, inputs):
+    with torch.no_grad(), banded(model.denoiser, units, windows_by_unit):
+        return model.denoise(*inputs)
+
+
+CASES = {
+    "W0": lambda u: [0] * u.heads,
+    "W1": lambda u: [1] * u.heads,
+    "W2": lambda u: [2] * u.heads,
+    "mixed": lambda u: [[2, None, 0, None], [None, 1, 0, 3]][int(u.id.split(".")[1]) % 2][: u.heads],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_equals_the_banded_mask_reference(wan, case):
+    model, units, program, inputs = wan
+    windows = {u.id: CASES[case](u) for u in units}
+    gm, _, _ = _rewrite(program, units, windows)
+    with torch.no_grad():
+        ours = gm(*inputs)
+        dense = model.denoise(*inputs)
+    reference = _reference(model, units, windows, inputs)
+    assert rel(ours, reference) <= EXACT
+    assert rel(dense, reference) > 1e-3  # the windows do change the model: the comparison can fail
+
+
+def test_structure_kernels_run_on_the_window_keys(wan):
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    model, units, program, inputs = wan
+    unit = units[0]
+    windows = {unit.id: [None, 0, 1, 0][: unit.heads]}
+    gm, results, _ = _rewrite(program, units, windows)
+    assert results["window_attention"] is True
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    kernels = [n for n in gm.graph.nodes if n.target == aten.scaled_dot_product_attention.default
+               and n.meta.get("f3_window") == unit.id]
+    S, F = unit.tokens, unit.frames
+    # regrouped by window: dense head 0 (all F·S keys), W=0 heads 1 and 3 (per frame: S keys), W=1 head 2 (3 frames)
+    shapes = sorted((tuple(n.args[0].meta["tensor_meta"].shape), n.args[1].meta["tensor_meta"].shape[-2]) for n in kernels)
+    batch = inputs[0].shape[0]
+    assert shapes == sorted([((batch, 1, F * S, unit.head_dim), F * S), ((batch * F, 2, S, unit.head_dim), S),
+                             ((batch * F, 1, S, unit.head_dim), 3 * S)])
+    # weights permuted once, not reordered at run time: q rows and out columns follow heads 0, 1, 3, 2
+    d = unit.head_dim
+    rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in (0, 1, 3, 2)])
+    original = dict(model.denoiser.named_parameters())
+    rewritten = dict(gm.named_parameters())
+    assert torch.equal(rewritten[f"denoiser.{unit.id}.to_q.weight"], original[f"{unit.id}.to_q.weight"][rows])
+    assert torch.equal(rewritten[f"denoiser.{unit.id}.to_out.0.weight"], original[f"{unit.id}.to_out.0.weight"][:, rows])
+    assert not any(n.target == aten.index_select.default and n.args[1] == 1 for n in gm.graph.nodes
+                   if n.meta.get("f3_window") == unit.id)  # no run-time head gather
+
+
+def test_negative_cross_attention_and_unplanned_units_are_untouched(wan):
+    model, units, program, inputs = wan
+    first, second = units[0], units[1]
+    gm, _, _ = _rewrite(program, units, {first.id: [0] * first.heads})
+    before = program.module()
+    for path in (second.id, second.id.replace("attn1", "attn2"), first.id.replace("attn1", "attn2")):
+        old = [n.target for n in region(before.graph, path, "denoiser.")]
+        new = [n.target for n in region(gm.graph, path, "denoiser.")]
+        assert old == new, path
+    assert not any(n.meta.get("f3_window") == second.id for n in gm.graph.nodes)
+    # every head dense: nothing to do
+    gm, results, _ = _rewrite(program, units, {first.id: [None] * first.heads})
+    assert results["window_attention"] is False
+
+
+def test_refuses_temporal_units_and_windows_with_pruned_heads(wan):
+    import dataclasses
+
+    model, units, program, _ = wan
+    temporal = [dataclasses.replace(u, tokens=0, text_tokens=0) for u in units]
+    with pytest.raises(F3Error, match="temporal attention"):
+        gm = program.module()
+        window_attention(gm, RewriteSpec(units={u.id: u for u in temporal},
+                                         unit_rewrites={temporal[0].id: UnitRewrite(windows=(0,) * temporal[0].heads)}))
+    with pytest.raises(F3Error, match="both pruned and windowed"):
+        gm = program.module()
+        window_attention(gm, RewriteSpec(units={u.id: u for u in units}, unit_rewrites={
+            units[0].id: UnitRewrite(windows=(0,) * units[0].heads, pruned_heads=(1,))}))
+
+
+def test_idempotent(wan):
+    model, units, program, inputs = wan
+    windows = {u.id: CASES["mixed"](u) for u in units}
+    gm, _, spec = _rewrite(program, units, windows)
+    code = gm.code
+    with torch.no_grad():
+        once = gm(*inputs)
+    again = PassManager()(gm, spec)
+    assert again["window_attention"] is False
+    assert gm.code == code
+    with torch.no_grad():
+        assert torch.equal(gm(*inputs), once)
+
+
+def test_counted_flops_fall_as_predicted(wan):
+    from f3compile.planning.cost import ModelCost
+    from f3compile.planning.plan import Stage
+
+    model, units, program, inputs = wan
+    windows = {u.id: CASES["mixed"](u) for u in units}
+    gm, _, _ = _rewrite(program, units, windows)
+    dense_total, _ = count_flops(program.module(), inputs)
+    ours_total, _ = count_flops(gm, inputs)
+    cost = ModelCost.measure(model, units)
+    removed, _ = cost.stage_removed(Stage(timesteps=(999, 0), windows=windows))
+    assert dense_total == cost.total_flops
+    assert removed > 0
+    assert ours_total == pytest.approx(dense_total - removed, rel=1e-6)
+    # the share formula itself, on a case counted by hand: T=0, F=5, S=16, W=1 -> K=3 of 5 frames
+    unit = units[0]
+    assert window_core_share(unit, 1) == pytest.approx(3 / 5)
+    assert window_core_share(unit, 0) == pytest.approx(1 / 5)
+    assert window_core_share(unit, unit.frames - 1) == 1.0
