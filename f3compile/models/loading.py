@@ -28,6 +28,8 @@ def quiet_libraries() -> None:
 
         diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components" bars
+        transformers.utils.logging.disable_progress_bar()
     except Exception:  # pragma: no cover - logging is cosmetic
         pass
 
@@ -162,6 +164,13 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
             raise F3Error(
                 f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
             )
+        if BY_PIPELINE_CLASS[class_name].name == "wan":  # refused before loading any weights
+            from . import wan
+
+            wan.refuse_unsupported(index, str(path))
+            for expert in ("transformer", "transformer_2"):
+                if (path / expert / "config.json").is_file():
+                    wan.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
         pipe = getattr(diffusers, class_name).from_pretrained(path)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():

@@ -14,6 +14,17 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def window_text(windows: list) -> str:
+    """'2 heads at W=0, 1 at W=1, 1 dense' for one unit's per-head windows."""
+    counts: dict = {}
+    for window in windows:
+        counts[window] = counts.get(window, 0) + 1
+    parts = [f"{counts[w]} head{'s' if counts[w] > 1 else ''} at W={w}" for w in sorted(k for k in counts if k is not None)]
+    if None in counts:
+        parts.append(f"{counts[None]} dense")
+    return "window: " + ", ".join(parts)
+
+
 def _unit_ids(plan: PruningPlan) -> list[str]:
     return [uid for uid, entry in plan.scores.items() if entry["per_head"]]
 
@@ -67,6 +78,9 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
         f"plan: {plan.granularity} granularity, criterion {plan.criterion}, ratio {plan.ratio_text()}, "
         f"{len(plan.stages)} stage(s); model {plan.model.get('spec')}",
     ]
+    if plan.window is not None:
+        lines.append(f"windows: heads attend within ±{plan.window} frames of the query's frame (text keys stay visible)"
+                     + (f"; every head keeping >= {plan.keep_mass:g} of its attention inside" if plan.keep_mass is not None else ""))
     if plan.budget is not None:
         lines.append(f"budget: target speedup {plan.budget['target_speedup']:g}x, FLOP-predicted "
                      f"{plan.budget['predicted_speedup']:.3f}x at selection")
@@ -93,6 +107,8 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
                 if unit_id in stage.keep_frames:
                     kept_frames = len(stage.keep_frames[unit_id])
                     parts.append(f"keep frames {stage.keep_frames[unit_id]}")
+                if unit_id in stage.windows:
+                    parts.append(window_text(stage.windows[unit_id]))
                 block = unit_id if unit_id in stage.reuse else block_of.get(unit_id)
                 if stage.reuse.get(block, 1) > 1:
                     parts.append(f"reuse every {stage.reuse[block]} steps ({'its own block' if block == unit_id else 'block ' + block})")

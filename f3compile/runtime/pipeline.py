@@ -155,10 +155,6 @@ class Runtime:
         """(B, F, H, W, 3) frames in [0, 1] decoded frame by frame with the VAE."""
         vae = self.component("vae")
         decoder = self.manifest.get("decoder", {})
-        if vae is not None and decoder.get("kind") == "wan_vae":
-            from ..models.wan import decode
-
-            return decode(vae, latents)
         if vae is None and decoder.get("kind") == "pixel_shuffle":  # pixel-space model: unpack, no VAE
             from ..models.reference.models import unpack
 
@@ -183,7 +179,12 @@ class StagePrograms:
 
 @torch.no_grad()
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, F, h, w) latents → (B, F, H, W, 3) frames in [0, 1], decoded frame by frame."""
+    """(B, C, F, h, w) latents → (B, F, H, W, 3) frames in [0, 1], decoded frame by frame (a video VAE,
+    Wan's: as one video, which also restores the frames its time compression folded)."""
+    if type(vae).__name__ == "AutoencoderKLWan":
+        from ..models.wan import decode
+
+        return decode(vae, latents)
     batch, channels, frames, height, width = latents.shape
     flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     images = vae.decode(flat).sample  # (B*F, 3, H, W) in [-1, 1]
