@@ -206,15 +206,23 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     return plan
 
 
-def inspect(plan: Any, model: Any = None) -> str:
-    """What a plan keeps and prunes per stage and unit; with `model`, what it saves on it."""
+def inspect(plan: Any, model: Any = None, shapes: Shapes | None = None) -> str:
+    """What a plan keeps and prunes per stage and unit; with `model`, what it saves on it (at
+    `shapes`; default the model's). An architecture preset (`builtin:arch-…`) is built on the meta
+    device, so its FLOPs at published shapes are counted in seconds, and a plan made on another
+    model is carried over to it by relative depth."""
     from .models import registry
 
     plan = read_plan(plan)
     if model is None:  # the plan alone: the same table for every kind
         return registry.implementation(registry.DEFAULT_KIND).inspect(plan, None)
     kind = kind_of(model)
-    return kind.inspect(plan, _model(model, kind))
+    if _is_spec(model) and str(model).startswith("builtin:") and kind.name == "diffusion" \
+            and registry.parse_builtin(str(model)[8:])[0].group == "preset":
+        from .models.loading import load_model
+
+        model = load_model(str(model), meta=True)
+    return kind.inspect(plan, _model(model, kind), shapes)
 
 
 # -- compile and export -------------------------------------------------------------------------

@@ -95,10 +95,13 @@ def cmd_inspect(args) -> None:
     """Print what a plan keeps and prunes per stage, and (with --model) what it saves.
 
     example: f3compile inspect plan.json --model builtin:tiny-unet3d
+    at a published size (a preset, counted on the meta device; the plan carried over by depth):
+             f3compile inspect plan.json --model builtin:arch-wan2.1-1.3b --frames 81 --height 480 --width 832
     """
     from . import api
+    from .options import Shapes
 
-    print(api.inspect(args.plan, args.model))
+    print(api.inspect(args.plan, args.model, Shapes(args.frames, args.height, args.width)))
 
 
 def _compile_options(args):
@@ -441,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inspect", cmd_inspect)
     p.add_argument("plan", type=Path, help="plan.json")
     p.add_argument("--model", help="count parameters and FLOPs removed on this model")
+    p.add_argument("--frames", type=int, help="with --model: frames (default: the model's)")
+    p.add_argument("--height", type=int, help="with --model: height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="with --model: width in pixels (default: the model's)")
     return parser
 
 

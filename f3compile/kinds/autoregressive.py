@@ -79,7 +79,7 @@ class AutoregressiveKind(ModelKind):
             raise F3Error("an autoregressive calibration takes --ratio plans of one stage (no --search, "
                           "--target-speedup, --reuse or --stages)")
 
-    def inspect(self, plan, model=None) -> str:
+    def inspect(self, plan, model=None, shapes=None) -> str:
         from ..autoregressive.bench import savings
         from ..planning.inspect import render
 

@@ -66,7 +66,7 @@ class ModelKind:
     def check_plan_options(self, options) -> None:
         """Refuse plan options this kind cannot build (before any work)."""
 
-    def inspect(self, plan, model=None) -> str:
+    def inspect(self, plan, model=None, shapes=None) -> str:
         """The text `f3compile inspect` prints."""
         self.refuse("inspect")
 

@@ -54,10 +54,15 @@ class DiffusionKind(ModelKind):
         return f"calibrated {len(stats.units)} temporal attention units on {stats.meta['prompts']['count']} prompts x {stats.meta['steps']} steps"
 
     # -- plan ---------------------------------------------------------------------------------
-    def inspect(self, plan, model=None) -> str:
+    def inspect(self, plan, model=None, shapes=None) -> str:
+        from ..models.base import resolve_shapes
         from ..planning.inspect import render
 
-        return render(plan, model)
+        if model is not None and shapes is not None and shapes.given:
+            shapes = resolve_shapes(model, shapes.frames, shapes.height, shapes.width)
+        else:
+            shapes = None
+        return render(plan, model, shapes)
 
     # -- compile and export ------------------------------------------------------------------
     def compile(self, model, plan, options, *, plan_path=None, output_dir=None):

@@ -131,6 +131,11 @@ class VideoModel:
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
 
+    @property
+    def on_meta(self) -> bool:
+        """Built on the meta device: shapes without weights (FLOPs can be counted, nothing run)."""
+        return any(p.is_meta for p in self.denoiser.parameters())
+
     def info_public(self) -> dict[str, Any]:
         """`info` without private cache entries (safe to write to JSON)."""
         return {k: v for k, v in self.info.items() if not k.startswith("_")}
@@ -166,6 +171,8 @@ class VideoModel:
         sample = torch.randn(latent, generator=generator)
         timestep = torch.full((batch,), 500.0)
         ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
+        if self.on_meta:
+            return sample.to("meta"), timestep.to("meta"), ehs.to("meta")
         return sample, timestep, ehs
 
 

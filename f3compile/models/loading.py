@@ -73,8 +73,9 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
     return int(length), int(dim)
 
 
-def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -> VideoModel:
-    """Wrap a diffusers text-to-video pipeline as a `VideoModel`."""
+def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, meta: bool = False) -> VideoModel:
+    """Wrap a diffusers text-to-video pipeline as a `VideoModel` (`meta`: its weights are on the meta
+    device; fingerprinted by configuration)."""
     # the class itself or the supported pipeline it subclasses
     family = next((BY_PIPELINE_CLASS[cls.__name__] for cls in type(pipe).__mro__ if cls.__name__ in BY_PIPELINE_CLASS), None)
     if family is None:
@@ -106,7 +107,8 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None) -
         text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, pipeline=pipe, shapes=default,
         latent_channels=int(denoiser.config.in_channels), vae_scale_factor=vae_scale,
         text_length=length, text_dim=dim,
-        fingerprint=fingerprint_modules(dict(denoiser.config), denoiser, pipe.text_encoder),
+        fingerprint=("meta:" + fingerprint_modules(dict(denoiser.config))) if meta
+        else fingerprint_modules(dict(denoiser.config), denoiser, pipe.text_encoder),
         denoise_call=family.denoise, encode_call=family.encode,
         info={"pipeline_class": type(pipe).__name__, "denoiser_class": type(denoiser).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
@@ -187,9 +189,26 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
     raise F3Error(f"{path} has neither model_index.json (pipeline) nor config.json (denoiser); pass a diffusers model directory")
 
 
-def build_builtin(name: str, seed: int = 0):
+def _empty_weights():
+    """Modules built inside get their parameters on the meta device (no memory, no initialisation);
+    buffers and plain tensors, such as a scheduler's, stay real until `_buffers_to_meta`."""
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
+
+
+def _buffers_to_meta(pipe) -> None:
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.to("meta")
+
+
+def build_builtin(name: str, seed: int = 0, meta: bool = False):
     """(pipeline, default (frames, height, width)) of the diffusion builtin `NAME[,width-scale=S]`, its
-    weights drawn from `seed` (deterministic: the global RNG is restored afterwards)."""
+    weights drawn from `seed` (deterministic: the global RNG is restored afterwards). `meta`: built on
+    the meta device, shapes without weights (instant at any size: for counting FLOPs)."""
+    from contextlib import nullcontext
+
     entry, scale = registry.parse_builtin(name)
     if entry.kind != "diffusion":
         raise F3Error(f"builtin:{entry.name} is an {entry.kind} model, not a diffusion pipeline")
@@ -197,7 +216,10 @@ def build_builtin(name: str, seed: int = 0):
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        pipe = builder(scale, **entry.options) if entry.scalable else builder(**entry.options)
+        with _empty_weights() if meta else nullcontext():
+            pipe = builder(scale, **entry.options) if entry.scalable else builder(**entry.options)
+        if meta:
+            _buffers_to_meta(pipe)
     finally:
         torch.random.set_rng_state(state)
     pipe.set_progress_bar_config(disable=True)
@@ -217,12 +239,13 @@ def _resolve_hub_id(spec: str) -> Path:
         ) from None
 
 
-def load_model(spec: str) -> VideoModel:
+def load_model(spec: str, meta: bool = False) -> VideoModel:
     """Load a text-to-video model from `spec` and normalize it as a `VideoModel`.
 
     `spec` is ``builtin:NAME``, a local diffusers pipeline directory (``model_index.json``),
     a bare denoiser directory (``config.json``), or a Hugging Face id already in the local cache
-    (never fetched from the network).
+    (never fetched from the network). `meta` (builtins only): the architecture on the meta device,
+    no weights; its fingerprint is that of its configuration (`meta:sha256:…`).
     """
     quiet_libraries()
     spec = str(spec)
@@ -231,8 +254,10 @@ def load_model(spec: str) -> VideoModel:
         raise F3Error(f"{spec} is an {kind} model: load_model takes diffusion models; load it with f3compile.load "
                       "(the CLI's verbs take either)")
     if spec.startswith("builtin:"):
-        pipe, shapes = build_builtin(spec.split(":", 1)[1])
-        return from_pipeline(pipe, spec, shapes)
+        pipe, shapes = build_builtin(spec.split(":", 1)[1], meta=meta)
+        return from_pipeline(pipe, spec, shapes, meta=meta)
+    if meta:
+        raise F3Error(f"only builtin models are built on the meta device, not {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_directory(path, spec)

@@ -8,7 +8,7 @@ from .plan import PruningPlan, split_steps
 
 
 def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
@@ -37,7 +37,7 @@ def summarize(plan: PruningPlan, model=None, units=None, shapes=None) -> dict[st
         from ..models.discovery import find_temporal_units
         from .cost import ModelCost
 
-        units = units or find_temporal_units(model)
+        units = units or find_temporal_units(model, shapes)
         plan.check_model(model, units)
         cost = ModelCost.measure(model, units, shapes)
         summary.update(total_flops=cost.total_flops, total_params=cost.total_params)
@@ -59,12 +59,22 @@ def summarize(plan: PruningPlan, model=None, units=None, shapes=None) -> dict[st
 
 
 def render(plan: PruningPlan, model=None, shapes=None) -> str:
-    """The text `f3compile inspect` prints."""
-    units = None
+    """The text `f3compile inspect` prints. A plan made for another model is carried over by relative
+    depth when `model` is an architecture preset (`carry_over`), and says so."""
+    units, carried = None, None
     if model is not None:
         from ..models.discovery import find_temporal_units
+        from ..models.registry import BUILTINS
 
-        units = find_temporal_units(model)
+        units = find_temporal_units(model, shapes)
+        preset = model.spec.startswith("builtin:") and BUILTINS.get(model.spec[8:].split(",")[0]) is not None \
+            and BUILTINS[model.spec[8:].split(",")[0]].group == "preset"
+        if preset and plan.model.get("fingerprint") != model.fingerprint:
+            from .plan import carry_over
+
+            carried = plan.model.get("spec")
+            plan = carry_over(plan, units, model.spec)
+            plan.model["fingerprint"] = model.fingerprint
     summary = summarize(plan, model, units, shapes)
     unit_ids = _unit_ids(plan)
     block_of = {}
@@ -81,6 +91,11 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
     if plan.window is not None:
         lines.append(f"windows: heads attend within ±{plan.window} frames of the query's frame (text keys stay visible)"
                      + (f"; every head keeping >= {plan.keep_mass:g} of its attention inside" if plan.keep_mass is not None else ""))
+    if carried is not None:
+        shape = shapes or model.shapes
+        lines.append(f"carried over from {carried} to {model.spec} at {shape.frames}x{shape.height}x{shape.width} by "
+                     "relative depth: each layer takes the plan of the layer at its depth, the same share of heads "
+                     "at each window")
     if plan.budget is not None:
         lines.append(f"budget: target speedup {plan.budget['target_speedup']:g}x, FLOP-predicted "
                      f"{plan.budget['predicted_speedup']:.3f}x at selection")

@@ -8,6 +8,7 @@ undefined), so at high ratios slightly fewer frames than the ratio asks may be p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -602,3 +603,51 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         granularity="window", criterion=criterion, ratio=chosen_ratio, stages=plan_stages, scores=scores,
         window=window, keep_mass=keep_mass,
     )
+
+
+def carry_over(plan: PruningPlan, units, spec: str) -> PruningPlan:
+    """`plan`, made for another model, mapped onto `units` (of `spec`) by relative depth: target unit
+    i of n takes the plan of source unit floor(i·m/n) of m, with the same share of its heads at
+    each window (rounded; the first heads take them), the same drop/reuse of its block and the same
+    attention drop. What a plan means per head elsewhere (pruned heads, kept frames) is not carried.
+
+    This is how a plan calibrated on a small model predicts FLOPs at a published size
+    (`inspect PLAN --model builtin:arch-…`)."""
+    sources = [uid for uid, entry in plan.scores.items() if entry["per_head"]]
+    if not sources or not units:
+        raise F3Error("the plan lists no attention units to carry over")
+    block_of = {uid: next((b for b in plan.scores if not plan.scores[b]["per_head"] and uid.startswith(b + ".")), uid)
+                for uid in sources}
+    mapping = {unit.id: sources[index * len(sources) // len(units)] for index, unit in enumerate(units)}
+    stages = []
+    for number, stage in enumerate(plan.stages):
+        if stage.prune_heads or stage.keep_frames:
+            raise F3Error(f"plan stage {number} prunes heads or frames, which do not carry over to {spec}; "
+                          "inspect it on the model it was made for")
+        new = Stage(timesteps=stage.timesteps)
+        for unit in units:
+            source = mapping[unit.id]
+            source_block = block_of[source]
+            if source_block in stage.drop_blocks:
+                new.drop_blocks.append(unit.block)
+            if source in stage.drop_attention:
+                new.drop_attention.append(unit.id)
+            if source_block in stage.reuse:
+                new.reuse[unit.block] = stage.reuse[source_block]
+            windows = stage.windows.get(source)
+            if windows:
+                counts: dict = {}
+                for window in windows:
+                    counts[window] = counts.get(window, 0) + 1
+                carried: list = []
+                for window in sorted((w for w in counts if w is not None)):
+                    carried += [window] * round(counts[window] * unit.heads / len(windows))
+                carried = (carried + [None] * unit.heads)[: unit.heads]
+                if any(w is not None for w in carried):
+                    new.windows[unit.id] = carried
+        new.drop_blocks = list(dict.fromkeys(new.drop_blocks))
+        stages.append(new)
+    scores = {unit.id: {"score": 0.0, "per_head": [0.0] * unit.heads, "per_frame": [0.0] * unit.frames} for unit in units}
+    scores |= {unit.block: {"score": 0.0, "per_head": [], "per_frame": []} for unit in units if unit.block != unit.id}
+    return dataclasses.replace(plan, stages=stages, scores=scores,
+                               model={"spec": spec, "carried_from": plan.model.get("spec")})

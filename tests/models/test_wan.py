@@ -276,3 +276,31 @@ def test_cli_calibrate_plan_inspect_export_generate_bench_eval(tmp_path, capsys)
                          prompts, "--samples", 1, "--steps", 3, "--repeat", 1, "-o", tmp_path / "eval")
     assert code == 0, err
     assert (tmp_path / "eval").is_dir() and "PSNR" in out
+
+
+# -- presets at published shapes ------------------------------------------------------------------
+def test_preset_flops_at_the_published_shape_on_the_meta_device(calibration, tmp_path, capsys):
+    """Wan2.1-T2V-1.3B at 480x832x81 counted without weights: the attention core equals 4·B·N²·D per
+    layer counted by hand, and a plan from tiny-wan carried over predicts what the formula says."""
+    from f3compile.options import Shapes
+    from f3compile.planning import make_plan
+    from f3compile.planning.cost import ModelCost
+
+    model = load_model("builtin:arch-wan2.1-1.3b", meta=True)
+    assert model.on_meta and model.fingerprint.startswith("meta:sha256:")
+    units = find_temporal_units(model)
+    assert len(units) == 30 and (units[0].frames, units[0].tokens, units[0].heads, units[0].head_dim) == (21, 30 * 52, 12, 128)
+    cost = ModelCost.measure(model, units)
+    tokens, width, batch = 21 * 30 * 52, 1536, 2  # CFG batch
+    by_hand = 30 * 4 * batch * tokens * tokens * width  # QKᵀ and PV of 30 self-attentions
+    assert sum(cost._attention_split(u.id)["core"] for u in units) == by_hand
+    assert 0.69 < by_hand / cost.total_flops < 0.71
+    _, stats = calibration
+    plan = make_plan(stats, 1.0, "window", window=0)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    text = api.inspect(path, "builtin:arch-wan2.1-1.3b", Shapes(81, 480, 832))
+    share = by_hand / cost.total_flops
+    expected = 1 / (1 - share * (1 - 1 / 21))
+    assert f"FLOP-predicted speedup {expected:.3f}x" in text
+    assert "carried over from builtin:tiny-wan" in text and text.count("window: 12 heads at W=0") == 30
