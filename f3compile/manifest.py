@@ -195,8 +195,8 @@ def _check_reuse(stage: dict, at: str) -> None:
 
 
 def _decoder_ok(decoder: Any) -> bool:
-    if isinstance(decoder, dict) and decoder.get("kind") == "wan_vae":
-        return True
+    if isinstance(decoder, dict) and decoder.get("kind") == "video_vae":
+        return isinstance(decoder.get("class"), str)
     return isinstance(decoder, dict) and decoder.get("kind") == "pixel_shuffle" and isinstance(decoder.get("factor"), int) \
         and not isinstance(decoder["factor"], bool) and decoder["factor"] >= 1
 
@@ -218,6 +218,8 @@ class DiffusionManifest(ManifestHeader):
     plan: dict[str, Any] = key()
     shapes: dict[str, Any] = key()
     sample_layout: str = key()
+    native_layout: str = key(optional=True, check=lambda v: v in ("B,C,F,H,W", "B,F,C,H,W"),
+                             message='native_layout must be "B,C,F,H,W" or "B,F,C,H,W"')
     scheduler: dict[str, Any] = key(check=lambda v: "class" in v and "config" in v, message="scheduler needs class and config")
     text_encoder: dict[str, Any] = key()
     versions: dict[str, str] = key(message="versions must map package names to version strings")
@@ -228,7 +230,7 @@ class DiffusionManifest(ManifestHeader):
     components: dict[str, ComponentEntry] = key(
         optional=True, message='components must be an object mapping names to {"path", "class", "sha256"}')
     decoder: Any = key(optional=True, check=_decoder_ok,
-                       message='decoder must be {"kind": "wan_vae"} or {"kind": "pixel_shuffle", "factor": K} with K >= 1')
+                       message='decoder must be {"kind": "video_vae", "class": NAME} or {"kind": "pixel_shuffle", "factor": K} with K >= 1')
     device: Any = key(optional=True)
 
     @staticmethod

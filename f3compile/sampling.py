@@ -15,9 +15,24 @@ import torch
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def initial_latents(shape: tuple[int, ...], scheduler, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian latents scaled by the scheduler's initial sigma (as `prepare_latents` does)."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+NATIVE = "B,C,F,H,W"  # the layout of every program's sample here
+
+
+def to_native(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """(B, C, F, H, W) -> the pipeline's own latent layout (CogVideoX: (B, F, C, H, W))."""
+    return x if layout == NATIVE else x.permute(0, 2, 1, 3, 4)
+
+
+def from_native(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x if layout == NATIVE else x.permute(0, 2, 1, 3, 4)
+
+
+def initial_latents(shape: tuple[int, ...], scheduler, generator: torch.Generator, layout: str = NATIVE) -> torch.Tensor:
+    """Gaussian latents scaled by the scheduler's initial sigma (as `prepare_latents` does), drawn in
+    the pipeline's own `layout` so that a seed gives the pipeline's noise; returned (B, C, F, H, W)."""
+    native = tuple(to_native(torch.empty(shape, device="meta"), layout).shape)
+    noise = torch.randn(native, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    return from_native(noise, layout).contiguous()
 
 
 def read_latents(path) -> torch.Tensor:
@@ -56,11 +71,12 @@ def read_latents(path) -> torch.Tensor:
     return latents
 
 
-def start_latents(given: torch.Tensor | None, shape: tuple[int, ...], scheduler, generator: torch.Generator) -> torch.Tensor:
+def start_latents(given: torch.Tensor | None, shape: tuple[int, ...], scheduler, generator: torch.Generator,
+                  layout: str = NATIVE) -> torch.Tensor:
     """The loop's first latents: Gaussian noise, or `given` (batch 1 repeated, or one row per
     prompt) scaled by the scheduler's initial sigma as `prepare_latents` does with user latents."""
     if given is None:
-        return initial_latents(shape, scheduler, generator)
+        return initial_latents(shape, scheduler, generator, layout)
     check_latents(given, shape)
     return given.float().expand(shape).clone() * scheduler.init_noise_sigma
 
@@ -98,17 +114,23 @@ def denoise_loop(
     eta: float = 0.0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     denoise_for: Callable[[int], DenoiseFn] | None = None,
+    layout: str = NATIVE,
 ) -> torch.Tensor:
     """Run `steps` denoising steps from `latents` (B, C, F, h, w); return the final latents.
 
     `on_step(i, t)` is called before step i; `denoise_for(t)` may pick a different denoise
-    function per timestep (stage switching).
+    function per timestep (stage switching). The scheduler steps in the pipeline's own `layout`, where
+    a stochastic step draws its noise (CogVideoX's DPM solver), so a seed gives the pipeline's result.
     """
     scheduler.set_timesteps(steps, device=latents.device)
     cfg = guidance_scale > 1.0 and uncond is not None
     context = torch.cat([uncond, cond]) if cfg else cond
     step_kwargs = _step_kwargs(scheduler, generator, eta)
-    for index, t in enumerate(scheduler.timesteps):
+    # CogVideoX's DPM solver steps from the previous step's x0 prediction and timestep as well
+    two_step = type(scheduler).__name__ == "CogVideoXDPMScheduler"
+    previous_x0 = None
+    timesteps = scheduler.timesteps
+    for index, t in enumerate(timesteps):
         if on_step is not None:
             on_step(index, t)
         model_input = torch.cat([latents] * 2) if cfg else latents
@@ -119,5 +141,11 @@ def denoise_loop(
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-        latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        noise_pred, latents = to_native(noise_pred, layout), to_native(latents, layout)
+        if two_step:
+            latents, previous_x0 = scheduler.step(noise_pred, previous_x0, t, timesteps[index - 1] if index else None,
+                                                  latents, **step_kwargs, return_dict=False)
+        else:
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        latents = from_native(latents, layout)
     return latents

@@ -95,7 +95,8 @@ def _tensorrt_available() -> bool:
 # (`--dist loadscope --no-loadscope-reorder`: whole modules handed out in collection order) starts
 # them early and the two workers finish together instead of one waiting on a long module at the end.
 LONG_FIRST = (
-    "tests/exporters/test_export.py", "tests/passes/test_passes.py", "tests/models/test_tuneavideo.py",
+    "tests/exporters/test_export.py", "tests/passes/test_passes.py", "tests/models/test_full_attention.py",
+    "tests/models/test_tuneavideo.py",
     "tests/passes/test_reuse.py", "tests/planning/test_search.py", "tests/models/test_training.py",
     "tests/compiler/test_compile.py", "tests/passes/test_devices.py", "tests/runtime/test_runtime.py",
     "tests/test_api.py", "tests/autoregressive/test_cogvideo_stage2.py",

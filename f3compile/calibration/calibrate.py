@@ -129,9 +129,9 @@ def calibrate(
             for batch in batches:
                 cond, uncond = model.encode_prompts(batch)
                 start = start_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=len(batch))),
-                                      scheduler, generator)
+                                      scheduler, generator, model.native_layout)
                 denoise_loop(model.denoise, scheduler, start, cond, uncond, config.steps,
-                             config.guidance_scale, generator, on_step=on_step)
+                             config.guidance_scale, generator, on_step=on_step, layout=model.native_layout)
                 if bar is not None:
                     bar.update(1)
     finally:

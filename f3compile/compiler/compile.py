@@ -449,6 +449,7 @@ def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shape
                  "granularity": plan.granularity if plan else None, "ratio": plan.ratio if plan else 0.0},
         "shapes": {**shapes.to_dict(), "cfg_batch": shapes.batch * 2},
         "sample_layout": model.sample_layout,
+        "native_layout": model.native_layout,
         "scheduler": {"class": type(model.scheduler).__name__, "config": json_safe(dict(model.scheduler.config))},
         "text_encoder": text_encoder_info(model),
         **decoder_info(model),
@@ -463,8 +464,8 @@ def decoder_info(model: VideoModel) -> dict:
     """How samples become frames where it is not a 2-D VAE frame by frame: Wan's video VAE
     (de-normalized latents, decoded as a whole video), or no VAE (RGB pixels packed space-to-depth)."""
     pipe = model.pipeline
-    if model.family == "wan":
-        return {"decoder": {"kind": "wan_vae", "temporal_scale": model.temporal_scale}}
+    if model.temporal_scale > 1 and getattr(pipe, "vae", None) is not None:
+        return {"decoder": {"kind": "video_vae", "class": type(pipe.vae).__name__, "temporal_scale": model.temporal_scale}}
     if pipe is None or getattr(pipe, "vae", None) is not None:
         return {}
     return {"decoder": {"kind": "pixel_shuffle", "factor": model.vae_scale_factor, "range": [-1, 1]}}

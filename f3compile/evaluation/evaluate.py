@@ -139,9 +139,11 @@ def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, un
             index = torch.tensor(rows + [rows[-1]] * pad)  # static programs: pad the last call
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + sample * 1009 + start)
             scheduler = type(model.scheduler).from_config(model.scheduler.config)
-            latents = initial_latents(shape, scheduler, generator).to(device)  # CPU noise: same on every device
+            # CPU noise: the same on every device
+            latents = initial_latents(shape, scheduler, generator, model.native_layout).to(device)
             latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
-                                   config.steps, config.guidance_scale, generator, denoise_for=programs.denoise_for())
+                                   config.steps, config.guidance_scale, generator, denoise_for=programs.denoise_for(),
+                                   layout=model.native_layout)
             finals.append(latents[: len(rows)].float().cpu())
             videos.append(decode(model, finals[-1]))
     return torch.cat(finals), torch.cat(videos)

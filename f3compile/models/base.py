@@ -114,7 +114,8 @@ class VideoModel:
     encode_call: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     info: dict[str, Any] = field(default_factory=dict)
 
-    sample_layout: str = "B,C,F,H,W"
+    sample_layout: str = "B,C,F,H,W"  # what the programs take and return
+    native_layout: str = "B,C,F,H,W"  # the pipeline's own latents (CogVideoX: B,F,C,H,W): noise and scheduler steps
     temporal_scale: int = 1  # a VAE that compresses time: latent frames = (frames - 1) // scale + 1
     _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import wan
+from . import cogvideox, wan
 
 
 def _timesteps(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -106,6 +106,8 @@ FAMILIES: dict[str, Family] = {
     # Tune-A-Video calls its UNet "UNet3DConditionModel" too; loading tells it apart by its keys
     "tuneavideo": Family("tuneavideo", "TuneAVideoUNet", "TuneAVideoPipeline", _denoise_unet3d, _encode_clip_like),
     "wan": Family("wan", "WanTransformer3DModel", "WanPipeline", wan.denoise, wan.encode),
+    "cogvideox": Family("cogvideox", "CogVideoXTransformer3DModel", "CogVideoXPipeline", cogvideox.denoise,
+                        cogvideox.encode),
 }
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}

@@ -50,6 +50,8 @@ def _denoiser_of(pipe) -> torch.nn.Module:
 def _default_shapes(family: Family, denoiser, vae_scale_factor: int) -> VideoShapes:
     if family.name == "wan":  # the published 480p shape: 81 frames (21 latent frames)
         return VideoShapes(batch=1, frames=81, height=480, width=832)
+    if family.name == "cogvideox":  # the published shape: 49 frames (13 latent frames) of 480x720
+        return VideoShapes(batch=1, frames=49, height=480, width=720)
     config = denoiser.config
     latent = config.get("sample_size", 32)
     latent = latent[0] if isinstance(latent, (list, tuple)) else latent
@@ -65,6 +67,8 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
         from .wan import TEXT_LENGTH
 
         dim, length = denoiser.config.text_dim, TEXT_LENGTH
+    elif family.name == "cogvideox":  # the pipeline's max_sequence_length must equal the transformer's
+        dim, length = denoiser.config.text_embed_dim, denoiser.config.max_text_seq_length
     else:
         dim = denoiser.config.cross_attention_dim
         length = pipe.tokenizer.model_max_length if pipe is not None else 77
@@ -92,6 +96,11 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         wan.refuse_unsupported(pipe, spec)
         wan.refuse_unsupported(denoiser, spec)
         temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
+    elif family.name == "cogvideox":
+        from . import cogvideox
+
+        cogvideox.refuse_unsupported(denoiser.config, spec)
+        temporal_scale, vae_scale = cogvideox.vae_scales(pipe.vae)
     elif getattr(pipe, "vae", None) is not None:
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     else:  # no VAE: pixel space, RGB frames packed space-to-depth into the channels (3·k² of them)
@@ -113,7 +122,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         info={"pipeline_class": type(pipe).__name__, "denoiser_class": type(denoiser).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
               "scheduler_class": type(pipe.scheduler).__name__},
-        temporal_scale=temporal_scale,
+        temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
     )
 
 
@@ -127,15 +136,20 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
 
         denoiser = load_unet(path)
     else:
-        if family.name == "wan":
-            from . import wan
+        if family.name in ("wan", "cogvideox"):
+            from . import cogvideox, wan
 
-            wan.refuse_unsupported(read_json(path / "config.json", "re-save the denoiser"), str(path))
+            {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(
+                read_json(path / "config.json", "re-save the denoiser"), str(path))
         denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
     if family.name == "wan":  # the published sampler and VAE strides; a bare transformer brings neither
         from . import wan
 
         scheduler, temporal_scale = wan.scheduler(), 4
+    elif family.name == "cogvideox":
+        from . import cogvideox
+
+        scheduler, temporal_scale = cogvideox.scheduler(), 4
     else:
         scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -148,7 +162,7 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
         denoise_call=family.denoise, encode_call=encode_hashed,
         info={"pipeline_class": None, "denoiser_class": class_name, "text_encoder_class": None,
               "scheduler_class": type(scheduler).__name__, "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
-        temporal_scale=temporal_scale,
+        temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
     )
 
 
@@ -166,13 +180,16 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
             raise F3Error(
                 f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
             )
-        if BY_PIPELINE_CLASS[class_name].name == "wan":  # refused before loading any weights
-            from . import wan
+        family = BY_PIPELINE_CLASS[class_name].name
+        if family in ("wan", "cogvideox"):  # refused before loading any weights
+            from . import cogvideox, wan
 
-            wan.refuse_unsupported(index, str(path))
+            module = {"wan": wan, "cogvideox": cogvideox}[family]
+            if family == "wan":
+                wan.refuse_unsupported(index, str(path))
             for expert in ("transformer", "transformer_2"):
                 if (path / expert / "config.json").is_file():
-                    wan.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
+                    module.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
         pipe = getattr(diffusers, class_name).from_pretrained(path)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():

@@ -112,6 +112,8 @@ for _name, _description in (
 ):
     register_family(Family(_name, "diffusion", _description))
 register_family(Family("wan", "diffusion", "Wan 2.1 WanTransformer3DModel (WanPipeline), full 3-D attention", "full"))
+register_family(Family("cogvideox", "diffusion", "CogVideoX CogVideoXTransformer3DModel (CogVideoXPipeline), joint "
+                       "text + video 3-D attention", "full"))
 register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransformer names), stage 1 and stage 2"))
 
 _BUILDERS = "f3compile.models.builtin"
@@ -143,6 +145,13 @@ for _builtin in (
             "Wan2.1-T2V-1.3B (30 layers, 12x128 heads), 81 frames 480x832", "preset", {"size": "1.3b"}),
     Builtin("arch-wan2.1-14b", "wan", "f3compile.models.wan:build_arch_wan", (81, 720, 1280),
             "Wan2.1-T2V-14B (40 layers, 40x128 heads), 81 frames 720x1280", "preset", {"size": "14b"}),
+    Builtin("tiny-cogvideox", "cogvideox", "f3compile.models.cogvideox:build_tiny_cogvideox", (17, 64, 64),
+            "CogVideoXTransformer3DModel, 2 layers of 4x16 heads, 16 text tokens, 3-D RoPE (17 frames -> 5 latent frames)",
+            "tiny"),
+    Builtin("arch-cogvideox-2b", "cogvideox", "f3compile.models.cogvideox:build_arch_cogvideox", (49, 480, 720),
+            "CogVideoX-2B (30 layers, 30x64 heads, sincos positions), 49 frames 480x720", "preset", {"size": "2b"}),
+    Builtin("arch-cogvideox-5b", "cogvideox", "f3compile.models.cogvideox:build_arch_cogvideox", (49, 480, 720),
+            "CogVideoX-5B (42 layers, 48x64 heads, 3-D RoPE), 49 frames 480x720", "preset", {"size": "5b"}),
     Builtin("tiny-cogvideo", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,
             "CogVideo stage 1, 3 layers of 64, 5 frames of 4x4 tokens", "tiny", {"stage": 1}),
     Builtin("tiny-cogvideo-stage2", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,

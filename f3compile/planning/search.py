@@ -88,7 +88,7 @@ class _Runner:
         shapes = meta["shapes"]
         self.shape = model.latent_shape(VideoShapes(1, int(shapes["frames"]), int(shapes["height"]), int(shapes["width"])))
         generator = torch.Generator().manual_seed(int(meta["seed"]))
-        self.starts = [initial_latents(self.shape, model.scheduler, generator) for _ in prompts]
+        self.starts = [initial_latents(self.shape, model.scheduler, generator, model.native_layout) for _ in prompts]
         self.context = [model.encode_prompts([p]) for p in prompts]
         self.dense = self.run(None)
         self.calls = 0

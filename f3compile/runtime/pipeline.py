@@ -145,9 +145,10 @@ class Runtime:
         cond, uncond = self.encode(prompts)
         generator = torch.Generator().manual_seed(seed)
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
-        start = start_latents(latents, tuple(shape), self.scheduler, generator).to(self.device)
+        layout = self.manifest.get("native_layout", "B,C,F,H,W")
+        start = start_latents(latents, tuple(shape), self.scheduler, generator, layout).to(self.device)
         final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
-                             guidance_scale, generator, eta=eta, denoise_for=self.sequencer())
+                             guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout)
         return final.cpu()
 
     @torch.no_grad()
@@ -183,6 +184,10 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     Wan's: as one video, which also restores the frames its time compression folded)."""
     if type(vae).__name__ == "AutoencoderKLWan":
         from ..models.wan import decode
+
+        return decode(vae, latents)
+    if type(vae).__name__ == "AutoencoderKLCogVideoX":
+        from ..models.cogvideox import decode
 
         return decode(vae, latents)
     batch, channels, frames, height, width = latents.shape

@@ -74,12 +74,15 @@ def test_structure_kernels_run_on_the_window_keys(wan):
         ShapeProp(gm).propagate(*inputs)
     kernels = [n for n in gm.graph.nodes if n.target == aten.scaled_dot_product_attention.default
                and n.meta.get("f3_window") == unit.id]
-    S, F = unit.tokens, unit.frames
-    # regrouped by window: dense head 0 (all F·S keys), W=0 heads 1 and 3 (per frame: S keys), W=1 head 2 (3 frames)
+    S, F, T, d = unit.tokens, unit.frames, unit.text_tokens, unit.head_dim
+    # regrouped by window: dense head 0 (all keys), W=0 heads 1 and 3 (per frame: the text and S keys),
+    # W=1 head 2 (the text and 3 frames); text queries of windowed heads see every key
     shapes = sorted((tuple(n.args[0].meta["tensor_meta"].shape), n.args[1].meta["tensor_meta"].shape[-2]) for n in kernels)
-    batch = inputs[0].shape[0]
-    assert shapes == sorted([((batch, 1, F * S, unit.head_dim), F * S), ((batch * F, 2, S, unit.head_dim), S),
-                             ((batch * F, 1, S, unit.head_dim), 3 * S)])
+    batch, every = inputs[0].shape[0], T + F * S
+    expected = [((batch, 1, every, d), every), ((batch * F, 2, S, d), T + S), ((batch * F, 1, S, d), T + 3 * S)]
+    if T:
+        expected += [((batch, 2, T, d), every), ((batch, 1, T, d), every)]
+    assert shapes == sorted(expected)
     # weights permuted once, not reordered at run time: q rows and out columns follow heads 0, 1, 3, 2
     d = unit.head_dim
     rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in (0, 1, 3, 2)])
@@ -149,8 +152,11 @@ def test_counted_flops_fall_as_predicted(wan):
     assert dense_total == cost.total_flops
     assert removed > 0
     assert ours_total == pytest.approx(dense_total - removed, rel=1e-6)
-    # the share formula itself, on a case counted by hand: T=0, F=5, S=16, W=1 -> K=3 of 5 frames
+    # the share itself, counted by hand: tiny-wan T=0, F=5, S=16: W=1 keeps 3 of 5 frames' keys, W=0 one;
+    # tiny-cogvideox T=16, F=5, S=16 (N=96): W=1 keeps (16·96 + 80·(16 + 48)) of 96², W=0 (16·96 + 80·32)
     unit = units[0]
-    assert window_core_share(unit, 1) == pytest.approx(3 / 5)
-    assert window_core_share(unit, 0) == pytest.approx(1 / 5)
+    by_hand = {0: 1 / 5, 1: 3 / 5} if unit.text_tokens == 0 else {0: 4096 / 9216, 1: 6656 / 9216}
+    assert (unit.text_tokens, unit.frames, unit.tokens) in ((0, 5, 16), (16, 5, 16))
+    for window, share in by_hand.items():
+        assert window_core_share(unit, window) == pytest.approx(share)
     assert window_core_share(unit, unit.frames - 1) == 1.0

@@ -25,15 +25,43 @@ def banded_mask(windows, frames: int, tokens: int, text: int) -> torch.Tensor:
     return torch.stack(masks)[None]
 
 
+class _MaskKernel(torch.overrides.TorchFunctionMode):
+    """Hands `mask` to the one scaled_dot_product_attention call the processor makes."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.mask, self.calls = mask, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            assert kwargs.get("attn_mask") is None and len(args) <= 3, "the processor already masks"
+            kwargs["attn_mask"] = self.mask.to(args[0].device if args else kwargs["query"].device)
+            self.calls += 1
+        return func(*args, **kwargs)
+
+
 class _Banded:
-    """Calls the module's original processor with the banded mask as its attention mask."""
+    """Runs the module's original processor (diffusers' own q/k/v, norms, rotary embeddings, output
+    projection), its attention kernel given the banded mask."""
 
     def __init__(self, inner, mask: torch.Tensor):
-        self.inner, self.mask = inner, mask
+        import functools
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        assert attention_mask is None
-        return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, *args, **kwargs)
+        self.inner, self.mask = inner, mask
+        # diffusers' Attention passes only the keyword arguments its processor's signature names
+        # (CogVideoX's image_rotary_emb): show the wrapped processor's signature
+        self.__call__ = functools.wraps(inner.__call__)(lambda *args, **kwargs: self._call(*args, **kwargs))
+
+    def __call__(self, attn, *args, **kwargs):
+        return self._call(attn, *args, **kwargs)
+
+    def _call(self, attn, *args, **kwargs):
+        mode = _MaskKernel(self.mask)
+        with mode:
+            out = self.inner(attn, *args, **kwargs)
+        assert mode.calls == 1
+        return out
 
 
 @contextmanager
