@@ -172,7 +172,8 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     options.check(with_prompts=prompts is not None)
     criterion = options.criterion
     if criterion is None:
-        criterion = "residual_change" if options.reuse is not None and not options.search else DEFAULT_CRITERION
+        reuse_plan = options.reuse is not None and not options.search and options.granularity != "window"
+        criterion = "residual_change" if reuse_plan else DEFAULT_CRITERION
     stats = calibration if isinstance(calibration, CalibrationStats) else CalibrationStats.load(calibration)
     _calibration_kind(stats).check_plan_options(options)
     if options.kind == "ratio":

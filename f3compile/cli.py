@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --search: actions to try, among drop, reuse, heads (default: all three)")
     p.add_argument("--reuse", type=int, metavar="K", help="temporal reuse: the selected blocks (--granularity block) "
                    "are computed at every K-th step of their stage and reuse their residual in between, instead of "
-                   "being dropped; with --search: the period of the reuse action (default 2)")
+                   "being dropped (--granularity window: every transformer block, on top of the windows); with --search: the period of the reuse action (default 2)")
     p.add_argument("--reuse-periods", metavar="K1,K2,...", help="with --search: try reuse at each of these periods "
                    "(one action each; a target speedup upgrades to longer periods before dropping)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")

@@ -429,7 +429,7 @@ def make_plan(
     """
     full = [unit for unit in stats.units if unit.spatiotemporal]
     if granularity == "window" or window is not None or keep_mass is not None:
-        return _window_plan(stats, ratio, granularity, window, keep_mass, criterion, stages, seed)
+        return _window_plan(stats, ratio, granularity, window, keep_mass, criterion, stages, seed, reuse)
     if full and granularity not in FULL_ATTENTION_GRANULARITIES:
         raise F3Error(f"--granularity {granularity} does not apply to full 3-D attention ({full[0].id}); use "
                       f"{', '.join(FULL_ATTENTION_GRANULARITIES)}")
@@ -531,8 +531,10 @@ def make_plan(
 
 
 def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int | None, keep_mass: float | None,
-                 criterion: str, stages: int, seed: int) -> PruningPlan:
-    """Granularity window: per stage, the heads of full 3-D attention units attend within ±`window`."""
+                 criterion: str, stages: int, seed: int, reuse: int | None = None) -> PruningPlan:
+    """Granularity window: per stage, the heads of full 3-D attention units attend within ±`window`;
+    with `reuse` K, every transformer block is also reused with period K (computed, windowed, on
+    every K-th step of its stage; its residual carried in between)."""
     if granularity != "window":
         raise F3Error("--window and --keep-mass make window plans; add --granularity window")
     if window is None or isinstance(window, bool) or not isinstance(window, int) or window < 0:
@@ -552,6 +554,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         raise F3Error(f"--criterion {criterion!r} does not rank heads; use cross_frame_mass, output_norm or random")
     if keep_mass is not None and criterion != "cross_frame_mass":
         raise F3Error("--keep-mass reads the attention mass inside the window: use --criterion cross_frame_mass")
+    if reuse is not None and (isinstance(reuse, bool) or not isinstance(reuse, int) or not 2 <= reuse <= MAX_REUSE_PERIOD):
+        raise F3Error(f"--reuse must be an integer period in [2, {MAX_REUSE_PERIOD}], got {reuse}")
     steps = len(stats.timesteps)
     if not 1 <= stages <= steps:
         raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")
@@ -582,6 +586,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         by_id = {unit.id: unit for unit in units}
         stage.windows = {unit_id: [window if head in picked[unit_id] else None for head in range(by_id[unit_id].heads)]
                          for unit_id in sorted(picked, key=order.__getitem__)}
+        if reuse is not None:
+            stage.reuse = {unit.block: reuse for unit in units}
         plan_stages.append(stage)
     scores: dict[str, dict[str, Any]] = {}
     for unit in units:

@@ -60,7 +60,7 @@ def test_list_passes(capsys):
     names = [line.split()[1] for line in out.strip().splitlines()]
     assert code == 0 and names == ["annotate_temporal_attention", "reuse_temporal_blocks", "drop_temporal_blocks",
                                    "drop_temporal_attention",
-                                   "prune_heads", "gather_key_frames", "cleanup"]
+                                   "prune_heads", "gather_key_frames", "window_attention", "cleanup"]
 
 
 def test_compile_errors_leave_nothing(capsys, tmp_path, calibrations):

@@ -299,16 +299,21 @@ def test_cli_calibrate_plan_inspect_export_generate_bench_eval(name, tmp_path, c
     code, out, err = run(capsys, "calibrate", f"builtin:{name}", "--prompts", prompts, "--steps", 3,
                          "--guidance-scale", 5, "--no-heatmaps", "--query-fraction", 0.5, "-o", calib)
     assert code == 0, err
-    code, out, err = run(capsys, "plan", calib, "--granularity", "window", "--window", 0, "--ratio", 0.5,
+    code, out, err = run(capsys, "plan", calib, "--granularity", "window", "--window", 1, "--ratio", 0.5,
                          "--stages", 1, "-o", plan)
     assert code == 0, err
     assert "window plan" in out
     code, out, err = run(capsys, "inspect", plan, "--model", f"builtin:{name}")
     assert code == 0, err
-    assert out.count("window: ") == 2 and "at W=0" in out and "FLOP-predicted speedup" in out
+    assert out.count("window: ") == 2 and "at W=1" in out and "FLOP-predicted speedup" in out
     code, out, err = run(capsys, "export", f"builtin:{name}", "--plan", plan, "-o", build)
     assert code == 0, err
     manifest = json.loads((build / "manifest.json").read_text())
+    from f3compile.exporters.trt_readiness import check_onnx
+
+    readiness = check_onnx(build / manifest["stages"][0]["files"]["onnx"]["path"])
+    assert readiness["ready"], readiness["unsupported"]  # windows use Gather, Slice, Concat, Expand, a constant mask
+    assert readiness["operators"]["Softmax"] >= 4
     verify = manifest["stages"][0]["verify"]
     assert all(result["relative_l2_error"] < 1e-4 for result in verify.values())
     assert manifest["decoder"]["kind"] == "video_vae" and manifest["decoder"]["temporal_scale"] == 4 
@@ -324,6 +329,8 @@ def test_cli_calibrate_plan_inspect_export_generate_bench_eval(name, tmp_path, c
 
         videos[backend] = next(iter(load_file(str(tmp_path / f"{backend}.safetensors")).values()))
     assert rel(videos["onnxruntime"], videos["torch"]) < 1e-4
+    if name != "tiny-wan":
+        return  # bench and eval go through the same compiled programs for both families
     code, out, err = run(capsys, "bench", f"builtin:{name}", "--plan", plan, "--repeat", 2, "--json", tmp_path / "b.json")
     assert code == 0, err
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
@@ -345,7 +352,10 @@ PRESETS = {  # tiny builtin -> (preset, published frames x height x width, laten
 def test_preset_flops_at_the_published_shape_on_the_meta_device(name, calibration, tmp_path):
     """The published architecture at its published shape counted without weights: the attention core
     equals 4·B·N²·D per layer counted by hand, and a plan from the tiny model carried over by depth
-    predicts what that share says (every head at W = 0)."""
+    predicts what that share says (every head at W = 0). One family here (the count is the same code
+    for both); tools/window_table.py prints all four presets."""
+    if name != "tiny-wan":
+        pytest.skip("counted on arch-wan2.1-1.3b")
     from f3compile.options import Shapes
     from f3compile.planning import make_plan
     from f3compile.planning.cost import ModelCost, window_core_share
