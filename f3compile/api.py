@@ -182,6 +182,9 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     from .models import find_temporal_units
     from .planning.cost import ModelCost
 
+    if stats.meta.get("experts"):
+        raise F3Error("--target-speedup and --search do not take models with experts (Wan 2.2) yet; plan each "
+                      "expert's stages with --ratio or --keep-mass")
     recorded = stats.meta["model"]
     if model is None and recorded["spec"].startswith("pipeline:"):
         raise F3Error(f"the calibration was recorded on a pipeline object ({recorded['spec']}); pass that model "

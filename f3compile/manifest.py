@@ -149,6 +149,7 @@ class StageEntry:
     inputs: list[Any] = key()
     outputs: list[Any] = key()
     passes: Any = key(optional=True)
+    expert: str = key(optional=True, check=bool, message="expert must name the denoiser expert the stage runs")
     verify: Any = key(optional=True)
     audit: Any = key(optional=True)
     tensorrt: Any = key(optional=True)

@@ -10,6 +10,10 @@ Plans need no calibration (speed does not depend on which units are chosen, only
   attention-0.5  every other temporal attention dropped
   head-0.5       the first half of every unit's heads pruned
   frame-0.5      every other key frame dropped in every unit (keys/values of frames 0, 2, 4, ...)
+full 3-D attention (Wan, CogVideoX):
+  window0-1.0    every head of every unit within its own frame (W = 0)
+  window1-1.0    every head within ±1 frame
+  window0-0.5    the first half of every unit's heads at W = 0
 Each plan is timed with `f3compile.benchmark.bench` (interleaved with the dense program, medians,
 CUDA events on a GPU, peak device memory), so the numbers are the ones `f3compile bench` prints.
 """
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PLANS = ("block-1.0", "block-0.5", "attention-0.5", "head-0.5", "frame-0.5")
+WINDOW_PLANS = ("window0-1.0", "window1-1.0", "window0-0.5")
 
 
 def structural_plan(model, units, name: str):
@@ -45,8 +50,12 @@ def structural_plan(model, units, name: str):
         stage.prune_heads = {u.id: list(range(u.heads // 2)) for u in units}
     elif name == "frame-0.5":
         stage.keep_frames = {u.id: list(range(0, u.frames, 2)) for u in units}
+    elif name in WINDOW_PLANS:
+        window, share = int(name[6]), float(name.split("-")[1])
+        stage.windows = {u.id: [window if h < round(share * u.heads) else None for h in range(u.heads)] for u in units}
+        return dataclasses.replace(plan, granularity="window", ratio=share, window=window)
     else:
-        raise SystemExit(f"error: unknown plan {name!r}; choose from {', '.join(PLANS)}")
+        raise SystemExit(f"error: unknown plan {name!r}; choose from {', '.join(PLANS + WINDOW_PLANS)}")
     granularity, ratio = name.split("-")
     return dataclasses.replace(plan, granularity=granularity, ratio=float(ratio))
 

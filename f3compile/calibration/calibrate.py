@@ -161,7 +161,9 @@ def calibrate(
         "seconds": round(time.perf_counter() - started, 3),
     }
     if any(unit.spatiotemporal for unit in units):
-        meta["query_fraction"] = config.query_fraction  # the sampled positions follow from it and `seed`
+        meta["query_fraction"] = config.query_fraction
+    if model.experts:  # Wan 2.2: which expert ran which timesteps (plans stage each expert on its own)
+        meta["experts"] = {name: list(span) for name, span in model.experts.items()}  # the sampled positions follow from it and `seed`
     stats = CalibrationStats(meta=meta, tensors=tensors)
     if output_dir is not None:
         with atomic_dir(output_dir) as tmp:

@@ -218,20 +218,27 @@ def _export(module, inputs, batch_range, factors: tuple[int, ...] = ()):
 
 
 def capture(model: VideoModel, shapes: VideoShapes, dtype: torch.dtype = torch.float32,
-            batch_range: tuple[int, int] | None = None, device: str | torch.device = "cpu") -> torch.export.ExportedProgram:
+            batch_range: tuple[int, int] | None = None, device: str | torch.device = "cpu",
+            expert: str | None = None) -> torch.export.ExportedProgram:
     """torch.export (non-strict, fixed shapes) of `model.denoise` at `shapes`, weights in `dtype`
-    on `device`.
+    on `device`; of a model with experts (Wan 2.2), of the one named `expert` (default the first).
 
     The graph is captured where it will run and in its final precision (dtype casts and device
     placements inside the model are traced as constants); for another dtype or device a copy of
     the denoiser is captured and the model itself is never modified.
     """
     device = torch.device(device)
+    if model.experts and expert is None:
+        expert = next(iter(model.experts))
     key = ("capture", model.cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype),
-           str(device), batch_range)
+           str(device), batch_range, expert)
     program = _recall(key) if model.cache_key else None  # captured before at these shapes (`memo`)
     if program is None:
-        module = DenoiseModule(placed_denoiser(model, dtype, device), model.denoise_call).eval()
+        placed = placed_denoiser(model, dtype, device)
+        if expert is None:
+            module = DenoiseModule(placed, model.denoise_call).eval()
+        else:  # only this expert's weights in the program, at its path in the denoiser
+            module = DenoiseModule(model.expert_holder(expert, placed), model.expert_call).eval()
         program = _export(module, export_inputs(model, shapes, dtype=dtype, device=device), batch_range)
         if model.cache_key:
             _remember(key, program, model, program_bytes(program))
@@ -344,15 +351,21 @@ def compile(model: VideoModel, plan: PruningPlan | None, shapes: VideoShapes | N
     cache_key = model.cache_key  # None: the weights were edited since loading, nothing is reused
     key = (cache_key, shapes.batch, shapes.frames, shapes.height, shapes.width, str(dtype), str(device),
            batch_range)
-    program = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
+    programs = {}
+    if not model.experts:
+        programs[None] = captured if captured is not None else capture(model, shapes, dtype, batch_range, device=device)
     inputs = export_inputs(model, shapes, dtype=dtype, device=device)
     stages = []
     cached = passes is None and cache_key is not None
     for stage in plan.stages:
+        expert = model.expert_for(stage.timesteps)  # Wan 2.2: the expert that runs this stage's steps
+        if expert not in programs:
+            programs[expert] = capture(model, shapes, dtype, batch_range, device=device, expert=expert)
+        program = programs[expert]
         # what the passes read, not the steps it runs at: stages that prune alike share one program
         # (and the exporters then write its files from memory)
         rewrites = {k: v for k, v in stage.to_dict().items() if k != "timesteps"}
-        stage_key = ("stage", key, json.dumps(rewrites, sort_keys=True), tuple(units))
+        stage_key = ("stage", key, expert, json.dumps(rewrites, sort_keys=True), tuple(units))
         built = _recall(stage_key) if cached else None
         if built is None:
             built = apply_stage(program, stage, units, inputs, batch_range, passes)
@@ -422,6 +435,7 @@ def stage_entries(model: VideoModel, compiled: list[CompiledStage], directory: P
         entry = {
             "index": number,
             "timesteps": list(stage.stage.timesteps),
+            **({"expert": model.expert_for(stage.stage.timesteps)} if model.experts else {}),
             "plan": stage.stage.to_dict(),
             "files": {"pt2": {"path": f"stage{number}/denoiser.pt2", "sha256": sha256_file(path)}},
             "parameters": stage.parameters,

@@ -117,6 +117,8 @@ class VideoModel:
     sample_layout: str = "B,C,F,H,W"  # what the programs take and return
     native_layout: str = "B,C,F,H,W"  # the pipeline's own latents (CogVideoX: B,F,C,H,W): noise and scheduler steps
     temporal_scale: int = 1  # a VAE that compresses time: latent frames = (frames - 1) // scale + 1
+    # several experts (Wan 2.2): `denoiser` holds them by name; name -> inclusive timestep range it runs
+    experts: dict[str, tuple[int, int]] | None = None
     _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,9 +143,37 @@ class VideoModel:
         """`info` without private cache entries (safe to write to JSON)."""
         return {k: v for k, v in self.info.items() if not k.startswith("_")}
 
-    def denoise_module(self) -> DenoiseModule:
-        """The normalized call wrapped as a module (what torch.export captures)."""
-        return DenoiseModule(self.denoiser, self.denoise_call)
+    def denoise_module(self, expert: str | None = None) -> DenoiseModule:
+        """The normalized call wrapped as a module (what torch.export captures); with experts, the
+        one named `expert`, held at the same path as in `denoiser` (`<expert>.…`)."""
+        if self.experts is None:
+            return DenoiseModule(self.denoiser, self.denoise_call)
+        return DenoiseModule(self.expert_holder(expert), self.expert_call)
+
+    def expert_holder(self, expert: str, module: nn.Module | None = None) -> nn.Module:
+        """A module holding only the expert `expert` (of `module`, default the denoiser) under its name."""
+        holder = nn.Module()
+        setattr(holder, expert, (module or self.denoiser)[expert])
+        holder.f3_expert = expert
+        return holder
+
+    def expert_call(self, holder: nn.Module, sample, timestep, encoder_hidden_states):
+        """The denoise call on a `DenoiseModule`'s module: the denoiser itself, or one expert's holder."""
+        name = getattr(holder, "f3_expert", None)
+        if name is None:
+            return self.denoise_call(holder, sample, timestep, encoder_hidden_states)
+        return self.info["_expert_call"](getattr(holder, name), sample, timestep, encoder_hidden_states)
+
+    def expert_for(self, timesteps: tuple[int, int]) -> str | None:
+        """The expert that runs every timestep of the inclusive range (high, low); None without experts."""
+        if self.experts is None:
+            return None
+        high, low = timesteps
+        for name, (top, bottom) in self.experts.items():
+            if bottom <= low and high <= top:
+                return name
+        bounds = ", ".join(f"{name} {top}..{bottom}" for name, (top, bottom) in self.experts.items())
+        raise F3Error(f"timesteps {high}..{low} span two experts of {self.spec} ({bounds}); plan with stages per expert")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], negative: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

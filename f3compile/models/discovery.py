@@ -271,6 +271,18 @@ def find_temporal_units(model: VideoModel, shapes: VideoShapes | None = None, *,
     key = _key(model, shapes)
     if _probe_mode == "fake" and key in _CACHE:
         return list(_CACHE[key][0])
+    if model.experts:  # each expert on its own; ids keep the expert's name (`transformer_2.blocks.0.attn1`)
+        import dataclasses
+
+        units = []
+        for name in model.experts:
+            alone = dataclasses.replace(model, denoiser=model.denoiser[name], denoise_call=model.info["_expert_call"],
+                                        experts=None, fingerprint=f"{model.fingerprint}/{name}")
+            units += [dataclasses.replace(unit, id=f"{name}.{unit.id}", block=f"{name}.{unit.block}")
+                      for unit in find_temporal_units(alone, shapes, _probe_mode=_probe_mode)]
+        if _probe_mode == "fake":
+            _remember(key, units, discovery_probe(alone, shapes) or "fake")
+        return units
     root = model.denoiser
     names = {module: name for name, module in root.named_modules()}
     frames = model.latent_frames(shapes.frames)

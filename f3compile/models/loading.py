@@ -89,13 +89,27 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         )
     pipe.set_progress_bar_config(disable=True)
     denoiser = _denoiser_of(pipe).eval()
-    temporal_scale = 1
+    temporal_scale, experts, denoise_call, extra = 1, None, family.denoise, {}
     if family.name == "wan":
+        from functools import partial
+
         from . import wan
 
         wan.refuse_unsupported(pipe, spec)
         wan.refuse_unsupported(denoiser, spec)
         temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
+        second = getattr(pipe, "transformer_2", None)
+        if second is not None or pipe.config.get("boundary_ratio") is not None:
+            if second is None or pipe.transformer is None or pipe.config.get("boundary_ratio") is None:
+                raise F3Error(f"{spec} has one Wan 2.2 expert or no boundary_ratio; f3compile runs both experts "
+                              "(transformer, transformer_2) with their boundary_ratio")
+            wan.refuse_unsupported(second, spec)
+            total = int(pipe.scheduler.config.num_train_timesteps)
+            experts = wan.expert_ranges(float(pipe.config.boundary_ratio), total)
+            extra = {"_expert_call": family.denoise, "boundary_ratio": float(pipe.config.boundary_ratio),
+                     "experts": {name: list(span) for name, span in experts.items()}}
+            denoise_call = partial(wan.denoise_experts, boundary=float(pipe.config.boundary_ratio) * total)
+            denoiser = torch.nn.ModuleDict({"transformer": pipe.transformer.eval(), "transformer_2": second.eval()})
     elif family.name == "cogvideox":
         from . import cogvideox
 
@@ -110,16 +124,20 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         default = VideoShapes(1, frames, height, width)
     else:
         default = _default_shapes(family, denoiser, vae_scale)
-    length, dim = _text_dims(family, denoiser, pipe)
+    first = pipe.transformer if experts else denoiser  # the experts share the calling convention
+    length, dim = _text_dims(family, first, pipe)
+    config = dict(first.config) if not experts else {  # private (bookkeeping) keys left out, as at the top level
+        "experts": {name: {k: v for k, v in denoiser[name].config.items() if not k.startswith("_")} for name in experts},
+        "boundary_ratio": extra["boundary_ratio"]}
     return VideoModel(
         spec=spec, family=family.name, denoiser=denoiser, scheduler=pipe.scheduler,
         text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, pipeline=pipe, shapes=default,
-        latent_channels=int(denoiser.config.in_channels), vae_scale_factor=vae_scale,
+        latent_channels=int(first.config.in_channels), vae_scale_factor=vae_scale,
         text_length=length, text_dim=dim,
-        fingerprint=("meta:" + fingerprint_modules(dict(denoiser.config))) if meta
-        else fingerprint_modules(dict(denoiser.config), denoiser, pipe.text_encoder),
-        denoise_call=family.denoise, encode_call=family.encode,
-        info={"pipeline_class": type(pipe).__name__, "denoiser_class": type(denoiser).__name__,
+        fingerprint=("meta:" + fingerprint_modules(config)) if meta
+        else fingerprint_modules(config, denoiser, pipe.text_encoder),
+        denoise_call=denoise_call, encode_call=family.encode, experts=experts,
+        info={**extra, "pipeline_class": type(pipe).__name__, "denoiser_class": type(first).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
               "scheduler_class": type(pipe.scheduler).__name__},
         temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",

@@ -111,7 +111,8 @@ for _name, _description in (
     ("tuneavideo", "Tune-A-Video's UNet (SD v1 layout with sparse-causal and temporal attention)"),
 ):
     register_family(Family(_name, "diffusion", _description))
-register_family(Family("wan", "diffusion", "Wan 2.1 WanTransformer3DModel (WanPipeline), full 3-D attention", "full"))
+register_family(Family("wan", "diffusion", "Wan 2.1 / 2.2 WanTransformer3DModel (WanPipeline; 2.2: two experts), full "
+                       "3-D attention", "full"))
 register_family(Family("cogvideox", "diffusion", "CogVideoX CogVideoXTransformer3DModel (CogVideoXPipeline), joint "
                        "text + video 3-D attention", "full"))
 register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransformer names), stage 1 and stage 2"))
@@ -141,6 +142,8 @@ for _builtin in (
             "Tune-A-Video (SD v1.4 UNet + sparse-causal and temporal attention), 8 frames 512x512", "preset"),
     Builtin("tiny-wan", "wan", "f3compile.models.wan:build_tiny_wan", (17, 64, 64),
             "WanTransformer3DModel, 2 layers of 4 heads, Wan VAE strides (17 frames -> 5 latent frames)", "tiny"),
+    Builtin("tiny-wan2.2", "wan", "f3compile.models.wan:build_tiny_wan22", (17, 64, 64),
+            "Wan 2.2 layout: two tiny-wan experts, the first for timesteps >= 875 (boundary_ratio 0.875)", "tiny"),
     Builtin("arch-wan2.1-1.3b", "wan", "f3compile.models.wan:build_arch_wan", (81, 480, 832),
             "Wan2.1-T2V-1.3B (30 layers, 12x128 heads), 81 frames 480x832", "preset", {"size": "1.3b"}),
     Builtin("arch-wan2.1-14b", "wan", "f3compile.models.wan:build_arch_wan", (81, 720, 1280),

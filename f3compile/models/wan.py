@@ -36,6 +36,24 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states):
     return denoiser(hidden_states=sample, timestep=t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
+def denoise_experts(denoiser, sample, timestep, encoder_hidden_states, *, boundary: float):
+    """Wan 2.2's two experts (`denoiser` holds `transformer` and `transformer_2`): the first runs the
+    steps with t >= boundary, the second the others, as `WanPipeline` switches them. Eager only: the
+    compiler captures each expert on its own, one program per stage (`VideoModel.experts`)."""
+    t = float(torch.as_tensor(timestep).reshape(-1)[0])
+    expert = denoiser["transformer"] if t >= boundary else denoiser["transformer_2"]
+    return denoise(expert, sample, timestep, encoder_hidden_states)
+
+
+def expert_ranges(boundary_ratio: float, num_train_timesteps: int) -> dict[str, tuple[int, int]]:
+    """Inclusive integer timestep ranges of the two experts (a step's timestep is compared as an
+    integer when stages switch; the boundary itself belongs to the first expert)."""
+    import math
+
+    boundary = math.ceil(boundary_ratio * num_train_timesteps)
+    return {"transformer": (num_train_timesteps - 1, boundary), "transformer_2": (boundary - 1, 0)}
+
+
 def encode(model, prompts: list[str], negative: list[str]):
     """(cond, uncond) exactly as `WanPipeline.encode_prompt` makes them (cleaned, trimmed, zero-padded)."""
     pipe = model.pipeline
@@ -86,6 +104,24 @@ def build_tiny_wan():
     tokenizer, text_encoder = _text(32)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=transformer,
                        scheduler=scheduler())
+
+
+def build_tiny_wan22():
+    """Wan 2.2's layout on tiny-wan's sizes: a high-noise expert for t >= 875 and a low-noise one
+    (`boundary_ratio` 0.875, as the published T2V-A14B pipeline), each with its own weights."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    def expert():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ).eval()
+
+    high, low = expert(), expert()
+    tokenizer, text_encoder = _text(32)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=high,
+                       transformer_2=low, scheduler=scheduler(), boundary_ratio=0.875)
 
 
 def _scaled(size: str, scale: float) -> dict:

@@ -88,8 +88,16 @@ class ModelCost:
 
     @classmethod
     def measure(cls, model: VideoModel, units: list[TemporalUnit], shapes: VideoShapes | None = None) -> "ModelCost":
-        module = model.denoise_module()
-        total, per_module = count_flops(module, model.example_inputs(shapes or model.shapes, cfg=True))
+        inputs = model.example_inputs(shapes or model.shapes, cfg=True)
+        if model.experts:  # one call runs one expert: per-module counts of each, the total of one call
+            per_module, totals = {}, []
+            for name in model.experts:
+                total, counts = count_flops(model.denoise_module(name), inputs)
+                per_module |= counts
+                totals.append(total)
+            total = max(totals)
+        else:
+            total, per_module = count_flops(model.denoise_module(), inputs)
         modules = dict(model.denoiser.named_modules())
         unit_params = {}
         for unit in units:

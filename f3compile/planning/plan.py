@@ -158,7 +158,8 @@ class PruningPlan:
             model={"spec": model.spec, "fingerprint": model.fingerprint},
             calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": units[0].frames if units else model.shapes.frames},
             granularity="block", criterion=criteria.DEFAULT_CRITERION, ratio=0.0,
-            stages=[Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
+            stages=[Stage(timesteps=tuple(span)) for span in (model.experts or {}).values()]
+            or [Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
             scores={u.id: {"score": 0.0, "per_head": [0.0] * u.heads, "per_frame": [0.0] * u.frames} for u in units}
             | {u.block: {"score": 0.0, "per_head": [], "per_frame": []} for u in units if u.block != u.id},
         )
@@ -387,6 +388,34 @@ def validate_plan_dict(data: Any, where: str = "plan") -> None:
 
 
 # -- selection ------------------------------------------------------------------------------
+def plan_stages_of(stats: CalibrationStats, stages: int) -> list[tuple[list[int], tuple[int, int]]]:
+    """(step indices, inclusive timestep range) of each stage. A model with experts (Wan 2.2,
+    `experts` in calibration.json) gets `stages` stages per expert, each within its expert's range, so
+    every expert is planned on its own steps and every stage runs one expert's program."""
+    experts = stats.meta.get("experts")
+    if not experts:
+        groups = split_steps(len(stats.timesteps), stages)
+        return list(zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps)))
+    out = []
+    for name, (high, low) in sorted(experts.items(), key=lambda item: -item[1][0]):
+        steps = [i for i, t in enumerate(stats.timesteps) if low <= t <= high]
+        if len(steps) < stages:
+            raise F3Error(f"expert {name} ran {len(steps)} of the calibration's steps, fewer than --stages {stages}; "
+                          "calibrate with more steps or plan fewer stages")
+        top = high
+        for index, group in enumerate(split_steps(len(steps), stages)):
+            group = [steps[i] for i in group]
+            bottom = low if index == stages - 1 else int(stats.timesteps[group[-1]])
+            out.append((group, (int(top), int(bottom))))
+            top = bottom - 1
+    return out
+
+
+def active_units(stats: CalibrationStats, units, steps: list[int]) -> list:
+    """The units that ran at `steps` (with experts, the running expert's)."""
+    return [unit for unit in units if float(stats.unit(unit.id, "calls")[steps].sum()) > 0]
+
+
 def split_steps(num_steps: int, num_stages: int) -> list[list[int]]:
     """Step indices split into `num_stages` contiguous, near-equal groups."""
     return [list(map(int, group)) for group in np.array_split(np.arange(num_steps), num_stages)]
@@ -459,10 +488,13 @@ def make_plan(
         raise F3Error(f"--stages must be between 1 and the calibration's {steps} steps, got {stages}")
     units, blocks = stats.units, stats.blocks
     order = {unit.id: index for index, unit in enumerate(units)}
-    groups = split_steps(steps, stages)
     plan_stages = []
     stage_ratio = ratios * stages if len(ratios) == 1 else ratios
-    for group, span, ratio_here in zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps), stage_ratio):
+    all_units, all_blocks = units, blocks
+    for number, (group, span) in enumerate(plan_stages_of(stats, stages)):
+        ratio_here = stage_ratio[number % stages]  # with experts: the same ratios for each expert's stages
+        units = active_units(stats, all_units, group)
+        blocks = [b for b in all_blocks if any(u.id in b.units for u in units)]
         stage = Stage(timesteps=span)
         if granularity == "block":
             ranked = sorted(blocks, key=lambda b: (criteria.block_score(stats, b.id, criterion, group), order[b.units[0]]))
@@ -507,6 +539,7 @@ def make_plan(
             stage.keep_frames = keep
         plan_stages.append(stage)
 
+    units, blocks = all_units, all_blocks
     scores: dict[str, dict[str, Any]] = {}
     for unit in units:
         scores[unit.id] = {
@@ -568,16 +601,16 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
             raise F3Error(f"--ratio gives {len(ratios)} values for --stages {stages}; give one value or one per stage")
         ratios = ratios * stages if len(ratios) == 1 else ratios
     order = {unit.id: index for index, unit in enumerate(units)}
-    groups = split_steps(steps, stages)
-    plan_stages = []
-    for number, (group, span) in enumerate(zip(groups, stage_ranges(stats.timesteps, groups, stats.num_train_timesteps))):
+    plan_stages, stage_heads = [], []
+    for number, (group, span) in enumerate(plan_stages_of(stats, stages)):
         stage = Stage(timesteps=span)
-        candidates = sorted(
+        stage_heads.append(sum(unit.heads for unit in active_units(stats, units, group)))
+        candidates = sorted(  # with experts: the heads of the expert that runs the stage
             (float(score), order[unit.id], head, unit.id)
-            for unit in units
+            for unit in active_units(stats, units, group)
             for head, score in enumerate(criteria.window_scores(stats, unit.id, window, criterion, group)))
         if ratios is not None:
-            chosen = candidates[: _n_pruned(ratios[number], len(candidates))]
+            chosen = candidates[: _n_pruned(ratios[number % stages], len(candidates))]
         else:
             chosen = [c for c in candidates if c[0] <= 1.0 - keep_mass + 1e-9]
         picked: dict[str, set[int]] = {}
@@ -587,7 +620,7 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         stage.windows = {unit_id: [window if head in picked[unit_id] else None for head in range(by_id[unit_id].heads)]
                          for unit_id in sorted(picked, key=order.__getitem__)}
         if reuse is not None:
-            stage.reuse = {unit.block: reuse for unit in units}
+            stage.reuse = {unit.block: reuse for unit in active_units(stats, units, group)}
         plan_stages.append(stage)
     scores: dict[str, dict[str, Any]] = {}
     for unit in units:
@@ -599,8 +632,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
     meta = stats.meta
     chosen_ratio = 0.0 if ratios is None else (ratios[0] if len(set(ratios)) == 1 else [float(r) for r in ratios])
     if ratios is None:  # the share of heads windowed, per stage
-        total = sum(unit.heads for unit in units)
-        shares = [sum(w is not None for v in stage.windows.values() for w in v) / total for stage in plan_stages]
+        shares = [sum(w is not None for v in stage.windows.values() for w in v) / max(total, 1)
+                  for stage, total in zip(plan_stages, stage_heads)]
         chosen_ratio = round(shares[0], 6) if len(set(shares)) == 1 else [round(x, 6) for x in shares]
     return PruningPlan(
         model={"spec": meta["model"]["spec"], "fingerprint": meta["model"]["fingerprint"]},
