@@ -200,13 +200,13 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
         from .planning.schedule import make_target_plan
 
         return make_target_plan(stats, cost, options.target_speedup, options.granularity, criterion, options.stages,
-                                seed=options.seed, reuse=options.reuse)
+                                seed=options.seed, reuse=options.reuse, window=options.window)
     from .planning.search import search_plan
 
     plan, _ = search_plan(model, stats, _prompts(prompts)[0], cost, units, max_error=options.max_error,
                           target_speedup=options.target_speedup, stages=options.stages, criterion=criterion,
-                          actions=tuple(options.actions), reuse_period=2 if options.reuse is None else options.reuse,
-                          reuse_periods=options.reuse_periods, log=log)
+                          actions=None if options.actions is None else tuple(options.actions), reuse_period=2 if options.reuse is None else options.reuse,
+                          reuse_periods=options.reuse_periods, log=log, windows=tuple(options.windows))
     return plan
 
 

@@ -58,7 +58,9 @@ def cmd_plan(args) -> None:
     started = time.perf_counter()
     options = PlanOptions(
         ratio=None if args.ratio is None else _parse_ratios(args.ratio), target_speedup=args.target_speedup,
-        search=args.search, max_error=args.max_error, actions=tuple(a for a in args.actions.split(",") if a),
+        search=args.search, max_error=args.max_error,
+        actions=None if args.actions is None else tuple(a for a in args.actions.split(",") if a),
+        windows=_parse_windows(args.windows),
         reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), granularity=args.granularity,
         criterion=args.criterion, stages=args.stages, seed=args.seed, window=args.window, keep_mass=args.keep_mass,
     )
@@ -81,6 +83,13 @@ def _parse_periods(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise F3Error(f"--reuse-periods {text!r} must be comma-separated integers, e.g. 2,3,4") from None
+
+
+def _parse_windows(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise F3Error(f"--windows {text!r} must be comma-separated frame distances, e.g. 0,1,2") from None
 
 
 def _parse_ratios(text: str) -> float | list[float]:
@@ -324,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "measured error of the final latents (runs the model; see --max-error, --target-speedup)")
     p.add_argument("--max-error", type=float, help="with --search: bound on the final latents' relative L2 error vs dense")
     p.add_argument("--prompts", help="with --search: prompts to measure on (the calibration prompts)")
-    p.add_argument("--actions", default="drop,reuse,heads",
-                   help="with --search: actions to try, among drop, reuse, heads (default: all three)")
+    p.add_argument("--actions", help="with --search: actions to try, among drop, reuse, heads, window (default: "
+                   "drop,reuse,heads; full 3-D attention: drop,reuse,window)")
+    p.add_argument("--windows", default="0,1,2", metavar="W1,W2,...", help="with --search: one window action per "
+                   "frame distance (every head of a block within ±W frames; default 0,1,2)")
     p.add_argument("--reuse", type=int, metavar="K", help="temporal reuse: the selected blocks (--granularity block) "
                    "are computed at every K-th step of their stage and reuse their residual in between, instead of "
                    "being dropped (--granularity window: every transformer block, on top of the windows); with --search: the period of the reuse action (default 2)")

@@ -36,7 +36,9 @@ class PlanOptions:
                                                 "FLOP-predicted speedup reaches it (with search: its target)")
     search: bool = option(False, "choose per (stage, block) the action with the least measured error")
     max_error: float | None = option(None, "search: bound on the final latents' relative L2 error vs dense")
-    actions: tuple[str, ...] = option(("drop", "reuse", "heads"), "search: actions to try")
+    actions: tuple[str, ...] | None = option(None, "search: actions to try (default drop, reuse, heads; full 3-D "
+                                                    "attention: drop, reuse, window)")
+    windows: tuple[int, ...] = option((0, 1, 2), "search: one window action per frame distance W")
     reuse: int | None = option(None, "temporal reuse period K of the selected blocks (search: of the reuse action)")
     reuse_periods: tuple[int, ...] | None = option(None, "search: one reuse action per period")
     granularity: str = option("head", "unit level: block, attention, head, frame or window (full 3-D attention)")

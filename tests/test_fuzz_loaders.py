@@ -39,7 +39,10 @@ SCHEMA_KEYS = ["schema", "model", "calibration", "granularity", "criterion", "ra
                "timesteps", "drop_blocks", "drop_attention", "prune_heads", "keep_frames", "score", "per_head",
                "per_frame", "fingerprint", "spec", "steps", "frames", "units", "id", "block", "heads", "head_dim",
                "channels", "num_train_timesteps", "prompts", "count", "shapes", "index", "files", "path", "sha256",
-               "inputs", "outputs", "name", "components", "decoder", "factor", "kind", "versions", "precision"]
+               "inputs", "outputs", "name", "components", "decoder", "factor", "kind", "versions", "precision",
+               # full 3-D attention: window plans, spatiotemporal units, experts, the native latent layout
+               "windows", "window", "keep_mass", "tokens", "text_tokens", "query_fraction", "experts", "expert",
+               "native_layout", "video_vae", "class", "temporal_scale"]
 
 
 def nest(depth: int, leaf=0):
@@ -201,6 +204,10 @@ def make_env(root: Path) -> dict:
     (u0, u1), (b0, b1) = [u.id for u in units], [b.id for b in stats.blocks]
     plan["stages"][0].update(drop_blocks=[b1], prune_heads={u0: [1]}, keep_frames={u0: [0, 3, 7]}, reuse={b0: 2})
     plan["stages"][1].update(drop_attention=[u0], prune_heads={u1: [0]}, keep_frames={u1: [2, 5]})
+    # the full-attention fields (a window plan's): valid as a document, refused for this temporal model
+    plan["stages"][1]["windows"] = {u1: [0] + [None] * (len(plan["scores"][u1]["per_head"]) - 1)}
+    plan.update(window=0, keep_mass=0.5)
+    # (calibration.json: mutations add the spatiotemporal unit keys, tokens and text_tokens, from SCHEMA_KEYS)
 
     build = root / "build"
     for name in ("stage0/denoiser.pt2", "stage0/denoiser.reuse1.pt2", "stage1/denoiser.pt2", "stage1/denoiser.onnx"):
@@ -237,7 +244,8 @@ def seed_manifest(build: Path, plan: dict) -> dict:
               "inputs": copy.deepcopy(io["inputs"]) + [dict(residual)], "outputs": copy.deepcopy(io["outputs"])}]}},
         {"index": 1, "timesteps": plan["stages"][1]["timesteps"], "plan": plan["stages"][1],
          "files": {"pt2": file("stage1/denoiser.pt2"), "onnx": file("stage1/denoiser.onnx")}, "parameters": 1000,
-         "precision": "fp16", "verify": {"onnx_vs_torch": {"relative_l2_error": 1e-6}}, **copy.deepcopy(io)},
+         "precision": "fp16", "verify": {"onnx_vs_torch": {"relative_l2_error": 1e-6}}, "expert": "transformer_2",
+         **copy.deepcopy(io)},
     ]
     manifest = {
         "schema": SCHEMA,
@@ -245,6 +253,7 @@ def seed_manifest(build: Path, plan: dict) -> dict:
         "plan": {"path": "plan.json", "fingerprint": "sha256:00", "granularity": "head", "ratio": 0.5},
         "shapes": {"batch": 1, "frames": 8, "height": 16, "width": 16, "cfg_batch": 2},
         "sample_layout": "bcfhw",
+        "native_layout": "B,F,C,H,W",
         "scheduler": {"class": "DDIMScheduler", "config": {"num_train_timesteps": 1000}},
         "text_encoder": {"class": None, "tokenizer_class": None, "max_length": 8, "hidden_size": 16,
                          "padding": "max_length", "negative_prompt": "", "family": "latte", "style": "hashed"},
@@ -330,18 +339,20 @@ def check_manifest(data, env) -> None:
 
 def check_calibration(stats, strict: bool) -> None:
     """Plans can be made from a loaded calibration at every granularity and with every criterion;
-    with `strict`, they are valid plans (a unit that is its own block included)."""
+    with `strict`, they are valid plans (a unit that is its own block included). Units recorded as
+    full 3-D attention (tokens > 0) take the granularities that apply to them, windows included."""
     from f3compile.planning import GRANULARITIES, make_plan
-
-    GRANULARITIES = [g for g in GRANULARITIES if g != "window"]  # temporal units
-    from f3compile.planning.plan import validate_plan_dict
+    from f3compile.planning.plan import FULL_ATTENTION_GRANULARITIES, validate_plan_dict
 
     assert stats.units and stats.blocks and stats.timesteps and stats.num_train_timesteps
     stages = min(2, len(stats.timesteps))
-    for granularity, criterion in [(g, "cross_frame_mass") for g in GRANULARITIES] + [("head", "output_norm"),
-                                                                                       ("block", "random")]:
+    full = any(unit.spatiotemporal for unit in stats.units)
+    granularities = FULL_ATTENTION_GRANULARITIES if full else [g for g in GRANULARITIES if g != "window"]
+    cases = [(g, "cross_frame_mass") for g in granularities] + ([] if full else [("head", "output_norm")]) + [("block", "random")]
+    for granularity, criterion in cases:
         try:
-            validate_plan_dict(make_plan(stats, 0.5, granularity, criterion, stages=stages).to_dict())
+            window = 0 if granularity == "window" else None
+            validate_plan_dict(make_plan(stats, 0.5, granularity, criterion, stages=stages, window=window).to_dict())
         except F3Error as exc:
             assert_one_line(exc)
             assert not strict, exc

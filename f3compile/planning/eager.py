@@ -9,6 +9,9 @@ Forward hooks give the pruning semantics of docs/ARCHITECTURE.md on the loaded d
   (output − input; for an attention that is its own block, its output); at the other steps its
   output is replaced by input + the stored residual (the block still runs: this measures, it does
   not save time).
+- windows (full 3-D attention): while the unit runs, its attention kernel gets a block-banded mask
+  per head (a video query of frame f sees the keys of frames within ±W and every text key; text
+  queries and dense heads see all), an N×N boolean per head: for the shapes a search runs at.
 Frame pruning is not applied here (the search does not propose it). The model is untouched once
 the context exits. Tests hold this to the compiled programs.
 """
@@ -78,6 +81,48 @@ def _head_mask(unit: TemporalUnit, heads: list[int]):
     return hook
 
 
+def banded_mask(unit: TemporalUnit, windows: list) -> torch.Tensor:
+    """(1, H, N, N) boolean: which keys each query of each head of `unit` may see under `windows`."""
+    length = unit.sequence
+    frame = torch.full((length,), -1)
+    frame[unit.text_tokens:] = torch.arange(unit.frames).repeat_interleave(unit.tokens)
+    near = (frame[:, None] - frame[None, :]).abs()
+    text = (frame[:, None] < 0) | (frame[None, :] < 0)
+    every = torch.ones(length, length, dtype=torch.bool)
+    return torch.stack([every if w is None else (near <= w) | text for w in windows])[None]
+
+
+class _Masked(torch.overrides.TorchFunctionMode):
+    """Gives the one attention kernel of a unit its banded mask (the processor passes none)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.mask = mask
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            if kwargs.get("attn_mask") is not None or len(args) > 3:
+                raise F3Error("this attention already has a mask; eager windows need a plain kernel")
+            query = args[0] if args else kwargs["query"]
+            kwargs["attn_mask"] = self.mask.to(query.device)
+        return func(*args, **kwargs)
+
+
+def _window_hooks(module: nn.Module, unit: TemporalUnit, windows: list) -> list:
+    mask, active = banded_mask(unit, windows), []
+
+    def enter(module, args):
+        mode = _Masked(mask)
+        mode.__enter__()
+        active.append(mode)
+
+    def leave(module, args, output):
+        active.pop().__exit__(None, None, None)
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+
+
 @contextlib.contextmanager
 def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit], step: int = 0,
                   cache: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
@@ -97,6 +142,9 @@ def stage_applied(denoiser: nn.Module, stage: Stage, units: list[TemporalUnit], 
         for unit_id, heads in stage.prune_heads.items():
             out_projection = modules[unit_id].to_out[0]
             handles.append(out_projection.register_forward_pre_hook(_head_mask(by_id[unit_id], heads)))
+        for unit_id, windows in stage.windows.items():
+            if any(w is not None for w in windows):
+                handles += _window_hooks(modules[unit_id], by_id[unit_id], windows)
         reused = pattern_at(stage.reuse, step)
         if reused and cache is None:
             raise F3Error(f"step {step} of the stage reuses {', '.join(reused)} but no residuals are carried")

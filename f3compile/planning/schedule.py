@@ -16,7 +16,7 @@ from ..errors import F3Error
 from .cost import ModelCost
 from .plan import PruningPlan, _is_number, make_plan, split_steps
 
-BUDGET_GRANULARITIES = ("block", "attention", "head")  # frame pruning removes too few FLOPs to budget
+BUDGET_GRANULARITIES = ("block", "attention", "head", "window")  # frame pruning removes too few FLOPs to budget
 
 
 def predicted_speedup(plan: PruningPlan, cost: ModelCost, steps: int | None = None) -> float:
@@ -37,15 +37,20 @@ def make_target_plan(
     stages: int = 2,
     seed: int = 0,
     reuse: int | None = None,
+    window: int | None = None,
 ) -> PruningPlan:
     """The plan that reaches `target_speedup` (FLOP-predicted, over the trajectory) by pruning the
-    lowest-scored (unit, stage) pairs first. Raises `F3Error` when even pruning every unit of every
-    stage cannot reach it."""
+    lowest-scored (unit, stage) pairs first — at granularity window, by windowing the (head, stage)
+    pairs with the least attention outside ±`window` frames first. Raises `F3Error` when even pruning
+    every unit of every stage cannot reach it."""
     if not _is_number(target_speedup) or target_speedup < 1.0:
         raise F3Error(f"--target-speedup must be a number >= 1, got {target_speedup}")
     if granularity not in BUDGET_GRANULARITIES:
         raise F3Error(f"--target-speedup plans prune at {', '.join(BUDGET_GRANULARITIES)} granularity, not {granularity}")
-    plan = make_plan(stats, 0.0, granularity, criterion, stages, seed=seed, reuse=reuse)  # spans and scores; nothing pruned
+    if granularity == "window":  # spans and scores; nothing windowed yet
+        plan = make_plan(stats, 0.0, granularity, criterion, stages, seed=seed, window=window)
+    else:  # spans and scores; nothing pruned
+        plan = make_plan(stats, 0.0, granularity, criterion, stages, seed=seed, reuse=reuse)
     criterion = plan.criterion
     units, blocks = stats.units, stats.blocks
     order = {unit.id: index for index, unit in enumerate(units)}
@@ -58,6 +63,10 @@ def make_target_plan(
         elif granularity == "attention":
             for unit in units:
                 candidates.append((criteria.unit_score(stats, unit.id, criterion, group), number, order[unit.id], unit.id))
+        elif granularity == "window":
+            for unit in units:
+                for head, score in enumerate(criteria.window_scores(stats, unit.id, window, criterion, group)):
+                    candidates.append((float(score), number, order[unit.id] * 10_000 + head, (unit.id, head)))
         else:
             for unit in units:
                 for head, score in enumerate(criteria.head_scores(stats, unit.id, criterion, group)):
@@ -71,6 +80,7 @@ def make_target_plan(
         mean_removed = sum(r * w for r, w in zip(removed, weights)) / sum(weights)
         return cost.total_flops / max(1.0, cost.total_flops - mean_removed)
 
+    heads_of = {unit.id: unit.heads for unit in units}
     counts = [0] * stages
     for _, number, _, item in candidates:
         if speedup() >= target_speedup:
@@ -82,6 +92,9 @@ def make_target_plan(
             stage.drop_blocks.append(item)
         elif granularity == "attention":
             stage.drop_attention.append(item)
+        elif granularity == "window":
+            unit_id, head = item
+            stage.windows.setdefault(unit_id, [None] * heads_of[unit_id])[head] = window
         else:
             unit_id, head = item
             stage.prune_heads.setdefault(unit_id, []).append(head)
@@ -98,7 +111,9 @@ def make_target_plan(
         stage.reuse = {b: stage.reuse[b] for b in sorted(stage.reuse, key=block_order.index)}
         stage.drop_attention.sort(key=order.__getitem__)
         stage.prune_heads = {u: sorted(stage.prune_heads[u]) for u in sorted(stage.prune_heads, key=order.__getitem__)}
-    size = {"block": len(blocks), "attention": len(units), "head": sum(u.heads for u in units)}[granularity]
+        stage.windows = {u: stage.windows[u] for u in sorted(stage.windows, key=order.__getitem__)}
+    size = {"block": len(blocks), "attention": len(units), "head": sum(u.heads for u in units),
+            "window": sum(u.heads for u in units)}[granularity]
     plan.ratio = [round(count / size, 6) for count in counts]
     plan.budget = {"target_speedup": float(target_speedup), "predicted_speedup": round(reached, 6)}
     return plan

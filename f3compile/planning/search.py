@@ -42,7 +42,8 @@ from .eager import plan_denoise_for
 from .plan import PruningPlan, Stage, make_plan, split_steps
 from .schedule import predicted_speedup
 
-ACTIONS = ("drop", "reuse", "heads")
+ACTIONS = ("drop", "reuse", "heads", "window")
+FULL_ATTENTION_ACTIONS = ("drop", "reuse", "window")  # head pruning is not defined for full 3-D attention here
 
 
 @dataclass
@@ -67,6 +68,13 @@ def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], hea
     for unit in units:
         if unit.block == block:
             stage.prune_heads.pop(unit.id, None)
+            stage.windows.pop(unit.id, None)
+    if action.startswith("window:"):  # every head of the block's attention within ±W frames
+        window = int(action.split(":", 1)[1])
+        for unit in units:
+            if unit.block == block:
+                stage.windows[unit.id] = [window] * unit.heads
+        return
     if action == "drop":
         stage.drop_blocks.append(block)
         return
@@ -119,10 +127,11 @@ def search_plan(
     target_speedup: float | None = None,
     stages: int = 2,
     criterion: str = criteria.DEFAULT_CRITERION,
-    actions: tuple[str, ...] = ACTIONS,
+    actions: tuple[str, ...] | None = None,
     reuse_period: int = 2,
     reuse_periods: tuple[int, ...] | None = None,
     log: Callable[[str], None] | None = None,
+    windows: tuple[int, ...] = (0, 1, 2),
 ) -> tuple[PruningPlan, list[Step]]:
     """The searched plan and its accepted steps (see the module docstring)."""
     if max_error is None and target_speedup is None:
@@ -131,6 +140,9 @@ def search_plan(
         raise F3Error(f"--max-error must be > 0, got {max_error}")
     if target_speedup is not None and not target_speedup >= 1.0:
         raise F3Error(f"--target-speedup must be >= 1, got {target_speedup}")
+    full = any(unit.spatiotemporal for unit in units)
+    if actions is None:
+        actions = FULL_ATTENTION_ACTIONS if full else ("drop", "reuse", "heads")
     unknown = [a for a in actions if a not in ACTIONS]
     if unknown or not actions:
         raise F3Error(f"search actions must be among {', '.join(ACTIONS)}, got {', '.join(actions) or 'none'}")
@@ -140,8 +152,16 @@ def search_plan(
     if "reuse" in actions and not (all(isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= 64 for k in periods)
                                    and len(set(periods)) == len(periods)):
         raise F3Error(f"reuse periods must be distinct integers in [2, 64], got {', '.join(map(str, periods))}")
-    # "reuse" stands for one action per period: reuse:K
-    actions = tuple(a for action in actions for a in ([f"reuse:{k}" for k in periods] if action == "reuse" else [action]))
+    if full and "heads" in actions:
+        raise F3Error("--actions heads does not apply to full 3-D attention; use drop, reuse and window")
+    if "window" in actions and not full:
+        raise F3Error("window actions need full 3-D attention (Wan, CogVideoX); this model has temporal attention")
+    if "window" in actions and not (windows and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0
+                                                    for w in windows) and len(set(windows)) == len(windows)):
+        raise F3Error(f"--windows must be distinct frame distances >= 0, got {', '.join(map(str, windows)) or 'none'}")
+    # "reuse" stands for one action per period (reuse:K), "window" for one per frame distance (window:W)
+    expand = {"reuse": [f"reuse:{k}" for k in periods], "window": [f"window:{w}" for w in windows]}
+    actions = tuple(a for action in actions for a in expand.get(action, [action]))
     log = log or (lambda message: None)
     started = time.perf_counter()
     base = make_plan(stats, 0.0, "block", criterion, stages)  # spans and scores, nothing pruned
@@ -150,6 +170,9 @@ def search_plan(
     head_order = {}  # per stage: each unit's heads, lowest score first
     for number, group in enumerate(groups):
         for unit in units:
+            if full:  # windows take every head; there is no head order to keep
+                head_order[(number, unit.id)] = list(range(unit.heads))
+                continue
             scores = criteria.head_scores(stats, unit.id, base.criterion, group)
             head_order[(number, unit.id)] = [int(h) for h in torch.argsort(scores, stable=True)]
     runner = _Runner(model, stats, prompts, units)
@@ -203,6 +226,7 @@ def search_plan(
         stage.reuse = {b: stage.reuse[b] for b in sorted(stage.reuse, key=blocks.index)}
         order = [u.id for u in units]
         stage.prune_heads = {u: stage.prune_heads[u] for u in sorted(stage.prune_heads, key=order.index)}
+        stage.windows = {u: stage.windows[u] for u in sorted(stage.windows, key=order.index)}
     final_error = steps[-1].error if steps else 0.0
     plan.ratio = [round(sum(1 for pair in decided if pair[0] == n) / len(blocks), 6) for n in range(stages)]
     plan.search = {

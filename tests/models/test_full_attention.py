@@ -379,3 +379,56 @@ def test_preset_flops_at_the_published_shape_on_the_meta_device(name, calibratio
     assert f"FLOP-predicted speedup {expected:.3f}x" in text_out
     heads = units[0].heads
     assert f"carried over from builtin:{name}" in text_out and text_out.count(f"window: {heads} heads at W=0") == layers
+
+
+# -- budgets and searches with windows -----------------------------------------------------------
+def test_window_budget_reaches_the_target_with_the_least_outside_mass_first(wan, calibration):
+    from f3compile.calibration.criteria import window_scores
+    from f3compile.planning import make_plan
+    from f3compile.planning.cost import ModelCost
+    from f3compile.planning.plan import plan_stages_of
+    from f3compile.planning.schedule import make_target_plan, predicted_speedup
+
+    _, stats = calibration
+    units = find_temporal_units(wan)
+    cost = ModelCost.measure(wan, units)
+    ceiling = predicted_speedup(make_target_plan(stats, cost, 1.0, "window", stages=2, window=0), cost)
+    assert ceiling == 1.0  # a target of 1 windows nothing
+    every = predicted_speedup(make_plan(stats, 1.0, "window", stages=2, window=0), cost)
+    target = 1 + (every - 1) / 2
+    plan = make_target_plan(stats, cost, target, "window", stages=2, window=0)
+    reached = predicted_speedup(plan, cost)
+    assert target <= reached <= every and plan.budget["predicted_speedup"] == pytest.approx(reached, abs=1e-6)
+    chosen = {(n, u, h) for n, s in enumerate(plan.stages) for u, ws in s.windows.items() for h, w in enumerate(ws) if w == 0}
+    assert 0 < len(chosen) < 2 * sum(u.heads for u in units)
+    scores = {(n, u.id, h): float(x) for n, (group, _) in enumerate(plan_stages_of(stats, 2)) for u in units
+              for h, x in enumerate(window_scores(stats, u.id, 0, "cross_frame_mass", group))}
+    assert max(scores[c] for c in chosen) <= min(scores[c] for c in scores if c not in chosen) + 1e-9
+    with pytest.raises(F3Error, match="out of reach"):
+        make_target_plan(stats, cost, every * 1.5, "window", stages=2, window=0)
+
+
+def test_search_with_window_actions_and_eager_windows_equal_the_program(name, wan, calibration):
+    from f3compile.compiler.compile import compile
+    from f3compile.planning.cost import ModelCost
+    from f3compile.planning.eager import stage_applied
+    from f3compile.planning.search import search_plan
+
+    _, stats = calibration
+    units = find_temporal_units(wan)
+    cost = ModelCost.measure(wan, units)
+    plan, steps = search_plan(wan, stats, PROMPTS[:1], cost, units, max_error=10.0, stages=1, actions=("window",),
+                              windows=(0, 1))
+    assert steps and all(step.action in ("window:0", "window:1") for step in steps)
+    assert plan.search["actions"] == ["window:0", "window:1"]
+    stage = plan.stages[0]
+    assert set(stage.windows) == {u.id for u in units} and all(len(set(ws)) == 1 for ws in stage.windows.values())
+    # the search measured the eager model with banded masks: the compiled program computes the same
+    program = compile(wan, plan)[0].program.module()
+    inputs = wan.example_inputs(seed=2)
+    with torch.no_grad(), stage_applied(wan.denoiser, stage, units):
+        eager = wan.denoise(*inputs)
+    with torch.no_grad():
+        assert rel(program(*inputs), eager) <= 1e-5
+    with pytest.raises(F3Error, match="heads does not apply"):
+        search_plan(wan, stats, PROMPTS[:1], cost, units, max_error=1.0, stages=1, actions=("heads",))
