@@ -16,6 +16,9 @@
 #   PLANS: the plans timed on each (default: block-1.0 block-0.5 attention-0.5 head-0.5 frame-0.5)
 #   AOTI_CASE / AOTI_PLANS: the one model and plans also timed as AOTInductor packages (each
 #   package is a full inductor compile; full-width compiles take minutes, so few are timed)
+#   FULL_CASES / FULL_PLANS / FULL_PRECISION: full 3-D attention presets, dense vs frame-window plans
+#   (default arch-wan2.1-1.3b at 81x480x832, bf16: every head at W=0, at W=1, half the heads at W=0);
+#   FULL_CASES="" skips them
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-check}
@@ -26,6 +29,9 @@ CASES=${CASES:-"builtin:arch-latte:16x256x256 builtin:arch-modelscope:16x256x256
 AOTI_CASE=${AOTI_CASE:-"builtin:arch-latte:16x256x256"}
 AOTI_PLANS=${AOTI_PLANS:-"block-0.5"}
 PLANS=${PLANS:-"block-1.0 block-0.5 attention-0.5 head-0.5 frame-0.5"}
+FULL_CASES=${FULL_CASES-"builtin:arch-wan2.1-1.3b:81x480x832"}
+FULL_PLANS=${FULL_PLANS:-"window0-1.0 window1-1.0 window0-0.5"}
+FULL_PRECISION=${FULL_PRECISION:-bf16}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   || { echo "error: no NVIDIA GPU visible (nvidia-smi failed)" >&2; exit 2; }
@@ -58,6 +64,12 @@ for case in $CASES; do
   if [ "$case" = "$AOTI_CASE" ]; then backends="torch aoti"; plans_aoti=(--aoti-plans $AOTI_PLANS); fi
   "$PYTHON" tools/device_bench.py "$model" --shape "$shape" --device cuda --precision "$PRECISION" \
     --repeat "$REPEAT" --plans $PLANS --backends $backends "${plans_aoti[@]}" --json "$OUT/$tag.json" 2>&1 | tee "$OUT/$tag.log" || status=1
+done
+for case in $FULL_CASES; do  # full 3-D attention: SDPA's fused kernels on the dense and the windowed programs
+  model=${case%:*}; shape=${case##*:}
+  tag=$(echo "$model-$shape" | tr -c 'A-Za-z0-9\n' '_')
+  "$PYTHON" tools/device_bench.py "$model" --shape "$shape" --device cuda --precision "$FULL_PRECISION" \
+    --repeat "$REPEAT" --plans $FULL_PLANS --backends torch --json "$OUT/$tag.json" 2>&1 | tee "$OUT/$tag.log" || status=1
 done
 if [ -z "${SKIP_TESTS:-}" ]; then
   "$PYTHON" -m pytest -q -m gpu tests 2>&1 | tail -15 | tee "$OUT/pytest.log" || status=1
