@@ -159,7 +159,7 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
 
             {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(
                 read_json(path / "config.json", "re-save the denoiser"), str(path))
-        denoiser = getattr(diffusers, class_name).from_pretrained(path).eval()
+        denoiser = _from_pretrained(getattr(diffusers, class_name), path).eval()
     if family.name == "wan":  # the published sampler and VAE strides; a bare transformer brings neither
         from . import wan
 
@@ -182,6 +182,28 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
               "scheduler_class": type(scheduler).__name__, "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
         temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
     )
+
+
+def _from_pretrained(cls, path: Path):
+    """`cls.from_pretrained(path)`, a directory whose config does not build the class or does not fit
+    its weights refused in one line (diffusers raises ValueError, TypeError, RuntimeError, ... there)."""
+    try:
+        loaded = cls.from_pretrained(path)
+    except F3Error:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:200] if lines else type(exc).__name__
+        raise F3Error(f"{path} does not load as a {cls.__name__} ({type(exc).__name__}: {reason}); its config.json does "
+                      "not match its weights or is malformed: re-save it with save_pretrained") from None
+    modules = [loaded] if isinstance(loaded, torch.nn.Module) else [
+        c for c in getattr(loaded, "components", {}).values() if isinstance(c, torch.nn.Module)]
+    for module in modules:  # a config with more layers than the weights leaves them unloaded, on the meta device
+        missing = next((name for name, p in module.named_parameters() if p.is_meta), None)
+        if missing is not None:
+            raise F3Error(f"{path}: the weights lack {missing} that its config.json asks for; the config does not "
+                          "match the weights: re-save it with save_pretrained")
+    return loaded
 
 
 def _load_directory(path: Path, spec: str) -> VideoModel:
@@ -208,7 +230,7 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
             for expert in ("transformer", "transformer_2"):
                 if (path / expert / "config.json").is_file():
                     module.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
-        pipe = getattr(diffusers, class_name).from_pretrained(path)
+        pipe = _from_pretrained(getattr(diffusers, class_name), path)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():
         config = read_json(path / "config.json", "re-save the denoiser")

@@ -107,16 +107,21 @@ def _rewrite_json(path, **changes):
     path.write_text(json.dumps(data))
 
 
+MISMATCHED = [  # a config.json that does not fit the weights, or does not build the class
+    ("transformer/config.json", {"num_attention_heads": 8}, "does not match its weights"),
+    ("transformer/config.json", {"num_layers": 3}, "the weights lack"),
+    ("transformer/config.json", {"patch_size": "x"}, "does not load as a"),
+]
 VARIANTS = {
     "tiny-wan": [("transformer/config.json", {"image_dim": 1280, "added_kv_proj_dim": 5120}, "image-to-video"),
-                 ("model_index.json", {"expand_timesteps": True}, "TI2V")],
+                 ("model_index.json", {"expand_timesteps": True}, "TI2V")] + MISMATCHED,
     "tiny-cogvideox": [("transformer/config.json", {"in_channels": 8}, "image-to-video"),
                        ("transformer/config.json", {"ofs_embed_dim": 512}, "image-to-video"),
-                       ("transformer/config.json", {"patch_size_t": 2}, "CogVideoX 1.5")],
+                       ("transformer/config.json", {"patch_size_t": 2}, "CogVideoX 1.5")] + MISMATCHED,
 }
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", range(6))
 def test_unsupported_variants_are_refused_in_one_line(name, saved, tmp_path, capsys, variant):
     import shutil
 
@@ -128,7 +133,8 @@ def test_unsupported_variants_are_refused_in_one_line(name, saved, tmp_path, cap
     shutil.copytree(directory, copy)
     _rewrite_json(copy / where, **change)
     for spec in ([str(copy), str(copy / "transformer")] if where.startswith("transformer") else [str(copy)]):
-        code, out, err = run(capsys, "calibrate", spec, "--prompts", __file__, "-o", tmp_path / "calib")
+        code, out, err = run(capsys, "calibrate", spec, "--prompts", __file__, "--frames", 9, "--height", 32,
+                             "--width", 32, "-o", tmp_path / "calib")
         assert_one_line_error(code, err, message)
         assert not (tmp_path / "calib").exists()
 
