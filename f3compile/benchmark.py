@@ -162,8 +162,7 @@ def measure(dense, pruned, backends: Sequence[str] = ("torch",), repeat: int = 1
 
     plan, device = pruned.plan, pruned.device
     inputs = pruned.inputs(seed=3)
-    dense_program = dense[0].program
-    dense_flops, _ = count_flops(dense_program.module(), inputs)
+    dense_flops = [count_flops(stage.program.module(), inputs)[0] for stage in dense]
     steps = split_steps(max(plan.calibration.get("steps") or len(plan.stages), len(plan.stages)), len(plan.stages))
     stage_flops = []
     for stage, built, group in zip(plan.stages, pruned, steps):
@@ -176,17 +175,26 @@ def measure(dense, pruned, backends: Sequence[str] = ("torch",), repeat: int = 1
     return rows
 
 
-def _measure_backend(backend, dense, pruned, inputs, dense_flops, stage_flops, steps, repeat, warmup) -> list[dict]:
+def _dense_stage(dense, stage) -> int:
+    """The dense stage that runs `stage`'s timesteps: the one dense program, or with experts (Wan
+    2.2) the dense program of the stage's expert."""
+    high, low = stage.timesteps
+    return next(i for i, d in enumerate(dense) if d.stage.timesteps[0] >= high and d.stage.timesteps[1] <= low)
+
+
+def _measure_backend(backend, dense, pruned, inputs, dense_flops_by_stage, stage_flops, steps, repeat,
+                     warmup) -> list[dict]:
     from .compiler.compile import program_parameters
 
     plan, device, precision = pruned.plan, pruned.device, pruned.precision
-    dense_program = dense[0].program
     with tempfile.TemporaryDirectory(prefix="f3bench-") as work:
         dense_calls, pruned_calls = _callables(backend, dense, pruned, Path(work))
         rows = []
         for index, (stage, built) in enumerate(zip(plan.stages, pruned)):
+            reference = _dense_stage(dense, stage)
+            dense_program, dense_flops = dense[reference].program, dense_flops_by_stage[reference]
             variants = _reuse_variants(stage, built, pruned_calls[index], len(steps[index]), device)
-            fns = {"dense": dense_calls[0]} | {name: fn for name, (fn, _, _, _) in variants.items()}
+            fns = {"dense": dense_calls[reference]} | {name: fn for name, (fn, _, _, _) in variants.items()}
             times = time_rotating(fns, inputs, repeat, warmup, device)
             share = {name: weight for name, (_, _, weight, _) in variants.items()}
             flops = stage_flops[index]
@@ -205,7 +213,7 @@ def _measure_backend(backend, dense, pruned, inputs, dense_flops, stage_flops, s
                 "dense_params": program_parameters(dense_program), "pruned_params": program_parameters(program),
                 "dense_flops": dense_flops, "pruned_flops": flops, "repeat": repeat,
                 "device": device.type, "precision": precision,
-                "dense_peak_mb": peak_device_mb(dense_calls[0], inputs, _weight_bytes(dense_program), device),
+                "dense_peak_mb": peak_device_mb(dense_calls[reference], inputs, _weight_bytes(dense_program), device),
                 "pruned_peak_mb": peak_device_mb(compute_fn, inputs, _weight_bytes(program), device),
                 **({"reuse": {name: {"median_ms": statistics.median(times[name]), "share": share[name]}
                               for name in variants},
@@ -215,7 +223,7 @@ def _measure_backend(backend, dense, pruned, inputs, dense_flops, stage_flops, s
     loop_dense = sum(r["dense_ms"] * r["steps"] for r in rows)
     loop_pruned = sum(r["pruned_ms"] * r["steps"] for r in rows)
     loop_flops = sum(r["pruned_flops"] * r["steps"] for r in rows) / total_steps
-    predicted = dense_flops / loop_flops
+    predicted = sum(r["dense_flops"] * r["steps"] for r in rows) / total_steps / loop_flops
     speedup = loop_dense / loop_pruned
     rows.append({
         "backend": backend, "stage": "loop", "steps": total_steps, "device": device.type, "precision": precision, "dense_ms": loop_dense, "pruned_ms": loop_pruned,

@@ -88,6 +88,11 @@ def test_each_expert_is_calibrated_and_planned_on_its_own_steps(calibrated, tmp_
     compiled = compile(model, plan, VideoShapes(1, 17, 64, 64))
     first = sum(p.numel() for p in model.denoiser["transformer"].parameters())
     assert [c.parameters for c in compiled] == [first] * 4
+    from f3compile.benchmark import bench
+
+    rows = bench(model, plan, "torch", VideoShapes(1, 17, 64, 64), repeat=1, warmup=0)
+    assert [row["stage"] for row in rows] == [0, 1, 2, 3, "loop"]
+    assert all(row["dense_params"] == first and row["pruned_flops"] < row["dense_flops"] for row in rows[:4])
     with pytest.raises(F3Error, match="span two experts"):
         model.expert_for((999, 500))
 
