@@ -8,7 +8,8 @@ This equals zeroing the pruned heads' outputs before the output projection. With
 pruned the attention's output is b_out broadcast (its input is a known zero, folded by cleanup).
 
 The unit's linears record the kept heads (`meta["f3_kept_heads"]`), so applying the pass again
-changes nothing. Units outside `prune_heads`, or inside dropped blocks/attentions, are untouched.
+changes nothing. Units outside `prune_heads`, or inside dropped blocks/attentions, are untouched, and
+so are spatiotemporal units (full 3-D attention), whose heads `window_attention` prunes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def prune_heads(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
     for unit_id, pruned in spec.prune_heads.items():
         unit = spec.units[unit_id]
-        if spec.removed(unit_id):
+        if spec.removed(unit_id) or unit.spatiotemporal:  # full 3-D attention: `window_attention` prunes at the kernel
             continue
         nodes = region(gm.graph, unit_id, spec.prefix)
         if not nodes:

@@ -29,8 +29,14 @@ equals the original model with a block-banded attention mask (tests/passes/test_
 checks it against diffusers' own processor given that mask). Attention-core FLOPs of a W head fall
 from (T + F·S)² to T·(T + F·S) + F·S·(T + K·S), K = min(2W + 1, F).
 
-Must not fire on temporal units (they have no spatial tokens) or on units whose heads are also
-pruned. Idempotent: a rewritten unit's kernels carry `meta["f3_window"]` and are left alone.
+Pruned heads of a spatiotemporal unit are rewritten here too (not by `prune_heads`, which slices
+projection rows: Wan normalises q and k over all heads together, so their projections stay whole):
+the pruned heads go last in the permutation, the kernels run on the kept heads only, and the output
+projection loses the pruned heads' columns — exactly the model with those heads' outputs zeroed
+before the output projection (its bias stays). Their attention core and output-projection FLOPs go.
+
+Must not fire on temporal units (they have no spatial tokens). Idempotent: a rewritten unit's
+kernels carry `meta["f3_window"]` and are left alone.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ import torch
 from torch import fx
 
 from ..errors import F3Error
-from .base import PassResult, RewriteSpec, aten, get_attr_tensor, graph_pass, linear_of, region, set_attr_tensor
+from .base import (PassResult, RewriteSpec, aten, get_attr_tensor, graph_pass, linear_of, region, set_attr_tensor,
+                   shape_of)
 
 _LINEAR_BY_ROWS = ("to_q", "to_k", "to_v")
+_RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
 def head_groups(windows: tuple[int | None, ...]) -> list[tuple[int | None, list[int]]]:
@@ -197,19 +205,24 @@ def _sdpa_scale(node: fx.Node):
     return given.get("scale")
 
 
-@graph_pass("unit_rewrites.windows")
+@graph_pass("unit_rewrites.windows, unit_rewrites.pruned_heads of full 3-D attention")
 def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
-    for unit_id, windows in spec.windows.items():
+    planned = dict(spec.windows)
+    for unit_id in spec.prune_heads:  # pruned heads of full 3-D attention: their kernels go here
+        if spec.units[unit_id].spatiotemporal and unit_id not in planned:
+            planned[unit_id] = (None,) * spec.units[unit_id].heads
+    for unit_id, windows in planned.items():
         unit = spec.units[unit_id]
-        if spec.removed(unit_id) or all(w is None for w in windows):
+        pruned = set(spec.prune_heads.get(unit_id, ()))
+        if spec.removed(unit_id) or (all(w is None for w in windows) and not pruned):
             continue
         if not unit.spatiotemporal:
             raise F3Error(f"{unit_id} is a temporal attention (no spatial tokens); windows apply to full 3-D attention")
-        if spec.prune_heads.get(unit_id):
-            raise F3Error(f"{unit_id}: heads are both pruned and windowed in one stage; choose one per unit")
         if len(windows) != unit.heads:
             raise F3Error(f"{unit_id}: {len(windows)} windows for {unit.heads} heads")
+        if len(pruned) == unit.heads:
+            raise F3Error(f"{unit_id}: every head pruned; drop the attention instead (--granularity attention)")
         nodes = region(gm.graph, unit_id, spec.prefix)
         kernels = [n for n in nodes if n.target == aten.scaled_dot_product_attention.default]
         if not kernels or any(n.meta.get("f3_window") for n in nodes):
@@ -218,16 +231,29 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
             raise F3Error(f"{unit_id} has {len(kernels)} attention kernels; windows need exactly one")
         kernel = kernels[0]
         scale = _sdpa_scale(kernel)
-        groups = head_groups(tuple(None if w is not None and w >= unit.frames - 1 else w for w in windows))
-        order = [head for _, heads in groups for head in heads]
+        kept = tuple(None if w is not None and w >= unit.frames - 1 else w for h, w in enumerate(windows) if h not in pruned)
+        kept_heads = [h for h in range(unit.heads) if h not in pruned]
+        groups = [(w, [kept_heads[i] for i in heads]) for w, heads in head_groups(kept)]
+        order = [head for _, heads in groups for head in heads] + sorted(pruned)  # pruned heads last
         if order != list(range(unit.heads)):
             _permute_weights(gm, nodes, unit, order, spec.prefix)
+        if pruned:  # the output projection keeps the kept heads' columns (the first after the permutation)
+            out = linear_of(nodes, f"{unit_id}.to_out.0", spec.prefix)
+            weight = get_attr_tensor(gm, out.args[1])
+            set_attr_tensor(gm, out.args[1], weight.detach()[:, : len(kept_heads) * unit.head_dim].contiguous())
+            width = unit.heads * unit.head_dim
+            for node in nodes:  # (B, N, heads, d) -> (B, N, heads·d) written with the full width (CogVideoX)
+                source = shape_of(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+                if node.target in _RESHAPES and source is not None and len(source) == 4 \
+                        and source[-2:] == (unit.heads, unit.head_dim) and list(node.args[1])[-1] == width:
+                    node.args = (node.args[0], list(node.args[1])[:-1] + [len(kept_heads) * unit.head_dim])
         q, k, v = kernel.args[:3]
         emit = _Emit(gm, kernel, "f3_window__" + unit_id.replace(".", "_") + "__")
         outputs, start = [], 0
         for number, (window, heads) in enumerate(groups):
             end = start + len(heads)
-            part = [x if len(groups) == 1 else emit(aten.slice.Tensor, x, 1, start, end) for x in (q, k, v)]
+            whole = len(groups) == 1 and not pruned
+            part = [x if whole else emit(aten.slice.Tensor, x, 1, start, end) for x in (q, k, v)]
             if window is None:
                 out = emit(aten.scaled_dot_product_attention.default, *part, scale=scale)
             else:

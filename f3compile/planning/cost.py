@@ -155,9 +155,15 @@ class ModelCost:
                 params += counts["attention"] + counts["norm"]
                 continue
             windows = stage.windows.get(unit_id)
-            if windows:
-                kept = sum(1.0 if w is None else window_core_share(unit, w) for w in windows) / unit.heads
-                flops += round(split["core"] * (1.0 - kept))
+            if unit.spatiotemporal and (windows or unit_id in stage.prune_heads):
+                # full 3-D attention: windows shrink each head's core; pruned heads lose their core and
+                # their output-projection columns (q/k/v projections stay whole; see window_attention)
+                pruned = set(stage.prune_heads.get(unit_id, []))
+                windows = windows or [None] * unit.heads
+                kept = sum(1.0 if w is None else window_core_share(unit, w)
+                           for h, w in enumerate(windows) if h not in pruned) / unit.heads
+                flops += round(split["core"] * (1.0 - kept) + split["out"] * len(pruned) / unit.heads)
+                params += round(counts["out_weight"] * len(pruned) / unit.heads)
                 continue
             pruned_heads = len(stage.prune_heads.get(unit_id, []))
             kept_heads = (unit.heads - pruned_heads) / unit.heads

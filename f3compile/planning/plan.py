@@ -25,7 +25,7 @@ from ..schema import fail, is_number as _is_number, key, name as _name, validate
 
 SCHEMA = "f3compile.plan/1"
 GRANULARITIES = ("block", "attention", "head", "frame", "window")
-FULL_ATTENTION_GRANULARITIES = ("block", "attention", "window")  # what plans of full 3-D attention units take
+FULL_ATTENTION_GRANULARITIES = ("block", "attention", "head", "window")  # what plans of full 3-D attention take
 MAX_REUSE_PERIOD = 64
 MAX_STEPS = 100_000  # bound on calibration.steps: `inspect` and `bench` split that many steps into the stages
 

@@ -282,7 +282,6 @@ def test_window_plans_by_ratio_and_by_kept_mass(calibration):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ratio=0.5, granularity="window"), "--window W"),
-    (dict(ratio=0.5, granularity="head"), "does not apply to full 3-D attention"),
     (dict(ratio=0.5, granularity="frame"), "does not apply to full 3-D attention"),
     (dict(ratio=0.5, granularity="window", window=0, keep_mass=0.5), "exactly one of"),
     (dict(ratio=None, granularity="window", window=0, keep_mass=1.5), "--keep-mass must be in [0, 1]"),

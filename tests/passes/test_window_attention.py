@@ -109,7 +109,7 @@ def test_negative_cross_attention_and_unplanned_units_are_untouched(wan):
     assert results["window_attention"] is False
 
 
-def test_refuses_temporal_units_and_windows_with_pruned_heads(wan):
+def test_refuses_temporal_units_and_every_head_pruned(wan):
     import dataclasses
 
     model, units, program, _ = wan
@@ -118,10 +118,62 @@ def test_refuses_temporal_units_and_windows_with_pruned_heads(wan):
         gm = program.module()
         window_attention(gm, RewriteSpec(units={u.id: u for u in temporal},
                                          unit_rewrites={temporal[0].id: UnitRewrite(windows=(0,) * temporal[0].heads)}))
-    with pytest.raises(F3Error, match="both pruned and windowed"):
+    with pytest.raises(F3Error, match="every head pruned"):
         gm = program.module()
         window_attention(gm, RewriteSpec(units={u.id: u for u in units}, unit_rewrites={
-            units[0].id: UnitRewrite(windows=(0,) * units[0].heads, pruned_heads=(1,))}))
+            units[0].id: UnitRewrite(pruned_heads=tuple(range(units[0].heads)))}))
+
+
+PRUNED = {0: (1,), 1: (0, 2)}  # per layer: pruned heads, composed with the "mixed" windows
+
+
+def _head_zeroing(model, units, pruned_by_unit):
+    """The reference for pruned heads: their slices of the output projection's input are zero."""
+    modules = dict(model.denoiser.named_modules())
+    handles = []
+    for unit in units:
+        heads = pruned_by_unit.get(unit.id, ())
+        keep = torch.ones(unit.heads * unit.head_dim)
+        for head in heads:
+            keep[head * unit.head_dim:(head + 1) * unit.head_dim] = 0
+        handles.append(modules[unit.id].to_out[0].register_forward_pre_hook(
+            lambda m, args, keep=keep: (args[0] * keep,) + tuple(args[1:])))
+    return handles
+
+
+@pytest.mark.parametrize("with_windows", [False, True])
+def test_pruned_heads_alone_and_with_windows_equal_the_reference(wan, with_windows):
+    model, units, program, inputs = wan
+    windows = {u.id: CASES["mixed"](u) for u in units} if with_windows else {}
+    pruned = {u.id: PRUNED[number] for number, u in enumerate(units)}
+    gm = program.module()
+    spec = RewriteSpec(units={u.id: u for u in units}, unit_rewrites={
+        u.id: UnitRewrite(windows=tuple(windows[u.id]) if with_windows else None, pruned_heads=pruned[u.id]) for u in units})
+    results = PassManager()(gm, spec)
+    assert results["window_attention"] is True and results["prune_heads"] is False  # q/k/v projections stay whole
+    handles = _head_zeroing(model, units, pruned)
+    try:
+        reference = _reference(model, units, windows, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        ours = gm(*inputs)
+    assert rel(ours, reference) <= EXACT
+    rewritten = dict(gm.named_parameters())
+    for unit in units:
+        out = rewritten[f"denoiser.{unit.id}.to_out.0.weight"]
+        assert out.shape[1] == (unit.heads - len(pruned[unit.id])) * unit.head_dim
+    from f3compile.planning.cost import ModelCost
+    from f3compile.planning.plan import Stage
+
+    cost = ModelCost.measure(model, units)
+    removed, params = cost.stage_removed(Stage(timesteps=(999, 0), windows=windows,
+                                               prune_heads={k: list(v) for k, v in pruned.items()}))
+    dense_total, _ = count_flops(program.module(), inputs)
+    ours_total, _ = count_flops(gm, inputs)
+    assert ours_total == pytest.approx(dense_total - removed, rel=1e-6)
+    assert params == sum(len(pruned[u.id]) * u.head_dim * u.channels for u in units)
 
 
 def test_idempotent(wan):
