@@ -8,7 +8,8 @@ no compile) and applies random structural mutations (wrong types at any depth, m
 keys, out-of-range indices, huge, negative and non-finite numbers, odd strings, deep nesting, empty
 containers, swapped ids) and byte-level ones (truncation, spliced and non-UTF-8 bytes, another
 top level, 5000-digit integers, nesting past the parser's recursion limit). Seeds are fixed
-(`derandomize=True`), so a run is reproducible.
+(`derandomize=True`), so a run is reproducible. The full-attention families' transformer
+directories (Wan, CogVideoX) are fuzzed the same way through their config.json.
 """
 
 from __future__ import annotations
@@ -622,3 +623,45 @@ def test_cli_turns_bad_files_into_one_line_errors(env, tmp_path, capsys):
         code, _, err = run(capsys, *argv)
         assert_one_line_error(code, err, message)
     assert not out.exists()
+
+
+# -- the full-attention model directories ----------------------------------------------------------
+MODEL_EXAMPLES = 40  # each example loads a tiny transformer from disk (about 0.2 s)
+
+
+@pytest.mark.parametrize("builtin", ["tiny-wan", "tiny-cogvideox"])
+def test_fuzz_full_attention_transformer_configs(tmp_path_factory, builtin):
+    """A bare transformer directory whose config.json is damaged (structurally or byte by byte) loads
+    as a model that runs, or is refused with a one-line F3Error; never another exception."""
+    import shutil
+
+    import torch
+
+    from f3compile.models import load_model
+    from f3compile.models.base import VideoShapes
+    from f3compile.models.loading import build_builtin
+
+    root = tmp_path_factory.mktemp(f"fuzz-{builtin}")
+    pipe, _ = build_builtin(builtin)
+    pipe.transformer.save_pretrained(root / "seed")
+    seed = json.loads((root / "seed" / "config.json").read_text())
+    pool = (set(), set())
+    _pool(seed, *pool)
+    count = {"examples": 0, "loaded": 0}
+
+    def example(data):
+        count["examples"] += 1
+        directory = root / f"case{count['examples']}"
+        shutil.copytree(root / "seed", directory)
+        raw, _ = encode(data, mutate(data, seed, pool, max_mutations=2))
+        (directory / "config.json").write_bytes(raw)
+        status, model = _outcome(lambda: load_model(str(directory)))
+        if status == "ok":
+            count["loaded"] += 1
+            sample, timestep, ehs = model.example_inputs(VideoShapes(1, 9, 32, 32))
+            with torch.no_grad():
+                assert model.denoise(sample, timestep, ehs).shape == sample.shape
+        shutil.rmtree(directory)
+
+    given(st.data())(settings(**{**SETTINGS, "max_examples": MODEL_EXAMPLES})(example))()
+    assert count["examples"] >= MODEL_EXAMPLES and 0 < count["loaded"] < count["examples"], count
