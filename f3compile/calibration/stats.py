@@ -157,11 +157,17 @@ class CalibrationDocument:
                                        "num_train_timesteps - 1]")
     steps: int = key(check=_positive, message="steps must be a positive integer")
     units: list[UnitDocument] = key(check=bool, message="units must be a non-empty list")
+    experts: dict[str, Any] = key(optional=True, check=lambda v: bool(v) and all(
+        isinstance(name, str) and name and isinstance(span, list) and len(span) == 2
+        and all(_count(t, 0) for t in span) and span[0] >= span[1] for name, span in v.items()),
+        message="experts must map expert names to [high, low] timestep ranges")
 
     @staticmethod
     def relations(meta: dict, where: str) -> None:
         fix = CalibrationDocument.FIX
         total, timesteps = meta["num_train_timesteps"], meta["timesteps"]
+        if meta.get("experts") is not None and any(span[0] >= total for span in meta["experts"].values()):
+            fail(where, f"experts must map expert names to [high, low] timestep ranges within [0, {total - 1}]", fix)
         if not timesteps[0] < total:
             fail(where, f"timesteps must be a non-empty, decreasing list of distinct integers in [0, {total - 1}]", fix)
         if not meta["steps"] <= total:
