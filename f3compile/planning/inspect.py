@@ -69,7 +69,9 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
         units = find_temporal_units(model, shapes)
         preset = model.spec.startswith("builtin:") and BUILTINS.get(model.spec[8:].split(",")[0]) is not None \
             and BUILTINS[model.spec[8:].split(",")[0]].group == "preset"
-        if preset and plan.model.get("fingerprint") != model.fingerprint:
+        if preset and plan.model.get("spec") == model.spec:  # the same preset (its weights count no FLOPs)
+            plan.model["fingerprint"] = model.fingerprint
+        elif preset and plan.model.get("fingerprint") != model.fingerprint:
             from .plan import carry_over
 
             carried = plan.model.get("spec")

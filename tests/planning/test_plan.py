@@ -270,3 +270,26 @@ def test_target_speedup_prunes_the_lowest_pairs_until_the_prediction_reaches_it(
     with pytest.raises(F3Error, match="out of reach"):
         make_target_plan(stats, cost, most * 1.01, granularity, stages=3)
     assert "budget: target speedup" in render(plan, model)
+
+
+def test_inspect_counts_a_preset_on_the_meta_device_as_on_its_weights(tmp_path):
+    """`inspect --model builtin:arch-…` builds the preset without weights: the counts equal those of the
+    preset with weights, and a plan made for that preset (any granularity) is inspected as it is."""
+    from f3compile import api
+    from f3compile.models import load_model
+    from f3compile.models.base import VideoShapes
+    from f3compile.options import Shapes
+
+    spec, shapes = "builtin:arch-latte,width-scale=0.125", VideoShapes(1, 16, 128, 128)
+    counts = []
+    for meta in (True, False):
+        model = load_model(spec, meta=meta)
+        units = find_temporal_units(model, shapes)
+        cost = ModelCost.measure(model, units, shapes)
+        counts.append((cost.total_flops, [cost.flops[u.id] for u in units]))
+    assert counts[0] == counts[1] and counts[0][0] > 0
+    plan = PruningPlan.dense(model, units)
+    plan.stages[0].prune_heads = {u.id: list(range(u.heads // 2)) for u in units}
+    plan.save(tmp_path / "heads.json")
+    text = api.inspect(tmp_path / "heads.json", spec, Shapes(16, 128, 128))
+    assert "carried over" not in text and text.count("prune heads") == len(units)
