@@ -280,7 +280,7 @@ def test_inspect_counts_a_preset_on_the_meta_device_as_on_its_weights(tmp_path):
     from f3compile.models.base import VideoShapes
     from f3compile.options import Shapes
 
-    spec, shapes = "builtin:arch-latte,width-scale=0.125", VideoShapes(1, 16, 128, 128)
+    spec, shapes = "builtin:arch-latte,width-scale=0.0625", VideoShapes(1, 16, 64, 64)
     counts = []
     for meta in (True, False):
         model = load_model(spec, meta=meta)
@@ -291,5 +291,5 @@ def test_inspect_counts_a_preset_on_the_meta_device_as_on_its_weights(tmp_path):
     plan = PruningPlan.dense(model, units)
     plan.stages[0].prune_heads = {u.id: list(range(u.heads // 2)) for u in units}
     plan.save(tmp_path / "heads.json")
-    text = api.inspect(tmp_path / "heads.json", spec, Shapes(16, 128, 128))
+    text = api.inspect(tmp_path / "heads.json", spec, Shapes(16, 64, 64))
     assert "carried over" not in text and text.count("prune heads") == len(units)
