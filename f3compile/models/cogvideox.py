@@ -8,7 +8,7 @@ Discovery finds `attn1` as a spatiotemporal unit with a text block.
 Calling convention: the normalized sample is (B, C, F, h, w) like every family here; the transformer
 takes (B, F, C, h, w), so the call permutes in and out. The 3-D rotary embedding is computed from the
 sample's shape exactly as `CogVideoXPipeline._prepare_rotary_positional_embeddings` does. Prompts
-are T5 states of `max_text_seq_length` tokens (no attention mask), the schedulers are CogVideoX's
+are T5 states of `max_text_seq_length` tokens (no attention mask; `families.encode_with_pipeline`), the schedulers are CogVideoX's
 DDIM (or DPM, whose step also takes the previous prediction: `sampling.denoise_loop`), with
 v-prediction, zero-terminal-SNR betas and static classifier-free guidance.
 """
@@ -51,15 +51,6 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states):
     return out.permute(0, 2, 1, 3, 4)
 
 
-def encode(model, prompts: list[str], negative: list[str]):
-    """(cond, uncond) exactly as `CogVideoXPipeline.encode_prompt` makes them."""
-    pipe = model.pipeline
-    device = next(pipe.text_encoder.parameters()).device
-    cond, uncond = pipe.encode_prompt(prompts, negative_prompt=negative, do_classifier_free_guidance=True,
-                                      num_videos_per_prompt=1, max_sequence_length=model.text_length, device=device)
-    return cond.float().cpu(), uncond.float().cpu()
-
-
 def scheduler(snr_shift_scale: float = 3.0, dpm: bool = False):
     """CogVideoX's sampler: DDIM (or DPM) on zero-terminal-SNR scaled-linear betas, v-prediction."""
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
@@ -83,15 +74,9 @@ def _vae(latent_channels: int = 4):
 
 
 def _text(width: int, length: int, layers: int = 2):
-    from transformers import T5Config, T5EncoderModel
+    from .components import t5_family_text
 
-    from .components import byte_tokenizer
-
-    tokenizer = byte_tokenizer(length, t5_style=True)
-    heads = 4 if width < 64 else width // 64
-    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // heads, num_heads=heads, d_ff=2 * width,
-                      num_layers=layers, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    return tokenizer, T5EncoderModel(config).eval()
+    return t5_family_text(width, length, layers)
 
 
 def build_tiny_cogvideox():

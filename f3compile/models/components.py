@@ -65,6 +65,19 @@ def text_encoder(hidden: int, length: int, t5: bool):
     return tokenizer, CLIPTextModel(config).eval()
 
 
+def t5_family_text(width: int, length: int, layers: int = 2, umt5: bool = False):
+    """(tokenizer, encoder) stand-ins of the T5 family (Wan's UMT5, CogVideoX's T5): byte-level
+    tokens padded to `length`, `width` wide, 4 heads below width 64, else heads of 64."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    tokenizer = byte_tokenizer(length, t5_style=True)
+    heads = 4 if width < 64 else width // 64
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_class(vocab_size=len(tokenizer), d_model=width, d_kv=width // heads, num_heads=heads, d_ff=2 * width,
+                          num_layers=layers, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return tokenizer, model_class(config).eval()
+
+
 def tiny_vae(scale_levels: int = 2):
     """A 2-level VAE (4x downsampling) for the tiny models."""
     from diffusers import AutoencoderKL

@@ -72,6 +72,16 @@ def _encode_latte(model, prompts: list[str], negative: list[str]):
     return cond.cpu(), uncond.cpu()
 
 
+def encode_with_pipeline(model, prompts: list[str], negative: list[str]):
+    """(cond, uncond) exactly as the pipeline's own `encode_prompt` makes them at the model's text
+    length (Wan: cleaned, trimmed, zero-padded UMT5 states; CogVideoX: T5 states, no mask)."""
+    pipe = model.pipeline
+    cond, uncond = pipe.encode_prompt(prompts, negative_prompt=negative, do_classifier_free_guidance=True,
+                                      num_videos_per_prompt=1, max_sequence_length=model.text_length,
+                                      device=_encoder_device(pipe))
+    return cond.float().cpu(), uncond.float().cpu()
+
+
 def hashed_embeddings(texts: list[str], length: int, dim: int) -> torch.Tensor:
     """(N, length, dim) fixed pseudo-random embeddings, each seeded by its text's sha256."""
     import hashlib
@@ -105,9 +115,9 @@ FAMILIES: dict[str, Family] = {
     "latte": Family("latte", "LatteTransformer3DModel", "LattePipeline", _denoise_latte, _encode_latte),
     # Tune-A-Video calls its UNet "UNet3DConditionModel" too; loading tells it apart by its keys
     "tuneavideo": Family("tuneavideo", "TuneAVideoUNet", "TuneAVideoPipeline", _denoise_unet3d, _encode_clip_like),
-    "wan": Family("wan", "WanTransformer3DModel", "WanPipeline", wan.denoise, wan.encode),
+    "wan": Family("wan", "WanTransformer3DModel", "WanPipeline", wan.denoise, encode_with_pipeline),
     "cogvideox": Family("cogvideox", "CogVideoXTransformer3DModel", "CogVideoXPipeline", cogvideox.denoise,
-                        cogvideox.encode),
+                        encode_with_pipeline),
 }
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}

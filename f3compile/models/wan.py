@@ -6,7 +6,8 @@ cross-attention to the text, and a feed-forward. Discovery finds `attn1` by beha
 spatiotemporal unit; `attn2` is cross-attention and never a unit.
 
 Calling convention: sample (B, 16, F, h, w) latents, timestep (B,), the UMT5 states (B, 512, D)
-trimmed to each prompt's length and zero-padded, as `WanPipeline.encode_prompt` returns them. The
+trimmed to each prompt's length and zero-padded, as `WanPipeline.encode_prompt` returns them
+(`families.encode_with_pipeline`). The
 VAE compresses time 4x (81 frames -> 21 latent frames) and space 8x; the pipeline draws its start
 latents without scaling them and runs a flow-matching scheduler (no `scale_model_input`).
 
@@ -54,15 +55,6 @@ def expert_ranges(boundary_ratio: float, num_train_timesteps: int) -> dict[str, 
     return {"transformer": (num_train_timesteps - 1, boundary), "transformer_2": (boundary - 1, 0)}
 
 
-def encode(model, prompts: list[str], negative: list[str]):
-    """(cond, uncond) exactly as `WanPipeline.encode_prompt` makes them (cleaned, trimmed, zero-padded)."""
-    pipe = model.pipeline
-    device = next(pipe.text_encoder.parameters()).device
-    cond, uncond = pipe.encode_prompt(prompts, negative_prompt=negative, do_classifier_free_guidance=True,
-                                      num_videos_per_prompt=1, max_sequence_length=model.text_length, device=device)
-    return cond.float().cpu(), uncond.float().cpu()
-
-
 def scheduler():
     """The published sampler: UniPC on flow-matching sigmas, shift 3 (480p)."""
     from diffusers import UniPCMultistepScheduler
@@ -72,17 +64,10 @@ def scheduler():
 
 
 def _text(width: int, layers: int = 2):
-    """(tokenizer, UMT5 encoder) stand-ins: byte-level tokens, `width` wide."""
-    from transformers import UMT5Config, UMT5EncoderModel
+    """(tokenizer, UMT5 encoder) stand-ins, `width` wide."""
+    from .components import t5_family_text
 
-    from .components import byte_tokenizer
-
-    tokenizer = byte_tokenizer(TEXT_LENGTH, t5_style=True)
-    heads = 4 if width < 64 else width // 64
-    config = UMT5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // heads, num_heads=heads,
-                        d_ff=2 * width, num_layers=layers,
-                        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    return tokenizer, UMT5EncoderModel(config).eval()
+    return t5_family_text(width, TEXT_LENGTH, layers, umt5=True)
 
 
 def _vae():
