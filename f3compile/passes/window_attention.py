@@ -120,7 +120,7 @@ class _Emit:
     """Appends nodes before `anchor`."""
 
     def __init__(self, gm: fx.GraphModule, anchor: fx.Node, prefix: str):
-        self.gm, self.graph, self.anchor, self.prefix, self.count = gm, gm.graph, anchor, prefix, 0
+        self.gm, self.graph, self.anchor, self.prefix = gm, gm.graph, anchor, prefix
 
     def __call__(self, target, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(self.anchor):

@@ -280,7 +280,7 @@ def test_inspect_counts_a_preset_on_the_meta_device_as_on_its_weights(tmp_path):
     from f3compile.models.base import VideoShapes
     from f3compile.options import Shapes
 
-    spec, shapes = "builtin:arch-latte,width-scale=0.0625", VideoShapes(1, 16, 64, 64)
+    spec, shapes = "builtin:arch-latte,width-scale=0.125", VideoShapes(1, 16, 64, 64)  # 2 heads per unit
     counts = []
     for meta in (True, False):
         model = load_model(spec, meta=meta)
