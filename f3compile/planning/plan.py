@@ -559,7 +559,8 @@ def make_plan(
             "steps": meta["steps"], "frames": meta["shapes"]["frames"],
         },
         granularity=granularity, criterion=criterion,
-        ratio=[float(r) for r in ratios] if len(ratios) > 1 else float(ratios[0]), stages=plan_stages, scores=scores,
+        ratio=([float(stage_ratio[i % stages]) for i in range(len(plan_stages))] if len(ratios) > 1 else float(ratios[0])),
+        stages=plan_stages, scores=scores,
     )
 
 
@@ -630,7 +631,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         if unit.block != unit.id:
             scores[unit.block] = {"score": round(float(per_head.mean()), 6), "per_head": [], "per_frame": []}
     meta = stats.meta
-    chosen_ratio = 0.0 if ratios is None else (ratios[0] if len(set(ratios)) == 1 else [float(r) for r in ratios])
+    chosen_ratio = 0.0 if ratios is None else (  # one per stage (with experts: the same list for each expert)
+        ratios[0] if len(set(ratios)) == 1 else [float(ratios[i % stages]) for i in range(len(plan_stages))])
     if ratios is None:  # the share of heads windowed, per stage
         shares = [sum(w is not None for v in stage.windows.values() for w in v) / max(total, 1)
                   for stage, total in zip(plan_stages, stage_heads)]

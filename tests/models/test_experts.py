@@ -103,3 +103,16 @@ def test_budgets_and_searches_refuse_experts_in_one_line(calibrated):
     _, stats = calibrated
     with pytest.raises(F3Error, match="experts"):
         api.plan(stats, PlanOptions(target_speedup=1.2, granularity="window", window=0))
+
+
+def test_a_ratio_per_stage_is_given_to_each_expert(calibrated, tmp_path):
+    from f3compile.planning import PruningPlan, make_plan
+
+    model, stats = calibrated
+    plan = make_plan(stats, [0.0, 1.0], "window", window=0, stages=2)
+    assert plan.ratio == [0.0, 1.0, 0.0, 1.0]  # two stages per expert, the same schedule for each
+    assert [bool(s.windows) for s in plan.stages] == [False, True, False, True]
+    plan.save(tmp_path / "plan.json")
+    assert PruningPlan.load(tmp_path / "plan.json").ratio == [0.0, 1.0, 0.0, 1.0]
+    heads = make_plan(stats, [0.5, 0.0], "head", stages=2)
+    assert heads.ratio == [0.5, 0.0, 0.5, 0.0] and [bool(s.prune_heads) for s in heads.stages] == [True, False, True, False]
