@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import F3Error
 from ..models.base import TemporalBlock, TemporalUnit
+from ..models.kernels import KernelCalls
 
 
 @dataclass
@@ -54,24 +55,6 @@ class _UnitState:
     head_branch: torch.Tensor
     calls: torch.Tensor
     captured: dict = field(default_factory=dict)
-
-
-class _Kernel(torch.overrides.TorchFunctionMode):
-    """Active only while one spatiotemporal unit runs: passes its attention kernel through untouched
-    and hands q, k and the kernel's output to the recorder."""
-
-    def __init__(self, on_kernel):
-        super().__init__()
-        self.on_kernel = on_kernel
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func is torch.nn.functional.scaled_dot_product_attention:
-            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-            given = dict(zip(names, args)) | kwargs
-            self.on_kernel(given["query"], given["key"], given.get("scale"), out)
-        return out
 
 
 def sampled_positions(tokens: int, fraction: float, seed: int, unit_id: str) -> torch.Tensor:
@@ -236,7 +219,8 @@ class AttentionRecorder:
             self._record_kernel(state, attention, query, key, scale, out, rows, frame_of)
 
         def enter(module, args):
-            mode = _Kernel(on_kernel)
+            mode = KernelCalls(after=lambda arguments, out: on_kernel(arguments["query"], arguments["key"],
+                                                                      arguments.get("scale"), out))
             mode.__enter__()
             self._modes.append(mode)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import F3Error
 from .base import TemporalBlock, TemporalUnit, VideoModel, VideoShapes
+from .kernels import KernelCalls
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -44,22 +45,18 @@ class _Seen:
     keys: int = -1
 
 
-class _KernelShapes(torch.overrides.TorchFunctionMode):
-    """Records the query and key lengths of `scaled_dot_product_attention` calls, by the attention
-    module running them (a processor may join text and video into one sequence before the kernel)."""
+class _KernelShapes(KernelCalls):
+    """Records the query and key lengths of the attention kernel calls, by the attention module
+    running them (a processor may join text and video into one sequence before the kernel)."""
 
     def __init__(self, seen: dict[str, "_Seen"]):
-        super().__init__()
+        super().__init__(after=self._record)
         self.seen, self.stack = seen, []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention and self.stack:
-            query = args[0] if args else kwargs["query"]
-            key = args[1] if len(args) > 1 else kwargs["key"]
+    def _record(self, arguments: dict, out) -> None:
+        if self.stack:
             record = self.seen.setdefault(self.stack[-1], _Seen())
-            record.queries, record.keys = int(query.shape[-2]), int(key.shape[-2])
-        return func(*args, **kwargs)
+            record.queries, record.keys = int(arguments["query"].shape[-2]), int(arguments["key"].shape[-2])
 
 
 def _probe(
@@ -409,19 +406,18 @@ class _Stop(Exception):
     """Ends a forward once the kernel it was run for has been seen."""
 
 
-class _GrabQuery(torch.overrides.TorchFunctionMode):
+class _GrabQuery(KernelCalls):
     """Keeps the query of the first attention kernel run while `active`, then stops the forward."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(before=self._grab)
         self.active, self.query = False, None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention and self.active:
-            self.query = (args[0] if args else kwargs["query"]).detach().clone()
+    def _grab(self, arguments: dict) -> dict:
+        if self.active:
+            self.query = arguments["query"].detach().clone()
             raise _Stop
-        return func(*args, **kwargs)
+        return arguments
 
 
 def _confirm_frame_major(model: VideoModel, shapes: VideoShapes, names: dict[nn.Module, str], unit: str,

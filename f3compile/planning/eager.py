@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import F3Error
 from ..models.base import TemporalUnit
+from ..models.kernels import KernelCalls
 from ..reuse import StageClock, pattern_at
 from .plan import Stage
 
@@ -92,28 +93,20 @@ def banded_mask(unit: TemporalUnit, windows: list) -> torch.Tensor:
     return torch.stack([every if w is None else (near <= w) | text for w in windows])[None]
 
 
-class _Masked(torch.overrides.TorchFunctionMode):
+def _masked(mask: torch.Tensor) -> KernelCalls:
     """Gives the one attention kernel of a unit its banded mask (the processor passes none)."""
-
-    def __init__(self, mask: torch.Tensor):
-        super().__init__()
-        self.mask = mask
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch.nn.functional.scaled_dot_product_attention:
-            if kwargs.get("attn_mask") is not None or len(args) > 3:
-                raise F3Error("this attention already has a mask; eager windows need a plain kernel")
-            query = args[0] if args else kwargs["query"]
-            kwargs["attn_mask"] = self.mask.to(query.device)
-        return func(*args, **kwargs)
+    def before(arguments: dict) -> dict:
+        if arguments.get("attn_mask") is not None:
+            raise F3Error("this attention already has a mask; eager windows need a plain kernel")
+        return arguments | {"attn_mask": mask.to(arguments["query"].device)}
+    return KernelCalls(before=before)
 
 
 def _window_hooks(module: nn.Module, unit: TemporalUnit, windows: list) -> list:
     mask, active = banded_mask(unit, windows), []
 
     def enter(module, args):
-        mode = _Masked(mask)
+        mode = _masked(mask)
         mode.__enter__()
         active.append(mode)
 
