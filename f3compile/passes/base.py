@@ -208,9 +208,29 @@ def single_output(graph: fx.Graph, path: str, prefix: str, what: str) -> tuple[l
     (already removed). More than one output cannot be replaced as a whole: an error."""
     nodes = region(graph, path, prefix)
     outputs = region_outputs(nodes)
+    if len(outputs) > 1:  # a same-dtype cast of an outside value is that value: later modules may use it
+        _reroute_identity_casts(outputs, set(nodes))
+        outputs = region_outputs(nodes)
     if len(outputs) > 1:
         raise F3Error(f"{what} {path} has {len(outputs)} outputs in the graph; it cannot be removed as a whole")
     return nodes, (outputs[0] if outputs else None)
+
+
+_CASTS = (aten.to.dtype, aten.type_as.default, aten._to_copy.default)
+
+
+def _reroute_identity_casts(outputs: list[fx.Node], members: set[fx.Node]) -> None:
+    """A cast inside a module to the dtype its input already has (Wan's `temb.float()` in fp32)
+    returns the input itself, so tracing hands the cast to every later module that reads the input:
+    the module seems to have a second output. Uses outside the module read the cast's input instead."""
+    for node in outputs:
+        source = node.args[0] if node.target in _CASTS and node.args else None
+        if not isinstance(source, fx.Node) or source in members:
+            continue
+        if dtype_of(node) is None or dtype_of(node) != dtype_of(source) or shape_of(node) != shape_of(source):
+            continue
+        for user in [u for u in node.users if u not in members]:
+            user.replace_input_with(node, source)
 
 
 def region_outputs(nodes: Iterable[fx.Node]) -> list[fx.Node]:
