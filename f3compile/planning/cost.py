@@ -136,6 +136,36 @@ class ModelCost:
             flops += round(max(inside, 0) * saved)
         return int(flops), int(params)
 
+    @property
+    def core_flops(self) -> int:
+        """Attention-core FLOPs (softmax(QK^T)V) of the units in one denoiser call."""
+        return sum(self._attention_split(unit_id)["core"] for unit_id in self.units)
+
+    def core_removed(self, stage, steps: int | None = None) -> int:
+        """Attention-core FLOPs of the units that `stage` removes from one denoiser call: dropped
+        units, narrowed windows, pruned heads and frames, and the calls a reused block skips
+        (averaged over the stage's `steps` steps, as `stage_removed`)."""
+        removed = 0.0
+        for unit_id, unit in self.units.items():
+            core = self._attention_split(unit_id)["core"]
+            if unit_id in stage.drop_attention or unit_id in stage.drop_blocks or unit.block in stage.drop_blocks:
+                removed += core
+                continue
+            pruned = set(stage.prune_heads.get(unit_id, []))
+            if unit.spatiotemporal:
+                windows = stage.windows.get(unit_id) or [None] * unit.heads
+                kept = sum(1.0 if w is None else window_core_share(unit, w)
+                           for h, w in enumerate(windows) if h not in pruned) / unit.heads
+            else:
+                kept = (unit.heads - len(pruned)) / unit.heads \
+                    * len(stage.keep_frames.get(unit_id, range(unit.frames))) / unit.frames
+            period = stage.reuse.get(unit.block, 1)
+            if period > 1:
+                saved = 1 - 1 / period if steps is None else (steps - math.ceil(steps / period)) / max(steps, 1)
+                kept *= 1 - saved
+            removed += core * (1 - kept)
+        return round(removed)
+
     def _pruned(self, stage, only: str | None = None) -> tuple[int, int]:
         """(FLOPs, parameters) removed by dropping and head/frame pruning (within block `only`)."""
         flops = params = 0

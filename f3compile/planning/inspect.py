@@ -29,31 +29,36 @@ def _unit_ids(plan: PruningPlan) -> list[str]:
     return [uid for uid, entry in plan.scores.items() if entry["per_head"]]
 
 
-def summarize(plan: PruningPlan, model=None, units=None, shapes=None) -> dict[str, Any]:
-    """Per-stage and total savings; FLOPs/params need the model (they are counted on it)."""
+def summarize(plan: PruningPlan, model=None, units=None, shapes=None, cost=None) -> dict[str, Any]:
+    """Per-stage and total savings; FLOPs/params need the model (they are counted on it, or taken
+    from `cost`, the model's `ModelCost` at `shapes`, when many plans are summarised)."""
     summary: dict[str, Any] = {"stages": []}
-    cost = None
     if model is not None:
         from ..models.discovery import find_temporal_units
         from .cost import ModelCost
 
-        units = units or find_temporal_units(model, shapes)
+        units = units or (list(cost.units.values()) if cost is not None else find_temporal_units(model, shapes))
         plan.check_model(model, units)
-        cost = ModelCost.measure(model, units, shapes)
-        summary.update(total_flops=cost.total_flops, total_params=cost.total_params)
+        cost = cost or ModelCost.measure(model, units, shapes)
+        summary.update(total_flops=cost.total_flops, total_params=cost.total_params, core_flops=cost.core_flops)
     steps = plan.calibration.get("steps") or len(plan.stages)
     groups = split_steps(max(steps, len(plan.stages)), len(plan.stages))
-    weighted_flops = 0.0
+    weighted_flops = weighted_core = 0.0
     for stage, group in zip(plan.stages, groups):
         entry: dict[str, Any] = {"timesteps": list(stage.timesteps), "steps": len(group)}
         if cost is not None:
             flops, params = cost.stage_removed(stage, len(group))
-            entry.update(flops_removed=flops, params_removed=params)
+            core = cost.core_removed(stage, len(group))
+            entry.update(flops_removed=flops, params_removed=params, core_removed=core)
             weighted_flops += flops * len(group)
+            weighted_core += core * len(group)
         summary["stages"].append(entry)
     if cost is not None:
         total_steps = sum(len(g) for g in groups)
         summary["trajectory_flops_removed"] = weighted_flops / total_steps
+        summary["trajectory_core_removed"] = weighted_core / total_steps
+        share = summary["trajectory_flops_removed"] / summary["total_flops"]
+        summary["predicted_speedup"] = 1 / max(1e-9, 1 - share)
         summary["params_removed_any_stage"] = max(s["params_removed"] for s in summary["stages"])
     return summary
 
@@ -145,8 +150,12 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
         share = summary["trajectory_flops_removed"] / summary["total_flops"]
         lines.append(
             f"total: {_human(summary['trajectory_flops_removed'])}FLOPs removed per call averaged over the trajectory "
-            f"({100 * share:.2f}%, FLOP-predicted speedup {1 / max(1e-9, 1 - share):.3f}x)"
+            f"({100 * share:.2f}%, FLOP-predicted speedup {summary['predicted_speedup']:.3f}x)"
         )
+        if summary["core_flops"]:
+            lines.append(f"attention core of the units (softmax(QK^T)V, {_human(summary['core_flops'])}FLOPs per call, "
+                         f"{100 * summary['core_flops'] / summary['total_flops']:.1f}% of the total): "
+                         f"{100 * summary['trajectory_core_removed'] / summary['core_flops']:.2f}% removed")
     else:
         lines.append("pass --model to count the parameters and FLOPs each stage removes")
     return "\n".join(lines)

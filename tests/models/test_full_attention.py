@@ -386,6 +386,30 @@ def test_preset_flops_at_the_published_shape_on_the_meta_device(name, calibratio
     assert f"carried over from builtin:{name}" in text_out and text_out.count(f"window: {heads} heads at W=0") == layers
 
 
+def test_attention_core_removed_by_windows_and_reuse(name, wan, calibration):
+    """The attention-core share `inspect` reports, against counts by hand: a head at W = 0 keeps, of
+    its T + F·S keys per query, the T text keys and its own frame's S (the text queries keep all);
+    reusing every block at K = 2 over n steps runs ceil(n/2) of the calls."""
+    import math
+
+    from f3compile.planning import make_plan
+    from f3compile.planning.inspect import summarize
+
+    _, stats = calibration
+    units = find_temporal_units(wan)
+    unit = units[0]
+    text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
+    length = text + frames * tokens
+    kept = (text * length + frames * tokens * (text + tokens)) / length ** 2
+    steps = len(stats.timesteps)
+    for reuse, fraction in ((None, 1.0), (2, math.ceil(steps / 2) / steps)):
+        plan = make_plan(stats, 1.0, "window", window=0, reuse=reuse)
+        summary = summarize(plan, wan, units)
+        assert summary["trajectory_core_removed"] / summary["core_flops"] == pytest.approx(1 - kept * fraction, rel=1e-6)
+    dense = summarize(make_plan(stats, 0.0, "window", window=0), wan, units)
+    assert dense["trajectory_core_removed"] == 0 and dense["predicted_speedup"] == 1.0
+
+
 # -- budgets and searches with windows -----------------------------------------------------------
 def test_window_budget_reaches_the_target_with_the_least_outside_mass_first(wan, calibration):
     from f3compile.calibration.criteria import window_scores
