@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=1, help="autoregressive models: whole videos per variant (default 1)")
 
     p = add("eval", cmd_eval)
-    p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d (probe metrics), or any model (fidelity)")
+    p.add_argument("model", help="builtin:ref-latte, builtin:ref-unet3d, builtin:ref-wan (probe metrics), or any model (fidelity)")
     p.add_argument("--measures", choices=("auto", "probe", "fidelity"), default="auto",
                    help="probe: accuracy and Fréchet on the moving-shapes domain (+ fidelity); fidelity: PSNR, SSIM "
                         "and latents rel. L2 vs dense, for any model (default auto: probe for builtin:ref-*)")

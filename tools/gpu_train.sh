@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Train both reference models side by side on one NVIDIA GPU for a fixed time, from their shipped
+# Train reference models side by side on one NVIDIA GPU for a fixed time, from their shipped
 # weights (`--init`), with the text encoder carried when its package cannot be installed.
 #
 # usage: tools/gpu_train.sh [OUT_DIR]        (default runs/gpu-train)
-#   BUDGET=240          seconds of training per model (both run at once; the schedule's --steps N is
+#   MODELS="ref-unet3d ref-latte"   which to train (all at once); ref-wan too
+#   BUDGET=240          seconds of training per model (all run at once; the schedule's --steps N is
 #                       chosen from the measured step rate and recorded with the weights)
 #   TEXT_ENCODER=DIR    a MiniLM packed by `tools/carry_text_encoder.py pack DIR`, rebuilt here first
-#   UNET_ARGS / LATTE_ARGS   the recipe of each model (defaults below)
+#   UNET_ARGS / LATTE_ARGS / WAN_ARGS   the recipe of each model (defaults below)
 #   PYTHON=python3
 #   DEVICE=cpu EXTRA="--clips 300 --eval-prompts 5"   a short dry run of the whole script on the CPU
 # Each model writes OUT_DIR/NAME/{NAME.safetensors, NAME.json, NAME-train.log, NAME-loss.png} and
@@ -21,7 +22,12 @@ PYTHON=${PYTHON:-python3}
 WEIGHTS=f3compile/models/reference/weights
 UNET_ARGS=${UNET_ARGS:-"--init $WEIGHTS/ref-unet3d.safetensors --batch 128 --lr 5e-4 --warmup 200 --high-noise-share 0.5"}
 LATTE_ARGS=${LATTE_ARGS:-"--init $WEIGHTS/ref-latte.safetensors --batch 128 --lr 6e-4 --warmup 200 --high-noise-share 0.5"}
+WAN_ARGS=${WAN_ARGS:-"--init $WEIGHTS/ref-wan.safetensors --batch 128 --lr 5e-4 --warmup 200 --high-noise-share 0.5"}
+MODELS=${MODELS:-"ref-unet3d ref-latte"}
 
+for name in $MODELS; do
+  case $name in ref-unet3d|ref-latte|ref-wan) ;; *) echo "error: MODELS lists $name; choose among ref-unet3d ref-latte ref-wan" >&2; exit 2 ;; esac
+done
 DEVICE=${DEVICE:-cuda}
 [ "$DEVICE" = cpu ] || "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { echo "error: torch sees no CUDA device; train on the CPU with tools/train_reference.py --device cpu" >&2; exit 2; }
@@ -32,15 +38,19 @@ if [ -n "${TEXT_ENCODER:-}" ]; then
   export PYTHONPATH="$site:$PYTHONPATH"
 fi
 mkdir -p "$OUT"
-# the weights they start from are copied first: a run's --init must not be the file it replaces
-cp "$WEIGHTS/ref-unet3d.safetensors" "$OUT/init-ref-unet3d.safetensors"
-cp "$WEIGHTS/ref-latte.safetensors" "$OUT/init-ref-latte.safetensors"
-UNET_ARGS=${UNET_ARGS//$WEIGHTS\/ref-unet3d.safetensors/$OUT/init-ref-unet3d.safetensors}
-LATTE_ARGS=${LATTE_ARGS//$WEIGHTS\/ref-latte.safetensors/$OUT/init-ref-latte.safetensors}
 status=0
 pids=()
-for name in ref-unet3d ref-latte; do
-  if [ "$name" = ref-unet3d ]; then recipe=$UNET_ARGS; else recipe=$LATTE_ARGS; fi
+for name in $MODELS; do
+  case $name in
+    ref-unet3d) recipe=$UNET_ARGS ;;
+    ref-latte) recipe=$LATTE_ARGS ;;
+    ref-wan) recipe=$WAN_ARGS ;;
+  esac
+  # the weights a run starts from are copied first: its --init must not be the file it replaces
+  if [ -f "$WEIGHTS/$name.safetensors" ]; then
+    cp "$WEIGHTS/$name.safetensors" "$OUT/init-$name.safetensors"
+    recipe=${recipe//$WEIGHTS\/$name.safetensors/$OUT/init-$name.safetensors}
+  fi
   # shellcheck disable=SC2086
   PYTHONUNBUFFERED=1 "$PYTHON" tools/train_reference.py "$name" --device "$DEVICE" --time-budget "$BUDGET" \
     --eval-every 500 --log-every 50 --checkpoint-every 1000 --threads 4 $recipe ${EXTRA:-} \
@@ -48,5 +58,5 @@ for name in ref-unet3d ref-latte; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-for name in ref-unet3d ref-latte; do echo "== $name"; tail -4 "$OUT/$name.out"; done
+for name in $MODELS; do echo "== $name"; tail -4 "$OUT/$name.out"; done
 exit $status

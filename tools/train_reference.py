@@ -4,6 +4,7 @@
     python tools/train_reference.py probe                      # the classifier (minutes)
     python tools/train_reference.py ref-latte --steps 3000     # a denoiser (about 80 minutes on a CPU)
     python tools/train_reference.py ref-unet3d --init OLD.safetensors --steps 1400 --high-noise-share 0.5
+    python tools/train_reference.py ref-wan --steps 4000 --high-noise-share 0.5 --threads 1
 
     # a machine without the text encoder (or a GPU machine without a registry): prepare the bank
     # where MiniLM is installed, carry the file, train from it
@@ -295,7 +296,7 @@ def train_denoiser(args) -> None:
     if args.init:
         initial_weights(denoiser, args.init)
     denoiser = denoiser.to(device).train()
-    family = FAMILIES["unet3d" if name == "ref-unet3d" else "latte"]
+    family = FAMILIES[ref.FAMILY[name]]
     # bf16 autocast on CUDA (parameters, optimizer and EMA stay fp32); exact fp32 on the CPU
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
@@ -445,8 +446,8 @@ def plot_history(name: str, history: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["probe", "ref-unet3d", "ref-latte", "prepare"])
-    parser.add_argument("prepare_model", nargs="?", choices=["ref-unet3d", "ref-latte"],
+    parser.add_argument("model", choices=["probe", *ref.DENOISERS, "prepare"])
+    parser.add_argument("prepare_model", nargs="?", choices=list(ref.DENOISERS),
                         help="with `prepare`: the model whose training bank to write to -o")
     parser.add_argument("-o", "--output", help="with `prepare`: the bank file to write (safetensors)")
     parser.add_argument("--data", help="train from a bank written by `prepare` (no text encoder needed)")

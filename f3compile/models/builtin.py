@@ -89,3 +89,9 @@ def build_ref_latte():
     from .reference.models import build_reference
 
     return build_reference("ref-latte")
+
+
+def build_ref_wan():
+    from .reference.models import build_reference
+
+    return build_reference("ref-wan")

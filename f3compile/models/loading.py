@@ -67,6 +67,8 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
         from .wan import TEXT_LENGTH
 
         dim, length = denoiser.config.text_dim, TEXT_LENGTH
+        if pipe is not None and getattr(pipe, "tokenizer", None) is not None:  # a shorter tokenizer pads less
+            length = min(length, int(pipe.tokenizer.model_max_length))
     elif family.name == "cogvideox":  # the pipeline's max_sequence_length must equal the transformer's
         dim, length = denoiser.config.text_embed_dim, denoiser.config.max_text_seq_length
     else:
@@ -97,7 +99,10 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
 
         wan.refuse_unsupported(pipe, spec)
         wan.refuse_unsupported(denoiser, spec)
-        temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
+        if pipe.vae is not None:
+            temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
+        else:  # no VAE: packed RGB pixels, one latent frame per frame (builtin:ref-wan)
+            vae_scale = pixel_pack_factor(int(denoiser.config.in_channels))
         second = getattr(pipe, "transformer_2", None)
         if second is not None or pipe.config.get("boundary_ratio") is not None:
             if second is None or pipe.transformer is None or pipe.config.get("boundary_ratio") is None:

@@ -132,6 +132,8 @@ for _builtin in (
             "trained moving-shapes UNet3DConditionModel, MiniLM text encoder", "reference"),
     Builtin("ref-latte", "latte", f"{_BUILDERS}:build_ref_latte", (8, 16, 16),
             "trained moving-shapes LatteTransformer3DModel, MiniLM text encoder", "reference"),
+    Builtin("ref-wan", "wan", f"{_BUILDERS}:build_ref_wan", (8, 16, 16),
+            "trained moving-shapes WanTransformer3DModel (full 3-D attention), MiniLM text encoder", "reference"),
     Builtin("arch-modelscope", "unet3d", f"{_PRESETS}:build_arch_modelscope", (16, 256, 256),
             "ModelScope T2V 1.7B UNet3D, 16 frames 256x256", "preset"),
     Builtin("arch-animatediff", "animatediff", f"{_PRESETS}:build_arch_animatediff", (16, 512, 512),

@@ -23,7 +23,7 @@ def ref_latte():
     return load_model("builtin:ref-latte")
 
 
-@pytest.mark.parametrize("name", ["ref-unet3d", "ref-latte", "probe"])
+@pytest.mark.parametrize("name", ["ref-unet3d", "ref-latte", "ref-wan", "probe"])
 def test_weights_are_committed_small_and_hash_checked(name, tmp_path, monkeypatch):
     file = ref.checked_weights(name)
     assert file.stat().st_size <= MAX_WEIGHTS_BYTES
@@ -67,20 +67,63 @@ def test_reference_models_load_as_pixel_space_pipelines(ref_latte):
     assert ref_latte.text_length == 120 and unet.text_length == ref.TEXT_LENGTH
 
 
-def test_runtime_generates_what_the_eager_model_samples(ref_latte, tmp_path):
+@pytest.fixture(scope="module")
+def ref_wan():
+    return load_model("builtin:ref-wan")
+
+
+def test_ref_wan_is_pixel_space_full_attention(ref_wan):
+    """Every self-attention spans all 8 frames of 4x4 tokens and nothing else reaches across frames."""
+    from f3compile.models.discovery import find_temporal_units
+
+    assert ref_wan.family == "wan" and ref_wan.pipeline.vae is None and ref_wan.temporal_scale == 1
+    assert ref_wan.vae_scale_factor == ref.PACK and ref_wan.latent_channels == ref.CHANNELS
+    assert (ref_wan.text_length, ref_wan.text_dim) == (ref.TEXT_LENGTH, 384)
+    units = find_temporal_units(ref_wan)
+    assert [u.id for u in units] == [f"blocks.{i}.attn1" for i in range(6)]
+    assert all(u.spatiotemporal and (u.frames, u.tokens, u.text_tokens, u.heads) == (8, 16, 0, 4) for u in units)
+
+
+def test_ref_wan_samples_what_wan_pipeline_samples(ref_wan):
+    """f3compile's encoding and loop equal WanPipeline's own on the MiniLM encoder (states trimmed to
+    each prompt's length and zero-padded), from the same start latents."""
+    from f3compile.sampling import denoise_loop
+
+    prompt, steps = "watch the red round dot as it is heading left", 4
+    start = torch.randn((1, ref.CHANNELS, 8, 8, 8), generator=torch.Generator().manual_seed(3))
+    import copy
+
+    # WanPipeline asks a flow scheduler for its begin index and its sigmas, which DDIM has not: DDIM
+    # starts at the first step anyway, and the sigmas only label diffusers' cache hooks (none here)
+    pipe = copy.copy(ref_wan.pipeline)
+    scheduler = type(ref_wan.scheduler).from_config(ref_wan.scheduler.config)
+    scheduler.set_begin_index = lambda begin_index=0: None
+    scheduler.sigmas = torch.zeros(steps + 1)
+    pipe.register_modules(scheduler=scheduler)
+    expected = pipe(prompt, negative_prompt="", latents=start.clone(), num_inference_steps=steps, guidance_scale=5.0,
+                    height=16, width=16, num_frames=8, max_sequence_length=ref.TEXT_LENGTH, output_type="latent").frames
+    cond, uncond = ref_wan.encode_prompts([prompt])
+    scheduler = type(ref_wan.scheduler).from_config(ref_wan.scheduler.config)
+    latents = denoise_loop(ref_wan.denoise, scheduler, start.clone(), cond, uncond, steps, 5.0, None)
+    assert float((latents - expected).norm() / expected.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("which", ["ref-latte", "ref-wan"])
+def test_runtime_generates_what_the_eager_model_samples(which, request, tmp_path):
     from f3compile.compiler.compile import compile_to_dir
     from f3compile.runtime import Runtime
     from f3compile.sampling import denoise_loop, initial_latents
 
-    manifest = compile_to_dir(ref_latte, None, tmp_path / "build")
+    model = request.getfixturevalue(which.replace("-", "_"))
+    manifest = compile_to_dir(model, None, tmp_path / "build")
     assert manifest["decoder"] == {"kind": "pixel_shuffle", "factor": 2, "range": [-1, 1]}
     assert "vae" not in manifest["components"]
     runtime = Runtime(tmp_path / "build")
     latents = runtime.generate("a red circle moving left", seed=4, steps=4, guidance_scale=5.0)
-    cond, uncond = ref_latte.encode_prompts(["a red circle moving left"])
+    cond, uncond = model.encode_prompts(["a red circle moving left"])
     generator = torch.Generator().manual_seed(4)
-    scheduler = type(ref_latte.scheduler).from_config(ref_latte.scheduler.config)
-    expected = denoise_loop(ref_latte.denoise, scheduler, initial_latents(latents.shape, scheduler, generator),
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    expected = denoise_loop(model.denoise, scheduler, initial_latents(latents.shape, scheduler, generator),
                             cond, uncond, 4, 5.0, generator)
     assert torch.allclose(latents, expected, rtol=1e-4, atol=1e-5)
     frames = runtime.decode(latents)

