@@ -87,12 +87,12 @@ def test_ref_wan_is_pixel_space_full_attention(ref_wan):
 def test_ref_wan_samples_what_wan_pipeline_samples(ref_wan):
     """f3compile's encoding and loop equal WanPipeline's own on the MiniLM encoder (states trimmed to
     each prompt's length and zero-padded), from the same start latents."""
+    import copy
+
     from f3compile.sampling import denoise_loop
 
     prompt, steps = "watch the red round dot as it is heading left", 4
     start = torch.randn((1, ref.CHANNELS, 8, 8, 8), generator=torch.Generator().manual_seed(3))
-    import copy
-
     # WanPipeline asks a flow scheduler for its begin index and its sigmas, which DDIM has not: DDIM
     # starts at the first step anyway, and the sigmas only label diffusers' cache hooks (none here)
     pipe = copy.copy(ref_wan.pipeline)
