@@ -285,6 +285,7 @@ def initial_weights(denoiser, path: str) -> None:
 
 def train_denoiser(args) -> None:
     from f3compile.models.families import FAMILIES
+    from f3compile.models.registry import BUILTINS
     from f3compile.models.reference.probe import load_probe
 
     name = args.model
@@ -296,7 +297,7 @@ def train_denoiser(args) -> None:
     if args.init:
         initial_weights(denoiser, args.init)
     denoiser = denoiser.to(device).train()
-    family = FAMILIES[ref.FAMILY[name]]
+    family = FAMILIES[BUILTINS[name].family]  # the family the registry gives builtin:NAME
     # bf16 autocast on CUDA (parameters, optimizer and EMA stay fp32); exact fp32 on the CPU
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 

@@ -75,6 +75,22 @@ def window_core_share(unit: TemporalUnit, window: int) -> float:
     return (text * length + frames * tokens * (text + slots * tokens)) / (length * length)
 
 
+def _skipped_share(period: int, steps: int | None) -> float:
+    """Share of a stage's `steps` calls that a block reused every `period` steps skips (None: a long stage)."""
+    return 1 - 1 / period if steps is None else (steps - math.ceil(steps / period)) / max(steps, 1)
+
+
+def _core_kept(stage, unit: TemporalUnit) -> float:
+    """Share of `unit`'s attention core a computed call of `stage` still runs: per-head windows and
+    pruned heads on full 3-D attention; kept heads times kept frames on temporal attention."""
+    pruned = set(stage.prune_heads.get(unit.id, []))
+    if unit.spatiotemporal:
+        windows = stage.windows.get(unit.id) or [None] * unit.heads
+        return sum(1.0 if w is None else window_core_share(unit, w)
+                   for h, w in enumerate(windows) if h not in pruned) / unit.heads
+    return (unit.heads - len(pruned)) / unit.heads * len(stage.keep_frames.get(unit.id, range(unit.frames))) / unit.frames
+
+
 @dataclass
 class ModelCost:
     """Counted FLOPs and parameters of one denoiser call, per temporal unit and block."""
@@ -130,8 +146,7 @@ class ModelCost:
         stage's `steps` steps where it reuses blocks (None: a long stage)."""
         flops, params = self._pruned(stage)
         for block in stage.reused_blocks:
-            period = stage.reuse[block]
-            saved = 1 - 1 / period if steps is None else (steps - math.ceil(steps / period)) / max(steps, 1)
+            saved = _skipped_share(stage.reuse[block], steps)
             inside = self.flops.get(block, 0) - self._pruned(stage, only=block)[0]
             flops += round(max(inside, 0) * saved)
         return int(flops), int(params)
@@ -151,18 +166,9 @@ class ModelCost:
             if unit_id in stage.drop_attention or unit_id in stage.drop_blocks or unit.block in stage.drop_blocks:
                 removed += core
                 continue
-            pruned = set(stage.prune_heads.get(unit_id, []))
-            if unit.spatiotemporal:
-                windows = stage.windows.get(unit_id) or [None] * unit.heads
-                kept = sum(1.0 if w is None else window_core_share(unit, w)
-                           for h, w in enumerate(windows) if h not in pruned) / unit.heads
-            else:
-                kept = (unit.heads - len(pruned)) / unit.heads \
-                    * len(stage.keep_frames.get(unit_id, range(unit.frames))) / unit.frames
-            period = stage.reuse.get(unit.block, 1)
-            if period > 1:
-                saved = 1 - 1 / period if steps is None else (steps - math.ceil(steps / period)) / max(steps, 1)
-                kept *= 1 - saved
+            kept = _core_kept(stage, unit)
+            if stage.reuse.get(unit.block, 1) > 1:
+                kept *= 1 - _skipped_share(stage.reuse[unit.block], steps)
             removed += core * (1 - kept)
         return round(removed)
 
@@ -189,9 +195,7 @@ class ModelCost:
                 # full 3-D attention: windows shrink each head's core; pruned heads lose their core and
                 # their output-projection columns (q/k/v projections stay whole; see window_attention)
                 pruned = set(stage.prune_heads.get(unit_id, []))
-                windows = windows or [None] * unit.heads
-                kept = sum(1.0 if w is None else window_core_share(unit, w)
-                           for h, w in enumerate(windows) if h not in pruned) / unit.heads
+                kept = _core_kept(stage, unit)
                 flops += round(split["core"] * (1.0 - kept) + split["out"] * len(pruned) / unit.heads)
                 params += round(counts["out_weight"] * len(pruned) / unit.heads)
                 continue

@@ -138,7 +138,6 @@ def build_pipeline(name: str, denoiser: torch.nn.Module):
 
 
 DENOISERS = {"ref-unet3d": unet3d, "ref-latte": latte, "ref-wan": wan}
-FAMILY = {"ref-unet3d": "unet3d", "ref-latte": "latte", "ref-wan": "wan"}  # the f3compile family of each
 
 
 def weights_file(name: str) -> Path:
