@@ -93,17 +93,48 @@ def _writes_in_place(node: fx.Node) -> bool:
     return schema is not None and schema.is_mutable
 
 
+_VIEWS = {
+    aten.slice.Tensor, aten.select.int, aten.view.default, aten._unsafe_view.default, aten.unflatten.int,
+    aten.as_strided.default, aten.expand.default, aten.permute.default, aten.transpose.int, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.squeeze.default, aten.alias.default,
+}
+
+
+def _write_is_dead(node: fx.Node) -> bool:
+    """An in-place write nobody can see: it writes (through views) into a tensor that is otherwise
+    only viewed and written, never read — what is left of a removed block's rotary embedding."""
+    target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    while target is not None and target.target in _VIEWS:
+        target = target.args[0] if isinstance(target.args[0], fx.Node) else None
+    if target is None or target.op != "call_function" or _writes_in_place(target):
+        return False
+    pending, seen = [target], set()
+    while pending:  # every user of the buffer or of a view of it must be a view or an unused write
+        current = pending.pop()
+        for user in current.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.target in _VIEWS:
+                pending.append(user)
+            elif not (_writes_in_place(user) and not user.users):
+                return False
+    return True
+
+
 def eliminate_dead_code(gm: fx.GraphModule) -> bool:
     """Erase nodes whose results are unused.
 
     fx's own DCE keeps ops tagged nondeterministic (dropout, which is the identity in an eval
     graph) and metadata assertions; here every aten op of an export graph is functional except the
-    in-place ones (kept), and an assertion is dead when nothing but assertions reads the tensor it
-    checks.
+    in-place ones (kept while what they write into is read), and an assertion is dead when nothing
+    but assertions reads the tensor it checks.
     """
     changed = False
     for node in reversed(list(gm.graph.nodes)):
-        if node.op not in ("call_function", "get_attr") or node.users or _writes_in_place(node):
+        if node.op not in ("call_function", "get_attr") or node.users:
+            continue
+        if _writes_in_place(node) and not _write_is_dead(node):
             continue
         if node.target in _ASSERTS:
             checked = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
