@@ -1,7 +1,7 @@
 """f3compile: training-free temporal-attention pruning compiler for text-to-video models.
 
 The public API (`f3compile.api`, re-exported here) has the verbs of the CLI — `load`, `calibrate`,
-`plan`, `inspect`, `compile`, `export`, `Runtime`, `generate`, `bench`, `evaluate` — for every kind
+`merge`, `plan`, `inspect`, `compile`, `export`, `Runtime`, `generate`, `bench`, `evaluate` — for every kind
 of model, with typed options. Heavy submodules are imported on first use, so `import f3compile`
 and `f3compile --help` stay fast.
 """
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # the verbs
-    **{name: ".api" for name in ("load", "kind_of", "calibrate", "plan", "inspect", "compile", "export", "Runtime",
+    **{name: ".api" for name in ("load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime",
                                  "generate", "bench", "evaluate", "convert", "list_passes", "read_plan")},
     # their options
     **{name: ".options" for name in ("PlanOptions", "CompileOptions", "GenerateOptions", "BenchOptions", "Shapes",

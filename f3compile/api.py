@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'f3compile.api' has no attribute {name!r}")
 
 
-__all__ = ["load", "kind_of", "calibrate", "plan", "inspect", "compile", "export", "Runtime", "generate", "bench",
+__all__ = ["load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime", "generate", "bench",
            "evaluate", "convert", "list_passes", "read_plan", "PlanOptions", "CompileOptions", "GenerateOptions",
            "BenchOptions", "Shapes", "SweepOptions"]
 
@@ -58,9 +58,12 @@ def _is_spec(source: Any) -> bool:
 
 
 def kind_of(source: Any):
-    """The `ModelKind` of a spec, a loaded model or a diffusers pipeline object."""
+    """The `ModelKind` of a spec, a loaded model, a diffusers pipeline object or a calibration."""
+    from .calibration import CalibrationStats
     from .models import registry
 
+    if isinstance(source, CalibrationStats):
+        return _calibration_kind(source)
     if _is_spec(source):
         return registry.implementation(registry.kind_of_spec(source))
     for kind in registry.KINDS.values():
@@ -120,13 +123,18 @@ def _prompts(prompts: str | Path | Iterable[str]) -> tuple[list[str], str | None
 
 
 def calibrate(model: Any, prompts: str | Path | Iterable[str], config=None, *, latents: Any = None,
-              key_model: Any = None, output_dir: str | Path | None = None, progress: bool = False):
+              key_model: Any = None, output_dir: str | Path | None = None, progress: bool = False,
+              shard: str | None = None):
     """Run the model's real sampling loop on `prompts` (a list, or a file with one per line) and record
     its attention (`CalibrationStats`; written to `output_dir` when given). `latents`: starting
     latents (a tensor or a file) for diffusion models; `key_model`: the stage-1 model whose frames a
-    CogVideo stage-2 model interpolates."""
+    CogVideo stage-2 model interpolates. Under torchrun every rank calls it with the same arguments:
+    the ranks split the prompts and rank 0 writes the result. `shard` "K/N": sample only the K-th of
+    N parts of the prompts and write its partial sums, which `merge` joins."""
     from .calibration import CalibrationConfig
+    from .parallel import Part
 
+    shard = Part.parse(shard) if shard is not None else None
     prompts, digest = _prompts(prompts)
     config = config or CalibrationConfig()
     kind = kind_of(model)
@@ -139,7 +147,15 @@ def calibrate(model: Any, prompts: str | Path | Iterable[str], config=None, *, l
     key = None if key_model is None else load(key_model)
     return kind.calibrate(model, prompts, config, latents=latents, key_model=key,
                           output_dir=Path(output_dir) if output_dir is not None else None, prompts_sha256=digest,
-                          progress=progress)
+                          progress=progress, shard=shard)
+
+
+def merge(shards: Iterable[str | Path], output_dir: str | Path | None = None, heatmaps: bool = True):
+    """The calibration one process would have written, joined from the shard directories of
+    `calibrate(..., shard="K/N")` (all N, each once, in any order); refuses shards of another run."""
+    from .calibration.parts import merge as merge_shards
+
+    return merge_shards(list(shards), output_dir, heatmaps)
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -201,12 +217,22 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
 
         return make_target_plan(stats, cost, options.target_speedup, options.granularity, criterion, options.stages,
                                 seed=options.seed, reuse=options.reuse, window=options.window)
+    from . import parallel
+    from .calibration.calibrate import placed
+    from .devices import check_device
     from .planning.search import search_plan
 
-    plan, _ = search_plan(model, stats, _prompts(prompts)[0], cost, units, max_error=options.max_error,
-                          target_speedup=options.target_speedup, stages=options.stages, criterion=criterion,
-                          actions=None if options.actions is None else tuple(options.actions), reuse_period=2 if options.reuse is None else options.reuse,
-                          reuse_periods=options.reuse_periods, log=log, windows=tuple(options.windows))
+    check_device(options.device)
+    group = parallel.group(options.device)  # torchrun's ranks split the prompts
+    prompts = _prompts(prompts)[0]
+    group.check_same(f"{stats.meta.get('stats_sha256')}|{model.fingerprint}|{prompts}|{options}",
+                     "calibrations, models, prompts or options")
+    with placed(model, group.device):
+        plan, _ = search_plan(model, stats, prompts, cost, units, max_error=options.max_error,
+                              target_speedup=options.target_speedup, stages=options.stages, criterion=criterion,
+                              actions=None if options.actions is None else tuple(options.actions),
+                              reuse_period=2 if options.reuse is None else options.reuse,
+                              reuse_periods=options.reuse_periods, log=log, windows=tuple(options.windows), group=group)
     return plan
 
 

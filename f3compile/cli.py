@@ -27,6 +27,9 @@ def cmd_calibrate(args) -> None:
     """Run the real sampling loop on prompts and record aggregate temporal attention.
 
     example: f3compile calibrate builtin:tiny-unet3d --prompts examples/prompts.txt -o calib
+    on 8 GPUs: torchrun --nproc-per-node 8 -m f3compile calibrate MODEL --prompts p.txt --device cuda -o calib
+    array job: f3compile calibrate MODEL --prompts p.txt --shard 3/16 -o part3   (then: f3compile merge part* -o calib)
+    Prompt i starts from seed + i, so ranks and shards give the one-process calibration.
     """
     from . import api
     from .api import CalibrationConfig
@@ -35,11 +38,38 @@ def cmd_calibrate(args) -> None:
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
-        query_fraction=args.query_fraction,
+        query_fraction=args.query_fraction, device=args.device,
     )
     stats = api.calibrate(args.model, args.prompts, config, latents=args.latents, key_model=args.key_model,
-                          output_dir=args.output, progress=True)
-    _done(started, f"{api.kind_of(args.model).summary_of_calibration(stats)} -> {args.output}")
+                          output_dir=args.output, progress=True, shard=args.shard)
+    if "shard" in stats.meta:
+        shard = stats.meta["shard"]
+        what = f"shard {shard['index']}/{shard['count']} (prompt batches {shard['batches'][0]}..{shard['batches'][1] - 1})"
+        _done(started, f"calibrated {what} -> {args.output}; join all shards with `f3compile merge`")
+        return
+    _say(started, f"{api.kind_of(args.model).summary_of_calibration(stats)} -> {args.output}")
+
+
+def _say(started: float, what: str) -> None:
+    """The final line, printed once: by rank 0 under torchrun."""
+    from . import parallel
+
+    if not parallel.launched() or parallel.group().writer:
+        _done(started, what)
+
+
+def cmd_merge(args) -> None:
+    """Join the shards of `calibrate --shard K/N` into the calibration one process would have written.
+
+    example: f3compile merge part0 part1 part2 part3 -o calib
+    Checks that the shards belong together (model fingerprint, prompts, shapes, steps, seed and
+    settings) and that all N are given once; the statistics are summed exactly in shard order.
+    """
+    from . import api
+
+    started = time.perf_counter()
+    stats = api.merge(args.shards, args.output, heatmaps=not args.no_heatmaps)
+    _done(started, f"merged {len(args.shards)} shards: {api.kind_of(stats).summary_of_calibration(stats)} -> {args.output}")
 
 
 def cmd_plan(args) -> None:
@@ -50,6 +80,7 @@ def cmd_plan(args) -> None:
     budget:   f3compile plan calib --target-speedup 1.3 --stages 3 --granularity block -o plan.json
     search:   f3compile plan calib --search --prompts examples/prompts.txt --max-error 0.05 --stages 2 -o plan.json
               (--target-speedup 1.3 --reuse-periods 2,3,4: reach a speed with the least measured error)
+              on 8 GPUs: torchrun --nproc-per-node 8 -m f3compile plan calib --search ... --device cuda -o plan.json
     reuse:    f3compile plan calib --ratio 0.5 --granularity block --reuse 2 --stages 2 -o plan.json
     """
     from . import api
@@ -63,8 +94,13 @@ def cmd_plan(args) -> None:
         windows=_parse_windows(args.windows),
         reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), granularity=args.granularity,
         criterion=args.criterion, stages=args.stages, seed=args.seed, window=args.window, keep_mass=args.keep_mass,
+        device=args.device,
     )
-    plan = api.plan(args.calibration, options, model=args.model, prompts=args.prompts, log=print)
+    from . import parallel
+
+    writer = not parallel.launched() or parallel.group(args.device).writer
+    plan = api.plan(args.calibration, options, model=args.model, prompts=args.prompts,
+                    log=print if writer else None)
     if plan.search is not None:
         what = (f"searched, {len(plan.search['accepted'])} accepted step(s), error {plan.search['error']:.4f}, "
                 f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x")
@@ -72,8 +108,11 @@ def cmd_plan(args) -> None:
         what = f"ratios {plan.ratio_text()}, FLOP-predicted {plan.budget['predicted_speedup']:.3f}x"
     else:
         what = f"ratio {plan.ratio_text()}" + (f", reuse every {args.reuse} steps" if args.reuse else "")
-    plan.save(args.output)
-    _done(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
+    if writer:  # under torchrun every rank has the same plan; rank 0 writes it
+        plan.save(args.output)
+    if parallel.launched():
+        parallel.group().barrier("rank 0 wrote the plan")
+    _say(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
 
 
 def _parse_periods(text: str | None) -> tuple[int, ...] | None:
@@ -321,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "queries of this share of each frame's positions (seeded by --seed; default 1: all)")
     p.add_argument("--latents", type=Path, help="start every prompt from these latents instead of noise (.pt or "
                    "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the model samples (under torchrun with cuda, "
+                   "rank r on GPU LOCAL_RANK; default cpu)")
+    p.add_argument("--shard", metavar="K/N", help="sample only the K-th of N parts of the prompt batches (0 <= K < N) "
+                   "and write its partial sums; join the N outputs with `f3compile merge`")
+
+    p = add("merge", cmd_merge)
+    p.add_argument("shards", nargs="+", type=Path, help="the N directories written by `calibrate --shard K/N`")
+    p.add_argument("-o", "--output", required=True, type=Path, help="calibration directory to write")
+    p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
 
     p = add("plan", cmd_plan)
     p.add_argument("calibration", type=Path, help="directory written by `f3compile calibrate`")
@@ -351,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-mass", type=float, metavar="M", help="--granularity window, instead of --ratio: window every "
                    "head that keeps at least M of its attention inside the window")
     p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (a control plan)")
+    p.add_argument("--device", default="cpu", help="with --search: where the model samples (cpu or cuda; under "
+                   "torchrun with cuda, rank r on GPU LOCAL_RANK)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
 
     p = add("compile", cmd_compile)
@@ -473,19 +523,24 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import parallel
+
     try:
         with interrupts_unwind():
-            args.func(args)
+            try:
+                args.func(args)
+            finally:
+                parallel.stop()
     except F3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return parallel.finish(2)
     except Terminated:
         print("error: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return parallel.finish(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    return 0
+        return parallel.finish(128 + signal.SIGINT)
+    return parallel.finish(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

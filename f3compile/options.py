@@ -47,6 +47,7 @@ class PlanOptions:
     criterion: str | None = option(None, "score (default cross_frame_mass; with reuse: residual_change)")
     stages: int = option(1, "timestep stages, each ranked on its own steps")
     seed: int = option(0, "seed of the random criterion (a control plan)")
+    device: str = option("cpu", "search: where the model samples (cpu or cuda; under torchrun, each rank's own GPU)")
 
     @property
     def kind(self) -> str:
@@ -55,6 +56,8 @@ class PlanOptions:
 
     def check(self, with_prompts: bool) -> None:
         """The combinations `plan` accepts (`with_prompts`: prompts were given for a search)."""
+        if not self.search and self.device != "cpu":
+            raise F3Error("--device belongs to --search (the only plan that runs the model); drop it")
         if self.search:
             if self.ratio is not None:
                 raise F3Error("--search chooses what to prune itself; drop --ratio (bound it with --max-error/--target-speedup)")

@@ -16,6 +16,8 @@ calibrations' format (`f3compile.calibration/1`, one "step"), so `plan` and `ins
   unit/{id}/head_branch (1, H)        the same per head
   unit/{id}/calls       (1,)          tokens summed into branch
   block/{id}/ratio, calls              = branch, calls (the channel is its own block)
+Each batch of prompts is recorded on its own and added to the others compensated in fp64
+(`parallel.Sums`), so torchrun ranks and `--shard` parts give the one-process result.
   layer/{l}/gate        (hidden,)     σ(attn_distribution[l])
 In stage 1, frame 0's queries attend (within their frame) like every other, though their plus term
 is not used at inference: their row says they do no cross-frame work. In stage 2 every slot uses it.
@@ -24,12 +26,12 @@ is not used at inference: their row says they do no cross-frame work. In stage 2
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from .._io import atomic_dir
 from ..calibration.stats import SCHEMA, CalibrationStats
 from ..errors import F3Error
 from ..models.cogvideo import CogVideoModel, unit_id
@@ -82,22 +84,24 @@ class PlusRecorder:
                 self.head_branch[layer] += (per_head / norm.unsqueeze(-1)).sum(0)
                 self.calls[layer] += probs.shape[0]
 
-    def tensors(self, core: StepCore) -> dict[str, torch.Tensor]:
-        c = self.config
-        rows = self.frame_queries / c.frames
+    def terms(self) -> dict[str, torch.Tensor]:
+        """What this recorder summed (fp64), under the names of the calibration's tensors."""
+        rows = self.frame_queries / self.config.frames
         out: dict[str, torch.Tensor] = {}
         for layer in self.layers:
             uid = unit_id(layer)
-            out[f"unit/{uid}/attn"] = self.attn[layer].float().unsqueeze(0)
-            out[f"unit/{uid}/text_mass"] = self.text_mass[layer].float().unsqueeze(0)
-            out[f"unit/{uid}/rows"] = torch.tensor([rows], dtype=torch.float32)
-            out[f"unit/{uid}/branch"] = torch.tensor([self.branch[layer]], dtype=torch.float32)
-            out[f"unit/{uid}/head_branch"] = self.head_branch[layer].float().unsqueeze(0)
-            out[f"unit/{uid}/calls"] = torch.tensor([float(self.calls[layer])])
-            out[f"block/{uid}/ratio"] = out[f"unit/{uid}/branch"].clone()
-            out[f"block/{uid}/calls"] = out[f"unit/{uid}/calls"].clone()
-            out[f"layer/{layer}/gate"] = torch.sigmoid(core.gates[layer].detach().float())
+            branch = torch.tensor([self.branch[layer]], dtype=torch.float64)
+            calls = torch.tensor([float(self.calls[layer])], dtype=torch.float64)
+            out |= {f"unit/{uid}/attn": self.attn[layer].unsqueeze(0),
+                    f"unit/{uid}/text_mass": self.text_mass[layer].unsqueeze(0),
+                    f"unit/{uid}/rows": torch.tensor([rows], dtype=torch.float64),
+                    f"unit/{uid}/branch": branch, f"unit/{uid}/head_branch": self.head_branch[layer].unsqueeze(0),
+                    f"unit/{uid}/calls": calls, f"block/{uid}/ratio": branch, f"block/{uid}/calls": calls}
         return out
+
+    def fixed(self, core: StepCore) -> dict[str, torch.Tensor]:
+        """The tensors that do not depend on the prompts: each layer's gate."""
+        return {f"layer/{layer}/gate": torch.sigmoid(core.gates[layer].detach().float()) for layer in self.layers}
 
 
 CROSS_FRAME_THRESHOLD = 1e-3  # mean attention mass a frame query pays to other frames' keys
@@ -163,11 +167,16 @@ def check_key_model(model: CogVideoModel, key_model: CogVideoModel | None) -> No
 @torch.no_grad()
 def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, batch_size: int = 1,
                        output_dir: Path | None = None, prompts_sha256: str | None = None, progress: bool = False,
-                       strategy: Strategy | None = None, key_model: CogVideoModel | None = None) -> CalibrationStats:
+                       strategy: Strategy | None = None, key_model: CogVideoModel | None = None,
+                       shard=None) -> CalibrationStats:
     """Generate every prompt with the dense programs while recording the plus channels. A stage-2
     model interpolates between key frames that `key_model` (stage 1, dense) generates for the same
-    prompt: both of the first round's triples, with the published first spacing (2.0 s)."""
+    prompt: both of the first round's triples, with the published first spacing (2.0 s). Batch b
+    samples with seed + b. Under torchrun the ranks split the batches; `shard` K/N records only the
+    K-th part, for `merge`."""
     from ..calibration.calibrate import library_versions
+    from ..calibration.parts import conclude, work_split
+    from ..parallel import Sums
     from .program import programs
     from .sampling import interpolate_tokens, interpolation_text
 
@@ -179,7 +188,7 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         raise F3Error(f"{model.spec}: {c.num_layers - len(units)} plus channel(s) attend to no other frame; "
                       "calibration expects one temporal unit per layer")
     core = StepCore(model.module).eval()
-    recorder = PlusRecorder(core)
+    recorder = None
 
     def prefill(tokens):
         caches = [torch.zeros(shape) for _, shape in core.cache_specs(tokens.shape[0])]
@@ -194,31 +203,10 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
     if key_model is not None:  # dense programs run any batch size
         key_prefill, key_decode = programs(key_model.module)
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    group, part = work_split("cpu", shard, len(batches))
+    mine = part.span(len(batches))
     groups = (c.frames - 1) // 2  # stage 2: key-frame triples of a 5-frame stage-1 video
     tokens_per_video = c.frames * c.frame_tokens if c.stage == 1 else groups * (c.frames - c.given_frames) * c.frame_tokens
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(batches) * tokens_per_video, desc="calibrate", unit="token", leave=False)
-    tick = (lambda _: bar.update(1)) if bar is not None else None
-    try:
-        for number, batch in enumerate(batches):
-            if c.stage == 1:
-                generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number,
-                                strategy=strategy, on_token=tick)
-                continue
-            key_frames = generate_tokens(key_model.config, Session(key_prefill, key_decode, key_prefill.core.slot_tables()),
-                                         key_model.tokenizer(batch), seed=seed + number, strategy=strategy)
-            text = model.tokenizer([interpolation_text(prompt, 2.0) for prompt in batch])
-            for group in range(groups):
-                interpolate_tokens(c, Session(prefill, decode, tables), text, key_frames[:, 2 * group:2 * group + 3],
-                                   seed=seed + number, strategy=strategy, on_token=tick)
-    finally:
-        if bar is not None:
-            bar.close()
-    tensors = recorder.tensors(core)
-    tensors["timesteps"] = torch.tensor([0.0])
     digest = prompts_sha256 or "sha256:" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     meta = {
         "schema": SCHEMA,
@@ -236,10 +224,35 @@ def calibrate_cogvideo(model: CogVideoModel, prompts: list[str], seed: int = 0, 
         "sampling": (strategy or Strategy()).__dict__,
         "units": units,
         "versions": library_versions(),
-        "seconds": round(time.perf_counter() - started, 3),
     }
-    stats = CalibrationStats(meta=meta, tensors=tensors)
-    if output_dir is not None:
-        with atomic_dir(output_dir) as tmp:
-            stats.save(tmp)
-    return stats
+    group.check_same(json.dumps(meta, sort_keys=True, default=str), "models, prompts or settings")
+    bar = None
+    if progress and group.writer:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine) * tokens_per_video, desc="calibrate", unit="token", leave=False)
+    tick = (lambda _: bar.update(1)) if bar is not None else None
+    sums = Sums()
+    try:
+        for number in mine:
+            batch = batches[number]
+            recorder = PlusRecorder(core)  # one batch's sums, added compensated below
+            if c.stage == 1:
+                generate_tokens(c, Session(prefill, decode, tables), model.tokenizer(batch), seed=seed + number,
+                                strategy=strategy, on_token=tick)
+            else:
+                key_frames = generate_tokens(key_model.config,
+                                             Session(key_prefill, key_decode, key_prefill.core.slot_tables()),
+                                             key_model.tokenizer(batch), seed=seed + number, strategy=strategy)
+                text = model.tokenizer([interpolation_text(prompt, 2.0) for prompt in batch])
+                for group_number in range(groups):
+                    interpolate_tokens(c, Session(prefill, decode, tables), text,
+                                       key_frames[:, 2 * group_number:2 * group_number + 3],
+                                       seed=seed + number, strategy=strategy, on_token=tick)
+            sums.add(recorder.terms())
+    finally:
+        if bar is not None:
+            bar.close()
+    meta["seconds"] = round(time.perf_counter() - started, 3)
+    fixed = PlusRecorder(core).fixed(core) | {"timesteps": torch.tensor([0.0])}
+    return conclude(meta, sums, fixed, output_dir, False, group, part, mine)

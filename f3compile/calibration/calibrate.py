@@ -6,6 +6,7 @@ The data loop (prompts → encoded batches → `denoise_loop`) is kept apart fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,12 +18,15 @@ import torch
 
 from .._io import atomic_dir
 from ..config import option
+from ..devices import check_device
 from ..errors import F3Error
 from ..manifest import library_versions
 from ..models.base import VideoModel, resolve_shapes
 from ..models.discovery import find_temporal_units, temporal_blocks
+from ..parallel import Part, Sums
 from ..sampling import check_latents, denoise_loop, start_latents
 from .recorder import AttentionRecorder
+from .parts import conclude, work_split
 from .stats import SCHEMA, CalibrationStats
 
 
@@ -35,10 +39,11 @@ class CalibrationConfig:
     height: int | None = option(None, "video height in pixels (default: the model's)")
     width: int | None = option(None, "video width in pixels (default: the model's)")
     guidance_scale: float = option(7.5, "classifier-free guidance scale (<= 1 disables CFG)")
-    seed: int = option(0, "seed of the initial latents")
+    seed: int = option(0, "seed of the initial latents (prompt i starts from seed + i)")
     batch_size: int = option(1, "prompts per sampling call")
     heatmaps: bool = option(True, "write heatmap PNGs")
     query_fraction: float = option(1.0, "share of each frame's query positions recorded in full 3-D attention (seeded)")
+    device: str = option("cpu", "cpu or cuda: where the model samples (under torchrun with cuda: each rank's own GPU)")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -73,6 +78,53 @@ def _unit_record(unit) -> dict:
     return record
 
 
+def prompt_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of prompt `index` (0-based, in the prompts file): its start latents are drawn
+    from it, so they depend on the seed and the prompt's place only, never on the process or shard
+    that samples it. With batch 1, prompt i starts from the noise `generate --seed SEED+i` starts from."""
+    return torch.Generator().manual_seed(seed + index)
+
+
+def batch_start(latents: torch.Tensor | None, model: VideoModel, shapes, first: int, count: int,
+                seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    """(start latents of the prompts first..first+count-1, the generator their loop steps with: the
+    first prompt's, after its draw)."""
+    generators = [prompt_generator(seed, first + i) for i in range(count)]
+    one = model.latent_shape(dataclasses.replace(shapes, batch=1))
+    starts = [start_latents(latents, one, model.scheduler, g, model.native_layout) for g in generators]
+    return torch.cat(starts), generators[0]
+
+
+def _meta_for(model: VideoModel, prompts: list[str], config: CalibrationConfig, shapes, timesteps: list[int], units,
+              latents: torch.Tensor | None, prompts_sha256: str | None) -> dict:
+    prompt_digest = prompts_sha256 or "sha256:" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    scheduler = model.scheduler
+    meta = {
+        "schema": SCHEMA,
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
+        "prompts": {"count": len(prompts), "sha256": prompt_digest},
+        "seed": config.seed,
+        "seeds": "per prompt: SEED + index",
+        "latents": None if latents is None else {
+            "shape": list(latents.shape),
+            "sha256": "sha256:" + hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()},
+        "shapes": dataclasses.replace(shapes, batch=config.batch_size).to_dict(),
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "scheduler": type(scheduler).__name__,
+        "num_train_timesteps": int(scheduler.config.num_train_timesteps),
+        "timesteps": timesteps,
+        "units": [_unit_record(unit) for unit in units],
+        "versions": library_versions(),
+        "device": torch.device(config.device).type,
+    }
+    if any(unit.spatiotemporal for unit in units):
+        meta["query_fraction"] = config.query_fraction
+    if model.experts:  # Wan 2.2: which expert ran which timesteps (plans stage each expert on its own)
+        meta["experts"] = {name: list(span) for name, span in model.experts.items()}  # the sampled positions follow from it and `seed`
+    return meta
+
+
 def calibrate(
     model: VideoModel,
     prompts: list[str],
@@ -81,12 +133,15 @@ def calibrate(
     prompts_sha256: str | None = None,
     progress: bool = False,
     latents: torch.Tensor | None = None,
+    shard: Part | None = None,
 ) -> CalibrationStats:
     """Sample every prompt with the model's scheduler and CFG, recording temporal attention.
 
     `latents` (batch 1): every prompt starts from them instead of noise (Tune-A-Video edits a
     video from its DDIM-inverted latents). With `output_dir`, writes stats.safetensors,
-    calibration.json and heatmaps/ atomically.
+    calibration.json and heatmaps/ atomically. Under torchrun the ranks split the prompt batches
+    and rank 0 writes the result; `shard` K/N samples only the K-th part and writes its partial
+    sums, for `merge` (`parallel`).
     """
     config = config or CalibrationConfig()
     if config.steps < 1:
@@ -100,24 +155,29 @@ def calibrate(
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
+    check_device(config.device)
     units = find_temporal_units(model, shapes)
     blocks = temporal_blocks(units)
     scheduler = model.scheduler
     scheduler.set_timesteps(config.steps)
     timesteps = [int(t) for t in scheduler.timesteps]
+    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+    group, part = work_split(config.device, shard, len(batches))
+    meta = _meta_for(model, prompts, config, shapes, timesteps, units, latents, prompts_sha256)
+    group.check_same(json.dumps(meta, sort_keys=True, default=str), "models, prompts or settings")
+    mine = part.span(len(batches))
 
     started = time.perf_counter()
     was_training = model.denoiser.training
     model.denoiser.eval()
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     bar = None
-    if progress:
+    if progress and group.writer:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(batches) * config.steps, desc="calibrate", unit="step", leave=False)
+        bar = tqdm(total=len(mine) * config.steps, desc="calibrate", unit="step", leave=False)
     recorder = AttentionRecorder(model.denoiser, units, blocks, len(timesteps), query_fraction=config.query_fraction,
                                  seed=config.seed)
+    sums = Sums()
 
     def on_step(index: int, t) -> None:
         recorder.step = index
@@ -125,51 +185,41 @@ def calibrate(
             bar.update(1)
 
     try:
-        with recorder, torch.no_grad():
-            for batch in batches:
+        with placed(model, group.device), recorder, torch.no_grad():
+            for number in mine:
+                batch = batches[number]
                 cond, uncond = model.encode_prompts(batch)
-                start = start_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=len(batch))),
-                                      scheduler, generator, model.native_layout)
-                denoise_loop(model.denoise, scheduler, start, cond, uncond, config.steps,
-                             config.guidance_scale, generator, on_step=on_step, layout=model.native_layout)
+                start, generator = batch_start(latents, model, shapes, number * config.batch_size, len(batch),
+                                               config.seed)
+                device = group.device
+                denoise_loop(model.denoise, scheduler, start.to(device), cond.to(device), uncond.to(device),
+                             config.steps, config.guidance_scale, generator, on_step=on_step,
+                             layout=model.native_layout)
+                sums.add(recorder.tensors())  # this batch's sums, in fp32 as recorded; added compensated
+                recorder.clear()
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         model.denoiser.train(was_training)
+    meta["seconds"] = round(time.perf_counter() - started, 3)
+    fixed = {"timesteps": torch.tensor(timesteps, dtype=torch.float32)}
+    return conclude(meta, sums, fixed, output_dir, config.heatmaps, group, part, mine)
 
-    tensors = recorder.tensors()
-    tensors["timesteps"] = torch.tensor(timesteps, dtype=torch.float32)
-    prompt_digest = prompts_sha256 or "sha256:" + hashlib.sha256("\n".join(prompts).encode()).hexdigest()
-    meta = {
-        "schema": SCHEMA,
-        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
-        "prompts": {"count": len(prompts), "sha256": prompt_digest},
-        "seed": config.seed,
-        "latents": None if latents is None else {
-            "shape": list(latents.shape),
-            "sha256": "sha256:" + hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()},
-        "shapes": dataclasses.replace(shapes, batch=config.batch_size).to_dict(),
-        "steps": config.steps,
-        "guidance_scale": config.guidance_scale,
-        "scheduler": type(scheduler).__name__,
-        "num_train_timesteps": int(scheduler.config.num_train_timesteps),
-        "timesteps": timesteps,
-        "units": [_unit_record(unit) for unit in units],
-        "versions": library_versions(),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    if any(unit.spatiotemporal for unit in units):
-        meta["query_fraction"] = config.query_fraction
-    if model.experts:  # Wan 2.2: which expert ran which timesteps (plans stage each expert on its own)
-        meta["experts"] = {name: list(span) for name, span in model.experts.items()}  # the sampled positions follow from it and `seed`
-    stats = CalibrationStats(meta=meta, tensors=tensors)
-    if output_dir is not None:
-        with atomic_dir(output_dir) as tmp:
-            stats.save(tmp)
-            if config.heatmaps:
-                from .heatmaps import write_heatmaps
 
-                write_heatmaps(stats, tmp / "heatmaps")
-    return stats
+@contextlib.contextmanager
+def placed(model: VideoModel, device: torch.device):
+    """The denoiser and text encoder on `device` while the block runs, back where they were after."""
+    if device.type == "cpu":
+        yield
+        return
+    modules = [m for m in (model.denoiser, model.text_encoder) if m is not None]
+    homes = [next(m.parameters()).device for m in modules]
+    try:
+        for module in modules:
+            module.to(device)
+        yield
+    finally:
+        for module, home in zip(modules, homes):
+            module.to(home)

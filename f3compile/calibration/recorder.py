@@ -114,6 +114,17 @@ class AttentionRecorder:
         self._change_calls = {block.id: torch.zeros(steps) for block in self.blocks}
         self._forget_residuals()
 
+    def clear(self) -> None:
+        """Zero every sum in place (the hooks hold the tensors) and forget the residuals: what one
+        batch of prompts recorded has been taken (`tensors`), the next starts from nothing."""
+        for state in self._state.values():
+            for tensor in (state.attn, state.rows, state.branch, state.head_branch, state.calls):
+                tensor.zero_()
+        for table in (self._text, self._block_ratio, self._block_calls, self._change, self._change_calls):
+            for tensor in table.values():
+                tensor.zero_()
+        self._forget_residuals()
+
     def _forget_residuals(self) -> None:
         self._current = {block.id: _Residuals() for block in self.blocks}  # this step's residuals
         self._previous = {block.id: _Residuals() for block in self.blocks}  # the step before it
@@ -188,7 +199,7 @@ class AttentionRecorder:
             if not torch.isfinite(probs).all():
                 raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
             step = self.step
-            state.attn[step] += probs.sum(dim=0)
+            state.attn[step] += probs.sum(dim=0).cpu()
             state.rows[step] += rows
             residual_norm = residual.float().norm().clamp_min(1e-12)
             state.branch[step] += (output.float().norm() / residual_norm).item()
@@ -197,7 +208,7 @@ class AttentionRecorder:
             per_head_out = probs @ v_h
             w_heads = weight.reshape(weight.shape[0], unit.heads, unit.head_dim).permute(1, 2, 0)
             contribution = torch.einsum("nhfd,hdc->nhfc", per_head_out, w_heads)
-            state.head_branch[step] += contribution.pow(2).sum(dim=(0, 2, 3)).sqrt() / residual_norm
+            state.head_branch[step] += (contribution.pow(2).sum(dim=(0, 2, 3)).sqrt() / residual_norm).cpu()
             state.calls[step] += 1
             if unit.block == unit.id and unit.id in self._current:  # its own block: the residual is its output
                 self._record_change(unit.id, output.detach().to(torch.float32, copy=True))

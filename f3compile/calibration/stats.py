@@ -83,6 +83,10 @@ class CalibrationStats:
         meta = read_json(meta_path, "re-run `f3compile calibrate`")
         if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
             raise F3Error(f"{meta_path} is not a {SCHEMA} file; re-run `f3compile calibrate`")
+        shard = meta.get("shard")
+        if shard is not None:
+            part = f"{shard.get('index')}/{shard.get('count')}" if isinstance(shard, dict) else "a part"
+            raise F3Error(f"{directory} is shard {part} of a calibration; join all shards with `f3compile merge` first")
         _check_meta(meta, str(meta_path))
         try:
             tensors = load_file(str(stats_path))

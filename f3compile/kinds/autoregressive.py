@@ -30,6 +30,8 @@ class AutoregressiveKind(ModelKind):
     def check_calibrate(self, config, latents, key_model) -> None:
         if latents or config.frames or config.height or config.width:
             raise F3Error("CogVideo generates its own frames from tokens: drop --latents/--frames/--height/--width")
+        if config.device != "cpu":
+            raise F3Error("CogVideo calibrates on the CPU; drop --device")
 
     def check_compile(self, options) -> None:
         if options.precision != "fp32" or options.device != "cpu" or options.shapes.given:
@@ -61,13 +63,13 @@ class AutoregressiveKind(ModelKind):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibrate(self, model, prompts, config, *, latents=None, key_model=None, output_dir=None, prompts_sha256=None,
-                  progress=False):
+                  progress=False, shard=None):
         from ..autoregressive.calibrate import calibrate_cogvideo
 
         if key_model is not None and not self.owns(key_model):
             raise F3Error(f"--key-model {key_model.spec} is not a CogVideo model")
         return calibrate_cogvideo(model, prompts, seed=config.seed, batch_size=config.batch_size, output_dir=output_dir,
-                                  prompts_sha256=prompts_sha256, progress=progress, key_model=key_model)
+                                  prompts_sha256=prompts_sha256, progress=progress, key_model=key_model, shard=shard)
 
     def summary_of_calibration(self, stats) -> str:
         return (f"calibrated {len(stats.units)} plus channels on {stats.meta['prompts']['count']} prompts x "

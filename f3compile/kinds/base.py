@@ -55,8 +55,9 @@ class ModelKind:
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibrate(self, model, prompts: list[str], config, *, latents=None, key_model=None, output_dir=None,
-                  prompts_sha256: str | None = None, progress: bool = False):
-        """Record attention on the real sampling loop; returns `CalibrationStats`."""
+                  prompts_sha256: str | None = None, progress: bool = False, shard=None):
+        """Record attention on the real sampling loop; returns `CalibrationStats` (under torchrun, the
+        ranks' together; with `shard` K/N, the K-th part's partial sums for `merge`)."""
         self.refuse("calibrate")
 
     def summary_of_calibration(self, stats) -> str:

@@ -44,11 +44,11 @@ class DiffusionKind(ModelKind):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibrate(self, model, prompts, config, *, latents=None, key_model=None, output_dir=None, prompts_sha256=None,
-                  progress=False):
+                  progress=False, shard=None):
         from ..calibration import calibrate
 
         return calibrate(model, prompts, config, output_dir=output_dir, prompts_sha256=prompts_sha256,
-                         progress=progress, latents=latents)
+                         progress=progress, latents=latents, shard=shard)
 
     def summary_of_calibration(self, stats) -> str:
         return f"calibrated {len(stats.units)} temporal attention units on {stats.meta['prompts']['count']} prompts x {stats.meta['steps']} steps"

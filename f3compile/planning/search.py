@@ -20,7 +20,8 @@ guidance and shapes):
 
 Every accepted step is reported with its measured error and the predicted speedup, and recorded in
 the plan (`search`), so the plan carries a known deviation for any model: no probe, no labels.
-The search runs offline once; the plan it writes is static like every other plan.
+The search runs offline once; the plan it writes is static like every other plan. Under torchrun
+the ranks split the prompts (`_Runner`); the accepted steps and the plan are those of one process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..calibration import criteria
 from ..calibration.stats import CalibrationStats
 from ..errors import F3Error
 from ..models.base import TemporalUnit, VideoModel, VideoShapes
+from ..parallel import Group, Part
 from ..sampling import denoise_loop, initial_latents
 from .cost import ModelCost
 from .eager import plan_denoise_for
@@ -87,17 +89,26 @@ def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], hea
 
 
 class _Runner:
-    """Final latents of the calibration prompts under a plan (eager, stage-switched)."""
+    """Final latents of the calibration prompts under a plan (eager, stage-switched). Prompt i starts
+    from the noise it started from in calibration (seed + i). Under torchrun each rank runs its span
+    of the prompts and the per-prompt errors are gathered in prompt order, so every rank takes the
+    mean of the same numbers in the same order as one process does, and makes the same choices."""
 
-    def __init__(self, model: VideoModel, stats: CalibrationStats, prompts: list[str], units: list[TemporalUnit]):
+    def __init__(self, model: VideoModel, stats: CalibrationStats, prompts: list[str], units: list[TemporalUnit],
+                 group: Group | None = None):
+        from ..calibration.calibrate import prompt_generator
+
         meta = stats.meta
-        self.model, self.units = model, units
+        self.model, self.units, self.group = model, units, group or Group()
         self.steps, self.guidance = int(meta["steps"]), float(meta["guidance_scale"])
         shapes = meta["shapes"]
         self.shape = model.latent_shape(VideoShapes(1, int(shapes["frames"]), int(shapes["height"]), int(shapes["width"])))
-        generator = torch.Generator().manual_seed(int(meta["seed"]))
-        self.starts = [initial_latents(self.shape, model.scheduler, generator, model.native_layout) for _ in prompts]
-        self.context = [model.encode_prompts([p]) for p in prompts]
+        self.counts = [len(Part(rank, self.group.size).span(len(prompts), "prompts")) for rank in range(self.group.size)]
+        mine = self.group.part.span(len(prompts), "prompts")
+        device = self.group.device
+        self.starts = [initial_latents(self.shape, model.scheduler, prompt_generator(int(meta["seed"]), i),
+                                       model.native_layout).to(device) for i in mine]
+        self.context = [tuple(x.to(device) for x in model.encode_prompts([prompts[i]])) for i in mine]
         self.dense = self.run(None)
         self.calls = 0
 
@@ -114,6 +125,7 @@ class _Runner:
         self.calls += 1
         finals = self.run(plan)
         errors = [float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(finals, self.dense)]
+        errors = self.group.gather_values(errors, self.counts, "measuring a candidate plan")
         return sum(errors) / len(errors)
 
 
@@ -132,8 +144,10 @@ def search_plan(
     reuse_periods: tuple[int, ...] | None = None,
     log: Callable[[str], None] | None = None,
     windows: tuple[int, ...] = (0, 1, 2),
+    group: Group | None = None,
 ) -> tuple[PruningPlan, list[Step]]:
-    """The searched plan and its accepted steps (see the module docstring)."""
+    """The searched plan and its accepted steps (see the module docstring). With `group` (torchrun's
+    ranks) the prompts are split across the ranks; the plan and its path are those of one process."""
     if max_error is None and target_speedup is None:
         raise F3Error("--search needs --max-error E, --target-speedup S, or both")
     if max_error is not None and not max_error > 0:
@@ -163,6 +177,7 @@ def search_plan(
     expand = {"reuse": [f"reuse:{k}" for k in periods], "window": [f"window:{w}" for w in windows]}
     actions = tuple(a for action in actions for a in expand.get(action, [action]))
     log = log or (lambda message: None)
+    ranks = group or Group()  # (`group` below is a stage's steps)
     started = time.perf_counter()
     base = make_plan(stats, 0.0, "block", criterion, stages)  # spans and scores, nothing pruned
     groups = split_steps(len(stats.timesteps), stages)
@@ -175,7 +190,7 @@ def search_plan(
                 continue
             scores = criteria.head_scores(stats, unit.id, base.criterion, group)
             head_order[(number, unit.id)] = [int(h) for h in torch.argsort(scores, stable=True)]
-    runner = _Runner(model, stats, prompts, units)
+    runner = _Runner(model, stats, prompts, units, ranks)
 
     def with_action(plan: PruningPlan, number: int, block: str, action: str) -> PruningPlan:
         trial = copy.deepcopy(plan)

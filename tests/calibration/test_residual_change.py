@@ -42,7 +42,6 @@ def _first(output):
 def _sample(model, prompts, config, on_step=None) -> list[torch.Tensor]:
     """The calibration's sampling loop, written out: final latents of every prompt batch."""
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
-    generator = torch.Generator().manual_seed(config.seed)
     was_training = model.denoiser.training
     model.denoiser.eval()
     finals = []
@@ -51,8 +50,11 @@ def _sample(model, prompts, config, on_step=None) -> list[torch.Tensor]:
             for loop, start in enumerate(range(0, len(prompts), config.batch_size)):
                 batch = prompts[start:start + config.batch_size]
                 cond, uncond = model.encode_prompts(batch)
-                latents = start_latents(None, model.latent_shape(dataclasses.replace(shapes, batch=len(batch))),
-                                        model.scheduler, generator)
+                # prompt i starts from seed + i; the loop steps with its batch's first prompt's generator
+                generators = [torch.Generator().manual_seed(config.seed + start + i) for i in range(len(batch))]
+                one = model.latent_shape(dataclasses.replace(shapes, batch=1))
+                latents = torch.cat([start_latents(None, one, model.scheduler, g) for g in generators])
+                generator = generators[0]
                 step = (lambda index, t, loop=loop: on_step(loop, index)) if on_step is not None else None
                 finals.append(denoise_loop(model.denoise, model.scheduler, latents, cond, uncond, config.steps,
                                            config.guidance_scale, generator, on_step=step))

@@ -25,8 +25,8 @@ def compiled_error(model, stats, plan) -> float:
     compiled = compile_plan(model, plan)
     meta = stats.meta
     shape = model.latent_shape(model.shapes)
-    generator = torch.Generator().manual_seed(meta["seed"])
-    starts = [initial_latents(shape, model.scheduler, generator) for _ in PROMPTS]
+    starts = [initial_latents(shape, model.scheduler, torch.Generator().manual_seed(meta["seed"] + i))  # seed + i
+              for i in range(len(PROMPTS))]
     programs = [{(): stage.program.module()} | {v.reused: v.program.module() for v in stage.reuse_programs}
                 for stage in compiled]
 
