@@ -1,4 +1,4 @@
-"""Calibrate every tiny builtin and search a plan, as one process or as each of torchrun's ranks.
+"""Calibrate every tiny builtin and search a plan (tiny-wan), as one process or as each of torchrun's ranks.
 
     python tests/ranks.py OUT                              # one process
     torchrun --nproc-per-node 2 tests/ranks.py OUT         # two ranks (gloo): must write the same bytes
@@ -25,8 +25,9 @@ def main(out: Path) -> None:
     for name, batch in MODELS:
         config = f3.CalibrationConfig(steps=STEPS, batch_size=batch, heatmaps=False)
         f3.calibrate(f"builtin:{name}", PROMPTS, config, output_dir=out / name)
-    options = f3.PlanOptions(search=True, max_error=0.05, actions=("drop", "reuse"), stages=2)
-    plan = f3.plan(out / "tiny-unet3d", options, prompts=PROMPTS)
+    # tiny-wan's default actions (drop, reuse, window) over two stages: it accepts drops and windows
+    options = f3.PlanOptions(search=True, max_error=0.05, stages=2)
+    plan = f3.plan(out / "tiny-wan", options, prompts=PROMPTS)
     if parallel.group().writer:
         plan.save(out / "search.json")
     parallel.group().barrier("rank 0 wrote the plan")

@@ -160,7 +160,7 @@ def test_a_killed_rank_stops_the_others_with_one_line_and_nothing_written(tmp_pa
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a red circle moving left, take {i}" for i in range(6)) + "\n")
     output = tmp_path / "calib"
-    first, second = _ranks(["calibrate", "builtin:tiny-unet3d", "--prompts", prompts, "--steps", 40,
+    first, second = _ranks(["calibrate", "builtin:tiny-unet3d", "--prompts", prompts, "--steps", 15,
                             "--no-heatmaps", "-o", output])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until both sample (rank 0 draws its progress bar)
@@ -215,3 +215,35 @@ def test_shard_under_torchrun_is_refused(tmp_path):
         assert process.returncode == 2
         assert _lines(err) == ["error: --shard is for separate processes (array jobs); under torchrun the ranks "
                                "split the prompts: drop --shard"]
+
+
+# -- on a GPU ----------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_calibration_and_search_on_cuda_match_the_cpu(tmp_path):
+    """`--device cuda` samples on the GPU: statistics within REL_CUDA of the CPU's (TF32 off), the
+    same searched steps, and the model back on the CPU afterwards. (NCCL needs a GPU per rank: one
+    GPU cannot hold two ranks, so the two-rank run is the gloo test above.)"""
+    import f3compile as f3
+    from tests.ranks import PROMPTS
+
+    REL_CUDA = 1e-4
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = f3.load("builtin:tiny-unet3d")
+        results, plans = {}, {}
+        for device in ("cpu", "cuda"):
+            config = f3.CalibrationConfig(steps=3, heatmaps=False, device=device)
+            results[device] = f3.calibrate(model, PROMPTS, config, output_dir=tmp_path / device)
+            assert next(model.denoiser.parameters()).device.type == "cpu"
+            options = f3.PlanOptions(search=True, max_error=0.05, actions=("drop", "reuse"), stages=1, device=device)
+            plans[device] = f3.plan(tmp_path / device, options, model=model, prompts=PROMPTS)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+    for name, cpu in results["cpu"].tensors.items():
+        cuda = results["cuda"].tensors[name]
+        assert float((cuda - cpu).norm()) <= REL_CUDA * max(float(cpu.norm()), 1e-12), name
+    steps = [[(s["stage"], s["block"], s["action"]) for s in plans[d].search["accepted"]] for d in ("cpu", "cuda")]
+    assert steps[0] == steps[1]
+    for ours, theirs in zip(plans["cuda"].search["accepted"], plans["cpu"].search["accepted"]):
+        assert abs(ours["error"] - theirs["error"]) <= 1e-4

@@ -8,10 +8,11 @@ Runs, interleaved `--repeat` times: `f3compile calibrate` as one process and und
 stage) on that calibration with the first `--search-prompts` prompts, both ways. Every timed run is
 a fresh process, so each includes starting Python and loading the model. It prints the median wall
 time of each, the ratio one process / N ranks, and whether the outputs are the same: the
-calibration's stats.safetensors byte for byte, the plan's JSON apart from its `seconds`.
+calibration's stats.safetensors byte for byte, the plan's JSON apart from its `seconds`, in all three.
 
 One process uses torch's default threads (all cores); each rank gets cores / N threads
-(torchrun's default of 1 thread, raised so that N ranks use the same cores one process does).
+(torchrun's default of 1 thread, raised so that N ranks use the same cores one process does). A
+third variant, one process at cores / N threads, shows how the split itself scales.
 """
 
 from __future__ import annotations
@@ -81,34 +82,49 @@ def main() -> None:
     search_prompts.write_text("\n".join(lines[:args.search_prompts]) + "\n")
     calibrate = ["calibrate", args.model, "--prompts", args.prompts, "--steps", str(args.steps), "--guidance-scale",
                  str(args.guidance_scale), "--no-heatmaps", "--device", args.device]
-    times: dict[str, list[float]] = {"calibrate 1": [], f"calibrate {args.ranks}": [], "search 1": [],
-                                     f"search {args.ranks}": []}
+    # variant -> (ranked, environment): one process on every core, N ranks, one process at a rank's threads
+    variants = {"1": (False, one_env), str(args.ranks): (True, ranks_env), "1t": (False, ranks_env)}
+    times: dict[str, list[float]] = {f"{what} {v}": [] for what in ("calibrate", "search") for v in variants}
     for repeat in range(args.repeat):
-        for ranked in (repeat % 2 == 1, repeat % 2 == 0):  # alternate which goes first
-            n = args.ranks if ranked else 1
-            output = args.out / f"calib-{n}"
+        order = list(variants)[repeat % len(variants):] + list(variants)[:repeat % len(variants)]  # rotate
+        for variant in order:
+            ranked, env = variants[variant]
+            output = args.out / f"calib-{variant}"
             shutil.rmtree(output, ignore_errors=True)
-            times[f"calibrate {n}"].append(timed(launcher(ranked) + calibrate + ["-o", str(output)],
-                                                 ranks_env if ranked else one_env))
+            times[f"calibrate {variant}"].append(timed(launcher(ranked) + calibrate + ["-o", str(output)], env))
     for repeat in range(args.repeat):
-        for ranked in (repeat % 2 == 1, repeat % 2 == 0):
-            n = args.ranks if ranked else 1
+        order = list(variants)[repeat % len(variants):] + list(variants)[:repeat % len(variants)]
+        for variant in order:
+            ranked, env = variants[variant]
             search = ["plan", str(args.out / "calib-1"), "--search", "--prompts", str(search_prompts), "--max-error",
                       str(args.max_error), "--actions", "drop,reuse", "--stages", "1", "--device", args.device,
-                      "-o", str(args.out / f"plan-{n}.json")]
-            times[f"search {n}"].append(timed(launcher(ranked) + search, ranks_env if ranked else one_env))
+                      "-o", str(args.out / f"plan-{variant}.json")]
+            times[f"search {variant}"].append(timed(launcher(ranked) + search, env))
 
-    same_stats = ((args.out / "calib-1" / "stats.safetensors").read_bytes()
-                  == (args.out / f"calib-{args.ranks}" / "stats.safetensors").read_bytes())
-    same_plan = plan_json(args.out / "plan-1.json") == plan_json(args.out / f"plan-{args.ranks}.json")
+    stats = [(args.out / f"calib-{v}" / "stats.safetensors").read_bytes() for v in variants]
+    plans = [plan_json(args.out / f"plan-{v}.json") for v in variants]
+    same_stats, same_plan = all(x == stats[0] for x in stats), all(x == plans[0] for x in plans)
     print(f"{args.model}: calibration of {len(lines)} prompts x {args.steps} steps; search on {len(lines[:args.search_prompts])} "
           f"prompts; {cores} cores, {args.repeat} interleaved runs each, medians (each run starts Python and loads "
           "the model)")
-    print("| run | 1 process | " + f"{args.ranks} ranks | 1 process / {args.ranks} ranks | same result |")
-    print("|---|---:|---:|---:|---|")
-    for what, same in (("calibrate", same_stats), ("search", same_plan)):
-        one, many = statistics.median(times[f"{what} 1"]), statistics.median(times[f"{what} {args.ranks}"])
-        print(f"| {what} | {one:.1f} s | {many:.1f} s | {one / many:.2f}x | {'yes' if same else 'NO'} |")
+    threads = max(1, cores // args.ranks)
+    accepted = len(json.loads((args.out / "plan-1.json").read_text())["search"]["accepted"])
+    print(f"| run | 1 process | {args.ranks} ranks | 1 process / {args.ranks} ranks | 1 process, {threads} thread(s) | "
+          f"that / {args.ranks} ranks | same result |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for what, same in (("calibrate", same_stats), (f"search ({accepted} steps accepted)", same_plan)):
+        key = what.split()[0]
+        one, many, thin = (statistics.median(times[f"{key} {v}"]) for v in ("1", str(args.ranks), "1t"))
+        print(f"| {what} | {one:.1f} s | {many:.1f} s | {one / many:.2f}x | {thin:.1f} s | {thin / many:.2f}x | "
+              f"{'yes' if same else 'NO'} |")
+    # the work alone, without starting Python and loading the model: what the outputs record (last run)
+    loops = {v: (json.loads((args.out / f"calib-{v}" / "calibration.json").read_text())["seconds"],
+                 json.loads((args.out / f"plan-{v}.json").read_text())["search"]["seconds"]) for v in variants}
+    print(f"the work alone (the `seconds` the last run's outputs record: calibrate, rank 0's sampling; search, all "
+          f"of it, exchanges included): "
+          f"calibrate {loops['1'][0]:.1f} s / {loops[str(args.ranks)][0]:.1f} s / {loops['1t'][0]:.1f} s, search "
+          f"{loops['1'][1]:.1f} s / {loops[str(args.ranks)][1]:.1f} s / {loops['1t'][1]:.1f} s (1 process / "
+          f"{args.ranks} ranks / 1 process at {threads} thread(s))")
     (args.out / "times.json").write_text(json.dumps(times, indent=2) + "\n")
     if not (same_stats and same_plan):
         sys.exit("error: the ranks' output differs from one process's")
