@@ -17,7 +17,7 @@ from f3compile import parallel
 PROMPTS = ["a red circle moving left", "a blue square moving right", "a green triangle moving up"]
 # (builtin, prompts per sampling call): 3 prompts split 1 + 2 over two ranks; batch 2 makes 2 batches
 MODELS = [("tiny-unet3d", 1), ("tiny-animatediff", 1), ("tiny-latte", 2), ("tiny-tuneavideo", 1), ("tiny-wan", 1),
-          ("tiny-cogvideox", 1), ("tiny-cogvideo", 1)]
+          ("tiny-wan2.2", 1), ("tiny-cogvideox", 1), ("tiny-cogvideo", 1)]
 STEPS = 2
 
 
