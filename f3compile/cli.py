@@ -31,10 +31,12 @@ def cmd_calibrate(args) -> None:
     array job: f3compile calibrate MODEL --prompts p.txt --shard 3/16 -o part3   (then: f3compile merge part* -o calib)
     Prompt i starts from seed + i, so ranks and shards give the one-process calibration.
     """
-    from . import api
+    from . import api, parallel
     from .api import CalibrationConfig
 
     started = time.perf_counter()
+    if parallel.launched():  # join the other ranks first: a rank refused below then stops them at once
+        parallel.group(args.device)
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
@@ -98,7 +100,7 @@ def cmd_plan(args) -> None:
     )
     from . import parallel
 
-    writer = not parallel.launched() or parallel.group(args.device).writer
+    writer = not parallel.launched() or parallel.group(args.device).writer  # joined before any input is read
     plan = api.plan(args.calibration, options, model=args.model, prompts=args.prompts,
                     log=print if writer else None)
     if plan.search is not None:

@@ -205,6 +205,21 @@ def test_ranks_given_different_prompts_refuse_with_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.txt", "p1.txt"]
 
 
+def test_a_rank_refused_before_sampling_stops_the_other_at_once(tmp_path):
+    """Rank 1's prompts file is missing: it refuses in one line, and rank 0 (which joined the group
+    before reading its inputs) stops at the first exchange instead of waiting for it."""
+    (tmp_path / "p0.txt").write_text("a red circle moving left\na blue square moving right\n")
+    processes = _ranks(lambda rank: ["calibrate", "builtin:tiny-unet3d", "--prompts", tmp_path / f"p{rank}.txt",
+                                     "--steps", 1, "-o", tmp_path / "calib"])
+    errors = [process.communicate(timeout=180)[1] for process in processes]
+    assert [process.returncode for process in processes] == [2, 2]
+    assert _lines(errors[1]) == [f"error: prompts file {tmp_path / 'p1.txt'} does not exist; pass a text file with one "
+                                 "prompt per line"]
+    lines = _lines(errors[0])
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2: another rank stopped while comparing"), errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.txt"]
+
+
 def test_shard_under_torchrun_is_refused(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\nb\n")
