@@ -218,7 +218,6 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
         return make_target_plan(stats, cost, options.target_speedup, options.granularity, criterion, options.stages,
                                 seed=options.seed, reuse=options.reuse, window=options.window)
     from . import parallel
-    from .calibration.calibrate import placed
     from .devices import check_device
     from .planning.search import search_plan
 
@@ -227,7 +226,7 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     prompts = _prompts(prompts)[0]
     group.check_same(f"{stats.meta.get('stats_sha256')}|{model.fingerprint}|{prompts}|{options}",
                      "calibrations, models, prompts or options")
-    with placed(model, group.device):
+    with model.placed(group.device):
         plan, _ = search_plan(model, stats, prompts, cost, units, max_error=options.max_error,
                               target_speedup=options.target_speedup, stages=options.stages, criterion=criterion,
                               actions=None if options.actions is None else tuple(options.actions),

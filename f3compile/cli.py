@@ -29,7 +29,8 @@ def cmd_calibrate(args) -> None:
     example: f3compile calibrate builtin:tiny-unet3d --prompts examples/prompts.txt -o calib
     on 8 GPUs: torchrun --nproc-per-node 8 -m f3compile calibrate MODEL --prompts p.txt --device cuda -o calib
     array job: f3compile calibrate MODEL --prompts p.txt --shard 3/16 -o part3   (then: f3compile merge part* -o calib)
-    Prompt i starts from seed + i, so ranks and shards give the one-process calibration.
+    Prompt i starts from seed + i (CogVideo: batch b from seed + b), so ranks and shards give the
+    one-process calibration.
     """
     from . import api, parallel
     from .api import CalibrationConfig
@@ -113,7 +114,8 @@ def cmd_plan(args) -> None:
     if writer:  # under torchrun every rank has the same plan; rank 0 writes it
         plan.save(args.output)
     if parallel.launched():
-        parallel.group().barrier("rank 0 wrote the plan")
+        parallel.group().barrier("rank 0 wrote the plan", outcome=f"{args.output} was written" if writer
+                                 else f"rank 0 says whether {args.output} was written")
     _say(started, f"wrote {args.output}: {plan.granularity} plan, {what}, {len(plan.stages)} stage(s)")
 
 

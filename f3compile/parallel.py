@@ -9,14 +9,16 @@ split by prompt with no approximation. Three pieces make the split invisible in 
   process.
 - **Sums that do not depend on order** (`Sums`): every batch's statistics are added in fp64 with a
   compensation term (Knuth's TwoSum), so a sum is the exact sum of its terms to ~1e-30 relative,
-  whatever the order or grouping. Rounded once to fp32 at the end, one process, N ranks and N merged
-  shards give the same bytes (they could differ only where an exact sum lies within ~1e-30 of an
-  fp64 rounding midpoint).
+  whatever the order or grouping. Rounded to fp64 and then to fp32 at the end, one process, N ranks
+  and N merged shards give the same bytes (they could differ only where an exact sum lies within
+  ~1e-30 of an fp64 rounding midpoint), provided each batch computes the same terms wherever it runs:
+  the same kernels (on the CPU, the tests hold the thread count equal; on CUDA, deterministic kernels).
 - **The process group** (`Group`): torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
   MASTER_ADDR/PORT) starts `torch.distributed` with gloo on the CPU or NCCL with each rank on its
   own GPU. Ranks exchange their sums with `all_gather` (fp64) and combine them in rank order. A
   collective that fails because another rank died or raised becomes a one-line `F3Error`, so every
   rank stops with one line and rank 0 (the only writer, atomically, after the exchange) writes nothing.
+  (Under NCCL a dead peer may instead surface as NCCL's own timeout; torchrun ends the other ranks.)
 """
 
 from __future__ import annotations
@@ -175,17 +177,18 @@ class Group:
         """Rank 0 writes outputs and prints progress."""
         return self.rank == 0
 
-    def all_gather(self, tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
-        """Every rank's `tensor` (same shape everywhere), in rank order, on the CPU."""
+    def all_gather(self, tensor: torch.Tensor, what: str, outcome: str = "nothing was written") -> list[torch.Tensor]:
+        """Every rank's `tensor` (same shape everywhere), in rank order, on the CPU. A failure says
+        `what` was under way and the `outcome`."""
         if self.size == 1:
             return [tensor]
         import torch.distributed as dist
 
         local = tensor.to(self.device).contiguous()
         gathered = [torch.empty_like(local) for _ in range(self.size)]
-        with self.collective(what):
+        with _Collective(self, what, outcome):
             dist.all_gather(gathered, local)
-        return [t.cpu() for t in gathered]
+            return [t.cpu() for t in gathered]  # NCCL reports a failure here, when the result is waited for
 
     def reduce_sums(self, sums: Sums) -> Sums:
         """Every rank's sums added in rank order (compensated): the same on every rank."""
@@ -219,13 +222,10 @@ class Group:
             raise F3Error(f"the {self.size} processes were given different {what}; start every rank with the same "
                           "command")
 
-    def barrier(self, what: str) -> None:
+    def barrier(self, what: str, outcome: str = "nothing was written") -> None:
         if self.size == 1:
             return
-        self.all_gather(torch.zeros(1), what)  # a barrier that fails like the other collectives
-
-    def collective(self, what: str):
-        return _Collective(self, what)
+        self.all_gather(torch.zeros(1), what, outcome)  # a barrier that fails like the other collectives
 
     def stop(self) -> None:
         if self.started:
@@ -239,8 +239,8 @@ class Group:
 class _Collective:
     """Turns a collective's failure (a rank died, raised, or hung past TIMEOUT) into one line."""
 
-    def __init__(self, group: Group, what: str):
-        self.group, self.what = group, what
+    def __init__(self, group: Group, what: str, outcome: str):
+        self.group, self.what, self.outcome = group, what, outcome
 
     def __enter__(self):
         return self
@@ -250,7 +250,7 @@ class _Collective:
             return False
         if isinstance(error, RuntimeError):  # gloo/NCCL errors (DistBackendError, DistNetworkError, ...) are RuntimeErrors
             raise F3Error(f"rank {self.group.rank} of {self.group.size}: another rank stopped while {self.what} "
-                          f"({_reason(error)}); nothing was written") from None
+                          f"({_reason(error)}); {self.outcome}") from None
         return False
 
 
@@ -272,7 +272,9 @@ def group(device: str | torch.device = "cpu") -> Group:
     global _GROUP
     if _GROUP is not None:
         return _GROUP
-    device = torch.device(device)
+    from .devices import check_device
+
+    device = check_device(device)
     if not launched():
         return Group(device=device)
     import torch.distributed as dist

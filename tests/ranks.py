@@ -22,12 +22,14 @@ STEPS = 2
 
 
 def main(out: Path) -> None:
+    calibrations = {}
     for name, batch in MODELS:
         config = f3.CalibrationConfig(steps=STEPS, batch_size=batch, heatmaps=False)
-        f3.calibrate(f"builtin:{name}", PROMPTS, config, output_dir=out / name)
-    # tiny-wan's default actions (drop, reuse, window) over two stages: it accepts drops and windows
+        calibrations[name] = f3.calibrate(f"builtin:{name}", PROMPTS, config, output_dir=out / name)
+    # tiny-wan's default actions (drop, reuse, window) over two stages: it accepts drops and windows. The
+    # calibration every rank got back (not the file rank 0 wrote) is what the search starts from.
     options = f3.PlanOptions(search=True, max_error=0.05, stages=2)
-    plan = f3.plan(out / "tiny-wan", options, prompts=PROMPTS)
+    plan = f3.plan(calibrations["tiny-wan"], options, model="builtin:tiny-wan", prompts=PROMPTS)
     if parallel.group().writer:
         plan.save(out / "search.json")
     parallel.group().barrier("rank 0 wrote the plan")

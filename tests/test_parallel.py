@@ -220,6 +220,16 @@ def test_a_rank_refused_before_sampling_stops_the_other_at_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.txt"]
 
 
+def test_an_unknown_device_under_torchrun_is_refused_in_one_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\n")
+    for process in _ranks(["calibrate", "builtin:tiny-unet3d", "--prompts", prompts, "--device", "gpu",
+                           "-o", tmp_path / "calib"]):
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 2
+        assert _lines(err) == ["error: --device 'gpu' is not a device torch knows; use cpu or cuda"]
+
+
 def test_shard_under_torchrun_is_refused(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\nb\n")

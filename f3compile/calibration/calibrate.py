@@ -6,7 +6,6 @@ The data loop (prompts → encoded batches → `denoise_loop`) is kept apart fro
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -185,7 +184,7 @@ def calibrate(
             bar.update(1)
 
     try:
-        with placed(model, group.device), recorder, torch.no_grad():
+        with model.placed(group.device), recorder, torch.no_grad():
             for number in mine:
                 batch = batches[number]
                 cond, uncond = model.encode_prompts(batch)
@@ -206,20 +205,3 @@ def calibrate(
     meta["seconds"] = round(time.perf_counter() - started, 3)
     fixed = {"timesteps": torch.tensor(timesteps, dtype=torch.float32)}
     return conclude(meta, sums, fixed, output_dir, config.heatmaps, group, part, mine)
-
-
-@contextlib.contextmanager
-def placed(model: VideoModel, device: torch.device):
-    """The denoiser and text encoder on `device` while the block runs, back where they were after."""
-    if device.type == "cpu":
-        yield
-        return
-    modules = [m for m in (model.denoiser, model.text_encoder) if m is not None]
-    homes = [next(m.parameters()).device for m in modules]
-    try:
-        for module in modules:
-            module.to(device)
-        yield
-    finally:
-        for module, home in zip(modules, homes):
-            module.to(home)

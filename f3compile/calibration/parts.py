@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import parallel
-from .._io import atomic_dir, read_json, sha256_file
+from .._io import atomic_dir, read_json, sha256_bytes, sha256_file
 from ..errors import F3Error
 from ..parallel import Group, Part, Sums
 from .stats import META_FILE, SCHEMA, STATS_FILE, CalibrationStats
@@ -49,9 +49,15 @@ def conclude(meta: dict, sums: Sums, fixed: dict[str, torch.Tensor], output_dir,
         return stats
     sums = group.reduce_sums(sums)
     stats = CalibrationStats(meta=meta, tensors=sums.values() | fixed)
+    if group.size > 1:  # every rank returns the same calibration, with the sha256 rank 0's file will have
+        from safetensors.torch import save
+
+        stats.meta["stats_sha256"] = sha256_bytes(save({k: v.contiguous() for k, v in stats.tensors.items()}))
     if output_dir is not None and group.writer:
         write(stats, output_dir, heatmaps)
-    group.barrier("rank 0 wrote the calibration")  # a rank that died after the exchange fails the others here
+    if output_dir is not None:  # the other ranks end only once rank 0 has written (or say that it may not have)
+        group.barrier("rank 0 wrote the calibration", outcome=f"{output_dir} was written" if group.writer
+                      else f"rank 0 says whether {output_dir} was written")
     return stats
 
 
@@ -82,6 +88,13 @@ def read_shard(directory: str | Path) -> tuple[dict, Sums, dict[str, torch.Tenso
             and 0 <= shard["index"] < shard["count"]):
         raise F3Error(f"{directory} is a whole calibration, not a shard; merge only the outputs of "
                       "`f3compile calibrate --shard K/N`")
+    def count(value, least=0):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    batches = shard.get("batches")
+    if not (isinstance(batches, list) and len(batches) == 2 and all(count(b) for b in batches)
+            and count((meta.get("prompts") or {}).get("count"), 1) and count((meta.get("shapes") or {}).get("batch"), 1)):
+        raise F3Error(f"{meta_path} lacks the shard's batches, the prompt count or the batch size; {FIX}")
     if sha256_file(stats_path) != meta.get("stats_sha256"):
         raise F3Error(f"{stats_path} does not match the sha256 in {META_FILE} (changed or truncated); {FIX}")
     try:

@@ -250,7 +250,10 @@ class AttentionRecorder:
                           f"{unit.sequence}, d); calibrate at the shapes it was discovered at")
         scale = unit.head_dim ** -0.5 if scale is None else scale
         text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
-        rows, frame_of = rows.to(query.device), frame_of.to(query.device)
+        rows = rows.to(query.device)
+        # (R, F) one-hot of each recorded query's frame: per-frame sums as a product, which is deterministic
+        # on CUDA too (index_add_ there adds with atomics, in no fixed order)
+        select = torch.nn.functional.one_hot(frame_of, frames).to(query.device, torch.float64)
         attn = torch.zeros(unit.heads, frames, frames, dtype=torch.float64, device=query.device)
         text_mass = torch.zeros(unit.heads, frames, dtype=torch.float64, device=query.device)
         for batch in range(query.shape[0]):
@@ -261,11 +264,11 @@ class AttentionRecorder:
                     probs = torch.softmax(query[batch, head, chunk].float() @ keys.T * scale, dim=-1)
                     if not torch.isfinite(probs).all():
                         raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
-                    where = frame_of[start:start + self.query_chunk]
+                    where = select[start:start + self.query_chunk]  # (c, F)
                     per_frame = probs[:, text:].reshape(len(chunk), frames, tokens).sum(-1).double()  # (c, F)
-                    attn[head].index_add_(0, where, per_frame)
+                    attn[head] += where.T @ per_frame
                     if text:
-                        text_mass[head].index_add_(0, where, probs[:, :text].sum(-1).double())
+                        text_mass[head] += where.T @ probs[:, :text].sum(-1).double()
         state.attn[step] += attn.float().cpu()
         if text:
             self._text[unit.id][step] += text_mass.float().cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -133,6 +134,27 @@ class VideoModel:
 
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
+
+    @contextlib.contextmanager
+    def placed(self, device: torch.device | str):
+        """The denoiser and text encoder on `device` while the block runs, back where they were after.
+        Moving copies the weights without changing them, so a valid `cache_key` stays valid."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            yield
+            return
+        valid = self.cache_key is not None
+        modules = [m for m in (self.denoiser, self.text_encoder) if m is not None]
+        homes = [next(m.parameters()).device for m in modules]
+        try:
+            for module in modules:
+                module.to(device)
+            yield
+        finally:
+            for module, home in zip(modules, homes):
+                module.to(home)
+            if valid:
+                self._weights_at_fingerprint = weights_state(self.denoiser)
 
     @property
     def on_meta(self) -> bool:

@@ -86,6 +86,9 @@ def test_merge_refuses_a_whole_calibration_and_a_changed_shard(shards, tmp_path)
     (changed / "calibration.json").write_text(json.dumps(meta))
     assert meta["stats_sha256"] == sha256_file(changed / "stats.safetensors")
     _refused(tmp_path, [shards / "p0", changed], "covers prompt batches 0..1")
+    del meta["shard"]["batches"]  # a hand-edited shard: refused in one line, not a traceback
+    (changed / "calibration.json").write_text(json.dumps(meta))
+    _refused(tmp_path, [shards / "p0", changed], "lacks the shard's batches")
 
 
 def test_a_shard_is_not_a_calibration_for_plan(shards, capsys, tmp_path):
