@@ -16,11 +16,11 @@ calibrations' format (`f3compile.calibration/1`, one "step"), so `plan` and `ins
   unit/{id}/head_branch (1, H)        the same per head
   unit/{id}/calls       (1,)          tokens summed into branch
   block/{id}/ratio, calls              = branch, calls (the channel is its own block)
-Each batch of prompts is recorded on its own and added to the others compensated in fp64
-(`parallel.Sums`), so torchrun ranks and `--shard` parts give the one-process result.
   layer/{l}/gate        (hidden,)     σ(attn_distribution[l])
 In stage 1, frame 0's queries attend (within their frame) like every other, though their plus term
 is not used at inference: their row says they do no cross-frame work. In stage 2 every slot uses it.
+Each batch of prompts is recorded on its own and added to the others compensated in fp64
+(`parallel.Sums`), so torchrun ranks and `--shard` parts give the one-process result.
 """
 
 from __future__ import annotations
