@@ -218,11 +218,9 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
         return make_target_plan(stats, cost, options.target_speedup, options.granularity, criterion, options.stages,
                                 seed=options.seed, reuse=options.reuse, window=options.window)
     from . import parallel
-    from .devices import check_device
     from .planning.search import search_plan
 
-    check_device(options.device)
-    group = parallel.group(options.device)  # torchrun's ranks split the prompts
+    group = parallel.group(options.device)  # torchrun's ranks split the prompts (the device is checked there)
     prompts = _prompts(prompts)[0]
     group.check_same(f"{stats.meta.get('stats_sha256')}|{model.fingerprint}|{prompts}|{options}",
                      "calibrations, models, prompts or options")

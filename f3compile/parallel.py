@@ -64,9 +64,6 @@ class Part:
                           "processes or shards (or more prompts)")
         return range(self.index * items // self.count, (self.index + 1) * items // self.count)
 
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
 
 # -- sums that do not depend on order -------------------------------------------------------------
 def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

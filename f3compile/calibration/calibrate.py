@@ -17,7 +17,6 @@ import torch
 
 from .._io import atomic_dir
 from ..config import option
-from ..devices import check_device
 from ..errors import F3Error
 from ..manifest import library_versions
 from ..models.base import VideoModel, resolve_shapes
@@ -154,7 +153,6 @@ def calibrate(
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
-    check_device(config.device)
     units = find_temporal_units(model, shapes)
     blocks = temporal_blocks(units)
     scheduler = model.scheduler
