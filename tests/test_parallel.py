@@ -261,6 +261,7 @@ def test_calibration_and_search_on_cuda_match_the_cpu(tmp_path):
             config = f3.CalibrationConfig(steps=3, heatmaps=False, device=device)
             results[device] = f3.calibrate(model, PROMPTS, config, output_dir=tmp_path / device)
             assert next(model.denoiser.parameters()).device.type == "cpu"
+            assert model.cache_key is not None  # moved and back: the same weights, the compile cache still valid
             options = f3.PlanOptions(search=True, max_error=0.05, actions=("drop", "reuse"), stages=1, device=device)
             plans[device] = f3.plan(tmp_path / device, options, model=model, prompts=PROMPTS)
     finally:

@@ -97,6 +97,17 @@ def test_a_shard_is_not_a_calibration_for_plan(shards, capsys, tmp_path):
     assert not (tmp_path / "plan.json").exists()
 
 
+def test_device_is_refused_where_nothing_samples_on_it(shards, capsys, tmp_path):
+    code, _, err = run(capsys, "plan", shards / "whole", "--ratio", "0.5", "--device", "cuda", "-o", tmp_path / "p.json")
+    assert_one_line_error(code, err, "--device belongs to --search")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n")
+    code, _, err = run(capsys, "calibrate", "builtin:tiny-cogvideo", "--prompts", prompts, "--device", "cuda",
+                       "-o", tmp_path / "c")
+    assert_one_line_error(code, err, "CogVideo calibrates on the CPU; drop --device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
+
+
 def test_an_interrupted_merge_leaves_nothing(shards, tmp_path, monkeypatch):
     from f3compile.calibration import heatmaps
 
