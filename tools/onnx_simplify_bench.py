@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""What onnxscript's pattern rewriter costs and buys in an ONNX export, side by side.
+
+    python tools/onnx_simplify_bench.py builtin:ref-wan [--plan PLAN] [--repeat 15]
+
+The model (and plan) is compiled once. Its stage-0 program is then exported twice, alternately
+(`--exports` times each): with torch's default `optimize=True` (constant folding plus the
+rewriter) and the way `f3compile export` does it (`optimize=False`, then
+`f3compile.exporters.onnx.simplify`: constant folding and clean-up without the rewriter). For each
+it prints the export time, the node count, and onnxruntime's CPU time per call (medians of
+`--repeat` calls, the two sessions interleaved), and the largest difference between the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--plan")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--exports", type=int, default=2)
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    import f3compile
+    from f3compile.exporters.onnx import simplify
+
+    compiled = f3compile.compile(args.model, args.plan)
+    stage = compiled.stages[0]
+    program, inputs = stage.program, compiled.inputs()
+    names = dict(input_names=["sample", "timestep", "encoder_hidden_states"], output_names=["noise_pred"])
+    folder = Path(tempfile.mkdtemp())
+    seconds: dict[str, list[float]] = {"rewriter": [], "f3compile": []}
+    for _ in range(args.exports):
+        for way in seconds:
+            start = time.perf_counter()
+            exported = torch.onnx.export(program, args=inputs, dynamo=True, opset_version=20, verbose=False,
+                                         optimize=way == "rewriter", **names)
+            if way == "f3compile":
+                simplify(exported.model)
+            exported.save(str(folder / f"{way}.onnx"))
+            seconds[way].append(time.perf_counter() - start)
+    sessions = {way: ort.InferenceSession(str(folder / f"{way}.onnx"), providers=["CPUExecutionProvider"])
+                for way in seconds}
+    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(names["input_names"], inputs)}
+    outputs = {way: session.run(None, feeds)[0] for way, session in sessions.items()}
+    runs: dict[str, list[float]] = {way: [] for way in seconds}
+    for _ in range(args.repeat):
+        for way, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            runs[way].append(time.perf_counter() - start)
+    print(f"{args.model}{' + ' + args.plan if args.plan else ''}: stage 0, {args.exports} exports and "
+          f"{args.repeat} onnxruntime calls each, alternating")
+    for way in seconds:
+        nodes = len(onnx.load(str(folder / f"{way}.onnx"), load_external_data=False).graph.node)
+        print(f"  {way:9s}: export {statistics.median(seconds[way]):6.1f} s, {nodes:6d} nodes, "
+              f"onnxruntime {statistics.median(runs[way]) * 1e3:8.2f} ms per call")
+    print(f"  export time ratio {statistics.median(seconds['rewriter']) / statistics.median(seconds['f3compile']):.2f}x, "
+          f"onnxruntime time ratio {statistics.median(runs['f3compile']) / statistics.median(runs['rewriter']):.3f} "
+          f"(f3compile / rewriter), largest output difference "
+          f"{float(np.abs(outputs['rewriter'] - outputs['f3compile']).max()):.2e}")
+
+
+if __name__ == "__main__":
+    main()
