@@ -14,6 +14,8 @@
 # OUT_DIR/NAME.out (its console). Install the weights with
 #   cp OUT_DIR/NAME/NAME.safetensors OUT_DIR/NAME/NAME.json f3compile/models/reference/weights/
 #   cp OUT_DIR/NAME/NAME-train.log OUT_DIR/NAME/NAME-loss.png docs/reference/
+# and check first that the model uses the direction words of its captions at all (half a minute):
+#   python tools/direction_drift.py --model NAME OUT_DIR/NAME/NAME.safetensors
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu-train}
