@@ -32,24 +32,29 @@ def main() -> None:
     parser.add_argument("--exports", type=int, default=2)
     args = parser.parse_args()
 
+    import f3compile
+    from f3compile.exporters.onnx import DEFAULT_OPSET, simplify
+    from f3compile.manifest import INPUT_NAMES, OUTPUT_NAMES
+
+    compiled = f3compile.compile(args.model, args.plan)
+    stage = compiled.stages[0]
+    program, inputs = stage.program, compiled.inputs()
+    names = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES))
+    with tempfile.TemporaryDirectory() as temporary:
+        measure(Path(temporary), args, program, inputs, names, DEFAULT_OPSET, simplify)
+
+
+def measure(folder: Path, args, program, inputs, names: dict, opset: int, simplify) -> None:
     import numpy as np
     import onnx
     import onnxruntime as ort
     import torch
 
-    import f3compile
-    from f3compile.exporters.onnx import simplify
-
-    compiled = f3compile.compile(args.model, args.plan)
-    stage = compiled.stages[0]
-    program, inputs = stage.program, compiled.inputs()
-    names = dict(input_names=["sample", "timestep", "encoder_hidden_states"], output_names=["noise_pred"])
-    folder = Path(tempfile.mkdtemp())
     seconds: dict[str, list[float]] = {"rewriter": [], "f3compile": []}
     for _ in range(args.exports):
         for way in seconds:
             start = time.perf_counter()
-            exported = torch.onnx.export(program, args=inputs, dynamo=True, opset_version=20, verbose=False,
+            exported = torch.onnx.export(program, args=inputs, dynamo=True, opset_version=opset, verbose=False,
                                          optimize=way == "rewriter", **names)
             if way == "f3compile":
                 simplify(exported.model)
