@@ -5,8 +5,8 @@
 
 The model (and plan) is compiled once. Its stage-0 program is then exported twice, alternately
 (`--exports` times each): with torch's default `optimize=True` (constant folding plus the
-rewriter) and the way `f3compile export` does it (`optimize=False`, then
-`f3compile.exporters.onnx.simplify`: constant folding and clean-up without the rewriter). For each
+rewriter), and with `f3compile.exporters.onnx.export_onnx`, which `f3compile export` uses
+(`optimize=False`, then constant folding and clean-up without the rewriter). For each
 it prints the export time, the node count, and onnxruntime's CPU time per call (medians of
 `--repeat` calls, the two sessions interleaved), and the largest difference between the outputs.
 """
@@ -33,36 +33,37 @@ def main() -> None:
     args = parser.parse_args()
 
     import f3compile
-    from f3compile.exporters.onnx import DEFAULT_OPSET, simplify
-    from f3compile.manifest import INPUT_NAMES, OUTPUT_NAMES
 
     compiled = f3compile.compile(args.model, args.plan)
-    stage = compiled.stages[0]
-    program, inputs = stage.program, compiled.inputs()
-    names = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES))
+    program, inputs = compiled.stages[0].program, compiled.inputs()
     with tempfile.TemporaryDirectory() as temporary:
-        measure(Path(temporary), args, program, inputs, names, DEFAULT_OPSET, simplify)
+        measure(Path(temporary), args, program, inputs)
 
 
-def measure(folder: Path, args, program, inputs, names: dict, opset: int, simplify) -> None:
+def measure(folder: Path, args, program, inputs) -> None:
     import numpy as np
     import onnx
     import onnxruntime as ort
     import torch
 
+    from f3compile import memo
+    from f3compile.exporters.onnx import DEFAULT_OPSET, export_onnx
+    from f3compile.manifest import INPUT_NAMES, OUTPUT_NAMES
+
     seconds: dict[str, list[float]] = {"rewriter": [], "f3compile": []}
     for _ in range(args.exports):
         for way in seconds:
+            memo.FILES.clear()  # export_onnx keeps what it wrote: time a fresh export each round
             start = time.perf_counter()
-            exported = torch.onnx.export(program, args=inputs, dynamo=True, opset_version=opset, verbose=False,
-                                         optimize=way == "rewriter", **names)
             if way == "f3compile":
-                simplify(exported.model)
-            exported.save(str(folder / f"{way}.onnx"))
+                export_onnx(program, inputs, folder / "f3compile.onnx")
+            else:
+                torch.onnx.export(program, args=inputs, dynamo=True, opset_version=DEFAULT_OPSET, verbose=False,
+                                  input_names=INPUT_NAMES, output_names=OUTPUT_NAMES).save(str(folder / "rewriter.onnx"))
             seconds[way].append(time.perf_counter() - start)
     sessions = {way: ort.InferenceSession(str(folder / f"{way}.onnx"), providers=["CPUExecutionProvider"])
                 for way in seconds}
-    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(names["input_names"], inputs)}
+    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(INPUT_NAMES, inputs)}
     outputs = {way: session.run(None, feeds)[0] for way, session in sessions.items()}
     runs: dict[str, list[float]] = {way: [] for way in seconds}
     for _ in range(args.repeat):

@@ -152,7 +152,8 @@ def test_onnx_is_constant_folded_and_equals_the_unfolded_export(tmp_path):
     assert not [node for node in graphs["ours"].node if node.op_type == "Constant"]
     assert len(graphs["ours"].node) < 0.5 * len(graphs["unfolded"].node)  # tiny-latte: 307 against 833
     feeds = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs)}
-    unfolded, ours = (ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, feeds)[0] for name in ("unfolded", "ours"))
+    unfolded, ours = (ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, feeds)[0]
+                      for name in ("unfolded", "ours"))
     assert float(abs(ours - unfolded).max() / abs(unfolded).max()) < REL_ORT
 
 
