@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     # the verbs
     **{name: ".api" for name in ("load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime",
-                                 "generate", "bench", "evaluate", "convert", "list_passes", "read_plan")},
+                                 "generate", "bench", "evaluate", "convert", "list_passes", "read_plan", "apply")},
     # their options
     **{name: ".options" for name in ("PlanOptions", "CompileOptions", "GenerateOptions", "BenchOptions", "Shapes",
                                      "SweepOptions")},

@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'f3compile.api' has no attribute {name!r}")
 
 
-__all__ = ["load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime", "generate", "bench",
+__all__ = ["load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime", "generate", "bench", "apply",
            "evaluate", "convert", "list_passes", "read_plan", "PlanOptions", "CompileOptions", "GenerateOptions",
            "BenchOptions", "Shapes", "SweepOptions"]
 
@@ -302,6 +302,45 @@ def kind_of_compiled(source: Any):
     from .models import registry
 
     return registry.implementation("diffusion") if isinstance(source, CompiledModel) else None
+
+
+# -- apply --------------------------------------------------------------------------------------
+def apply(target: Any, plan: Any):
+    """Run `plan` (a path or `PruningPlan`) inside `target` — a diffusers pipeline object (Wan,
+    CogVideoX, Latte, AnimateDiff, ModelScope, Tune-A-Video), its denoiser module, or a model from
+    `load` — by rewriting its modules in place: the pipeline's own call then runs the plan. Returns an
+    `inplace.Applied` whose `remove()` (or the end of a `with` block) restores the object exactly.
+    A plan that does not fit the object is refused in one line before anything changes."""
+    from torch import nn
+
+    from .inplace import install
+    from .models import find_temporal_units
+    from .models.base import VideoModel, VideoShapes
+
+    plan = read_plan(plan)
+    if plan is None:
+        raise F3Error("apply needs a plan (a plan.json path or a PruningPlan)")
+    pipeline, check_fingerprint = None, True
+    if _diffusers_pipeline(target):
+        pipeline, model = target, load(target)
+    elif isinstance(target, VideoModel):
+        pipeline, model = target.pipeline, target
+    elif isinstance(target, nn.Module):
+        from .models.loading import from_denoiser
+
+        model, check_fingerprint = from_denoiser(target, f"module:{type(target).__name__}"), False
+    else:
+        kind = kind_of(target)  # refuses what f3compile cannot use at all
+        raise F3Error(f"apply runs plans inside diffusion pipelines; a {kind.name} model runs through its build "
+                      "(f3compile export, then generate)")
+    if kind_of(model).name != "diffusion":
+        raise F3Error(f"apply runs plans inside diffusion pipelines; {model.spec} runs through its build "
+                      "(f3compile export, then generate)")
+    recorded = plan.calibration  # the units at the calibration's shape (a plan before heights were recorded: the model's)
+    shapes = VideoShapes(1, *(int(recorded.get(name) or getattr(model.shapes, name)) for name in ("frames", "height", "width")))
+    units = find_temporal_units(model, shapes)
+    plan.check_model(model, units, fingerprint=check_fingerprint)
+    return install(model, plan, units, pipeline=pipeline)
 
 
 # -- run ----------------------------------------------------------------------------------------

@@ -153,7 +153,6 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
     import diffusers
 
     family = BY_DENOISER_CLASS[class_name]
-    temporal_scale = 1
     if family.name == "tuneavideo":
         from .tuneavideo import load_unet
 
@@ -165,13 +164,31 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
             {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(
                 read_json(path / "config.json", "re-save the denoiser"), str(path))
         denoiser = _from_pretrained(getattr(diffusers, class_name), path).eval()
+    return from_denoiser(denoiser, spec, family)
+
+
+def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = None) -> VideoModel:
+    """A `VideoModel` around a denoiser module alone (no pipeline: the published sampler and VAE
+    strides of its family; prompts map to hashed pseudo-embeddings), fingerprinted by config and weights."""
+    import diffusers
+
+    if family is None:
+        family = next((BY_DENOISER_CLASS[cls.__name__] for cls in type(denoiser).__mro__
+                       if cls.__name__ in BY_DENOISER_CLASS), None)
+        if family is None:
+            raise F3Error(f"denoiser class {type(denoiser).__name__} is not supported; "
+                          f"use one of: {', '.join(sorted(BY_DENOISER_CLASS))}")
+    class_name = family.denoiser_class
+    temporal_scale = 1
     if family.name == "wan":  # the published sampler and VAE strides; a bare transformer brings neither
         from . import wan
 
+        wan.refuse_unsupported(denoiser, spec)
         scheduler, temporal_scale = wan.scheduler(), 4
     elif family.name == "cogvideox":
         from . import cogvideox
 
+        cogvideox.refuse_unsupported(denoiser.config, spec)
         scheduler, temporal_scale = cogvideox.scheduler(), 4
     else:
         scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

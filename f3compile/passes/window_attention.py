@@ -45,39 +45,14 @@ import torch
 from torch import fx
 
 from ..errors import F3Error
+from ..windows import Geometry, Ops, grouped_attention, head_groups, head_rows, regroup, window_frames, window_slots
 from .base import (PassResult, RewriteSpec, aten, get_attr_tensor, graph_pass, linear_of, region, set_attr_tensor,
                    shape_of)
 
+__all__ = ["window_attention", "head_groups", "window_frames", "window_slots"]
+
 _LINEAR_BY_ROWS = ("to_q", "to_k", "to_v")
 _RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
-
-
-def head_groups(windows: tuple[int | None, ...]) -> list[tuple[int | None, list[int]]]:
-    """[(window, heads)] in program order: dense heads first (None), then by window."""
-    groups: dict[int | None, list[int]] = {}
-    for head, window in enumerate(windows):
-        groups.setdefault(window, []).append(head)
-    return sorted(groups.items(), key=lambda item: -1 if item[0] is None else item[0])
-
-
-def window_slots(frames: int, window: int) -> int:
-    """Key frames gathered per query frame: 2W + 1, at most all F."""
-    return min(2 * window + 1, frames)
-
-
-def window_frames(frames: int, window: int) -> tuple[list[int], list[list[bool]]]:
-    """(flat key-frame index, valid[f][j]) for each query frame f and slot j.
-
-    Query frame f gathers K = `window_slots` consecutive frames starting at f − W, the start moved
-    inside 0 … F − K at the edges (so no frame is gathered twice); a gathered frame farther than W
-    from f is masked (`valid` False)."""
-    slots = window_slots(frames, window)
-    index, valid = [], []
-    for frame in range(frames):
-        start = min(max(frame - window, 0), frames - slots)
-        index += [start + slot for slot in range(slots)]
-        valid.append([abs(start + slot - frame) <= window for slot in range(slots)])
-    return index, valid
 
 
 def _device(node: fx.Node) -> torch.device:
@@ -90,11 +65,10 @@ def _dtype(node: fx.Node) -> torch.dtype:
     return value.dtype if isinstance(value, torch.Tensor) else torch.float32
 
 
-def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: list[int], prefix: str) -> None:
+def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: tuple[int, ...], prefix: str) -> None:
     """Rows of q/k/v (and per-channel norms over all heads), columns of the output projection."""
-    d = unit.head_dim
-    rows = torch.tensor([head * d + i for head in order for i in range(d)], dtype=torch.long)
-    width = unit.heads * d
+    rows = head_rows(order, unit.head_dim)
+    width = unit.heads * unit.head_dim
     linears = {name: linear_of(nodes, f"{unit.id}.{name}", prefix) for name in (*_LINEAR_BY_ROWS, "to_out.0")}
     if any(node is None for node in linears.values()):
         raise F3Error(f"{unit.id}: could not find its q/k/v/out projections in the graph; windows need them")
@@ -116,84 +90,56 @@ def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: list
         raise F3Error(f"{unit.id}: its q/k/v weights are not {width} rows wide; windows need them")
 
 
-class _Emit:
-    """Appends nodes before `anchor`."""
+class _GraphOps(Ops):
+    """`windows.Ops` as graph nodes appended before `anchor` (constants as buffers of the module)."""
 
     def __init__(self, gm: fx.GraphModule, anchor: fx.Node, prefix: str):
         self.gm, self.graph, self.anchor, self.prefix = gm, gm.graph, anchor, prefix
 
-    def __call__(self, target, *args, **kwargs) -> fx.Node:
+    def _emit(self, target, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(self.anchor):
             return self.graph.call_function(target, args, kwargs)
 
-    def constant(self, name: str, value: torch.Tensor) -> fx.Node:
+    def reshape(self, x, shape):
+        return self._emit(aten.reshape.default, x, shape)
+
+    def permute(self, x, dims):
+        return self._emit(aten.permute.default, x, dims)
+
+    def slice(self, x, dim, start, end):
+        return self._emit(aten.slice.Tensor, x, dim, start, end)
+
+    def index_select(self, x, dim, index):
+        return self._emit(aten.index_select.default, x, dim, index)
+
+    def expand(self, x, shape):
+        return self._emit(aten.expand.default, x, shape)
+
+    def unsqueeze(self, x, dim):
+        return self._emit(aten.unsqueeze.default, x, dim)
+
+    def cat(self, xs, dim):
+        return self._emit(aten.cat.default, xs, dim)
+
+    def sdpa(self, q, k, v, mask=None, scale=None):
+        if mask is None:
+            return self._emit(aten.scaled_dot_product_attention.default, q, k, v, scale=scale)
+        return self._emit(aten.scaled_dot_product_attention.default, q, k, v, mask, scale=scale)
+
+    def batch(self, x):
+        return self._emit(aten.sym_size.int, x, 0)
+
+    def device(self, x):
+        return _device(x)
+
+    def dtype(self, x):
+        return _dtype(x)
+
+    def constant(self, name, key, make):
         attr = f"{self.prefix}{name}"
-        self.gm.register_buffer(attr, value, persistent=True)
+        self.gm.register_buffer(attr, make(), persistent=True)
         with self.graph.inserting_before(self.anchor):
             return self.graph.get_attr(attr)
-
-
-def _video(emit: _Emit, x: fx.Node, text: int, length: int) -> fx.Node:
-    return x if text == 0 else emit(aten.slice.Tensor, x, 2, text, length)
-
-
-def _frames_first(emit: _Emit, x: fx.Node, heads: int, frames: int, tokens: int, dim: int) -> fx.Node:
-    """(B, h, F·S, d) → (B, F, h, S, d)."""
-    return emit(aten.permute.default, emit(aten.reshape.default, x, [-1, heads, frames, tokens, dim]), [0, 2, 1, 3, 4])
-
-
-def _with_text(emit: _Emit, keys: fx.Node, source: fx.Node, text: int, frames: int) -> fx.Node:
-    """Prepend the T text keys (B, h, T, d) of `source` to every frame's keys (B, F, h, ·, d)."""
-    if text == 0:
-        return keys
-    text_keys = emit(aten.slice.Tensor, source, 2, 0, text)
-    text_keys = emit(aten.expand.default, emit(aten.unsqueeze.default, text_keys, 1), [-1, frames, -1, -1, -1])
-    return emit(aten.cat.default, [text_keys, keys], 3)
-
-
-def _windowed(emit: _Emit, q, k, v, unit, heads: int, window: int, scale, tag: str) -> fx.Node:
-    """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → same shape."""
-    text, frames, tokens, dim = unit.text_tokens, unit.frames, unit.tokens, unit.head_dim
-    length = text + frames * tokens
-    qv, kv, vv = (_video(emit, x, text, length) for x in (q, k, v))
-    queries = emit(aten.reshape.default, _frames_first(emit, qv, heads, frames, tokens, dim), [-1, heads, tokens, dim])
-    mask = None
-    if window == 0:
-        keys, values = (_frames_first(emit, x, heads, frames, tokens, dim) for x in (kv, vv))
-        span = tokens
-    else:
-        slots = window_slots(frames, window)
-        index, valid = window_frames(frames, window)
-        device = _device(q)
-        index_node = emit.constant(f"{tag}_frames", torch.tensor(index, dtype=torch.long, device=device))
-
-        def gather(x):  # (B, h, F·S, d) → (B, F, h, K·S, d)
-            x = emit(aten.reshape.default, x, [-1, heads, frames, tokens, dim])
-            x = emit(aten.index_select.default, x, 2, index_node)  # (B, h, F·K, S, d)
-            x = emit(aten.reshape.default, x, [-1, heads, frames, slots * tokens, dim])
-            return emit(aten.permute.default, x, [0, 2, 1, 3, 4])
-
-        keys, values = gather(kv), gather(vv)
-        span = slots * tokens
-        dtype = _dtype(q)
-        lowest = torch.finfo(dtype).min
-        allowed = torch.tensor(valid, dtype=torch.bool).repeat_interleave(tokens, dim=1)  # (F, K·S)
-        additive = torch.zeros(frames, text + span, dtype=dtype)
-        additive[:, text:] = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), lowest, dtype=dtype))
-        constant = emit.constant(f"{tag}_mask", additive.reshape(1, frames, 1, 1, text + span).to(device))
-        batch = emit(aten.sym_size.int, q, 0)
-        mask = emit(aten.reshape.default, emit(aten.expand.default, constant, [batch, frames, 1, 1, text + span]),
-                    [-1, 1, 1, text + span])
-    keys, values = (_with_text(emit, x, source, text, frames) for x, source in ((keys, k), (values, v)))
-    keys, values = (emit(aten.reshape.default, x, [-1, heads, text + span, dim]) for x in (keys, values))
-    out = emit(aten.scaled_dot_product_attention.default, queries, keys, values, mask, scale=scale)
-    out = emit(aten.permute.default, emit(aten.reshape.default, out, [-1, frames, heads, tokens, dim]), [0, 2, 1, 3, 4])
-    out = emit(aten.reshape.default, out, [-1, heads, frames * tokens, dim])
-    if text:
-        text_out = emit(aten.scaled_dot_product_attention.default, emit(aten.slice.Tensor, q, 2, 0, text), k, v,
-                        scale=scale)
-        out = emit(aten.cat.default, [text_out, out], 2)
-    return out
 
 
 def _sdpa_scale(node: fx.Node):
@@ -231,12 +177,10 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
             raise F3Error(f"{unit_id} has {len(kernels)} attention kernels; windows need exactly one")
         kernel = kernels[0]
         scale = _sdpa_scale(kernel)
-        kept = tuple(None if w is not None and w >= unit.frames - 1 else w for h, w in enumerate(windows) if h not in pruned)
-        kept_heads = [h for h in range(unit.heads) if h not in pruned]
-        groups = [(w, [kept_heads[i] for i in heads]) for w, heads in head_groups(kept)]
-        order = [head for _, heads in groups for head in heads] + sorted(pruned)  # pruned heads last
-        if order != list(range(unit.heads)):
-            _permute_weights(gm, nodes, unit, order, spec.prefix)
+        regrouping = regroup(windows, sorted(pruned), unit.heads, unit.frames)
+        if regrouping.permuted:
+            _permute_weights(gm, nodes, unit, regrouping.order, spec.prefix)
+        kept_heads = regrouping.order[: regrouping.kept]
         if pruned:  # the output projection keeps the kept heads' columns (the first after the permutation)
             out = linear_of(nodes, f"{unit_id}.to_out.0", spec.prefix)
             weight = get_attr_tensor(gm, out.args[1])
@@ -248,19 +192,9 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
                         and source[-2:] == (unit.heads, unit.head_dim) and list(node.args[1])[-1] == width:
                     node.args = (node.args[0], list(node.args[1])[:-1] + [len(kept_heads) * unit.head_dim])
         q, k, v = kernel.args[:3]
-        emit = _Emit(gm, kernel, "f3_window__" + unit_id.replace(".", "_") + "__")
-        outputs, start = [], 0
-        for number, (window, heads) in enumerate(groups):
-            end = start + len(heads)
-            whole = len(groups) == 1 and not pruned
-            part = [x if whole else emit(aten.slice.Tensor, x, 1, start, end) for x in (q, k, v)]
-            if window is None:
-                out = emit(aten.scaled_dot_product_attention.default, *part, scale=scale)
-            else:
-                out = _windowed(emit, *part, unit, len(heads), window, scale, f"group{number}")
-            outputs.append(out)
-            start = end
-        result = outputs[0] if len(outputs) == 1 else emit(aten.cat.default, outputs, 1)
+        ops = _GraphOps(gm, kernel, "f3_window__" + unit_id.replace(".", "_") + "__")
+        geometry = Geometry(unit.text_tokens, unit.frames, unit.tokens, unit.head_dim)
+        result = grouped_attention(ops, q, k, v, regrouping, geometry, scale)
         kernel.replace_all_uses_with(result)
         stack = kernel.meta.get("nn_module_stack")
         gm.graph.erase_node(kernel)

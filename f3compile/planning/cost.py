@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes
+from ..windows import core_share
 
 aten = torch.ops.aten
 
@@ -67,12 +68,7 @@ def _params(module: nn.Module | None) -> int:
 
 def window_core_share(unit: TemporalUnit, window: int) -> float:
     """Share of a head's attention-core FLOPs left when it attends within ±`window` frames."""
-    text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
-    if window >= frames - 1:
-        return 1.0
-    slots = min(2 * window + 1, frames)
-    length = text + frames * tokens
-    return (text * length + frames * tokens * (text + slots * tokens)) / (length * length)
+    return core_share(unit.text_tokens, unit.frames, unit.tokens, window)
 
 
 def _skipped_share(period: int, steps: int | None) -> float:

@@ -156,7 +156,8 @@ class PruningPlan:
         """The empty plan (one stage, nothing pruned) for `model`: the dense baseline."""
         return cls(
             model={"spec": model.spec, "fingerprint": model.fingerprint},
-            calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": units[0].frames if units else model.shapes.frames},
+            calibration={"fingerprint": None, "prompts": 0, "steps": 0, "frames": model.shapes.frames,
+                         "height": model.shapes.height, "width": model.shapes.width},
             granularity="block", criterion=criteria.DEFAULT_CRITERION, ratio=0.0,
             stages=[Stage(timesteps=tuple(span)) for span in (model.experts or {}).values()]
             or [Stage(timesteps=(int(model.scheduler.config.num_train_timesteps) - 1, 0))],
@@ -171,9 +172,10 @@ class PruningPlan:
                 return index
         raise F3Error(f"timestep {timestep} is outside every stage of the plan")
 
-    def check_model(self, model, units) -> None:
-        """Refuse a plan made for another model, or whose ids/heads/frames do not fit it."""
-        if self.model.get("fingerprint") != model.fingerprint:
+    def check_model(self, model, units, fingerprint: bool = True) -> None:
+        """Refuse a plan made for another model, or whose ids/heads/frames do not fit it (`fingerprint`
+        False: the structure only, for a denoiser seen without the text encoder it was fingerprinted with)."""
+        if fingerprint and self.model.get("fingerprint") != model.fingerprint:
             raise F3Error(
                 f"the plan was made for model {_name(self.model.get('spec'))} ({_name(str(self.model.get('fingerprint'))[:19])}…), "
                 f"not {model.spec} ({model.fingerprint[:19]}…); calibrate and plan for this model"
@@ -557,6 +559,7 @@ def make_plan(
         calibration={
             "fingerprint": meta.get("stats_sha256"), "prompts": meta["prompts"]["count"],
             "steps": meta["steps"], "frames": meta["shapes"]["frames"],
+            "height": meta["shapes"].get("height"), "width": meta["shapes"].get("width"),
         },
         granularity=granularity, criterion=criterion,
         ratio=([float(stage_ratio[i % stages]) for i in range(len(plan_stages))] if len(ratios) > 1 else float(ratios[0])),
@@ -640,7 +643,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
     return PruningPlan(
         model={"spec": meta["model"]["spec"], "fingerprint": meta["model"]["fingerprint"]},
         calibration={"fingerprint": meta.get("stats_sha256"), "prompts": meta["prompts"]["count"],
-                     "steps": meta["steps"], "frames": meta["shapes"]["frames"]},
+                     "steps": meta["steps"], "frames": meta["shapes"]["frames"],
+                     "height": meta["shapes"].get("height"), "width": meta["shapes"].get("width")},
         granularity="window", criterion=criterion, ratio=chosen_ratio, stages=plan_stages, scores=scores,
         window=window, keep_mass=keep_mass,
     )
