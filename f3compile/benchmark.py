@@ -26,7 +26,7 @@ import torch
 
 from .errors import F3Error
 
-BACKENDS = ("torch", "aoti", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "eager", "aoti", "onnxruntime", "tensorrt")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -88,7 +88,10 @@ def peak_device_mb(fn: Callable, inputs: tuple, weight_bytes: int, device: torch
 def _callables(backend: str, dense, pruned, work: Path):
     """(dense stages, pruned stages) as callables on `backend`: per dense stage a callable, per pruned
     stage a dict from tuples of reused blocks to callables (() computes every block). The torch
-    backend runs the compiled programs; the others run artifacts exported from them."""
+    backend runs the compiled programs; eager the model's own modules, dense and with the plan applied
+    in place (`f3compile.apply`); the others run artifacts exported from the programs."""
+    if backend == "eager":
+        return _eager_callables(dense, pruned)
     if backend == "torch":
         def wrap(program):
             module = program.module()
@@ -119,6 +122,50 @@ def _callables(backend: str, dense, pruned, work: Path):
                     | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device).run
                        for p in s.get("reuse", {}).get("programs", [])}
                     for s in manifests["pruned"]["stages"]]
+    return dense_calls, pruned_calls
+
+
+def _eager_callables(dense, pruned):
+    """The eager modules: the dense denoiser, and a copy with the plan applied in place. Each pruned
+    callable pins its stage and pattern of reused blocks (the residuals it is given are the reused
+    ones), so a call measures one step of that kind, as the programs do."""
+    import copy
+
+    from .compiler.compile import placed_denoiser
+    from .inplace import install
+
+    model, device, dtype = pruned.model, pruned.device, pruned.dtype
+    dense_model = dataclasses.replace(model, denoiser=placed_denoiser(model, dtype, device))
+    applied_model = dataclasses.replace(model, denoiser=copy.deepcopy(dense_model.denoiser))
+    handle = install(applied_model, pruned.plan, pruned.units)
+
+    def denoise_of(m, stage):
+        expert = m.expert_for(stage.timesteps)
+        if expert is None:
+            return m.denoise
+        return lambda *args: m.info["_expert_call"](m.denoiser[expert], *args)
+
+    def dense_call(stage):
+        fn = denoise_of(dense_model, stage)
+
+        def call(*args):
+            with torch.no_grad():
+                return fn(*args)
+        return call
+
+    def pruned_call(index, stage, pattern):
+        fn = denoise_of(applied_model, stage)
+
+        def call(sample, timestep, context, *residuals):
+            handle.state.pin(index, pattern, dict(zip(pattern, residuals)))
+            with torch.no_grad():
+                return fn(sample, timestep, context)
+        return call
+
+    dense_calls = [dense_call(stage.stage) for stage in dense]
+    pruned_calls = [{pattern: pruned_call(index, built.stage, pattern)
+                     for pattern in [()] + [v.reused for v in built.reuse_programs]}
+                    for index, built in enumerate(pruned)]
     return dense_calls, pruned_calls
 
 

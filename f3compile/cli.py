@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench)
     p.add_argument("model", help="builtin:NAME (e.g. builtin:arch-modelscope), a diffusers directory or a cached hub id")
     p.add_argument("--plan", type=Path, help="plan.json to compare with the dense model")
-    p.add_argument("--backend", nargs="+", choices=("torch", "aoti", "onnxruntime", "tensorrt"), default=["torch"], help="one or more backends")
+    p.add_argument("--backend", nargs="+", choices=("torch", "eager", "aoti", "onnxruntime", "tensorrt"), default=["torch"],
+                   help="one or more backends (eager: the model's own modules with the plan applied in place)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, peak device memory)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the programs")
     p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")

@@ -105,7 +105,7 @@ class GenerateOptions:
 class BenchOptions:
     """What `bench` times and where."""
 
-    backends: tuple[str, ...] = option(("torch",), "backends to time: torch, aoti, onnxruntime, tensorrt")
+    backends: tuple[str, ...] = option(("torch",), "backends to time: torch, eager (the plan applied in place), aoti, onnxruntime, tensorrt")
     device: str = option("cpu", "cpu or cuda (CUDA events, peak device memory)")
     precision: str = option("fp32", "dtype of the programs")
     shape: str | None = option(None, "FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")

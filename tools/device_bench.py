@@ -14,6 +14,10 @@ full 3-D attention (Wan, CogVideoX):
   window0-1.0    every head of every unit within its own frame (W = 0)
   window1-1.0    every head within ±1 frame
   window0-0.5    the first half of every unit's heads at W = 0
+  reuse2         every block computed on every other step (its residual reused in between)
+  window0-reuse2 every head at W = 0 and every block reused at K = 2
+Backends: torch (the compiled programs), eager (the model's own modules with the plan applied in place,
+`f3compile.apply`), aoti, onnxruntime; the backends of one plan are timed in one `bench` call.
 Each plan is timed with `f3compile.benchmark.bench` (interleaved with the dense program, medians,
 CUDA events on a GPU, peak device memory), so the numbers are the ones `f3compile bench` prints.
 """
@@ -32,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 PLANS = ("block-1.0", "block-0.5", "attention-0.5", "head-0.5", "frame-0.5")
 WINDOW_PLANS = ("window0-1.0", "window1-1.0", "window0-0.5")
+REUSE_PLANS = ("reuse2", "window0-reuse2")
+STEPS = 50  # reuse plans: the steps a stage is split over (K = 2: half compute, half reuse)
 
 
 def structural_plan(model, units, name: str):
@@ -50,12 +56,18 @@ def structural_plan(model, units, name: str):
         stage.prune_heads = {u.id: list(range(u.heads // 2)) for u in units}
     elif name == "frame-0.5":
         stage.keep_frames = {u.id: list(range(0, u.frames, 2)) for u in units}
+    elif name in REUSE_PLANS:
+        stage.reuse = {block: 2 for block in blocks}
+        if name == "window0-reuse2":
+            stage.windows = {u.id: [0] * u.heads for u in units}
+        return dataclasses.replace(plan, granularity="window" if "window" in name else "block", ratio=1.0,
+                                   calibration=dict(plan.calibration, steps=STEPS))
     elif name in WINDOW_PLANS:
         window, share = int(name[6]), float(name.split("-")[1])
         stage.windows = {u.id: [window if h < round(share * u.heads) else None for h in range(u.heads)] for u in units}
         return dataclasses.replace(plan, granularity="window", ratio=share, window=window)
     else:
-        raise SystemExit(f"error: unknown plan {name!r}; choose from {', '.join(PLANS + WINDOW_PLANS)}")
+        raise SystemExit(f"error: unknown plan {name!r}; choose from {', '.join(PLANS + WINDOW_PLANS + REUSE_PLANS)}")
     granularity, ratio = name.split("-")
     return dataclasses.replace(plan, granularity=granularity, ratio=float(ratio))
 
@@ -67,7 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--plans", nargs="+", default=list(PLANS))
-    parser.add_argument("--backends", nargs="+", default=["torch"], choices=("torch", "aoti", "onnxruntime"))
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=("torch", "eager", "aoti", "onnxruntime"))
     parser.add_argument("--aoti-plans", nargs="*", default=None, help="plans also timed with aoti (default: all)")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path)
@@ -94,20 +106,24 @@ def main() -> None:
     results = []
     for name in args.plans:
         plan = structural_plan(model, units, name)
-        for backend in args.backends:
-            if backend == "aoti" and args.aoti_plans is not None and name not in args.aoti_plans:
-                continue
-            started = time.perf_counter()
-            loop = bench(model, plan, backend, shapes, repeat=args.repeat, device=args.device,
-                         precision=args.precision)[-1]
+        backends = [b for b in args.backends
+                    if not (b == "aoti" and args.aoti_plans is not None and name not in args.aoti_plans)]
+        started = time.perf_counter()
+        rows = bench(model, plan, backends, shapes, repeat=args.repeat, device=args.device, precision=args.precision)
+        seconds = round(time.perf_counter() - started, 1)
+        loops = {row["backend"]: row for row in rows if row["stage"] == "loop"}
+        for backend, loop in loops.items():
             loop.update(plan=name, model=args.model, shape=f"{shapes.frames}x{shapes.height}x{shapes.width}",
-                        seconds=round(time.perf_counter() - started, 1))
+                        seconds=seconds)
             results.append(loop)
             memory = (f"  peak {loop['dense_peak_mb']:.0f}/{loop['pruned_peak_mb']:.0f} MiB"
                       if loop.get("dense_peak_mb") is not None else "")
             print(f"{args.model:<26} {loop['shape']:<11} {name:<14} {backend:<6} dense {loop['dense_ms']:8.2f} ms  "
                   f"pruned {loop['pruned_ms']:8.2f} ms  {loop['speedup']:.3f}x (FLOP-pred. {loop['predicted_speedup']:.3f}x, "
-                  f"eff {loop['efficiency']:.2f}){memory}  [{loop['seconds']:.0f}s]", flush=True)
+                  f"eff {loop['efficiency']:.2f}){memory}  [{seconds:.0f}s]", flush=True)
+        if "torch" in loops and "eager" in loops:  # the applied pipeline against the compiled program
+            print(f"{'':<26} {'':<11} {name:<14} eager speedup / torch speedup = "
+                  f"{loops['eager']['speedup'] / loops['torch']['speedup']:.3f}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"model": args.model, "device": device_name, "precision": args.precision,

@@ -62,6 +62,7 @@ class PlanState:
     clock: StageClock = field(default_factory=StageClock)
     caches: dict = field(default_factory=dict)  # context -> {block: residual}
     switch: Any = None  # called with the new stage index before it runs
+    pinned: bool = False  # `pin`: the stage and pattern stay as set, whatever the timestep
     _out: dict = field(default_factory=dict)
     _frames: dict = field(default_factory=dict)
 
@@ -72,6 +73,8 @@ class PlanState:
 
     def at(self, timestep: int) -> None:
         """The denoiser is called at `timestep`: the step it belongs to, its stage and reuse pattern."""
+        if self.pinned:
+            return
         if self.timestep is not None and timestep > self.timestep:
             self.reset()
         if timestep == self.timestep and not self.stepped:
@@ -85,6 +88,14 @@ class PlanState:
             self.stage = index
         self.pattern = pattern_at(self.periods[index], step)
         self.timestep, self.stepped = timestep, False
+
+    def pin(self, stage: int, pattern: tuple[str, ...], residuals: dict) -> None:
+        """Run every following call as a step of `stage` that reuses the blocks of `pattern`, with
+        these `residuals` (what `bench` times: one kind of step at a time, whatever the timestep)."""
+        if stage != self.stage:
+            self.switch(stage)
+            self.stage = stage
+        self.pattern, self.caches, self.pinned = tuple(pattern), {None: dict(residuals)}, True
 
     def unit_plan(self, unit_id: str) -> tuple[bool, Regrouping | None, tuple[int, ...] | None]:
         found = self.per_stage[self.stage].get(unit_id)
@@ -121,6 +132,7 @@ class Applied:
 
     def __init__(self, state: PlanState, model=None):
         self.state, self.model = state, model
+        self._valid_key = model is not None and model.cache_key is not None
         self._undo: list = []
         self.removed = False
 
@@ -135,7 +147,7 @@ class Applied:
         while self._undo:
             self._undo.pop()()
         self.removed = True
-        if self.model is not None:  # the weights hold their original values again: compiled caches stay valid
+        if self._valid_key:  # the weights hold their original values again: compiled caches stay valid
             from ..models.base import weights_state
 
             self.model._weights_at_fingerprint = weights_state(self.model.denoiser)
@@ -170,7 +182,7 @@ def _stage_plans(plan, units: dict) -> list[dict[str, _UnitStage]]:
             pruned = stage.prune_heads.get(unit_id, [])
             kept_frames = stage.keep_frames.get(unit_id)
             dropped = unit_id in stage.drop_attention or (unit_id == unit.block and unit_id in blocks_dropped)
-            if len(pruned) == unit.heads and not dropped:
+            if unit.spatiotemporal and len(pruned) == unit.heads and not dropped:  # as the window_attention pass
                 raise F3Error(f"{unit_id}: every head pruned; drop the attention instead (--granularity attention)")
             regrouping = None
             if pruned or (windows is not None and any(w is not None for w in windows)):

@@ -147,6 +147,10 @@ class TemporalProcessor(UnitProcessor):
                               "frames: run the pipeline with the plan's frame count")
             sources = hidden_states.index_select(1, self.state.frame_index(self.unit.id, frames_kept, hidden_states.device))
 
+        if kept == 0:  # every head pruned: the output projection sees zeros and yields its bias
+            out = self.project_out(attn, hidden_states.new_zeros(rows, frames, 0))
+            return (out + hidden_states if attn.residual_connection else out) / attn.rescale_output_factor
+
         def project(linear, x):
             bias = None if linear.bias is None else linear.bias[: kept * d]
             return F.linear(x, linear.weight[: kept * d], bias).view(rows, -1, kept, d).transpose(1, 2)

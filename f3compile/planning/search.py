@@ -40,7 +40,7 @@ from ..models.base import TemporalUnit, VideoModel, VideoShapes
 from ..parallel import Group, Part
 from ..sampling import denoise_loop, initial_latents
 from .cost import ModelCost
-from .eager import plan_denoise_for
+from ..inplace import install
 from .plan import PruningPlan, Stage, make_plan, split_steps
 from .schedule import predicted_speedup
 
@@ -113,12 +113,20 @@ class _Runner:
         self.calls = 0
 
     def run(self, plan: PruningPlan | None) -> list[torch.Tensor]:
+        """Final latents of every prompt with `plan` applied in place (`f3compile.apply`'s path: what
+        the search measures is what a pipeline and the build run, at the pruned program's memory)."""
         finals = []
-        for start, (cond, uncond) in zip(self.starts, self.context):
-            denoise_for = plan_denoise_for(self.model, plan, self.units) if plan is not None else None  # one per loop
-            generator = torch.Generator().manual_seed(0)  # DDIM with eta 0 draws nothing; other schedulers: fixed
-            finals.append(denoise_loop(self.model.denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
-                                       self.guidance, generator, denoise_for=denoise_for))
+        applied = install(self.model, plan, self.units) if plan is not None else None
+        try:
+            for start, (cond, uncond) in zip(self.starts, self.context):
+                if applied is not None:
+                    applied.reset()  # each prompt is a sampling loop of its own
+                generator = torch.Generator().manual_seed(0)  # DDIM with eta 0 draws nothing; other schedulers: fixed
+                finals.append(denoise_loop(self.model.denoise, self.model.scheduler, start.clone(), cond, uncond,
+                                           self.steps, self.guidance, generator))
+        finally:
+            if applied is not None:
+                applied.remove()
         return finals
 
     def error(self, plan: PruningPlan) -> float:

@@ -6,6 +6,8 @@ eager model (tolerances below).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -184,16 +186,19 @@ def test_frames_mismatch_is_reported_by_the_annotate_pass(captured):
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads"])
+@pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads", "frame", "mixed"])
 def test_eager_application_equals_the_masking_reference(captured, name, kind):
-    """What `plan --search` measures (hooks on the eager model) is what the passes compile
-    (both are held to the masking reference)."""
-    from f3compile.planning.eager import stage_applied
+    """What `apply` runs and `plan --search` measures (the plan applied in place on the eager model)
+    is what the passes compile (both are held to the masking reference)."""
+    from f3compile.inplace import install
+    from f3compile.planning.plan import PruningPlan
 
     model, units, _, inputs = captured[name]
     stage = stages_for(units)[kind]
+    plan = PruningPlan.dense(model, units)
+    plan.stages = [dataclasses.replace(stage, timesteps=plan.stages[0].timesteps)]
     with torch.no_grad():
-        with stage_applied(model.denoiser, stage, units):
+        with install(model, plan, units):
             ours = model.denoise(*inputs)
         with masked(model, stage, units):
             reference = model.denoise(*inputs)

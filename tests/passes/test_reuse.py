@@ -18,7 +18,7 @@ from f3compile.errors import F3Error
 from f3compile.exporters import ExportConfig, export
 from f3compile.manifest import load_manifest, validate_manifest
 from f3compile.models import find_temporal_units, load_model
-from f3compile.planning.eager import plan_denoise_for
+from f3compile.inplace import install
 from f3compile.planning.plan import PruningPlan, Stage, reuse_patterns
 from f3compile.runtime import Runtime
 from f3compile.sampling import denoise_loop, initial_latents
@@ -102,11 +102,12 @@ def reference_loop(model, plan, prompt, seed, steps):
 
 
 def eager_loop(model, plan, prompt, seed, steps):
+    """The plan applied in place on the eager model (`apply`'s path, which the search measures)."""
     cond, uncond = model.encode_prompts([prompt])
     generator = torch.Generator().manual_seed(seed)
     latents = initial_latents(model.latent_shape(model.shapes), model.scheduler, generator)
-    return denoise_loop(None, model.scheduler, latents, cond, uncond, steps, 7.5, generator,
-                        denoise_for=plan_denoise_for(model, plan, find_temporal_units(model)))
+    with install(model, plan, find_temporal_units(model)):
+        return denoise_loop(model.denoise, model.scheduler, latents, cond, uncond, steps, 7.5, generator)
 
 
 @pytest.mark.parametrize("name", TINY + ["tiny-wan"])
