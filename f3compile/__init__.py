@@ -2,8 +2,9 @@
 
 The public API (`f3compile.api`, re-exported here) has the verbs of the CLI — `load`, `calibrate`,
 `merge`, `plan`, `inspect`, `compile`, `export`, `Runtime`, `generate`, `bench`, `evaluate` — for every kind
-of model, with typed options. Heavy submodules are imported on first use, so `import f3compile`
-and `f3compile --help` stay fast.
+of model, with typed options, and `apply`, which runs a plan inside a diffusers pipeline object in
+place. Heavy submodules are imported on first use, so `import f3compile` and `f3compile --help`
+stay fast.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
     f3.export(compiled, output_dir="build")            # ONNX, verified, with a manifest (no second capture)
     video = f3.generate("build", "a red circle moving left")
     print(f3.bench(model, plan).text)
+    with f3.apply(pipe, plan):                         # the plan inside a diffusers pipeline object, in place
+        video = pipe(prompt).frames
 
 Each verb takes a model spec or a loaded model (diffusion pipelines and CogVideo alike), finds
 its kind in `models.registry` and calls that kind's `kinds.base.ModelKind` method; options are

@@ -194,6 +194,13 @@ def _stage_plans(plan, units: dict) -> list[dict[str, _UnitStage]]:
 
 
 def _processor_class(unit, attention: nn.Module, family: str):
+    from .processors import UnitProcessor
+
+    if isinstance(attention.processor, UnitProcessor):
+        raise F3Error(f"{unit.id} already runs a plan; remove() the plan applied before applying another")
+    projections = [getattr(attention, name, None) for name in ("to_q", "to_k", "to_v")] + [attention.to_out[0]]
+    if any(hasattr(projection, "base_layer") for projection in projections):
+        raise F3Error(f"{unit.id} has unfused LoRA layers; call pipe.fuse_lora() (or unload the LoRA) before apply")
     if not unit.spatiotemporal:
         if getattr(attention, "group_norm", None) is not None or getattr(attention, "spatial_norm", None) is not None:
             raise F3Error(f"{unit.id} normalises its input inside the attention; apply runs plain temporal attention")
@@ -235,6 +242,8 @@ def install(model, plan, units: list, *, pipeline=None) -> Applied:
     handle = Applied(state, model)
     undo = handle._undo
     try:
+        for unit_id in {u for per in state.per_stage for u in per}:  # refusals first: nothing changes before them
+            _processor_class(by_id[unit_id], modules[unit_id], model.family)
         _install_units(model, state, modules, by_id, undo)
         _install_blocks(plan, state, modules, by_id, undo)
         _install_denoisers(model, state, undo)
@@ -303,6 +312,10 @@ def _install_blocks(plan, state: PlanState, modules: dict, by_id: dict, undo: li
     blocks = [b for b in dict.fromkeys(b for stage in plan.stages for b in (*stage.drop_blocks, *stage.reused_blocks))]
     for block in blocks:
         module = modules[block]
+        if getattr(vars(module).get("forward"), "f3compile_block", False):
+            raise F3Error(f"{block} already runs a plan; remove() the plan applied before applying another")
+    for block in blocks:
+        module = modules[block]
         parameters = inspect.signature(module.forward).parameters
         kind = "tuple" if "return_dict" in parameters else "tensor"
         forward = _block_forward(block, module.forward, block in by_id, state, dropped, carried, kind)
@@ -314,6 +327,7 @@ def _install_blocks(plan, state: PlanState, modules: dict, by_id: dict, undo: li
                     raise F3Error(f"{_block} was called with return_dict=True; apply skips blocks called as pipelines "
                                   "call them (return_dict=False)")
                 return _inner(*args, **kwargs)
+        forward.f3compile_block = True
         _set_instance(module, "forward", forward, undo)
 
 
@@ -404,9 +418,10 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
         if _compiled(pipeline, model):
             index = getattr(scheduler, "step_index", None)
             if index is None:  # schedulers without a step index: the position of this step's timestep, plus one
-                timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-                matches = (scheduler.timesteps == torch.as_tensor(timestep).to(scheduler.timesteps)).nonzero()
-                index = int(matches[0]) + 1 if len(matches) else None
+                timestep = inspect.signature(step).bind_partial(*args, **kwargs).arguments.get("timestep")
+                if timestep is not None and torch.as_tensor(timestep).numel() == 1:
+                    matches = (scheduler.timesteps == torch.as_tensor(timestep).to(scheduler.timesteps)).nonzero()
+                    index = int(matches[0]) + 1 if len(matches) else None
             predict(index)
         return result
 

@@ -272,3 +272,16 @@ def test_the_readme_example(tmp_path):
         video = call()
     assert video.shape == dense.shape and rel(video, dense) > 1e-4
     assert torch.equal(call(), dense)
+
+
+def test_a_second_plan_is_refused_while_one_is_applied(saved, built):
+    name, model, units = saved
+    plan, _, _, _ = built
+    with api.apply(model.pipeline, plan):
+        before = _state_of(model)
+        with pytest.raises(F3Error) as caught:
+            api.apply(model.pipeline, plan)
+        assert_one_line(caught.value)
+        assert "already runs a plan" in str(caught.value)
+        params, processors, forwards = _state_of(model)
+        assert all(torch.equal(params[k], before[0][k]) for k in params) and forwards == before[2]
