@@ -17,11 +17,11 @@ the order) and the columns of the output projection; each group is then a contig
 
 Kernels per group (the outputs concatenated over heads):
 - dense: the original kernel on the group's heads;
-- W = 0: batched per-frame attention, (B, h, F·S, d) → (B·F, h, S, d), the T text keys appended to
-  every frame's keys;
+- W = 0: batched per-frame attention, (B, h, F·S, d) → (B·h, F, S, d) (the frame on the kernel's head
+  axis: a view, nothing copied), the T text keys prepended to every frame's keys;
 - W > 0: each query frame gathers K = min(2W + 1, F) consecutive key frames from f − W (the start
-  moved inside 0 … F − K at the edge frames) with a constant index: keys (B·F, h, T + K·S, d) and a
-  constant additive mask (F, 1, 1, T + K·S), 0 where a key is within ±W frames, the dtype's lowest
+  moved inside 0 … F − K at the edge frames) with a constant index: keys (B·h, F, T + K·S, d) and a
+  constant additive mask (1, F, 1, T + K·S), 0 where a key is within ±W frames, the dtype's lowest
   value elsewhere (edge frames only), so masked keys get probability exactly 0;
 - text queries (T > 0): one attention over all keys.
 Softmax over the kept keys equals softmax over all keys with −∞ at the others, so this equals the
@@ -118,7 +118,6 @@ class Ops:
     def unsqueeze(self, x, dim: int): raise NotImplementedError
     def cat(self, xs, dim: int): raise NotImplementedError
     def sdpa(self, q, k, v, mask=None, scale=None): raise NotImplementedError
-    def batch(self, x): raise NotImplementedError
     def device(self, x) -> torch.device: raise NotImplementedError
     def dtype(self, x) -> torch.dtype: raise NotImplementedError
     def constant(self, name: str, key: tuple, make: Callable[[], torch.Tensor]): raise NotImplementedError
@@ -155,9 +154,6 @@ class EagerOps(Ops):
     def sdpa(self, q, k, v, mask=None, scale=None):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-    def batch(self, x):
-        return x.shape[0]
-
     def device(self, x):
         return x.device
 
@@ -185,60 +181,56 @@ def _video(ops: Ops, x, g: Geometry):
     return x if g.text == 0 else ops.slice(x, 2, g.text, g.text + g.frames * g.tokens)
 
 
-def _frames_first(ops: Ops, x, heads: int, g: Geometry):
-    """(B, h, F·S, d) → (B, F, h, S, d)."""
-    return ops.permute(ops.reshape(x, [-1, heads, g.frames, g.tokens, g.head_dim]), [0, 2, 1, 3, 4])
+def _per_frame(ops: Ops, x, g: Geometry):
+    """(B, h, F·S, d) → (B·h, F, S, d): frames on the kernel's head axis, a view of a contiguous input."""
+    return ops.reshape(x, [-1, g.frames, g.tokens, g.head_dim])
 
 
 def _with_text(ops: Ops, keys, source, g: Geometry):
-    """Prepend the T text keys (B, h, T, d) of `source` to every frame's keys (B, F, h, ·, d)."""
+    """Prepend the T text keys (B, h, T, d) of `source` to every frame's keys (B·h, F, ·, d)."""
     if g.text == 0:
         return keys
-    text_keys = ops.expand(ops.unsqueeze(ops.slice(source, 2, 0, g.text), 1), [-1, g.frames, -1, -1, -1])
-    return ops.cat([text_keys, keys], 3)
+    text_keys = ops.reshape(ops.slice(source, 2, 0, g.text), [-1, 1, g.text, g.head_dim])
+    return ops.cat([ops.expand(text_keys, [-1, g.frames, -1, -1]), keys], 2)
 
 
 def _edge_mask(g: Geometry, window: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(1, F, 1, 1, T + K·S) additive: 0 for a key within ±W frames (and text keys), the lowest value else."""
+    """(1, F, 1, T + K·S) additive: 0 for a key within ±W frames (and text keys), the lowest value else."""
     slots = window_slots(g.frames, window)
     _, valid = window_frames(g.frames, window)
     allowed = torch.tensor(valid, dtype=torch.bool).repeat_interleave(g.tokens, dim=1)  # (F, K·S)
     additive = torch.zeros(g.frames, g.text + slots * g.tokens, dtype=dtype)
     additive[:, g.text:] = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
-    return additive.reshape(1, g.frames, 1, 1, g.text + slots * g.tokens).to(device)
+    return additive.reshape(1, g.frames, 1, g.text + slots * g.tokens).to(device)
 
 
 def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag: str):
-    """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → the same shape."""
+    """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → the same shape.
+
+    Batch and heads share the kernel's batch axis and the query frame is its head axis, so queries,
+    the output and (W = 0) keys are views of their inputs; W > 0 gathers each frame's K key frames
+    once (B·h, F·K, S, d), itself viewed as (B·h, F, K·S, d)."""
     text, frames, tokens, dim = g.text, g.frames, g.tokens, g.head_dim
     qv, kv, vv = (_video(ops, x, g) for x in (q, k, v))
-    queries = ops.reshape(_frames_first(ops, qv, heads, g), [-1, heads, tokens, dim])
+    queries = _per_frame(ops, qv, g)
     mask = None
     key = (frames, tokens, text)
     if window == 0:
-        keys, values = (_frames_first(ops, x, heads, g) for x in (kv, vv))
-        span = tokens
+        keys, values = _per_frame(ops, kv, g), _per_frame(ops, vv, g)
     else:
         slots = window_slots(frames, window)
         device, dtype = ops.device(q), ops.dtype(q)
         index = ops.constant(f"{tag}_frames", key + (window, str(device)),
                              lambda: torch.tensor(window_frames(frames, window)[0], dtype=torch.long, device=device))
 
-        def gather(x):  # (B, h, F·S, d) → (B, F, h, K·S, d)
-            x = ops.reshape(x, [-1, heads, frames, tokens, dim])
-            x = ops.index_select(x, 2, index)  # (B, h, F·K, S, d)
-            x = ops.reshape(x, [-1, heads, frames, slots * tokens, dim])
-            return ops.permute(x, [0, 2, 1, 3, 4])
+        def gather(x):  # (B, h, F·S, d) → (B·h, F, K·S, d)
+            x = ops.index_select(_per_frame(ops, x, g), 1, index)  # (B·h, F·K, S, d)
+            return ops.reshape(x, [-1, frames, slots * tokens, dim])
 
         keys, values = gather(kv), gather(vv)
-        span = slots * tokens
-        constant = ops.constant(f"{tag}_mask", key + (window, str(device), dtype), lambda: _edge_mask(g, window, dtype, device))
-        mask = ops.reshape(ops.expand(constant, [ops.batch(q), frames, 1, 1, text + span]), [-1, 1, 1, text + span])
+        mask = ops.constant(f"{tag}_mask", key + (window, str(device), dtype), lambda: _edge_mask(g, window, dtype, device))
     keys, values = (_with_text(ops, x, source, g) for x, source in ((keys, k), (values, v)))
-    keys, values = (ops.reshape(x, [-1, heads, text + span, dim]) for x in (keys, values))
-    out = ops.sdpa(queries, keys, values, mask, scale)
-    out = ops.permute(ops.reshape(out, [-1, frames, heads, tokens, dim]), [0, 2, 1, 3, 4])
-    out = ops.reshape(out, [-1, heads, frames * tokens, dim])
+    out = ops.reshape(ops.sdpa(queries, keys, values, mask, scale), [-1, heads, frames * tokens, dim])
     if text:
         text_out = ops.sdpa(ops.slice(q, 2, 0, text), k, v, None, scale)
         out = ops.cat([text_out, out], 2)

@@ -8,12 +8,19 @@ a fresh process (peak resident memory is a per-process high-water mark): load th
 plan (none for dense), one denoiser call on the classifier-free-guidance batch at the shape; the
 process reports its peak RSS (`ru_maxrss`) and the seconds the call took. The shape's units are found
 on the meta device, so nothing but the call itself runs at full size.
+
+glibc's malloc raises its mmap threshold as large blocks are freed, after which it keeps freed
+blocks in the heap: peak RSS then reports the allocator's high-water mark, which varies from run to
+run by hundreds of MiB for the same call. The children therefore run with
+MALLOC_MMAP_THRESHOLD_=65536 (large blocks are mapped and returned when freed), so peak RSS is what
+the call holds; `--default-allocator` measures with glibc's default instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,15 +73,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--batch", type=int, default=2, help="rows per call (2: the guidance batch the search runs)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--default-allocator", action="store_true", help="glibc's own mmap threshold (see above)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.model, args.shape, args.one, args.batch)))
         return
     rows = []
+    env = dict(os.environ) if args.default_allocator else dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for variant in args.variants:
         done = subprocess.run([sys.executable, __file__, args.model, "--shape", args.shape, "--batch", str(args.batch),
-                               "--one", variant], capture_output=True, text=True, cwd=ROOT)
+                               "--one", variant], capture_output=True, text=True, cwd=ROOT, env=env)
         if done.returncode:
             raise SystemExit(f"error: {variant} failed: {done.stderr.strip().splitlines()[-1]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -82,7 +91,9 @@ def main() -> None:
         print(f"{variant:<8} {row['tokens']:>7} tokens  batch {row['batch']}  peak RSS {row['peak_rss_mb']:8.0f} MiB  "
               f"(before the call {row['before_call_mb']:6.0f} MiB)  call {row['seconds']:.1f} s", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "shape": args.shape, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"model": args.model, "shape": args.shape, "rows": rows,
+                                         "allocator": "default" if args.default_allocator else "mmap threshold 65536"},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,9 +126,6 @@ class _GraphOps(Ops):
             return self._emit(aten.scaled_dot_product_attention.default, q, k, v, scale=scale)
         return self._emit(aten.scaled_dot_product_attention.default, q, k, v, mask, scale=scale)
 
-    def batch(self, x):
-        return self._emit(aten.sym_size.int, x, 0)
-
     def device(self, x):
         return _device(x)
 

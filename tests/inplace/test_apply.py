@@ -285,3 +285,32 @@ def test_a_second_plan_is_refused_while_one_is_applied(saved, built):
         assert "already runs a plan" in str(caught.value)
         params, processors, forwards = _state_of(model)
         assert all(torch.equal(params[k], before[0][k]) for k in params) and forwards == before[2]
+
+
+def test_unfused_lora_layers_are_refused():
+    """PEFT's LoRA layers wrap a projection as `base_layer` (plus low-rank weights the regrouping
+    would not permute): apply asks for them to be fused first, with nothing changed."""
+    model = load_model("builtin:tiny-wan")
+    units = find_temporal_units(model)
+    plan = PruningPlan.dense(model, units)
+    plan.stages[0].windows = {units[0].id: [0] * units[0].heads}
+    attention = dict(model.denoiser.named_modules())[units[0].id]
+
+    class LoraLinear(torch.nn.Module):  # the shape of peft.tuners.lora.Linear that matters here
+        def __init__(self, base):
+            super().__init__()
+            self.base_layer = base
+
+        def forward(self, x):
+            return self.base_layer(x)
+
+    original = attention.to_q
+    attention.to_q = LoraLinear(original)
+    try:
+        before = attention.processor
+        with pytest.raises(F3Error) as caught:
+            api.apply(model, plan)
+        assert_one_line(caught.value)
+        assert "fuse_lora" in str(caught.value) and attention.processor is before
+    finally:
+        attention.to_q = original
