@@ -319,12 +319,23 @@ def apply(target: Any, plan: Any):
     from .models import find_temporal_units
     from .models.base import VideoModel, VideoShapes
 
+    from .inplace.apply import MARK
+
     plan = read_plan(plan)
     if plan is None:
         raise F3Error("apply needs a plan (a plan.json path or a PruningPlan)")
+    modules = [getattr(target, "denoiser", target)]
+    if _diffusers_pipeline(target):
+        modules = [m for m in target.components.values() if isinstance(m, nn.Module)]
+    if any(getattr(m, MARK, False) for module in modules if isinstance(module, nn.Module) for m in module.modules()):
+        raise F3Error("a plan is applied to this model already; remove() it before applying another")
     pipeline, check_fingerprint = None, True
     if _diffusers_pipeline(target):
-        pipeline, model = target, load(target)
+        progress = dict(getattr(target, "_progress_bar_config", {}))
+        try:
+            pipeline, model = target, load(target)
+        finally:  # loading silences the pipeline's progress bar; the user's pipeline keeps its own
+            target._progress_bar_config = progress
     elif isinstance(target, VideoModel):
         pipeline, model = target.pipeline, target
     elif isinstance(target, nn.Module):

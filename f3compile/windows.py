@@ -223,8 +223,8 @@ def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag
         index = ops.constant(f"{tag}_frames", key + (window, str(device)),
                              lambda: torch.tensor(window_frames(frames, window)[0], dtype=torch.long, device=device))
 
-        def gather(x):  # (B, h, F·S, d) → (B·h, F, K·S, d)
-            x = ops.index_select(_per_frame(ops, x, g), 1, index)  # (B·h, F·K, S, d)
+        def gather(x):  # (B, h, F·S, d) → (B·h, F, K·S, d), gathered from a view of the input (no copy first)
+            x = ops.index_select(ops.reshape(x, [-1, heads, frames, tokens, dim]), 2, index)  # (B, h, F·K, S, d)
             return ops.reshape(x, [-1, frames, slots * tokens, dim])
 
         keys, values = gather(kv), gather(vv)

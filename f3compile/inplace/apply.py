@@ -43,6 +43,7 @@ class _UnitStage:
     dropped: bool = False
     regrouping: Regrouping | None = None
     frames: tuple[int, ...] | None = None
+    whole: bool = False  # a window of the plan covers all of its frames, so that head runs dense
 
 
 @dataclass
@@ -57,14 +58,21 @@ class PlanState:
     pattern: tuple[str, ...] = ()
     frames: int = 0  # token frames of the current call (full 3-D attention)
     context: str | None = None
+    call: int = 0  # the denoiser call's index within its step (separate guidance branches without cache_context)
     timestep: int | None = None
     stepped: bool = False
     clock: StageClock = field(default_factory=StageClock)
-    caches: dict = field(default_factory=dict)  # context -> {block: residual}
+    caches: dict = field(default_factory=dict)  # (context, call) -> {block: residual}
     switch: Any = None  # called with the new stage index before it runs
     pinned: bool = False  # `pin`: the stage and pattern stay as set, whatever the timestep
+    on_weights: Any = None  # called after `apply` itself has permuted weights
+    source: Any = None  # (pipeline, scheduler) whose scheduler gives the timesteps under torch.compile
     _out: dict = field(default_factory=dict)
     _frames: dict = field(default_factory=dict)
+
+    def own_weights(self) -> None:
+        if self.on_weights is not None:
+            self.on_weights()
 
     def reset(self) -> None:
         """A new sampling loop: the stage clock from zero, no residuals."""
@@ -78,7 +86,8 @@ class PlanState:
         if self.timestep is not None and timestep > self.timestep:
             self.reset()
         if timestep == self.timestep and not self.stepped:
-            return  # the same step (the other branch of classifier-free guidance)
+            self.call += 1  # the same step: the other branch of classifier-free guidance
+            return
         index = self.plan.stage_for(timestep)
         step = self.clock.tick(index)
         if step == 0:
@@ -87,7 +96,7 @@ class PlanState:
             self.switch(index)
             self.stage = index
         self.pattern = pattern_at(self.periods[index], step)
-        self.timestep, self.stepped = timestep, False
+        self.timestep, self.stepped, self.call = timestep, False, 0
 
     def pin(self, stage: int, pattern: tuple[str, ...], residuals: dict) -> None:
         """Run every following call as a step of `stage` that reuses the blocks of `pattern`, with
@@ -95,15 +104,24 @@ class PlanState:
         if stage != self.stage:
             self.switch(stage)
             self.stage = stage
-        self.pattern, self.caches, self.pinned = tuple(pattern), {None: dict(residuals)}, True
+        self.pattern, self.caches, self.pinned = tuple(pattern), {(None, 0): dict(residuals)}, True
+        self.context, self.call = None, 0
 
     def unit_plan(self, unit_id: str) -> tuple[bool, Regrouping | None, tuple[int, ...] | None]:
         found = self.per_stage[self.stage].get(unit_id)
-        return (False, None, None) if found is None else (found.dropped, found.regrouping, found.frames)
+        if found is None:
+            return False, None, None
+        if found.whole and self.frames > self.units[unit_id].frames:
+            raise F3Error(f"{unit_id}: the plan's windows cover all {self.units[unit_id].frames} frames of the calibrated "
+                          f"video, this call has {self.frames}; run the plan at {self.units[unit_id].frames} latent frames "
+                          "or fewer, or plan at this length")
+        return found.dropped, found.regrouping, found.frames
 
     def out_weight(self, unit_id: str, weight: torch.Tensor) -> torch.Tensor:
-        """`weight` over the kept heads' columns at the current stage (made once per stage switch)."""
-        return self._out.get(unit_id, weight)
+        """`weight` over the kept heads' columns at the current stage: a view of the module's own
+        weight (wherever offloading has put it)."""
+        columns = self._out.get(unit_id)
+        return weight if columns is None else weight[:, :columns]
 
     def frame_index(self, unit_id: str, frames: tuple[int, ...], device) -> torch.Tensor:
         key = (unit_id, frames, str(device))
@@ -112,7 +130,9 @@ class PlanState:
         return self._frames[key]
 
     def cache(self) -> dict:
-        return self.caches.setdefault(self.context, {})
+        """The residuals of this branch of guidance: its `cache_context` name where the pipeline gives
+        one, else its place among the step's calls."""
+        return self.caches.setdefault((self.context, self.call), {})
 
 
 def _input(args, kwargs) -> torch.Tensor:
@@ -133,6 +153,7 @@ class Applied:
     def __init__(self, state: PlanState, model=None):
         self.state, self.model = state, model
         self._valid_key = model is not None and model.cache_key is not None
+        self._expected = None  # the weights' state after apply's own last permutation
         self._undo: list = []
         self.removed = False
 
@@ -144,12 +165,14 @@ class Applied:
         """Restore processors, forwards, scheduler methods and the weights' order exactly."""
         if self.removed:
             return
+        from ..models.base import weights_state
+
+        # edited by anything but apply while it was on (fuse_lora, load_state_dict): not the fingerprinted weights
+        untouched = self.model is not None and weights_state(self.model.denoiser) == self._expected
         while self._undo:
             self._undo.pop()()
         self.removed = True
-        if self._valid_key:  # the weights hold their original values again: compiled caches stay valid
-            from ..models.base import weights_state
-
+        if self._valid_key and untouched:  # the weights hold their original values again: compiled caches stay valid
             self.model._weights_at_fingerprint = weights_state(self.model.denoiser)
 
     def __enter__(self) -> "Applied":
@@ -182,13 +205,15 @@ def _stage_plans(plan, units: dict) -> list[dict[str, _UnitStage]]:
             pruned = stage.prune_heads.get(unit_id, [])
             kept_frames = stage.keep_frames.get(unit_id)
             dropped = unit_id in stage.drop_attention or (unit_id == unit.block and unit_id in blocks_dropped)
-            if unit.spatiotemporal and len(pruned) == unit.heads and not dropped:  # as the window_attention pass
+            removed = dropped or unit.block in blocks_dropped  # (never called at this stage)
+            if unit.spatiotemporal and len(pruned) == unit.heads and not removed:  # as the window_attention pass
                 raise F3Error(f"{unit_id}: every head pruned; drop the attention instead (--granularity attention)")
             regrouping = None
             if pruned or (windows is not None and any(w is not None for w in windows)):
                 regrouping = regroup(windows, pruned, unit.heads, unit.frames)
+            whole = any(w is not None and w >= unit.frames - 1 for w in windows or ())
             if dropped or regrouping is not None or kept_frames is not None:
-                per[unit_id] = _UnitStage(dropped, regrouping, None if kept_frames is None else tuple(kept_frames))
+                per[unit_id] = _UnitStage(dropped, regrouping, None if kept_frames is None else tuple(kept_frames), whole)
         result.append(per)
     return result
 
@@ -201,6 +226,7 @@ def _processor_class(unit, attention: nn.Module, family: str):
     projections = [getattr(attention, name, None) for name in ("to_q", "to_k", "to_v")] + [attention.to_out[0]]
     if any(hasattr(projection, "base_layer") for projection in projections):
         raise F3Error(f"{unit.id} has unfused LoRA layers; call pipe.fuse_lora() (or unload the LoRA) before apply")
+    _check_weights(unit, attention)
     if not unit.spatiotemporal:
         if getattr(attention, "group_norm", None) is not None or getattr(attention, "spatial_norm", None) is not None:
             raise F3Error(f"{unit.id} normalises its input inside the attention; apply runs plain temporal attention")
@@ -218,15 +244,42 @@ def _permute(attention: nn.Module, unit, source: tuple[int, ...], target: tuple[
     """Move the heads of `attention`'s weights from order `source` to order `target` in place."""
     position = {head: i for i, head in enumerate(source)}
     index = head_rows([position[head] for head in target], unit.head_dim)
-    width = unit.heads * unit.head_dim
-    with torch.no_grad():
-        for name in _ROWS:
-            module = getattr(attention, name, None)
-            for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
-                if isinstance(tensor, torch.Tensor) and tensor.ndim in (1, 2) and tensor.shape[0] == width:
-                    tensor.copy_(tensor.index_select(0, index.to(tensor.device)))
+    with torch.no_grad():  # every permuted tensor made before any is written: all or nothing
+        moves = [(tensor, tensor.index_select(0, index.to(tensor.device))) for tensor in _row_tensors(attention, unit)]
         weight = attention.to_out[0].weight
-        weight.copy_(weight.index_select(1, index.to(weight.device)))
+        moves.append((weight, weight.index_select(1, index.to(weight.device))))
+        for tensor, permuted in moves:
+            tensor.copy_(permuted)
+
+
+def _row_tensors(attention: nn.Module, unit) -> list[torch.Tensor]:
+    """The tensors whose rows are heads × head_dim: q/k/v weights and biases, norms over all heads."""
+    width = unit.heads * unit.head_dim
+    found = []
+    for name in _ROWS:
+        module = getattr(attention, name, None)
+        for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
+            if isinstance(tensor, torch.Tensor) and tensor.ndim in (1, 2) and tensor.shape[0] == width:
+                found.append(tensor)
+    return found
+
+
+def _check_weights(unit, attention: nn.Module) -> None:
+    """Refuse, before anything changes, weights `apply` cannot regroup exactly."""
+    width = unit.heads * unit.head_dim
+    for name in ("to_q", "to_k", "to_v"):
+        weight = getattr(getattr(attention, name, None), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.shape[0] != width:
+            raise F3Error(f"{unit.id}.{name} is not a plain projection with {width} output rows; apply needs the "
+                          "q/k/v projections as nn.Linear (unfuse or dequantize them first)")
+    out = getattr(attention.to_out[0], "weight", None)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != width:
+        raise F3Error(f"{unit.id}.to_out.0 is not a plain projection from {width} inputs; apply needs it as nn.Linear")
+    for tensor in [*_row_tensors(attention, unit), out]:
+        if tensor.is_meta or not tensor.is_floating_point() or type(tensor) not in (torch.Tensor, nn.Parameter):
+            raise F3Error(f"{unit.id}: its weights are {'offloaded (on the meta device)' if tensor.is_meta else 'quantized'}; "
+                          "apply regroups heads in the weights: keep them in memory in a floating dtype "
+                          "(model CPU offload is fine; sequential or group offloading is not)")
 
 
 def install(model, plan, units: list, *, pipeline=None) -> Applied:
@@ -238,9 +291,15 @@ def install(model, plan, units: list, *, pipeline=None) -> Applied:
         for removed in (*stage.drop_blocks, *stage.reused_blocks, *stage.drop_attention):
             raise F3Error(f"{removed} has 2 outputs (text and video states); it cannot be removed or reused as a whole "
                           "(plan CogVideoX with --granularity window or head)")
+    for stage in plan.stages if model.experts else ():
+        model.expert_for(stage.timesteps)  # refuses a stage that spans both experts, as compile does
     state = PlanState(plan, by_id, _stage_plans(plan, by_id), [dict(s.reuse) for s in plan.stages])
     handle = Applied(state, model)
     undo = handle._undo
+    from ..models.base import weights_state
+
+    handle._expected = weights_state(model.denoiser)
+    state.on_weights = lambda: setattr(handle, "_expected", weights_state(model.denoiser))
     try:
         for unit_id in {u for per in state.per_stage for u in per}:  # refusals first: nothing changes before them
             _processor_class(by_id[unit_id], modules[unit_id], model.family)
@@ -249,6 +308,8 @@ def install(model, plan, units: list, *, pipeline=None) -> Applied:
         _install_denoisers(model, state, undo)
         if pipeline is not None:
             _install_scheduler(pipeline, model, state, undo)
+        for denoiser in _denoisers(model):
+            _set_instance(denoiser, MARK, True, undo)
     except BaseException:
         handle.remove()
         raise
@@ -270,8 +331,8 @@ def _install_units(model, state: PlanState, modules: dict, by_id: dict, undo: li
                 _permute(attention, unit, orders[unit_id], target)
                 orders[unit_id] = target
             if regrouping is not None and regrouping.kept < unit.heads:
-                weight = attention.to_out[0].weight
-                state._out[unit_id] = weight[:, : regrouping.kept * unit.head_dim].contiguous()
+                state._out[unit_id] = regrouping.kept * unit.head_dim
+        state.own_weights()
 
     def restore_order() -> None:
         state._out.clear()
@@ -341,9 +402,15 @@ def _frames_of(family: str, module: nn.Module, sample: torch.Tensor) -> int:
     return sample.shape[2] if sample.ndim == 5 else 0
 
 
+MARK = "_f3compile_applied"  # set on each denoiser while a plan is applied to it
+
+
+def _denoisers(model) -> list[nn.Module]:
+    return list(model.denoiser.values()) if model.experts else [model.denoiser]
+
+
 def _install_denoisers(model, state: PlanState, undo: list) -> None:
-    denoisers = list(model.denoiser.values()) if model.experts else [model.denoiser]
-    for denoiser in denoisers:
+    for denoiser in _denoisers(model):
         names = list(inspect.signature(denoiser.forward).parameters)
         sample_name, time_name = names[0], "timestep"
         time_index = names.index(time_name) if time_name in names else None
@@ -352,9 +419,11 @@ def _install_denoisers(model, state: PlanState, undo: list) -> None:
             sample = kwargs[sample_name] if sample_name in kwargs else args[0]
             state.frames = _frames_of(model.family, module, sample)
             if torch.compiler.is_compiling():
-                if state.stage is None:
-                    raise F3Error("under torch.compile the stage is chosen before the compiled call: apply the plan "
-                                  "to the pipeline (its scheduler gives the timesteps), not to the denoiser alone")
+                source = state.source
+                if state.stage is None or source is None or source[0].scheduler is not source[1]:
+                    raise F3Error("under torch.compile the stage is chosen before the compiled call, from the "
+                                  "pipeline's scheduler: apply the plan to the pipeline (not to the denoiser alone), "
+                                  "after giving it the scheduler it will run")
                 return None
             timestep = kwargs["timestep"] if "timestep" in kwargs else args[time_index]
             state.at(int(torch.as_tensor(timestep).max()))
@@ -397,6 +466,7 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
     """A new `set_timesteps` is a new sampling loop. Under torch.compile the scheduler also says, before
     each step, which timestep the denoiser will be called at (its own `timesteps` and step index)."""
     scheduler = pipeline.scheduler
+    state.source = (pipeline, scheduler)
 
     def predict(index: int | None) -> None:
         timesteps = getattr(scheduler, "timesteps", None)
@@ -428,10 +498,10 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
     _set_instance(scheduler, "set_timesteps", set_timesteps_, undo)
     _set_instance(scheduler, "step", step_, undo)
     if set_begin_index is not None:
-        def set_begin_index_(index: int = 0, *args, **kwargs):
-            result = set_begin_index(index, *args, **kwargs)
+        def set_begin_index_(*args, **kwargs):
+            result = set_begin_index(*args, **kwargs)
             if _compiled(pipeline, model):
                 state.reset()
-                predict(index)
+                predict(getattr(scheduler, "begin_index", None))
             return result
         _set_instance(scheduler, "set_begin_index", set_begin_index_, undo)

@@ -125,7 +125,7 @@ def test_the_applied_pipeline_reproduces_the_build(saved, built):
     with api.apply(model.pipeline, plan) as applied:
         ours = _pipeline_call(model, start)
         if model.family == "wan":  # separate guidance calls: residuals kept per branch
-            assert {"cond", "uncond"} <= set(applied.state.caches)
+            assert {"cond", "uncond"} <= {context for context, _ in applied.state.caches}
     assert rel(ours, expected) <= PARITY, name
     assert rel(dense, expected) > 1e-3  # the plan changes the video: the comparison can fail
     # removed: the same weights (bit for bit), processors and forwards, and the dense video again
@@ -224,9 +224,11 @@ def test_autoregressive_models_are_refused():
 @pytest.mark.parametrize("name", ["tiny-wan", "tiny-cogvideox"])
 def test_torch_compile_fullgraph_runs_the_applied_pipeline(name):
     """`torch.compile(pipe.transformer, fullgraph=True)` on an applied model: no graph break (dynamo
-    refuses one under fullgraph), the stage and reuse decisions made outside the compiled call, and
-    the compiled pipeline's latents equal the eager applied pipeline's. Dynamo's `eager` backend
-    traces exactly what inductor would be given, without the minutes of code generation."""
+    refuses one under fullgraph), the stage and reuse decisions made outside the compiled call, one
+    graph per stage, reuse pattern and guidance branch that needs its own residuals (never the
+    recompile limit, past which dynamo would run eager without a word), and the compiled pipeline's
+    latents equal the eager applied pipeline's. A counting backend hands dynamo's graphs back to run
+    as they are: what inductor would be given, without its minutes of code generation."""
     import torch._dynamo
 
     model = load_model(f"builtin:{name}")
@@ -234,19 +236,29 @@ def test_torch_compile_fullgraph_runs_the_applied_pipeline(name):
     plan = _mixed_plan(model, units)
     start = _start(model)
     pipe = model.pipeline
+    graphs = []
+
+    def counting(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
     torch._dynamo.reset()
     with api.apply(pipe, plan) as applied:
         eager = _pipeline_call(model, start)
         original = pipe.transformer
-        pipe.transformer = torch.compile(original, fullgraph=True, backend="eager")
+        pipe.transformer = torch.compile(original, fullgraph=True, backend=counting)
         try:
             compiled = _pipeline_call(model, start)
+            again = _pipeline_call(model, start)  # a second call reuses the graphs
             stages_seen = applied.state.stage
         finally:
             pipe.transformer = original
     torch._dynamo.reset()
     assert stages_seen == 1  # both stages ran (and with Wan, a reused block)
-    assert rel(compiled, eager) <= EXACT
+    # Wan: stage 0, stage 1 computing (cond, uncond: they store residuals apart), stage 1 reusing (the same);
+    # CogVideoX: one graph per stage
+    assert len(graphs) == (5 if model.family == "wan" else 2)
+    assert rel(compiled, eager) <= EXACT and torch.equal(again, compiled)
 
 
 def test_the_readme_example(tmp_path):
@@ -282,7 +294,7 @@ def test_a_second_plan_is_refused_while_one_is_applied(saved, built):
         with pytest.raises(F3Error) as caught:
             api.apply(model.pipeline, plan)
         assert_one_line(caught.value)
-        assert "already runs a plan" in str(caught.value)
+        assert "applied to this model already" in str(caught.value)
         params, processors, forwards = _state_of(model)
         assert all(torch.equal(params[k], before[0][k]) for k in params) and forwards == before[2]
 
@@ -314,3 +326,48 @@ def test_unfused_lora_layers_are_refused():
         assert "fuse_lora" in str(caught.value) and attention.processor is before
     finally:
         attention.to_q = original
+
+
+def test_a_bare_denoiser_module_takes_the_plan():
+    """`apply(pipe.transformer, plan)`: the denoiser alone (no pipeline, structure checked without
+    the text encoder's fingerprint) runs the plan as the pipeline target does."""
+    model = load_model("builtin:tiny-wan")
+    units = find_temporal_units(model)
+    plan = PruningPlan.dense(model, units)
+    plan.stages[0].windows = {u.id: [0, None, 1, 0][: u.heads] for u in units}
+    plan.stages[0].prune_heads = {units[-1].id: [2]}
+    inputs = model.example_inputs(seed=4)
+    with torch.no_grad():
+        with api.apply(model, plan):
+            expected = model.denoise(*inputs)
+        with api.apply(model.denoiser, plan):
+            ours = model.denoise(*inputs)
+        dense = model.denoise(*inputs)
+    assert torch.equal(ours, expected) and rel(dense, expected) > 1e-3
+
+
+def test_guidance_branches_called_apart_without_cache_context_keep_their_own_residuals():
+    """A loop that calls the conditional and unconditional branches one after the other, with no
+    `cache_context` (a bare denoiser in a loop of one's own): each keeps its own residuals, so the
+    result is the batched-guidance loop's."""
+    from f3compile.inplace import install
+    from f3compile.sampling import denoise_loop
+
+    model = load_model("builtin:tiny-wan")
+    units = find_temporal_units(model)
+    plan = PruningPlan.dense(model, units)
+    plan.stages[0].reuse = {u.block: 2 for u in units}
+    cond, uncond = model.encode_prompts([PROMPT])
+    start = torch.randn(model.latent_shape(model.shapes), generator=torch.Generator().manual_seed(2))
+
+    def apart(sample, timestep, context):  # the batch [uncond; cond] as two calls
+        halves = [model.denoise(s, t, c) for s, t, c in zip(sample.chunk(2), timestep.chunk(2), context.chunk(2))]
+        return torch.cat(halves)
+
+    with install(model, plan, units) as applied:
+        batched = denoise_loop(model.denoise, model.scheduler, start.clone(), cond, uncond, 4, 5.0, torch.Generator())
+        applied.reset()
+        separate = denoise_loop(apart, model.scheduler, start.clone(), cond, uncond, 4, 5.0, torch.Generator())
+        assert {(None, 0), (None, 1)} <= set(applied.state.caches)
+    dense = denoise_loop(model.denoise, model.scheduler, start.clone(), cond, uncond, 4, 5.0, torch.Generator())
+    assert rel(separate, batched) <= EXACT and rel(dense, batched) > 1e-3
