@@ -17,8 +17,8 @@ computes and which reuses a block, the plan's `stage_for` for the stage of a tim
   the last one where the denoiser is called without its pipeline).
 `Applied.remove()` puts every processor, forward and scheduler method back and the weights into
 their original order (a permutation: bit for bit). Under `torch.compile`, the stage is decided
-before the compiled call (from the scheduler, for a pipeline target), and each stage traces as one
-graph.
+before the compiled call (from the scheduler, for a pipeline target), and each stage, reuse pattern
+and guidance branch that keeps residuals traces as one graph.
 """
 
 from __future__ import annotations

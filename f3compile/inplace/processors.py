@@ -10,7 +10,7 @@ program computes for the unit at the current stage (read from the shared `PlanSt
   the kept frames only, the output projection over the kept heads' columns.
 A unit with nothing to do at a stage runs the original processor on the original head order.
 Everything a processor branches on is a Python value `apply` set before the call (the stage, the
-frame count), so `torch.compile(..., fullgraph=True)` traces one graph per stage.
+frame count), so `torch.compile(..., fullgraph=True)` traces it without a graph break.
 """
 
 from __future__ import annotations
