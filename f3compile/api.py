@@ -327,8 +327,12 @@ def apply(target: Any, plan: Any):
     modules = [getattr(target, "denoiser", target)]
     if _diffusers_pipeline(target):
         modules = [m for m in target.components.values() if isinstance(m, nn.Module)]
-    if any(getattr(m, MARK, False) for module in modules if isinstance(module, nn.Module) for m in module.modules()):
+    modules = [module for module in modules if isinstance(module, nn.Module)]
+    if any(getattr(m, MARK, False) for module in modules for m in module.modules()):
         raise F3Error("a plan is applied to this model already; remove() it before applying another")
+    if any(p.is_meta for module in modules for p in module.parameters()):
+        raise F3Error("some weights are offloaded to the meta device (sequential or group offloading); apply regroups "
+                      "heads in the weights and fingerprints them: keep them in memory (model CPU offload is fine)")
     pipeline, check_fingerprint = None, True
     if _diffusers_pipeline(target):
         progress = dict(getattr(target, "_progress_bar_config", {}))

@@ -371,3 +371,24 @@ def test_guidance_branches_called_apart_without_cache_context_keep_their_own_res
         assert {(None, 0), (None, 1)} <= set(applied.state.caches)
     dense = denoise_loop(model.denoise, model.scheduler, start.clone(), cond, uncond, 4, 5.0, torch.Generator())
     assert rel(separate, batched) <= EXACT and rel(dense, batched) > 1e-3
+
+
+def test_weights_it_cannot_regroup_are_refused():
+    """Offloaded to the meta device (sequential or group offloading): refused in one line before the
+    model is fingerprinted or anything changes."""
+    model = load_model("builtin:tiny-wan")
+    units = find_temporal_units(model)
+    plan = PruningPlan.dense(model, units)
+    plan.stages[0].windows = {units[0].id: [0] * units[0].heads}
+    attention = dict(model.denoiser.named_modules())[units[0].id]
+    original = attention.to_k.weight
+    for replacement, word in ((torch.empty(original.shape, device="meta"), "meta device"),):
+        attention.to_k.weight = torch.nn.Parameter(replacement, requires_grad=False)
+        try:
+            with pytest.raises(F3Error) as caught:
+                api.apply(model.denoiser, plan)
+            assert_one_line(caught.value)
+            assert word in str(caught.value)
+            assert "forward" not in vars(model.denoiser) and type(attention.processor).__module__.startswith("diffusers")
+        finally:
+            attention.to_k.weight = original
