@@ -452,7 +452,7 @@ def _install_context(denoiser: nn.Module, state: PlanState, undo: list) -> None:
     _set_instance(denoiser, "cache_context", cache_context, undo)
 
 
-def _compiled(pipeline, model) -> bool:
+def _compiled(pipeline) -> bool:
     """Whether the pipeline calls its denoiser through torch.compile."""
     for name in ("transformer", "transformer_2", "unet"):
         module = getattr(pipeline, name, None)
@@ -478,14 +478,14 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
     def set_timesteps_(*args, **kwargs):
         result = set_timesteps(*args, **kwargs)
         state.reset()
-        if _compiled(pipeline, model):
+        if _compiled(pipeline):
             predict(0)
         return result
 
     def step_(*args, **kwargs):
         result = step(*args, **kwargs)
         state.stepped = True
-        if _compiled(pipeline, model):
+        if _compiled(pipeline):
             index = getattr(scheduler, "step_index", None)
             if index is None:  # schedulers without a step index: the position of this step's timestep, plus one
                 timestep = inspect.signature(step).bind_partial(*args, **kwargs).arguments.get("timestep")
@@ -500,7 +500,7 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
     if set_begin_index is not None:
         def set_begin_index_(*args, **kwargs):
             result = set_begin_index(*args, **kwargs)
-            if _compiled(pipeline, model):
+            if _compiled(pipeline):
                 state.reset()
                 predict(getattr(scheduler, "begin_index", None))
             return result
