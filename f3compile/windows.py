@@ -120,12 +120,14 @@ class Ops:
     def sdpa(self, q, k, v, mask=None, scale=None): raise NotImplementedError
     def device(self, x) -> torch.device: raise NotImplementedError
     def dtype(self, x) -> torch.dtype: raise NotImplementedError
-    def constant(self, name: str, key: tuple, make: Callable[[], torch.Tensor]): raise NotImplementedError
+    def constant(self, kind: str, key: tuple, make: Callable[[], torch.Tensor]):
+        """The constant tensor `make()` of this kind and key: one per (kind, key), shared by every unit."""
+        raise NotImplementedError
 
 
 class EagerOps(Ops):
-    """`Ops` on tensors: what `apply` runs. Constants are made once per name, shape key, device and
-    dtype and kept."""
+    """`Ops` on tensors: what `apply` runs. Constants are made once per kind and key (geometry,
+    window, device, dtype) and kept: one instance serves every processor of an install."""
 
     def __init__(self) -> None:
         self.constants: dict[tuple, torch.Tensor] = {}
@@ -160,10 +162,10 @@ class EagerOps(Ops):
     def dtype(self, x):
         return x.dtype
 
-    def constant(self, name, key, make):
-        found = self.constants.get((name, key))
+    def constant(self, kind, key, make):
+        found = self.constants.get((kind, key))
         if found is None:
-            found = self.constants[(name, key)] = make()
+            found = self.constants[(kind, key)] = make()
         return found
 
 
@@ -204,7 +206,7 @@ def _edge_mask(g: Geometry, window: int, dtype: torch.dtype, device) -> torch.Te
     return additive.reshape(1, g.frames, 1, g.text + slots * g.tokens).to(device)
 
 
-def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag: str):
+def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale):
     """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → the same shape.
 
     Batch and heads share the kernel's batch axis and the query frame is its head axis, so queries,
@@ -220,7 +222,7 @@ def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag
     else:
         slots = window_slots(frames, window)
         device, dtype = ops.device(q), ops.dtype(q)
-        index = ops.constant(f"{tag}_frames", key + (window, str(device)),
+        index = ops.constant("frames", key + (window, str(device)),
                              lambda: torch.tensor(window_frames(frames, window)[0], dtype=torch.long, device=device))
 
         def gather(x):  # (B, h, F·S, d) → (B·h, F, K·S, d), gathered from a view of the input (no copy first)
@@ -228,7 +230,7 @@ def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag
             return ops.reshape(x, [-1, frames, slots * tokens, dim])
 
         keys, values = gather(kv), gather(vv)
-        mask = ops.constant(f"{tag}_mask", key + (window, str(device), dtype), lambda: _edge_mask(g, window, dtype, device))
+        mask = ops.constant("mask", key + (window, str(device), dtype), lambda: _edge_mask(g, window, dtype, device))
     keys, values = (_with_text(ops, x, source, g) for x, source in ((keys, k), (values, v)))
     out = ops.reshape(ops.sdpa(queries, keys, values, mask, scale), [-1, heads, frames * tokens, dim])
     if text:
@@ -237,17 +239,17 @@ def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, tag
     return out
 
 
-def grouped_attention(ops: Ops, q, k, v, regrouping: Regrouping, g: Geometry, scale, tag: str = "") -> Any:
+def grouped_attention(ops: Ops, q, k, v, regrouping: Regrouping, g: Geometry, scale) -> Any:
     """The attention of every kept head of a regrouped unit: q, k, v (B, H', N, d) hold at least the
     first `regrouping.kept` heads in regrouped order; returns (B, kept, N, d)."""
     outputs, start = [], 0
     whole = len(regrouping.groups) == 1 and regrouping.kept == len(regrouping.order)
-    for number, (window, count) in enumerate(regrouping.groups):
+    for window, count in regrouping.groups:
         end = start + count
         part = [x if whole else ops.slice(x, 1, start, end) for x in (q, k, v)]
         if window is None:
             outputs.append(ops.sdpa(*part, None, scale))
         else:
-            outputs.append(windowed(ops, *part, g, count, window, scale, f"{tag}group{number}"))
+            outputs.append(windowed(ops, *part, g, count, window, scale))
         start = end
     return outputs[0] if len(outputs) == 1 else ops.cat(outputs, 1)

@@ -14,6 +14,10 @@ blocks in the heap: peak RSS then reports the allocator's high-water mark, which
 run by hundreds of MiB for the same call. The children therefore run with
 MALLOC_MMAP_THRESHOLD_=65536 (large blocks are mapped and returned when freed), so peak RSS is what
 the call holds; `--default-allocator` measures with glibc's default instead.
+
+Beside peak RSS, each child counts the bytes of the tensors the call's operators made that are alive
+at once (a dispatch mode; weights excluded) and names the operator at their peak: the call's own
+data, free of code pages, allocator slack and the kernel's small shared constants.
 """
 
 from __future__ import annotations
@@ -27,6 +31,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dense", "window0", "window1")
+
+
+class TensorPeak:
+    """The bytes of tensors the call's operators made that are alive at once, at their peak, and the
+    operator that reached it: peak RSS less the allocator, code pages and constants (weights excluded)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        peak = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                peak.saw(func, out)
+                return out
+
+        self.mode, self.live, self.now, self.peak, self.at = Mode(), {}, 0, 0, ""
+
+    def saw(self, func, out) -> None:
+        import weakref
+
+        import torch
+
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key in self.live or not storage.nbytes():
+                continue
+            self.live[key] = storage.nbytes()
+            self.now += storage.nbytes()
+            weakref.finalize(storage, self.free, key)
+        if self.now > self.peak:
+            self.peak, self.at = self.now, str(func)
+
+    def free(self, key) -> None:
+        self.now -= self.live.pop(key, 0)
 
 
 def one(model_spec: str, shape: str, variant: str, batch: int) -> dict:
@@ -54,16 +97,19 @@ def one(model_spec: str, shape: str, variant: str, batch: int) -> dict:
     if variant != "dense":
         plan = PruningPlan.dense(model, units)
         plan.stages[0].windows = {u.id: [int(variant[-1])] * u.heads for u in units}
+    tensors = TensorPeak()
     started = time.perf_counter()
     with torch.no_grad():
         if plan is None:
-            model.denoise(sample, timestep, context)
+            with tensors.mode:
+                model.denoise(sample, timestep, context)
         else:
-            with install(model, plan, units):
+            with install(model, plan, units), tensors.mode:
                 model.denoise(sample, timestep, context)
     seconds = time.perf_counter() - started
     return {"variant": variant, "tokens": units[0].sequence, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "before_call_mb": before, "seconds": round(seconds, 1), "batch": batch}
+            "before_call_mb": before, "peak_tensors_mb": tensors.peak / 2**20, "peak_tensors_at": tensors.at,
+            "seconds": round(seconds, 1), "batch": batch}
 
 
 def main() -> None:
@@ -89,7 +135,8 @@ def main() -> None:
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{variant:<8} {row['tokens']:>7} tokens  batch {row['batch']}  peak RSS {row['peak_rss_mb']:8.0f} MiB  "
-              f"(before the call {row['before_call_mb']:6.0f} MiB)  call {row['seconds']:.1f} s", flush=True)
+              f"(before the call {row['before_call_mb']:6.0f} MiB)  tensors at their peak {row['peak_tensors_mb']:6.0f} MiB "
+              f"({row['peak_tensors_at']})  call {row['seconds']:.1f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "shape": args.shape, "rows": rows,
                                          "allocator": "default" if args.default_allocator else "mmap threshold 65536"},

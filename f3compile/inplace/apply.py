@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import F3Error
 from ..reuse import StageClock, pattern_at
-from ..windows import Regrouping, head_rows, regroup
+from ..windows import EagerOps, Regrouping, head_rows, regroup
 from .processors import CogVideoXProcessor, TemporalProcessor, WanProcessor
 
 _ROWS = ("to_q", "to_k", "to_v", "norm_q", "norm_k")  # modules whose output channels are heads × head_dim
@@ -67,6 +67,7 @@ class PlanState:
     pinned: bool = False  # `pin`: the stage and pattern stay as set, whatever the timestep
     on_weights: Any = None  # called after `apply` itself has permuted weights
     source: Any = None  # (pipeline, scheduler) whose scheduler gives the timesteps under torch.compile
+    ops: EagerOps = field(default_factory=EagerOps)  # the kernel's tensor ops, constants shared by every unit
     _out: dict = field(default_factory=dict)
     _frames: dict = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import F3Error
-from ..windows import EagerOps, Geometry, grouped_attention
+from ..windows import Geometry, grouped_attention
 
 
 class UnitProcessor:
@@ -27,7 +27,7 @@ class UnitProcessor:
 
     def __init__(self, unit, state, original):
         self.unit, self.state, self.original = unit, state, original
-        self.ops = EagerOps()
+        self.ops = state.ops
 
     def plan(self):
         """(dropped, regrouping or None, kept frames or None) of this unit at the current stage."""
@@ -52,13 +52,16 @@ def _value_rows(attn, kept: int, hidden: torch.Tensor, head_dim: int) -> torch.T
 
 
 def _rotate(hidden: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding on (B, N, H, d), as its attention processor applies it."""
+    """Wan's rotary embedding on (B, N, H, d), as its attention processor applies it, written head-major:
+    the result is a contiguous (B, H, N, d), so the kernel's per-frame views of it need no copy."""
     x1, x2 = hidden.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
-    out = torch.empty_like(hidden)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(hidden)
+    batch, tokens, heads, dim = hidden.shape
+    out = hidden.new_empty(batch, heads, tokens, dim)
+    rows = out.transpose(1, 2)  # (B, N, H, d) view of the head-major storage
+    rows[..., 0::2] = x1 * cos - x2 * sin
+    rows[..., 1::2] = x1 * sin + x2 * cos
+    return out
 
 
 class WanProcessor(UnitProcessor):
@@ -77,10 +80,12 @@ class WanProcessor(UnitProcessor):
         value = _value_rows(attn, kept, hidden_states, d)
         query, key = query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (kept, -1))
-        if rotary_emb is not None:
+        if rotary_emb is not None:  # (B, N, H, d) -> (B, H, N, d), contiguous
             query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
-        # (B, N, H, d) -> (B, kept, N, d): the regrouped heads first
-        query, key, value = (x.transpose(1, 2)[:, :kept] for x in (query, key, value))
+        else:
+            query, key = query.transpose(1, 2), key.transpose(1, 2)
+        # the regrouped heads first: (B, kept, N, d)
+        query, key, value = query[:, :kept], key[:, :kept], value.transpose(1, 2)
         frames = self.state.frames
         geometry = Geometry(0, frames, hidden_states.shape[1] // frames, d)
         out = grouped_attention(self.ops, query, key, value, regrouping, geometry, None)

@@ -91,10 +91,11 @@ def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: tupl
 
 
 class _GraphOps(Ops):
-    """`windows.Ops` as graph nodes appended before `anchor` (constants as buffers of the module)."""
+    """`windows.Ops` as graph nodes appended before `anchor` (constants as buffers of the module, one
+    buffer per kind and key that every unit of the pass reads: `shared` maps them to buffer names)."""
 
-    def __init__(self, gm: fx.GraphModule, anchor: fx.Node, prefix: str):
-        self.gm, self.graph, self.anchor, self.prefix = gm, gm.graph, anchor, prefix
+    def __init__(self, gm: fx.GraphModule, anchor: fx.Node, shared: dict):
+        self.gm, self.graph, self.anchor, self.shared = gm, gm.graph, anchor, shared
 
     def _emit(self, target, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(self.anchor):
@@ -132,9 +133,14 @@ class _GraphOps(Ops):
     def dtype(self, x):
         return _dtype(x)
 
-    def constant(self, name, key, make):
-        attr = f"{self.prefix}{name}"
-        self.gm.register_buffer(attr, make(), persistent=True)
+    def constant(self, kind, key, make):
+        attr = self.shared.get((kind, key))
+        if attr is None:
+            number = 0
+            while hasattr(self.gm, f"f3_window__{kind}{number}"):
+                number += 1
+            attr = self.shared[(kind, key)] = f"f3_window__{kind}{number}"
+            self.gm.register_buffer(attr, make(), persistent=True)
         with self.graph.inserting_before(self.anchor):
             return self.graph.get_attr(attr)
 
@@ -152,6 +158,7 @@ def _sdpa_scale(node: fx.Node):
 def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
     modified = False
     planned = dict(spec.windows)
+    constants = gm.__dict__.setdefault("_f3_window_constants", {})  # (kind, key) -> buffer name, across runs
     for unit_id in spec.prune_heads:  # pruned heads of full 3-D attention: their kernels go here
         if spec.units[unit_id].spatiotemporal and unit_id not in planned:
             planned[unit_id] = (None,) * spec.units[unit_id].heads
@@ -189,7 +196,7 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
                         and source[-2:] == (unit.heads, unit.head_dim) and list(node.args[1])[-1] == width:
                     node.args = (node.args[0], list(node.args[1])[:-1] + [len(kept_heads) * unit.head_dim])
         q, k, v = kernel.args[:3]
-        ops = _GraphOps(gm, kernel, "f3_window__" + unit_id.replace(".", "_") + "__")
+        ops = _GraphOps(gm, kernel, constants)
         geometry = Geometry(unit.text_tokens, unit.frames, unit.tokens, unit.head_dim)
         result = grouped_attention(ops, q, k, v, regrouping, geometry, scale)
         kernel.replace_all_uses_with(result)

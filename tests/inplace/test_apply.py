@@ -187,13 +187,16 @@ def test_windows_equal_the_banded_mask_reference(case):
         plan.stages[0].windows = windows
         inputs = model.example_inputs(seed=3)
         with torch.no_grad():
-            with install(model, plan, units):
+            with install(model, plan, units) as applied:
                 ours = model.denoise(*inputs)
+                constants = applied.state.ops.constants
             with banded(model.denoiser, units, windows):
                 reference = model.denoise(*inputs)
             dense = model.denoise(*inputs)
         assert rel(ours, reference) <= EXACT, name
         assert rel(dense, reference) > 1e-3
+        if case == "W1":  # one key-frame index and one edge mask, shared by every unit (not one per unit)
+            assert len(units) > 1 and sorted(kind for kind, _ in constants) == ["frames", "mask"]
 
 
 def test_plans_that_do_not_fit_are_refused_before_anything_changes(saved, built):

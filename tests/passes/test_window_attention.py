@@ -92,7 +92,18 @@ def test_structure_kernels_run_on_the_window_keys(wan):
     assert torch.equal(rewritten[f"denoiser.{unit.id}.to_q.weight"], original[f"{unit.id}.to_q.weight"][rows])
     assert torch.equal(rewritten[f"denoiser.{unit.id}.to_out.0.weight"], original[f"{unit.id}.to_out.0.weight"][:, rows])
     gathers = [n for n in gm.graph.nodes if n.target == aten.index_select.default and n.meta.get("f3_window") == unit.id]
-    assert gathers and all(str(n.args[2].target).endswith("_frames") for n in gathers)  # key frames only, no head gather
+    assert gathers and all(str(n.args[2].target).startswith("f3_window__frames") for n in gathers)  # key frames only
+
+
+def test_units_with_one_geometry_share_one_index_and_one_mask(wan):
+    """Every unit at W = 1 reads the same key-frame index and edge mask: one buffer of each, not one per unit."""
+    model, units, program, inputs = wan
+    gm, results, _ = _rewrite(program, units, {u.id: [1] * u.heads for u in units})
+    assert results["window_attention"] is True and len(units) > 1
+    buffers = sorted(name for name, _ in gm.named_buffers() if name.startswith("f3_window__"))
+    assert buffers == ["f3_window__frames0", "f3_window__mask0"]
+    readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "f3_window__mask0"]
+    assert sorted(n.meta["f3_window"] for n in readers) == sorted(u.id for u in units)
 
 
 def test_negative_cross_attention_and_unplanned_units_are_untouched(wan):
