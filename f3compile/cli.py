@@ -41,7 +41,7 @@ def cmd_calibrate(args) -> None:
     config = CalibrationConfig(
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
-        query_fraction=args.query_fraction, device=args.device,
+        query_fraction=args.query_fraction, device=args.device, residual_change=args.residual_change,
     )
     stats = api.calibrate(args.model, args.prompts, config, latents=args.latents, key_model=args.key_model,
                           output_dir=args.output, progress=True, shard=args.shard)
@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
     p.add_argument("--query-fraction", type=float, default=1.0, metavar="Q", help="full 3-D attention: record the "
                    "queries of this share of each frame's positions (seeded by --seed; default 1: all)")
+    p.add_argument("--residual-change", choices=("sketch", "exact", "off"), default="sketch",
+                   help="each block's step-to-step residual change, what reuse plans rank by: sketch keeps a "
+                   "96-direction random projection of every residual row (default), exact the whole residual "
+                   "(one activation per block), off records none (plans then take no reuse)")
     p.add_argument("--latents", type=Path, help="start every prompt from these latents instead of noise (.pt or "
                    "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the model samples (under torchrun with cuda, "

@@ -23,7 +23,7 @@ from ..models.base import VideoModel, resolve_shapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..parallel import Part, Sums
 from ..sampling import check_latents, denoise_loop, start_latents
-from .recorder import AttentionRecorder
+from .recorder import CHANGE_MODES, SKETCH_WIDTH, AttentionRecorder
 from .parts import conclude, work_split
 from .stats import SCHEMA, CalibrationStats
 
@@ -42,6 +42,8 @@ class CalibrationConfig:
     heatmaps: bool = option(True, "write heatmap PNGs")
     query_fraction: float = option(1.0, "share of each frame's query positions recorded in full 3-D attention (seeded)")
     device: str = option("cpu", "cpu or cuda: where the model samples (under torchrun with cuda: each rank's own GPU)")
+    residual_change: str = option("sketch", "how each block's step-to-step residual change is recorded: sketch "
+                                  "(a 96-direction projection per row), exact (the whole residual) or off (no reuse)")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -118,6 +120,8 @@ def _meta_for(model: VideoModel, prompts: list[str], config: CalibrationConfig, 
     }
     if any(unit.spatiotemporal for unit in units):
         meta["query_fraction"] = config.query_fraction
+    meta["residual_change"] = config.residual_change if config.residual_change != "sketch" else \
+        {"sketch": SKETCH_WIDTH}
     if model.experts:  # Wan 2.2: which expert ran which timesteps (plans stage each expert on its own)
         meta["experts"] = {name: list(span) for name, span in model.experts.items()}  # the sampled positions follow from it and `seed`
     return meta
@@ -150,6 +154,8 @@ def calibrate(
         raise F3Error("no prompts to calibrate on; pass at least one prompt")
     if not 0.0 < config.query_fraction <= 1.0:
         raise F3Error(f"--query-fraction must be in (0, 1], got {config.query_fraction}")
+    if config.residual_change not in CHANGE_MODES:
+        raise F3Error(f"--residual-change {config.residual_change!r} is unknown; use one of {', '.join(CHANGE_MODES)}")
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
@@ -173,7 +179,7 @@ def calibrate(
 
         bar = tqdm(total=len(mine) * config.steps, desc="calibrate", unit="step", leave=False)
     recorder = AttentionRecorder(model.denoiser, units, blocks, len(timesteps), query_fraction=config.query_fraction,
-                                 seed=config.seed)
+                                 seed=config.seed, change=config.residual_change)
     sums = Sums()
 
     def on_step(index: int, t) -> None:

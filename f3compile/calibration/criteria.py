@@ -148,7 +148,8 @@ def reuse_score(stats: CalibrationStats, block_id: str, steps: Sequence[int] | N
     steps = _steps(stats, steps)
     change = stats.residual_change(block_id, steps)
     if change is None and f"block/{block_id}/change" not in stats.tensors:
-        raise F3Error("the calibration in use has no residual-change statistics (it predates them); "
+        raise F3Error("the calibration in use has no residual-change statistics (it predates them or ran with "
+                      "--residual-change off); "
                       "re-run `f3compile calibrate`")
     if change is None:
         raise F3Error(f"the calibration in use compared no residuals of {block_id} at steps {steps} "

@@ -22,11 +22,23 @@ and per block:
                      with the same block's residual at the previous step of the same loop; 0 at step 0
   change_calls (S,)  number of comparisons summed into `change` (none at step 0)
 
+`change` needs each block's residual from the previous step. Kept whole ("exact") that is one full
+activation per block. By default ("sketch") the recorder keeps a random projection instead: the
+residual's rows along its last dimension L (channels in a transformer block) are sign-flipped by one
+of k random sign patterns (row i by pattern i mod k) and projected onto k = `SKETCH_WIDTH` orthonormal
+random directions scaled by √(L/k), the same for every block and step, so ‖sketch(a) − sketch(b)‖
+estimates ‖a − b‖ (Johnson–Lindenstrauss; exact when L ≤ k). The sign patterns keep a change that
+every row shares (a timestep shift of all tokens) from being estimated by a single projection. The
+stored sketch is k/L of the residual, and the residual is formed a chunk of rows at a time, so the
+statistic adds no full-size fp32 copy. "off" records no change (plans then take no reuse).
+
 Spatiotemporal units (full 3-D attention) are read at their attention kernel instead: while such a
 unit runs, a torch-function mode passes `scaled_dot_product_attention` through untouched and hands
 its q and k (after norms and rotary embeddings) and its output to the recorder. The probabilities
-are recomputed per head and per chunk of `query_chunk` query rows in fp32 (never the N×N matrix of
-all heads), for the video queries of the sampled spatial positions (`query_fraction`) of every frame:
+are recomputed for all heads and batch rows at once, a chunk of query rows at a time in fp32, the chunk
+sized so its probabilities stay within `chunk_bytes` (never the N×N matrix), for the video queries of
+the sampled spatial positions (`query_fraction`) of every frame; the sums stay on the device (float64)
+and finiteness is checked once per call, so nothing waits on the host per chunk:
   attn        (S, H, F, F)  Σ over calls, batch rows and recorded queries of frame f of the mass on
                             the keys of frame g
   text        (S, H, F)     the same for the mass on text keys (units with a text block)
@@ -36,6 +48,7 @@ and `branch`/`head_branch` from the kernel output as above.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +57,19 @@ from torch import nn
 from ..errors import F3Error
 from ..models.base import TemporalBlock, TemporalUnit
 from ..models.kernels import KernelCalls
+
+CHANGE_MODES = ("sketch", "exact", "off")
+SKETCH_WIDTH = 96  # directions per residual row kept by the "sketch" residual-change statistic
+_CHUNK_BYTES = 64 * 2**20  # fp32 probabilities of one chunk of recorded queries, all heads and batch rows
+
+
+def sketch_basis(length: int, width: int, device, seed: int = 0) -> torch.Tensor:
+    """(length, width) orthonormal random columns scaled by √(length / width): x ↦ x @ basis keeps
+    ‖x‖ in expectation. Seeded, so every block and step projects with the same basis."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
+    gaussian = torch.randn(length, width, generator=generator, dtype=torch.float64)
+    basis, _ = torch.linalg.qr(gaussian)
+    return (basis * (length / width) ** 0.5).to(device=device, dtype=torch.float32)
 
 
 @dataclass
@@ -82,13 +108,18 @@ class AttentionRecorder:
     """Collects per-step temporal attention statistics while attached to a denoiser."""
 
     def __init__(self, denoiser: nn.Module, units: list[TemporalUnit], blocks: list[TemporalBlock], steps: int,
-                 query_fraction: float = 1.0, seed: int = 0, query_chunk: int = 1024):
+                 query_fraction: float = 1.0, seed: int = 0, query_chunk: int = 1024, change: str = "sketch",
+                 sketch_width: int = SKETCH_WIDTH, chunk_bytes: int = _CHUNK_BYTES):
+        if change not in CHANGE_MODES:
+            raise F3Error(f"residual change {change!r} is unknown; use one of {', '.join(CHANGE_MODES)}")
         self.denoiser = denoiser
         self.units = units
         self.blocks = blocks
         self.steps = steps
         self.step = 0
         self.query_fraction, self.seed, self.query_chunk = query_fraction, seed, query_chunk
+        self.change, self.sketch_width, self.chunk_bytes = change, sketch_width, chunk_bytes
+        self._bases: dict = {}
         self._handles: list = []
         self._modes: list = []
         self.reset()
@@ -211,7 +242,7 @@ class AttentionRecorder:
             state.head_branch[step] += (contribution.pow(2).sum(dim=(0, 2, 3)).sqrt() / residual_norm).cpu()
             state.calls[step] += 1
             if unit.block == unit.id and unit.id in self._current:  # its own block: the residual is its output
-                self._record_change(unit.id, output.detach().to(torch.float32, copy=True))
+                self._record_change(unit.id, output.detach())
 
         return hook
 
@@ -251,24 +282,27 @@ class AttentionRecorder:
         scale = unit.head_dim ** -0.5 if scale is None else scale
         text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
         rows = rows.to(query.device)
+        batch, heads, sequence = query.shape[0], query.shape[1], query.shape[2]
         # (R, F) one-hot of each recorded query's frame: per-frame sums as a product, which is deterministic
         # on CUDA too (index_add_ there adds with atomics, in no fixed order)
         select = torch.nn.functional.one_hot(frame_of, frames).to(query.device, torch.float64)
-        attn = torch.zeros(unit.heads, frames, frames, dtype=torch.float64, device=query.device)
-        text_mass = torch.zeros(unit.heads, frames, dtype=torch.float64, device=query.device)
-        for batch in range(query.shape[0]):
-            for head in range(unit.heads):
-                keys = key[batch, head].float()  # (N, d)
-                for start in range(0, len(rows), self.query_chunk):  # (c, N) at a time, never N x N
-                    chunk = rows[start:start + self.query_chunk]
-                    probs = torch.softmax(query[batch, head, chunk].float() @ keys.T * scale, dim=-1)
-                    if not torch.isfinite(probs).all():
-                        raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
-                    where = select[start:start + self.query_chunk]  # (c, F)
-                    per_frame = probs[:, text:].reshape(len(chunk), frames, tokens).sum(-1).double()  # (c, F)
-                    attn[head] += where.T @ per_frame
-                    if text:
-                        text_mass[head] += where.T @ probs[:, :text].sum(-1).double()
+        attn = torch.zeros(heads, frames, frames, dtype=torch.float64, device=query.device)
+        text_mass = torch.zeros(heads, frames, dtype=torch.float64, device=query.device)
+        finite = torch.ones((), dtype=torch.bool, device=query.device)
+        keys = key.float()  # (B, H, N, d)
+        chunk = max(1, min(self.query_chunk, self.chunk_bytes // (4 * batch * heads * sequence)))
+        for start in range(0, len(rows), chunk):  # (B, H, c, N) at a time, never N x N
+            where = select[start:start + chunk]  # (c, F)
+            queries = query.index_select(2, rows[start:start + chunk]).float()
+            probs = torch.softmax(queries @ keys.transpose(-1, -2) * scale, dim=-1)
+            finite &= torch.isfinite(probs).all()
+            per_frame = probs[..., text:].unflatten(-1, (frames, tokens)).sum(-1).double()  # (B, H, c, F)
+            attn += torch.einsum("cf,bhcg->hfg", where, per_frame)
+            if text:
+                text_mass += torch.einsum("cf,bhc->hf", where, probs[..., :text].sum(-1).double())
+            del probs, per_frame
+        if not bool(finite):
+            raise F3Error(f"calibration saw NaN/inf attention in {unit.id}; check the model weights and inputs")
         state.attn[step] += attn.float().cpu()
         if text:
             self._text[unit.id][step] += text_mass.float().cpu()
@@ -281,31 +315,80 @@ class AttentionRecorder:
             state.branch[step] += float(full.norm() / residual_norm)
             weight = projection.weight.float()  # (C, H·d)
             d = unit.head_dim
-            for head in range(unit.heads):
-                part = out[:, head].float() @ weight[:, head * d:(head + 1) * d].T  # (B, N, C)
-                state.head_branch[step, head] += float(part.norm() / residual_norm)
+            norms = torch.stack([(out[:, head].float() @ weight[:, head * d:(head + 1) * d].T).norm()  # (B, N, C)
+                                 for head in range(unit.heads)])
+            state.head_branch[step] += (norms / residual_norm).cpu()
         state.calls[step] += 1
 
     def _record_block(self, block_id: str):
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs.get("hidden_states")
             out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
-            residual = out.detach().float() - hidden.detach().float()
-            ratio = residual.norm() / hidden.float().norm().clamp_min(1e-12)
-            if not torch.isfinite(ratio):
+            hidden, out = hidden.detach(), out.detach()
+            length = out.shape[-1] if out.ndim else 1
+            flat_in, flat_out = hidden.reshape(-1, length), out.reshape(-1, length)
+            squares = torch.zeros(2, dtype=torch.float64, device=out.device)  # ‖residual‖², ‖input‖²
+            kept = []
+            for start in range(0, flat_out.shape[0], self._rows(length)):  # fp32 a chunk of rows at a time
+                rows = flat_in[start:start + self._rows(length)].float()
+                residual = flat_out[start:start + self._rows(length)].float() - rows
+                squares += torch.stack([residual.square().sum(dtype=torch.float64), rows.square().sum(dtype=torch.float64)])
+                if self.change != "off":
+                    kept.append(self._kept_rows(residual, start))
+                del rows, residual
+            ratio = float(squares[0].sqrt() / squares[1].sqrt().clamp_min(1e-12))
+            if not math.isfinite(ratio):
                 raise F3Error(f"calibration saw NaN/inf in block {block_id}; check the model weights and inputs")
-            self._block_ratio[block_id][self.step] += ratio.item()
+            self._block_ratio[block_id][self.step] += ratio
             self._block_calls[block_id][self.step] += 1
-            self._record_change(block_id, residual)
+            if kept:
+                self._record_change(block_id, torch.cat(kept) if len(kept) > 1 else kept[0], kept=True)
 
         return hook
 
-    def _record_change(self, block_id: str, residual: torch.Tensor) -> None:
-        """Compare `residual` (fp32) with the block's residual from the same call of the previous step.
+    def _rows(self, length: int) -> int:
+        """Rows of a residual handled at once: about 64 MiB of fp32."""
+        return max(1, (64 * 2**20) // (4 * length))
+
+    def _kept_rows(self, rows: torch.Tensor, start: int) -> torch.Tensor:
+        """What is kept until the next step of residual rows `start`, `start + 1`, … (fp32, (r, L)): an
+        fp32 copy ("exact", or rows no longer than the sketch) or their sketch (r, k). Row i is flipped
+        by sign pattern i mod k before the shared basis, so directions common to many rows (a shift
+        every token shares) are estimated from k independent projections, not one."""
+        length = rows.shape[-1]
+        if self.change == "exact" or length <= self.sketch_width:
+            return rows.clone() if rows.dtype == torch.float32 else rows.float()
+        key = (length, rows.device)
+        found = self._bases.get(key)
+        if found is None:
+            basis = sketch_basis(length, self.sketch_width, rows.device, self.seed)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + length + 1)
+            signs = torch.randint(0, 2, (self.sketch_width, length), generator=generator).float().mul_(2).sub_(1)
+            found = self._bases[key] = (basis, signs.to(rows.device))
+        basis, signs = found
+        pattern = torch.arange(start, start + rows.shape[0], device=rows.device) % self.sketch_width
+        return (rows * signs.index_select(0, pattern)) @ basis
+
+    def _kept(self, residual: torch.Tensor) -> torch.Tensor:
+        """`_kept_rows` of a whole residual, a chunk of rows at a time."""
+        length = residual.shape[-1] if residual.ndim else 1
+        flat = residual.reshape(-1, length)
+        step = self._rows(length)
+        parts = [self._kept_rows(flat[start:start + step].float(), start) for start in range(0, flat.shape[0], step)]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _record_change(self, block_id: str, residual: torch.Tensor, kept: bool = False) -> None:
+        """Compare `residual` with the block's residual from the same call of the previous step (what
+        `_kept` keeps of each: the comparison runs on two sketches or two exact copies; `kept`: it
+        already is what `_kept` keeps).
 
         Only a residual recorded at `self.step - 1` counts: a new sampling loop starts again at
         step 0, so the last step of one loop is never compared with the first of the next.
         """
+        if self.change == "off":
+            return
+        if not kept:
+            residual = self._kept(residual)
         step, current = self.step, self._current[block_id]
         if current.step != step:  # the first call of a new step
             self._previous[block_id] = current if current.step == step - 1 else _Residuals()
@@ -340,6 +423,7 @@ class AttentionRecorder:
             else:
                 out[f"block/{block_id}/ratio"] = self._block_ratio[block_id].clone()
                 out[f"block/{block_id}/calls"] = self._block_calls[block_id].clone()
-            out[f"block/{block_id}/change"] = self._change[block_id].clone()
-            out[f"block/{block_id}/change_calls"] = self._change_calls[block_id].clone()
+            if self.change != "off":
+                out[f"block/{block_id}/change"] = self._change[block_id].clone()
+                out[f"block/{block_id}/change_calls"] = self._change_calls[block_id].clone()
         return out

@@ -215,3 +215,64 @@ def test_damaged_change_statistics_are_refused(runs, tmp_path, damage, message):
     with pytest.raises(F3Error, match=message) as caught:
         CalibrationStats.load(directory)
     assert f"{key}/change" in str(caught.value) and "re-run `f3compile calibrate`" in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def ref_wan():
+    from f3compile.models import load_model
+
+    return load_model("builtin:ref-wan")  # residual rows of 128 channels: longer than the sketch keeps
+
+
+def test_sketched_change_is_within_two_percent_of_the_independent_recomputation(ref_wan):
+    from f3compile.calibration.recorder import SKETCH_WIDTH
+
+    units = find_temporal_units(ref_wan)
+    blocks = temporal_blocks(units)
+    residuals = _residuals(ref_wan, blocks, PROMPTS, CONFIG)
+    assert {r.shape[-1] for r in residuals[blocks[0].id].values()} == {128} and 128 > SKETCH_WIDTH
+    sketched = calibrate(ref_wan, PROMPTS, CONFIG)  # the default
+    exact = calibrate(ref_wan, PROMPTS, dataclasses.replace(CONFIG, residual_change="exact"))
+    assert sketched.meta["residual_change"] == {"sketch": SKETCH_WIDTH} and exact.meta["residual_change"] == "exact"
+    errors = []
+    for block in blocks:
+        expected, calls = _expected(residuals[block.id], len(PROMPTS), CONFIG.steps)
+        torch.testing.assert_close(exact.tensors[f"block/{block.id}/change"].double(), expected, rtol=REL, atol=0.0)
+        assert sketched.tensors[f"block/{block.id}/change_calls"].tolist() == calls.tolist()
+        change = sketched.tensors[f"block/{block.id}/change"].double()
+        errors.append(float(((change[1:] - expected[1:]).abs() / expected[1:]).max()))
+    assert 0 < max(errors) <= 0.02, errors  # an estimate (not the exact sums), within 2% at every step
+    # the other statistics do not depend on how the change is kept
+    for key, tensor in exact.tensors.items():
+        if not key.endswith("/change"):
+            torch.testing.assert_close(sketched.tensors[key], tensor, rtol=0, atol=0)
+
+
+def test_the_sketch_is_what_the_recorder_keeps_between_steps(ref_wan):
+    from f3compile.calibration.recorder import SKETCH_WIDTH
+
+    units = find_temporal_units(ref_wan)
+    blocks = temporal_blocks(units)
+    config = dataclasses.replace(CONFIG, steps=2)
+    recorder = AttentionRecorder(ref_wan.denoiser, units, blocks, config.steps)
+    recorder.attach()
+    try:
+        _sample(ref_wan, PROMPTS[:1], config, on_step=lambda loop, index: setattr(recorder, "step", index))
+        kept = {block.id: recorder._current[block.id].tensors for block in blocks}
+    finally:
+        recorder.detach()
+    rows = 2 * units[0].sequence  # the guidance batch's rows of one call
+    for tensors in kept.values():  # one call per step with guidance batched: (rows, k), not (rows, 128)
+        assert [tuple(t.shape) for t in tensors] == [(rows, SKETCH_WIDTH)]
+
+
+def test_change_off_records_none_and_reuse_says_how_to_get_it(models, tmp_path):
+    model = models["tiny-unet3d"]
+    stats = calibrate(model, PROMPTS[:1], dataclasses.replace(CONFIG, residual_change="off"), output_dir=tmp_path / "c")
+    loaded = CalibrationStats.load(tmp_path / "c")
+    assert loaded.meta["residual_change"] == "off"
+    assert not any(key.endswith(("/change", "/change_calls")) for key in loaded.tensors)
+    with pytest.raises(F3Error, match="--residual-change off"):
+        criteria.reuse_score(loaded, stats.blocks[0].id)
+    with pytest.raises(F3Error, match="--residual-change 'fast' is unknown; use one of sketch, exact, off"):
+        calibrate(model, PROMPTS[:1], dataclasses.replace(CONFIG, residual_change="fast"))
