@@ -68,12 +68,10 @@ class DiffusionKind(ModelKind):
     def compile(self, model, plan, options, *, plan_path=None, output_dir=None):
         from ..compiler.compile import PRECISION_DTYPES, compile
         from ..devices import check_device
-        from ..models.base import resolve_shapes
 
         if options.precision not in PRECISION_DTYPES:
             raise F3Error(f"--precision {options.precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
-        given = options.shapes
-        shapes = resolve_shapes(model, given.frames, given.height, given.width, given.batch)
+        shapes = _plan_shapes(model, plan, options.shapes)
         device = check_device(options.device, allow_meta=output_dir is None)
         compiled = compile(model, plan, shapes, dtype=PRECISION_DTYPES[options.precision], device=device)
         if output_dir is not None:
@@ -83,12 +81,10 @@ class DiffusionKind(ModelKind):
     def export(self, source, plan, options, config, output_dir, *, plan_path=None, progress=False) -> dict:
         from ..compiler.compile import CompiledModel
         from ..exporters import export
-        from ..models.base import resolve_shapes
 
         if isinstance(source, CompiledModel):
             return export(source, None, output_dir, None, config, plan_path=plan_path, progress=progress)
-        given = options.shapes
-        shapes = resolve_shapes(source, given.frames, given.height, given.width, given.batch)
+        shapes = _plan_shapes(source, plan, options.shapes)
         return export(source, plan, output_dir, shapes, config, plan_path=plan_path, progress=progress)
 
     def build_summary(self, manifest, output, verb, config=None) -> str:
@@ -171,3 +167,15 @@ def parse_shape(text: str | None):
 
 
 KIND = DiffusionKind()
+
+
+def _plan_shapes(model, plan, given):
+    """The shapes a build runs at: each one given (`--frames/--height/--width`), else the plan's
+    calibration's (the shape its units were found at), else, for the dense model or a plan written
+    before heights were recorded, the model's own."""
+    from ..models.base import resolve_shapes
+
+    recorded = {} if plan is None else plan.calibration
+    chosen = [getattr(given, name) or recorded.get(name) for name in ("frames", "height", "width")]
+    return resolve_shapes(model, *chosen, given.batch)
+

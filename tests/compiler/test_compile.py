@@ -206,3 +206,23 @@ def test_weights_edited_after_loading_are_captured_anew(calibrations, monkeypatc
         with masked(model, plan.stages[0], units):
             edited = model.denoise(*inputs)
         assert rel(before.stages[0].program.module()(*inputs), edited) > 1e-2  # the cached one would be wrong
+
+
+def test_a_plan_compiles_at_the_shape_it_was_calibrated_at():
+    """Without --frames/--height/--width a build takes the plan's calibration shape, not the model's
+    default (tiny-wan's is 17x64x64); each size given still wins."""
+    from f3compile import api
+    from f3compile.calibration import CalibrationConfig, calibrate
+    from f3compile.models import load_model
+    from f3compile.models.base import VideoShapes
+    from f3compile.options import CompileOptions, Shapes
+
+    model = load_model("builtin:tiny-wan")
+    stats = calibrate(model, ["a red circle moving left"],
+                      CalibrationConfig(steps=2, frames=9, height=48, width=32, heatmaps=False))
+    plan = make_plan(stats, 0.5, "head")
+    assert (plan.calibration["frames"], plan.calibration["height"], plan.calibration["width"]) == (9, 48, 32)
+    assert api.compile(model, plan).shapes == VideoShapes(1, 9, 48, 32)
+    given = api.compile(model, plan, CompileOptions(shapes=Shapes(frames=13)))
+    assert given.shapes == VideoShapes(1, 13, 48, 32)
+    assert api.compile(model, None).shapes == model.shapes  # the dense model: its own shape
