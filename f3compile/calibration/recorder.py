@@ -313,11 +313,15 @@ class AttentionRecorder:
             projection = attention.to_out[0]
             full = projection(out.transpose(1, 2).flatten(2).to(projection.weight.dtype)).float()
             state.branch[step] += float(full.norm() / residual_norm)
+            # per head ‖o_h W_hᵀ‖ through W_h's d×d Gram matrix: ‖o_h W_hᵀ‖² = Σ_rows o_h (W_hᵀ W_h) o_hᵀ,
+            # one (B, H, N, d) product instead of H products of (B, N, C)
             weight = projection.weight.float()  # (C, H·d)
             d = unit.head_dim
-            norms = torch.stack([(out[:, head].float() @ weight[:, head * d:(head + 1) * d].T).norm()  # (B, N, C)
-                                 for head in range(unit.heads)])
-            state.head_branch[step] += (norms / residual_norm).cpu()
+            per_head = weight.unflatten(1, (unit.heads, d)).permute(1, 0, 2)  # (H, C, d)
+            gram = per_head.transpose(1, 2) @ per_head  # (H, d, d)
+            values = out.float()  # (B, H, N, d)
+            squares = ((values @ gram.unsqueeze(0)) * values).sum(dim=(0, 2, 3), dtype=torch.float64)
+            state.head_branch[step] += (squares.clamp_min(0).sqrt() / residual_norm).float().cpu()
         state.calls[step] += 1
 
     def _record_block(self, block_id: str):

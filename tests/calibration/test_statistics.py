@@ -202,3 +202,33 @@ def test_cli_output_norm_plan_drops_the_lowest_branch_means(calibrations, name, 
     stage = plan["stages"][0]
     assert stage["drop_attention"] == [u for u in ids if u in set(ranked[:count])]  # listed in module order
     assert stage["drop_blocks"] == [] and stage["prune_heads"] == {} and stage["keep_frames"] == {}
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-cogvideox"])
+def test_full_attention_head_branch_is_each_heads_share_of_the_output_projection(name):
+    """Per head ‖o_h W_hᵀ‖ over the whole projection ‖o Wᵀ + b‖, from the projection's own input (the
+    kernel's output) in float64: the recorder's ratio head_branch / branch must equal it."""
+    from f3compile.models import find_temporal_units, load_model, temporal_blocks
+
+    model = load_model(f"builtin:{name}")
+    units = find_temporal_units(model)
+    unit = units[0]
+    projection = dict(model.denoiser.named_modules())[unit.id].to_out[0]
+    seen = []
+    handle = projection.register_forward_hook(lambda m, args, out: seen.append((args[0].detach().clone(), out.detach().clone())))
+    recorder = AttentionRecorder(model.denoiser, units, temporal_blocks(units), steps=1)
+    try:
+        with recorder, torch.no_grad():
+            model.denoise(*model.example_inputs(seed=2))
+    finally:
+        handle.remove()
+    tensors = recorder.tensors()
+    inputs, outputs = seen[0]
+    d, weight = unit.head_dim, projection.weight.double()
+    if unit.text_tokens:  # CogVideoX projects text and video together; the recorder reads the kernel's whole output
+        assert inputs.shape[1] == unit.sequence
+    expected = torch.stack([(inputs[..., h * d:(h + 1) * d].double() @ weight[:, h * d:(h + 1) * d].T).norm()
+                            for h in range(unit.heads)]) / outputs.double().norm()
+    recorded = tensors[f"unit/{unit.id}/head_branch"][0].double() / tensors[f"unit/{unit.id}/branch"][0].double()
+    assert tensors[f"unit/{unit.id}/calls"][0] == 1
+    torch.testing.assert_close(recorded, expected, rtol=1e-4, atol=0)
