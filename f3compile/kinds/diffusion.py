@@ -178,4 +178,3 @@ def _plan_shapes(model, plan, given):
     recorded = {} if plan is None else plan.calibration
     chosen = [getattr(given, name) or recorded.get(name) for name in ("frames", "height", "width")]
     return resolve_shapes(model, *chosen, given.batch)
-

@@ -135,7 +135,7 @@ class _GraphOps(Ops):
 
     def constant(self, kind, key, make):
         attr = self.shared.get((kind, key))
-        if attr is None:
+        if attr is None or not hasattr(self.gm, attr):  # new, or removed by a later clean-up of unused buffers
             number = 0
             while hasattr(self.gm, f"f3_window__{kind}{number}"):
                 number += 1
