@@ -23,8 +23,6 @@ PROMPTS = ["a red circle moving left", "a blue square moving up", "a green trian
 
 
 def compare(name: str, steps: int, prompts: int) -> dict:
-    import torch
-
     from f3compile.calibration.calibrate import CalibrationConfig, calibrate
     from f3compile.calibration.recorder import SKETCH_WIDTH, AttentionRecorder
     from f3compile.models import load_model
@@ -38,14 +36,12 @@ def compare(name: str, steps: int, prompts: int) -> dict:
         return kept(self, residual, start)
 
     AttentionRecorder._kept_rows = watched
-    for mode in ("exact", "sketch"):
-        config = CalibrationConfig(steps=steps, heatmaps=False, seed=3, residual_change=mode)
-        try:
+    try:
+        for mode in ("exact", "sketch"):
+            config = CalibrationConfig(steps=steps, heatmaps=False, seed=3, residual_change=mode)
             runs[mode] = calibrate(model, PROMPTS[:prompts], config)
-        finally:
-            AttentionRecorder._kept_rows = kept
-        AttentionRecorder._kept_rows = watched
-    AttentionRecorder._kept_rows = kept
+    finally:
+        AttentionRecorder._kept_rows = kept
     worst, total, count = 0.0, 0.0, 0
     for block in runs["exact"].blocks:
         for step in range(1, steps):
@@ -55,7 +51,7 @@ def compare(name: str, steps: int, prompts: int) -> dict:
             worst, total, count = max(worst, error), total + error, count + 1
     sketched = sorted(r for r in rows if r > SKETCH_WIDTH)
     return {"model": name, "blocks": len(runs["exact"].blocks), "rows": sorted(rows), "sketched": sketched,
-            "worst": worst, "mean": total / count, "torch": torch.__version__}
+            "worst": worst, "mean": total / count}
 
 
 def main() -> None:

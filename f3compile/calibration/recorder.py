@@ -332,10 +332,10 @@ class AttentionRecorder:
             length = out.shape[-1] if out.ndim else 1
             flat_in, flat_out = hidden.reshape(-1, length), out.reshape(-1, length)
             squares = torch.zeros(2, dtype=torch.float64, device=out.device)  # ‖residual‖², ‖input‖²
-            kept = []
-            for start in range(0, flat_out.shape[0], self._rows(length)):  # fp32 a chunk of rows at a time
-                rows = flat_in[start:start + self._rows(length)].float()
-                residual = flat_out[start:start + self._rows(length)].float() - rows
+            kept, step = [], self._rows(length)
+            for start in range(0, flat_out.shape[0], step):  # fp32 a chunk of rows at a time
+                rows = flat_in[start:start + step].float()
+                residual = flat_out[start:start + step].float() - rows  # a new tensor: kept as it is
                 squares += torch.stack([residual.square().sum(dtype=torch.float64), rows.square().sum(dtype=torch.float64)])
                 if self.change != "off":
                     kept.append(self._kept_rows(residual, start))
@@ -355,13 +355,14 @@ class AttentionRecorder:
         return max(1, (64 * 2**20) // (4 * length))
 
     def _kept_rows(self, rows: torch.Tensor, start: int) -> torch.Tensor:
-        """What is kept until the next step of residual rows `start`, `start + 1`, … (fp32, (r, L)): an
-        fp32 copy ("exact", or rows no longer than the sketch) or their sketch (r, k). Row i is flipped
+        """What is kept until the next step of residual rows `start`, `start + 1`, … (a new fp32 (r, L)
+        tensor the caller no longer uses): the rows themselves ("exact", or rows no longer than the
+        sketch) or their sketch (r, k). Row i is flipped
         by sign pattern i mod k before the shared basis, so directions common to many rows (a shift
         every token shares) are estimated from k independent projections, not one."""
         length = rows.shape[-1]
         if self.change == "exact" or length <= self.sketch_width:
-            return rows.clone() if rows.dtype == torch.float32 else rows.float()
+            return rows
         key = (length, rows.device)
         found = self._bases.get(key)
         if found is None:
@@ -378,7 +379,8 @@ class AttentionRecorder:
         length = residual.shape[-1] if residual.ndim else 1
         flat = residual.reshape(-1, length)
         step = self._rows(length)
-        parts = [self._kept_rows(flat[start:start + step].float(), start) for start in range(0, flat.shape[0], step)]
+        parts = [self._kept_rows(flat[start:start + step].to(torch.float32, copy=True), start)
+                 for start in range(0, flat.shape[0], step)]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _record_change(self, block_id: str, residual: torch.Tensor, kept: bool = False) -> None:
