@@ -90,24 +90,44 @@ def _pipeline_spec(pipe: Any) -> str:
     return f"pipeline:{cls.__module__}.{cls.__qualname__}" + (f"@{origin}" if origin else "")
 
 
-def load(source: Any):
+def load(source: Any, precision: str | None = None):
     """A model of any kind: from a spec (`builtin:NAME[,width-scale=S]`, a local directory, a cached
-    hub id), from a diffusers pipeline object a caller already has (subclasses of the supported
+    hub id; `precision` fp32, bf16 or fp16 is the dtype its denoiser and text encoder are read in,
+    default fp32), from a diffusers pipeline object a caller already has (subclasses of the supported
     pipelines included; the model's spec then records the class and origin, `pipeline:…`), or a
-    model `load` returned before (returned as it is)."""
+    model `load` returned before (returned as it is). An object runs in the dtype it was loaded in:
+    a `precision` it does not have is refused, not cast behind the caller's back."""
     if _is_spec(source):
-        return kind_of(source).load(str(source))
+        return kind_of(source).load(str(source), precision=precision)
     if _diffusers_pipeline(source):
         from .models.loading import from_pipeline, quiet_libraries
 
         quiet_libraries()
-        return from_pipeline(source, _pipeline_spec(source))
-    kind_of(source)  # refuses what is neither
-    return source
+        model = from_pipeline(source, _pipeline_spec(source))
+    else:
+        kind_of(source)  # refuses what is neither
+        model = source
+    _check_precision(model, precision)
+    return model
 
 
-def _model(source: Any, kind):
-    return kind.load(str(source)) if _is_spec(source) else load(source)
+def _check_precision(model: Any, precision: str | None) -> None:
+    held = getattr(model, "precision", None)
+    if precision is not None and held is not None and held != precision:
+        raise F3Error(f"the model given is loaded in {held}, not {precision}: load it in {precision} "
+                      f"(f3compile.load(spec, precision={precision!r}), or dtype= in diffusers' from_pretrained) "
+                      f"or ask for {held}")
+
+
+def _model(source: Any, kind=None, precision: str | None = None, device: Any = "cpu"):
+    """`source` as a loaded model: a spec read in `precision` (default: bf16 on CUDA, fp32 on the
+    CPU, for `device`); an object as it is (a `precision` it lacks refused)."""
+    if _is_spec(source):
+        from .devices import resolve_precision
+
+        kind = kind or kind_of(source)
+        return kind.load(str(source), precision=resolve_precision(precision, device))
+    return load(source, precision)
 
 
 # -- calibrate ----------------------------------------------------------------------------------
@@ -145,7 +165,7 @@ def calibrate(model: Any, prompts: str | Path | Iterable[str], config=None, *, l
         from .sampling import read_latents
 
         latents = read_latents(latents)
-    model = _model(model, kind)
+    model = _model(model, kind, config.precision, config.device)
     key = None if key_model is None else load(key_model)
     return kind.calibrate(model, prompts, config, latents=latents, key_model=key,
                           output_dir=Path(output_dir) if output_dir is not None else None, prompts_sha256=digest,
@@ -207,7 +227,9 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
     if model is None and recorded["spec"].startswith("pipeline:"):
         raise F3Error(f"the calibration was recorded on a pipeline object ({recorded['spec']}); pass that model "
                       "(model=... in Python, --model with its directory on the command line)")
-    model = load(model if model is not None else recorded["spec"])
+    # the search runs in its precision; a budget only counts FLOPs, in the calibration's own precision
+    precision = options.precision if options.search else options.precision or stats.meta.get("precision")
+    model = _model(model if model is not None else recorded["spec"], precision=precision, device=options.device)
     if model.fingerprint != recorded["fingerprint"]:
         where = calibration if _is_spec(calibration) else "the calibration"
         raise F3Error(f"{where} was recorded on another model than {model.spec}; pass --model with "
@@ -401,10 +423,9 @@ def bench(model: Any, plan: Any = None, options: BenchOptions | None = None):
             raise F3Error("--sweep needs --calibration DIR (the plans are made from it)")
         stats = CalibrationStats.load(options.calibration)
         plans = [(r, make_plan(stats, r, options.granularity, options.criterion, options.stages)) for r in options.sweep]
-        model = _model(model, kind)
     else:
-        model = _model(model, kind)
         plans = [(None, read_plan(plan))]
+    model = _model(model, kind, options.precision, options.device)
     return kind.bench(model, plans, options)
 
 
@@ -440,7 +461,7 @@ def evaluate(model: Any, plans: Iterable[Any] = (), prompts: Any = None, config=
         records = list(prompts) if prompts is not None else default_prompts(config.seed)
     if limit is not None:
         records = records[:limit]
-    model = _model(model, kind)
+    model = _model(model, kind, config.precision, config.device)
     result = kind.evaluate(model, variants, records, config, measures, log)
     if output_dir is not None:
         write_report(result, output_dir, sweep=plot)

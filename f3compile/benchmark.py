@@ -170,12 +170,13 @@ def _eager_callables(dense, pruned):
 
 
 def bench(model, plan, backend: str | Sequence[str] = "torch", shapes=None, repeat: int = 10, warmup: int = 2,
-          device: str | torch.device = "cpu", precision: str = "fp32") -> list[dict]:
-    """Benchmark `plan` against the dense model on `device` in `precision`, on each backend; per
+          device: str | torch.device = "cpu", precision: str | None = None) -> list[dict]:
+    """Benchmark `plan` against the dense model on `device` in `precision` (default: bf16 on CUDA,
+    fp32 on the CPU), on each backend; per
     backend one row per stage plus a `loop` row. The denoiser is captured once: the dense and the
     pruned programs are compiled from that capture, and every backend runs (artifacts of) them."""
     from .compiler.compile import PRECISION_DTYPES, capture, compile
-    from .devices import check_device
+    from .devices import check_device, resolve_precision
     from .models.base import resolve_shapes
     from .models.discovery import find_temporal_units
 
@@ -185,8 +186,7 @@ def bench(model, plan, backend: str | Sequence[str] = "torch", shapes=None, repe
             raise F3Error(f"--backend {name!r} is unknown; use one of {', '.join(BACKENDS)}")
     if repeat < 1:
         raise F3Error("--repeat must be at least 1")
-    if precision not in PRECISION_DTYPES:
-        raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISION_DTYPES)}")
+    precision = resolve_precision(precision, device)
     device = check_device(device)
     if "tensorrt" in backends:
         from .exporters.tensorrt import require_tensorrt

@@ -42,6 +42,7 @@ def cmd_calibrate(args) -> None:
         steps=args.steps, frames=args.frames, height=args.height, width=args.width,
         guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, heatmaps=not args.no_heatmaps,
         query_fraction=args.query_fraction, device=args.device, residual_change=args.residual_change,
+        precision=args.precision,
     )
     stats = api.calibrate(args.model, args.prompts, config, latents=args.latents, key_model=args.key_model,
                           output_dir=args.output, progress=True, shard=args.shard)
@@ -97,7 +98,7 @@ def cmd_plan(args) -> None:
         windows=_parse_windows(args.windows),
         reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), granularity=args.granularity,
         criterion=args.criterion, stages=args.stages, seed=args.seed, window=args.window, keep_mass=args.keep_mass,
-        device=args.device,
+        device=args.device, precision=args.precision,
     )
     from . import parallel
 
@@ -298,7 +299,8 @@ def cmd_eval(args) -> None:
                              stages=tuple(int(x) for x in _floats(args.stages, "stages")),
                              criteria=tuple(args.criteria.split(",")), random=args.random)
     config = EvalConfig(samples=args.samples, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                        batch=args.batch, real_per_prompt=args.real, repeat=args.repeat, device=args.device)
+                        batch=args.batch, real_per_prompt=args.real, repeat=args.repeat, device=args.device,
+                        precision=args.precision)
     result = api.evaluate(args.model, args.plan or [], args.prompts, config, measures=args.measures, limit=args.limit,
                           sweep=sweep, calibration=args.calibration, output_dir=args.output,
                           plot=args.sweep or args.plot, log=lambda line: print(line, flush=True))
@@ -370,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one-tensor .safetensors, e.g. Tune-A-Video's DDIM-inverted inv_latents/*.pt)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the model samples (under torchrun with cuda, "
                    "rank r on GPU LOCAL_RANK; default cpu)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, bf16 or fp16: the dtype the denoiser and text encoder are loaded and run in (default: bf16 with --device cuda, fp32 on the cpu)")
     p.add_argument("--shard", metavar="K/N", help="sample only the K-th of N parts of the prompt batches (0 <= K < N) "
                    "and write its partial sums; join the N outputs with `f3compile merge`")
 
@@ -409,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (a control plan)")
     p.add_argument("--device", default="cpu", help="with --search: where the model samples (cpu or cuda; under "
                    "torchrun with cuda, rank r on GPU LOCAL_RANK)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="with --search: fp32, bf16 or fp16, the dtype "
+                   "the model is loaded and run in (default: bf16 with --device cuda, fp32 on the cpu)")
     p.add_argument("-o", "--output", required=True, type=Path, help="plan.json to write")
 
     p = add("compile", cmd_compile)
@@ -463,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", nargs="+", choices=("torch", "eager", "aoti", "onnxruntime", "tensorrt"), default=["torch"],
                    help="one or more backends (eager: the model's own modules with the plan applied in place)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, peak device memory)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the programs")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, bf16 or fp16: the dtype the model is "
+                   "loaded in and its programs run in (default: bf16 with --device cuda, fp32 on the cpu)")
     p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
     p.add_argument("--width-scale", type=float, help="channel multiplier for builtin:arch-* presets")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per variant (default 10)")
@@ -493,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=int, default=10, help="real clips per prompt for the Fréchet reference (default 10)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per variant for the speedup (default 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the programs run")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, bf16 or fp16: the dtype the model is "
+                   "loaded in and its programs run in (default: bf16 with --device cuda, fp32 on the cpu)")
     p.add_argument("--calibration", type=Path, help="calibration directory for --sweep / --random")
     p.add_argument("--sweep", action="store_true", help="plans for every ratio x granularity x stages x criterion")
     p.add_argument("--ratios", default="0.25,0.5,0.75,1", help="for --sweep/--random (default 0.25,0.5,0.75,1)")

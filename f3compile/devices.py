@@ -1,6 +1,7 @@
-"""Where programs run: device names checked once, for every verb that takes `--device`, and the
-loader of AOTInductor packages (shared by the exporter's verification and the runtime, which must
-not import the compiler)."""
+"""Where and in what precision programs run: device names checked once, for every verb that takes
+`--device` (`cuda` is the current CUDA device, the same one as `cuda:0` by default), the
+precision a verb runs in, and the loader of AOTInductor packages (shared by the exporter's
+verification and the runtime, which must not import the compiler)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ import torch
 from .errors import F3Error
 
 DEVICES = ("cpu", "cuda")
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = tuple(PRECISION_DTYPES)
+
+
+def resolve_precision(precision: str | None, device: str | torch.device = "cpu") -> str:
+    """The precision a verb runs in: `precision` when given, else bf16 on CUDA and fp32 on the CPU
+    (where bf16 matrix products are slow and fp16 ones unsupported by many kernels)."""
+    if precision is None:
+        try:
+            return "bf16" if torch.device(device).type == "cuda" else "fp32"
+        except (RuntimeError, TypeError):
+            return "fp32"  # the device itself is refused where it is checked
+    if precision not in PRECISION_DTYPES:
+        raise F3Error(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    """The precision name of a floating dtype (fp32 for any other)."""
+    return next((name for name, value in PRECISION_DTYPES.items() if value == dtype), "fp32")
 
 
 def check_device(device: str | torch.device, allow_meta: bool = False) -> torch.device:
@@ -25,7 +46,15 @@ def check_device(device: str | torch.device, allow_meta: bool = False) -> torch.
         raise F3Error(f"--device {device} is not supported; use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise F3Error("--device cuda, but torch sees no CUDA device (a CPU build of torch, or no GPU); use --device cpu")
-    return device
+    return canonical(device)
+
+
+def canonical(device: torch.device, current: int | None = None) -> torch.device:
+    """`cuda` as the CUDA device it means (`current`, default torch's current device), so that
+    `cuda` and `cuda:0` compare equal and nothing is moved or loaded twice between them."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device() if current is None else current)
 
 
 def synchronize(device: torch.device) -> None:

@@ -48,6 +48,7 @@ class PlanOptions:
     stages: int = option(1, "timestep stages, each ranked on its own steps")
     seed: int = option(0, "seed of the random criterion (a control plan)")
     device: str = option("cpu", "search: where the model samples (cpu or cuda; under torchrun, each rank's own GPU)")
+    precision: str | None = option(None, "search: fp32, bf16 or fp16: the dtype the denoiser and text encoder are loaded and run in (default: bf16 on cuda, fp32 on the cpu)")
 
     @property
     def kind(self) -> str:
@@ -58,6 +59,8 @@ class PlanOptions:
         """The combinations `plan` accepts (`with_prompts`: prompts were given for a search)."""
         if not self.search and self.device != "cpu":
             raise F3Error("--device belongs to --search (the only plan that runs the model); drop it")
+        if self.precision is not None and self.kind == "ratio":
+            raise F3Error("--precision belongs to --search and --target-speedup (the plans that load the model); drop it")
         if self.search:
             if self.ratio is not None:
                 raise F3Error("--search chooses what to prune itself; drop --ratio (bound it with --max-error/--target-speedup)")
@@ -107,7 +110,8 @@ class BenchOptions:
 
     backends: tuple[str, ...] = option(("torch",), "backends to time: torch, eager (the plan applied in place), aoti, onnxruntime, tensorrt")
     device: str = option("cpu", "cpu or cuda (CUDA events, peak device memory)")
-    precision: str = option("fp32", "dtype of the programs")
+    precision: str | None = option(None, "fp32, bf16 or fp16: the dtype the model is loaded in and its programs run in "
+                                         "(default: bf16 on cuda, fp32 on the cpu)")
     shape: str | None = option(None, "FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
     repeat: int = option(10, "timed calls per variant")
     videos: int = option(1, "autoregressive models: whole videos per variant")

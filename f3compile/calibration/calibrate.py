@@ -44,6 +44,7 @@ class CalibrationConfig:
     device: str = option("cpu", "cpu or cuda: where the model samples (under torchrun with cuda: each rank's own GPU)")
     residual_change: str = option("sketch", "how each block's step-to-step residual change is recorded: sketch "
                                   "(a 96-direction projection per row), exact (the whole residual) or off (no reuse)")
+    precision: str | None = option(None, "fp32, bf16 or fp16: the dtype the denoiser and text encoder are loaded and run in (default: bf16 on cuda, fp32 on the cpu)")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -117,6 +118,7 @@ def _meta_for(model: VideoModel, prompts: list[str], config: CalibrationConfig, 
         "units": [_unit_record(unit) for unit in units],
         "versions": library_versions(),
         "device": torch.device(config.device).type,
+        "precision": model.precision,
     }
     if any(unit.spatiotemporal for unit in units):
         meta["query_fraction"] = config.query_fraction

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_dir, sha256_file
-from ..devices import check_device
+from ..devices import PRECISION_DTYPES, check_device  # noqa: F401 - PRECISION_DTYPES: the verbs import it from here
 from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 from .. import memo
@@ -31,7 +31,6 @@ from ..passes import BlockRewrite, PassManager, RewriteSpec, UnitRewrite
 from ..planning.plan import PruningPlan, Stage
 from ..runtime.components import save_components
 
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -125,6 +124,7 @@ class ProgramLoop:
         self.stages = [c.stage for c in compiled]
         self.modules = [{(): c.program.module()} | {v.reused: v.program.module() for v in c.reuse_programs}
                         for c in compiled]
+        self.dtype = sample_dtype(compiled[0].program) if len(self.stages) else torch.float32
 
     def denoise_for(self):
         from ..reuse import sequenced
@@ -135,14 +135,28 @@ class ProgramLoop:
                 raise F3Error(f"timestep {timestep} is outside every stage of the plan")
             return index
         return sequenced(stage_index, [stage.reuse for stage in self.stages],
-                         [{reused: _listed(module) for reused, module in modules.items()} for modules in self.modules])
+                         [{reused: _listed(module, self.dtype) for reused, module in modules.items()}
+                          for modules in self.modules])
 
 
-def _listed(module):
-    """`module`'s outputs as a list (a program without residual outputs returns noise_pred alone)."""
+def sample_dtype(program: torch.export.ExportedProgram) -> torch.dtype:
+    """The dtype a program takes its sample (and text states) in: the dtype it was compiled in."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return node.meta["val"].dtype
+
+
+def _listed(module, dtype: torch.dtype = torch.float32):
+    """`module`'s outputs as a list (a program without residual outputs returns noise_pred alone);
+    the sample and text states go in as `dtype` and noise_pred comes back in float32, as the
+    runtime's backends do, while residuals stay in the program's own dtype for the next step."""
     def call(*args):
+        if dtype != torch.float32:
+            args = (args[0].to(dtype), args[1], args[2].to(dtype), *args[3:])
         outputs = module(*args)
-        return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        outputs[0] = outputs[0].float()
+        return outputs
     return call
 
 

@@ -42,6 +42,8 @@ class EvalConfig:
     repeat: int = option(5, "timed calls per variant for the speedup (bench's machinery on the programs that "
                               "generate the videos: at `batch`, interleaved, medians)")
     device: str = option("cpu", "cpu or cuda: where the programs are compiled and the videos sampled")
+    precision: str | None = option(None, "fp32, bf16 or fp16: the dtype the model is loaded in and its programs run in "
+                                         "(default: bf16 on cuda, fp32 on the cpu)")
 
 
 @dataclass
@@ -109,17 +111,18 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _capture(model, shapes, device):
-    """The denoiser captured once at `shapes` on `device`, shared by every variant's compile."""
+    """The denoiser captured once at `shapes` on `device` in the dtype it was loaded in, shared by
+    every variant's compile."""
     from ..compiler.compile import capture
 
-    return capture(model, shapes, device=device)
+    return capture(model, shapes, model.dtype, device=device)
 
 
 def _compiled(model, plan, shapes, device, captured):
     """The compiled programs of `plan` (None: dense) at `shapes`, from the shared capture."""
     from ..compiler.compile import compile
 
-    return compile(model, plan, shapes, device=device, captured=captured)
+    return compile(model, plan, shapes, dtype=model.dtype, device=device, captured=captured)
 
 
 def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, uncond,
@@ -199,7 +202,8 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise F3Error(f"variant names must be unique, got {names}")
-    config = dataclasses.replace(config, batch=min(config.batch, len(prompts)))
+    # the precision the model was loaded in is the one recorded (and the one its programs run in)
+    config = dataclasses.replace(config, batch=min(config.batch, len(prompts)), precision=model.precision)
     from ..devices import check_device
 
     device = check_device(config.device)

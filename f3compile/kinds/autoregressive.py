@@ -21,9 +21,11 @@ class Built:
 class AutoregressiveKind(ModelKind):
     name = "autoregressive"
 
-    def load(self, spec: str):
+    def load(self, spec: str, precision: str | None = None):
         from ..models.cogvideo import load_cogvideo
 
+        if precision not in (None, "fp32"):
+            raise F3Error(f"CogVideo runs in fp32 on the CPU; drop --precision {precision}")
         return load_cogvideo(spec)
 
     # -- upfront checks -----------------------------------------------------------------------
@@ -53,7 +55,7 @@ class AutoregressiveKind(ModelKind):
 
     def check_bench(self, options) -> None:
         if (options.sweep is not None or list(options.backends) != ["torch"] or options.device != "cpu"
-                or options.precision != "fp32" or options.shape or options.plot):
+                or options.precision not in (None, "fp32") or options.shape or options.plot):
             raise F3Error("autoregressive bench takes --plan with the torch backend, fp32 on the CPU "
                           "(no --sweep, --shape, --device, --precision or --plot)")
 

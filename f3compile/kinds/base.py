@@ -26,8 +26,9 @@ class ModelKind:
         raise F3Error(f"{verb} does not take {self.name} models" + (f"; {hint}" if hint else ""))
 
     # -- models -----------------------------------------------------------------------------
-    def load(self, spec: str) -> Any:
-        """The model `spec` names (a builtin or a directory of this kind)."""
+    def load(self, spec: str, precision: str | None = None) -> Any:
+        """The model `spec` names (a builtin or a directory of this kind), its weights in `precision`
+        (fp32, bf16, fp16; None: fp32)."""
         self.refuse("load")
 
     def owns(self, model: Any) -> bool:

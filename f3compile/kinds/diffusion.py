@@ -16,10 +16,10 @@ from .base import BenchResult, ModelKind, Video
 class DiffusionKind(ModelKind):
     name = "diffusion"
 
-    def load(self, spec: str):
+    def load(self, spec: str, precision: str | None = None):
         from ..models.loading import load_model
 
-        return load_model(spec)
+        return load_model(spec, precision=precision)
 
     def owns(self, model) -> bool:
         from ..models.base import VideoModel

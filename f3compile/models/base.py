@@ -127,13 +127,45 @@ class VideoModel:
 
     @property
     def cache_key(self) -> str | None:
-        """The fingerprint while the denoiser's weights are those it was computed from; None once
-        they were edited in place or replaced (a fine-tune, `load_state_dict`), so that nothing
-        compiled from the old weights is reused (`memo`)."""
-        return self.fingerprint if weights_state(self.denoiser) == self._weights_at_fingerprint else None
+        """The fingerprint and the dtype of the weights while the denoiser's weights are those it
+        was computed from; None once they were edited in place or replaced (a fine-tune,
+        `load_state_dict`), so that nothing compiled from the old weights is reused (`memo`). The
+        dtype is part of it: one checkpoint loaded in fp32 and in bf16 has one fingerprint, but not
+        the same weights to compile from."""
+        if weights_state(self.denoiser) != self._weights_at_fingerprint:
+            return None
+        return f"{self.fingerprint}@{self.dtype}"
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """The denoiser(s) and text encoder in `dtype`, in place (the modules their classes keep in
+        fp32 stay fp32). The fingerprint stays that of the weights as loaded: fp16 is reached this
+        way, from an fp32 load, so that its plans are those of the fp32 and bf16 loads."""
+        modules = [self.denoiser[name] for name in self.experts] if self.experts else [self.denoiser]
+        for module in modules + [self.text_encoder]:
+            if module is not None:
+                cast_weights(module, dtype)
+        self._weights_at_fingerprint = weights_state(self.denoiser)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the denoiser's weights (of most of them: see `weights_dtype`)."""
+        return weights_dtype(self.denoiser)
+
+    @property
+    def precision(self) -> str:
+        """`dtype` by name: fp32, bf16 or fp16."""
+        from ..devices import precision_of
+
+        return precision_of(self.dtype)
 
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
+        """noise_pred in float32 (as a build's runtime returns it); the sample and text states go in
+        as the weights' dtype, as diffusers' pipelines cast them."""
+        dtype = self.dtype
+        if dtype == torch.float32:
+            return self.denoise_call(self.denoiser, sample, timestep, encoder_hidden_states)
+        out = self.denoise_call(self.denoiser, sample.to(dtype), timestep, encoder_hidden_states.to(dtype))
+        return out.float()
 
     @contextlib.contextmanager
     def placed(self, device: torch.device | str):
@@ -216,7 +248,8 @@ class VideoModel:
         )
 
     def example_inputs(self, shapes: VideoShapes | None = None, cfg: bool = True, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Random inputs of the exported signature (batch doubled when `cfg`)."""
+        """Random inputs of the exported signature (batch doubled when `cfg`); the sample and text
+        states in the weights' dtype (drawn in fp32 and rounded: the same numbers in every precision)."""
         shapes = shapes or self.shapes
         generator = torch.Generator().manual_seed(seed)
         batch = shapes.batch * (2 if cfg else 1)
@@ -224,6 +257,9 @@ class VideoModel:
         sample = torch.randn(latent, generator=generator)
         timestep = torch.full((batch,), 500.0)
         ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
+        dtype = self.dtype
+        if dtype != torch.float32:
+            sample, ehs = sample.to(dtype), ehs.to(dtype)
         if self.on_meta:
             return sample.to("meta"), timestep.to("meta"), ehs.to("meta")
         return sample, timestep, ehs
@@ -239,7 +275,11 @@ def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None
     """sha256 over the denoiser config (canonical JSON) and every parameter and buffer.
 
     Private config keys (``_diffusers_version``, ``_use_default_values``, …) are bookkeeping,
-    not architecture: a model saved and loaded back keeps its fingerprint.
+    not architecture: a model saved and loaded back keeps its fingerprint. Floating-point tensors
+    are hashed as their bf16 rounding, so one checkpoint has one fingerprint whether it was loaded
+    in fp32 or in bf16 (a calibration in bf16 on a GPU fits a build in fp32). fp16 rounds
+    differently (no rounding agrees with both), so `load_model` reaches fp16 by casting an fp32 load
+    after fingerprinting it. Each tensor is rounded on its own device, one at a time.
     """
     public = {key: value for key, value in config.items() if not key.startswith("_")}
     digest = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
@@ -247,10 +287,40 @@ def fingerprint_modules(config: dict[str, Any], *modules: torch.nn.Module | None
         if module is None:
             continue
         for name, tensor in sorted(module.state_dict().items()):
+            tensor = tensor.detach()
+            kind = str(tensor.dtype)
+            if tensor.is_floating_point():
+                tensor, kind = tensor.to(torch.bfloat16), "float"
             digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(str(tuple(tensor.shape)).encode() + kind.encode())
+            digest.update(tensor.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def weights_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype most of `module`'s floating-point weights have (a model loaded in bf16 keeps a few
+    small modules in fp32, as diffusers' `_keep_in_fp32_modules` asks); fp32 when it has none."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def cast_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module` in `dtype` in place, as `from_pretrained(dtype=…)` would have loaded it: the
+    submodules its class keeps in fp32 (`_keep_in_fp32_modules`, matched on a parameter's path
+    components as diffusers matches them) stay fp32."""
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    module.to(dtype)
+    if dtype != torch.float32 and keep:
+        for name, sub in module.named_modules():
+            if any(part in keep for part in name.split(".")):
+                sub.to(torch.float32)
+        for name, param in module.named_parameters():  # a parameter held directly (scale_shift_table)
+            if name.split(".")[-1] in keep:
+                param.data = param.data.float()
+    return module
 
 
 def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, width: int | None, batch: int = 1) -> VideoShapes:

@@ -10,10 +10,13 @@ import torch
 from .._io import read_json
 from ..errors import F3Error
 from . import registry
-from .base import VideoModel, VideoShapes, fingerprint_modules
+from .base import VideoModel, VideoShapes, cast_weights, fingerprint_modules
 from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, encode_hashed
 
 DEFAULT_FRAMES = 8
+# what a precision applies to: the denoiser(s) and the text encoder; the VAE stays fp32 (it decodes
+# once per video, and its fp16/bf16 decodes are where diffusers' pipelines keep fp32 too)
+CAST_COMPONENTS = ("transformer", "transformer_2", "unet", "text_encoder")
 
 
 def quiet_libraries() -> None:
@@ -149,7 +152,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     )
 
 
-def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
+def _from_bare_denoiser(path: Path, spec: str, class_name: str, dtype: torch.dtype | None = None) -> VideoModel:
     import diffusers
 
     family = BY_DENOISER_CLASS[class_name]
@@ -157,14 +160,25 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str) -> VideoModel:
         from .tuneavideo import load_unet
 
         denoiser = load_unet(path)
+        if dtype is not None:
+            cast_weights(denoiser, dtype)
     else:
         if family.name in ("wan", "cogvideox"):
             from . import cogvideox, wan
 
             {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(
                 read_json(path / "config.json", "re-save the denoiser"), str(path))
-        denoiser = _from_pretrained(getattr(diffusers, class_name), path).eval()
+        denoiser = _from_pretrained(getattr(diffusers, class_name), path, dtype).eval()
     return from_denoiser(denoiser, spec, family)
+
+
+def cast_pipeline(pipe, dtype: torch.dtype) -> None:
+    """The pipeline's denoiser(s) and text encoder in `dtype`, in place, as `from_pretrained` with
+    that dtype would have loaded them (the modules their classes keep in fp32 stay fp32)."""
+    for name in CAST_COMPONENTS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            cast_weights(module, dtype)
 
 
 def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = None) -> VideoModel:
@@ -206,11 +220,19 @@ def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = 
     )
 
 
-def _from_pretrained(cls, path: Path):
+def _from_pretrained(cls, path: Path, dtype: torch.dtype | None = None):
     """`cls.from_pretrained(path)`, a directory whose config does not build the class or does not fit
-    its weights refused in one line (diffusers raises ValueError, TypeError, RuntimeError, ... there)."""
+    its weights refused in one line (diffusers raises ValueError, TypeError, RuntimeError, ... there).
+    `dtype`: the denoiser(s) and text encoder are read in it (a bf16 checkpoint is never widened to
+    fp32 on the way), the other components in fp32."""
+    kwargs = {}
+    if dtype is not None and dtype != torch.float32:
+        import diffusers
+
+        pipeline = issubclass(cls, diffusers.DiffusionPipeline)
+        kwargs["dtype"] = {**{name: dtype for name in CAST_COMPONENTS}, "default": torch.float32} if pipeline else dtype
     try:
-        loaded = cls.from_pretrained(path)
+        loaded = cls.from_pretrained(path, **kwargs)
     except F3Error:
         raise
     except Exception as exc:
@@ -228,7 +250,7 @@ def _from_pretrained(cls, path: Path):
     return loaded
 
 
-def _load_directory(path: Path, spec: str) -> VideoModel:
+def _load_directory(path: Path, spec: str, dtype: torch.dtype | None = None) -> VideoModel:
     import diffusers
 
     from . import tuneavideo
@@ -237,7 +259,10 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
         index = read_json(path / "model_index.json", "re-save the pipeline")
         class_name = index.get("_class_name") if isinstance(index, dict) else None
         if tuneavideo.is_tuneavideo_unet(path / "unet"):  # by its keys: the class names clash with ModelScope's
-            return from_pipeline(tuneavideo.load_pipeline(path), spec)
+            pipe = tuneavideo.load_pipeline(path)
+            if dtype is not None:
+                cast_pipeline(pipe, dtype)
+            return from_pipeline(pipe, spec)
         if class_name not in BY_PIPELINE_CLASS:
             raise F3Error(
                 f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
@@ -252,7 +277,7 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
             for expert in ("transformer", "transformer_2"):
                 if (path / expert / "config.json").is_file():
                     module.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
-        pipe = _from_pretrained(getattr(diffusers, class_name), path)
+        pipe = _from_pretrained(getattr(diffusers, class_name), path, dtype)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():
         config = read_json(path / "config.json", "re-save the denoiser")
@@ -260,7 +285,7 @@ def _load_directory(path: Path, spec: str) -> VideoModel:
         if tuneavideo.is_tuneavideo_unet(path):
             class_name = "TuneAVideoUNet"
         if class_name in BY_DENOISER_CLASS:
-            return _from_bare_denoiser(path, spec, class_name)
+            return _from_bare_denoiser(path, spec, class_name, dtype)
         raise F3Error(
             f"{path}/config.json describes a {class_name}; a bare denoiser must be one of "
             f"{', '.join(sorted(BY_DENOISER_CLASS))}"
@@ -318,32 +343,48 @@ def _resolve_hub_id(spec: str) -> Path:
         ) from None
 
 
-def load_model(spec: str, meta: bool = False) -> VideoModel:
+def load_model(spec: str, meta: bool = False, precision: str | None = None) -> VideoModel:
     """Load a text-to-video model from `spec` and normalize it as a `VideoModel`.
 
     `spec` is ``builtin:NAME``, a local diffusers pipeline directory (``model_index.json``),
     a bare denoiser directory (``config.json``), or a Hugging Face id already in the local cache
     (never fetched from the network). `meta` (builtins only): the architecture on the meta device,
-    no weights; its fingerprint is that of its configuration (`meta:sha256:…`).
+    no weights; its fingerprint is that of its configuration (`meta:sha256:…`). `precision`
+    (fp32, bf16, fp16; default fp32): the dtype the denoiser(s) and text encoder are loaded in.
     """
+    from ..devices import PRECISION_DTYPES, resolve_precision
+
     quiet_libraries()
     spec = str(spec)
+    precision = resolve_precision(precision)
+    # read in bf16 where asked (never widened to fp32 on the way); fp16 is read in fp32 and cast once
+    # fingerprinted, as fp16 rounding would give the weights another fingerprint (`fingerprint_modules`)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    model = _load(spec, meta, dtype)
+    if precision == "fp16":
+        model.cast(PRECISION_DTYPES["fp16"])
+    return model
+
+
+def _load(spec: str, meta: bool, dtype: torch.dtype | None) -> VideoModel:
     kind = registry.kind_of_spec(spec).name
     if kind != "diffusion":
         raise F3Error(f"{spec} is an {kind} model: load_model takes diffusion models; load it with f3compile.load "
                       "(the CLI's verbs take either)")
     if spec.startswith("builtin:"):
         pipe, shapes = build_builtin(spec.split(":", 1)[1], meta=meta)
+        if dtype is not None:
+            cast_pipeline(pipe, dtype)
         return from_pipeline(pipe, spec, shapes, meta=meta)
     if meta:
         raise F3Error(f"only builtin models are built on the meta device, not {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_directory(path, spec)
+        return _load_directory(path, spec, dtype)
     if path.exists():
         raise F3Error(f"model spec '{spec}' is a file; pass a diffusers model directory, a cached hub id or builtin:NAME")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _load_directory(_resolve_hub_id(spec), spec)
+        return _load_directory(_resolve_hub_id(spec), spec, dtype)
     raise F3Error(f"model '{spec}' does not exist; pass a diffusers model directory, a cached hub id or builtin:NAME")
 
 

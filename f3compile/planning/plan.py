@@ -179,6 +179,8 @@ class PruningPlan:
             raise F3Error(
                 f"the plan was made for model {_name(self.model.get('spec'))} ({_name(str(self.model.get('fingerprint'))[:19])}…), "
                 f"not {model.spec} ({model.fingerprint[:19]}…); calibrate and plan for this model"
+                + ("; a model loaded in fp16 fingerprints apart from its fp32 and bf16 loads: load it in fp32 or "
+                   "bf16 (f3compile casts to fp16 after fingerprinting)" if getattr(model, "precision", None) == "fp16" else "")
             )
         by_id = {unit.id: unit for unit in units}
         blocks = {unit.block for unit in units}
@@ -267,6 +269,8 @@ class SearchDocument:
     evaluations: int = key(check=lambda v: v >= 0, message="evaluations must be a non-negative integer")
     seconds: float = key(check=lambda v: v >= 0, message="error, predicted_speedup and seconds must be non-negative numbers")
     accepted: list[SearchStepDocument] = key(message="accepted must be a list")
+    precision: str = key(optional=True, check=lambda v: v in ("fp32", "bf16", "fp16"),
+                         message="precision must be fp32, bf16 or fp16")
 
 
 def _ratio_ok(ratio: Any) -> bool:

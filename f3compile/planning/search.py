@@ -258,5 +258,6 @@ def search_plan(
         "prompts": len(prompts), "error": round(final_error, 6), "predicted_speedup": round(reached, 6),
         "evaluations": runner.calls, "seconds": round(time.perf_counter() - started, 3),
         "accepted": [s.to_dict() for s in steps],
+        "precision": model.precision,
     }
     return plan, steps
