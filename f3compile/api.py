@@ -218,6 +218,7 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
         return make_plan(stats, options.ratio, options.granularity, criterion, options.stages, seed=options.seed,
                          reuse=options.reuse, window=options.window, keep_mass=options.keep_mass)
     from .models import find_temporal_units
+    from .models.base import resolve_shapes
     from .planning.cost import ModelCost
 
     if stats.meta.get("experts"):
@@ -234,8 +235,10 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
         where = calibration if _is_spec(calibration) else "the calibration"
         raise F3Error(f"{where} was recorded on another model than {model.spec}; pass --model with "
                       "the calibrated model")
-    units = find_temporal_units(model)
-    cost = ModelCost.measure(model, units)
+    # the calibration's shape, where its units were found and its statistics recorded (not the model's default)
+    shapes = resolve_shapes(model, *(stats.meta["shapes"].get(name) for name in ("frames", "height", "width")))
+    units = find_temporal_units(model, shapes)
+    cost = ModelCost.measure(model, units, shapes)
     if options.kind == "budget":
         from .planning.schedule import make_target_plan
 

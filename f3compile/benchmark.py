@@ -177,7 +177,7 @@ def bench(model, plan, backend: str | Sequence[str] = "torch", shapes=None, repe
     pruned programs are compiled from that capture, and every backend runs (artifacts of) them."""
     from .compiler.compile import PRECISION_DTYPES, capture, compile
     from .devices import check_device, resolve_precision
-    from .models.base import resolve_shapes
+    from .models.base import plan_shapes
     from .models.discovery import find_temporal_units
 
     backends = [backend] if isinstance(backend, str) else list(backend)
@@ -192,7 +192,7 @@ def bench(model, plan, backend: str | Sequence[str] = "torch", shapes=None, repe
         from .exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
-    shapes = resolve_shapes(model, *(dataclasses.astuple(shapes)[1:] if shapes else (None, None, None)))
+    shapes = plan_shapes(model, plan, *(dataclasses.astuple(shapes)[1:] if shapes else (None, None, None)))
     plan.check_model(model, find_temporal_units(model, shapes))  # before any heavy work
     dtype = PRECISION_DTYPES[precision]
     captured = capture(model, shapes, dtype, device=device)

@@ -181,13 +181,21 @@ def cmd_compile(args) -> None:
         raise F3Error("compile needs MODEL and -o BUILD_DIR (or --list-passes)")
     started = time.perf_counter()
     compiled = api.compile(args.model, args.plan, _compile_options(args), output_dir=args.output, plan_path=args.plan)
-    _report_build(args.model, compiled.manifest, args.output, "compile", started)
+    _report_build(args.model, compiled.manifest, args.output, "compile", started, plan_path=args.plan)
 
 
-def _report_build(model, manifest: dict, output: Path, verb: str, started: float, config=None) -> None:
+def _report_build(model, manifest: dict, output: Path, verb: str, started: float, config=None,
+                  plan_path: Path | None = None) -> None:
     from . import api
 
     kind = api.kind_of(model)
+    shapes = manifest.get("shapes") or {}
+    if plan_path is not None and {"frames", "height", "width"} <= set(shapes):
+        from .models.base import VideoShapes, shape_note
+
+        note = shape_note(api.read_plan(plan_path), VideoShapes(1, shapes["frames"], shapes["height"], shapes["width"]))
+        if note:
+            print(f"built {note}")
     for line in kind.describe_build(manifest, output, verb):
         print(line)
     _done(started, kind.build_summary(manifest, output, verb, config))
@@ -212,7 +220,7 @@ def cmd_export(args) -> None:
     )
     manifest = api.export(args.model, args.plan, config, options=_compile_options(args), output_dir=args.output,
                           plan_path=args.plan, progress=True)
-    _report_build(args.model, manifest, args.output, "export", started, config)
+    _report_build(args.model, manifest, args.output, "export", started, config, plan_path=args.plan)
 
 
 def cmd_generate(args) -> None:
@@ -470,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, peak device memory)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32, bf16 or fp16: the dtype the model is "
                    "loaded in and its programs run in (default: bf16 with --device cuda, fp32 on the cpu)")
-    p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
+    p.add_argument("--shape", help="FRAMESxHEIGHTxWIDTH in pixels (default: the plan's calibration, else the model's)")
     p.add_argument("--width-scale", type=float, help="channel multiplier for builtin:arch-* presets")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per variant (default 10)")
     p.add_argument("--sweep", help="comma-separated ratios to plan and bench (needs --calibration)")

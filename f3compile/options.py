@@ -112,7 +112,7 @@ class BenchOptions:
     device: str = option("cpu", "cpu or cuda (CUDA events, peak device memory)")
     precision: str | None = option(None, "fp32, bf16 or fp16: the dtype the model is loaded in and its programs run in "
                                          "(default: bf16 on cuda, fp32 on the cpu)")
-    shape: str | None = option(None, "FRAMESxHEIGHTxWIDTH in pixels (default: the model's)")
+    shape: str | None = option(None, "FRAMESxHEIGHTxWIDTH in pixels (default: the plan's calibration, else the model's)")
     repeat: int = option(10, "timed calls per variant")
     videos: int = option(1, "autoregressive models: whole videos per variant")
     plot: Path | None = option(None, "also write a speedup plot (PNG) here")

@@ -110,6 +110,20 @@ def decode(model, latents: torch.Tensor) -> torch.Tensor:
     return vae_decode(vae, latents)
 
 
+def _shapes(model, variants: list[Variant], log: Callable[[str], None]):
+    """Where every variant samples: the first plan's calibration shape (the model's own without
+    one); a plan calibrated elsewhere runs there too when its units apply, and says so."""
+    from ..models.base import plan_shapes, shape_note
+
+    plans = [variant.plan for variant in variants if variant.plan is not None]
+    shapes = plan_shapes(model, plans[0] if plans else None)
+    for variant in variants:
+        note = shape_note(variant.plan, shapes)
+        if note:
+            log(f"{variant.name}: {note}")
+    return shapes
+
+
 def _capture(model, shapes, device):
     """The denoiser captured once at `shapes` on `device` in the dtype it was loaded in, shared by
     every variant's compile."""
@@ -133,7 +147,7 @@ def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, un
     from ..sampling import denoise_loop, initial_latents
 
     programs = ProgramLoop(compiled)
-    shape = model.latent_shape(dataclasses.replace(model.shapes, batch=config.batch))
+    shape = model.latent_shape(dataclasses.replace(compiled.shapes, batch=config.batch))
     videos, finals = [], []
     for sample in range(config.samples):
         for start in range(0, len(prompts), config.batch):
@@ -207,11 +221,11 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
     from ..devices import check_device
 
     device = check_device(config.device)
+    shapes = _shapes(model, variants, log)
     if measures == "fidelity":
-        return _evaluate_fidelity(model, variants, prompts, config, device, log)
+        return _evaluate_fidelity(model, variants, prompts, config, device, log, shapes)
     from ..models.reference.probe import load_probe
 
-    shapes = model.shapes
     probe = load_probe()
     cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
     real = _real_clips(prompts, config.real_per_prompt, shapes.frames, shapes.height, config.seed)
@@ -266,10 +280,10 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
 
 
 def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], config: EvalConfig, device,
-                       log: Callable[[str], None]) -> dict:
+                       log: Callable[[str], None], shapes) -> dict:
     """Fidelity to the dense model only: usable on any model, no labels and no probe."""
     cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
-    batch_shapes = dataclasses.replace(model.shapes, batch=config.batch)
+    batch_shapes = dataclasses.replace(shapes, batch=config.batch)
     captured = _capture(model, batch_shapes, device)
     dense_compiled = _compiled(model, None, batch_shapes, device, captured)
     results, dense, grid = {}, None, {}

@@ -131,9 +131,16 @@ class DiffusionKind(ModelKind):
     def bench(self, model, plans, options) -> BenchResult:
         from ..benchmark import bench, format_table, plot
 
+        from ..models.base import plan_shapes, shape_note
+
         shapes = parse_shape(options.shape)
         results, texts = [], []
         for ratio, plan in plans:
+            given = (shapes.frames, shapes.height, shapes.width) if shapes else ()
+            ran = plan_shapes(model, plan, *given)
+            note = shape_note(plan, ran)
+            if note:
+                texts.append(note)
             rows = bench(model, plan, list(options.backends), shapes, repeat=options.repeat, device=options.device,
                          precision=options.precision)
             for backend in options.backends:
@@ -146,7 +153,7 @@ class DiffusionKind(ModelKind):
         if options.plot:
             plot(results, options.plot)
         return BenchResult(results, "\n".join(texts), f"benchmarked {len(plans)} plan(s) on {', '.join(options.backends)}",
-                           {"shape": options.shape})
+                           {"shape": f"{ran.frames}x{ran.height}x{ran.width}"})
 
     def evaluate(self, model, variants, prompts, config, measures, log) -> dict:
         from ..evaluation import evaluate
@@ -170,11 +177,7 @@ KIND = DiffusionKind()
 
 
 def _plan_shapes(model, plan, given):
-    """The shapes a build runs at: each one given (`--frames/--height/--width`), else the plan's
-    calibration's (the shape its units were found at), else, for the dense model or a plan written
-    before heights were recorded, the model's own."""
-    from ..models.base import resolve_shapes
+    """The shapes a build runs at (`models.base.plan_shapes`): each one given, else the plan's calibration's."""
+    from ..models.base import plan_shapes
 
-    recorded = {} if plan is None else plan.calibration
-    chosen = [getattr(given, name) or recorded.get(name) for name in ("frames", "height", "width")]
-    return resolve_shapes(model, *chosen, given.batch)
+    return plan_shapes(model, plan, given.frames, given.height, given.width, given.batch)

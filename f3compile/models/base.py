@@ -345,4 +345,54 @@ def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, wi
     for name, value in (("height", shapes.height), ("width", shapes.width)):
         if value % multiple:
             raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")
+    _check_positions(model, shapes)
     return shapes
+
+
+def _denoiser_config(model: VideoModel) -> dict:
+    denoiser = model.denoiser
+    if model.experts:
+        denoiser = denoiser[next(iter(model.experts))]
+    return dict(getattr(denoiser, "config", None) or {})
+
+
+def _check_positions(model: VideoModel, shapes: VideoShapes) -> None:
+    """Refuse a shape whose patches outnumber the positions a rotary embedding has (Wan's
+    `rope_max_seq_len` per axis), in one line, before anything runs into it."""
+    config = _denoiser_config(model)
+    limit = config.get("rope_max_seq_len")
+    patch = config.get("patch_size")
+    if model.family != "wan" or not limit or not patch:
+        return
+    latent = model.latent_shape(shapes)[2:]
+    for (name, size, factor), step in zip((("frames", shapes.frames, model.temporal_scale),
+                                           ("height", shapes.height, model.vae_scale_factor),
+                                           ("width", shapes.width, model.vae_scale_factor)), patch):
+        positions = latent[("frames", "height", "width").index(name)] // step
+        if positions > limit:
+            largest = limit * step * (factor if name != "frames" else 1)
+            hint = (f"at most {(limit - 1) * factor + 1} frames" if name == "frames" and factor > 1
+                    else f"at most {largest} {'frames' if name == 'frames' else 'pixels'}")
+            raise F3Error(f"--{name} {size} gives {positions} positions along {name}, more than the "
+                          f"{limit} {model.spec}'s rotary embedding has (rope_max_seq_len): use {hint}")
+
+
+def plan_shapes(model: VideoModel, plan: Any, frames: int | None = None, height: int | None = None,
+                width: int | None = None, batch: int = 1) -> VideoShapes:
+    """The shapes a verb that takes a plan runs at: each one given, else the plan's calibration's
+    (the shape its units were found at), else — the dense model, or a plan written before heights
+    were recorded — the model's own; checked against the architecture."""
+    recorded = {} if plan is None else (plan.calibration or {})
+    chosen = [given or recorded.get(name) for given, name in ((frames, "frames"), (height, "height"), (width, "width"))]
+    return resolve_shapes(model, *chosen, batch)
+
+
+def shape_note(plan: Any, shapes: VideoShapes) -> str | None:
+    """One line when `shapes` are not those the plan was calibrated at (its units were found there
+    and apply at this shape too, or the verb would have refused); None when they are."""
+    recorded = {} if plan is None else (plan.calibration or {})
+    calibrated = tuple(recorded.get(name) for name in ("frames", "height", "width"))
+    if None in calibrated or calibrated == (shapes.frames, shapes.height, shapes.width):
+        return None
+    return (f"at {shapes.frames}x{shapes.height}x{shapes.width}, not the {'x'.join(map(str, calibrated))} the plan "
+            "was calibrated at: its units apply at both")

@@ -100,16 +100,25 @@ class ModelCost:
 
     @classmethod
     def measure(cls, model: VideoModel, units: list[TemporalUnit], shapes: VideoShapes | None = None) -> "ModelCost":
+        """Counted on shapes alone (fake tensors over the real weights, or the meta device): seconds
+        at any size, nothing computed."""
+        from contextlib import nullcontext
+
+        from ..models.discovery import _shape_only
+
         inputs = model.example_inputs(shapes or model.shapes, cfg=True)
-        if model.experts:  # one call runs one expert: per-module counts of each, the total of one call
-            per_module, totals = {}, []
-            for name in model.experts:
-                total, counts = count_flops(model.denoise_module(name), inputs)
-                per_module |= counts
-                totals.append(total)
-            total = max(totals)
-        else:
-            total, per_module = count_flops(model.denoise_module(), inputs)
+        with nullcontext() if model.on_meta else _shape_only(model.denoiser) as mode:
+            if mode is not None:
+                inputs = tuple(mode.from_tensor(x) for x in inputs)
+            if model.experts:  # one call runs one expert: per-module counts of each, the total of one call
+                per_module, totals = {}, []
+                for name in model.experts:
+                    total, counts = count_flops(model.denoise_module(name), inputs)
+                    per_module |= counts
+                    totals.append(total)
+                total = max(totals)
+            else:
+                total, per_module = count_flops(model.denoise_module(), inputs)
         modules = dict(model.denoiser.named_modules())
         unit_params = {}
         for unit in units:
