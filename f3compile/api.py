@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'f3compile.api' has no attribute {name!r}")
 
 
-__all__ = ["load", "kind_of", "calibrate", "merge", "plan", "inspect", "compile", "export", "Runtime", "generate", "bench", "apply",
+__all__ = ["load", "kind_of", "calibrate", "merge", "plan", "inspect", "memory_report", "compile", "export", "Runtime", "generate", "bench", "apply",
            "evaluate", "convert", "list_passes", "read_plan", "PlanOptions", "CompileOptions", "GenerateOptions",
            "BenchOptions", "Shapes", "SweepOptions"]
 
@@ -277,6 +277,28 @@ def inspect(plan: Any, model: Any = None, shapes: Shapes | None = None) -> str:
 
         model = load_model(str(model), meta=True)
     return kind.inspect(plan, _model(model, kind), shapes)
+
+
+def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precision: str = "bf16",
+                  device: str = "cuda", target: str = "aoti"):
+    """(predictions, context): each verb's predicted peak memory (`memory.Prediction`) for `plan` on
+    `model` at `shapes` in `precision`, counted on the meta device in seconds (`inspect --memory`).
+    `model` is a builtin (an architecture preset at its published size, or a width-scaled one)."""
+    from .devices import resolve_precision
+    from .models import registry
+    from .models.base import resolve_shapes
+    from .models.loading import load_model
+    from . import memory
+
+    precision = resolve_precision(precision)
+    if not (_is_spec(model) and str(model).startswith("builtin:")) or kind_of(model).name != "diffusion":
+        raise F3Error("--memory counts diffusion builtins on the meta device (e.g. builtin:arch-wan2.1-14b); "
+                      f"{model} is not one: count the preset of its architecture")
+    registry.parse_builtin(str(model)[8:])
+    meta = load_model(str(model), meta=True, precision=precision)
+    shapes = shapes or Shapes()
+    resolved = resolve_shapes(meta, shapes.frames, shapes.height, shapes.width)
+    return memory.report(read_plan(plan), meta, resolved, precision=precision, device=device, target=target)
 
 
 # -- compile and export -------------------------------------------------------------------------

@@ -154,7 +154,35 @@ def cmd_inspect(args) -> None:
     from . import api
     from .options import Shapes
 
-    print(api.inspect(args.plan, args.model, Shapes(args.frames, args.height, args.width)))
+    shapes = Shapes(args.frames, args.height, args.width)
+    if args.memory or args.json:
+        _inspect_memory(args, shapes)
+        return
+    if args.precision:
+        raise F3Error("--precision belongs to --memory (what the verbs hold in that precision); drop it or add --memory")
+    print(api.inspect(args.plan, args.model, shapes))
+
+
+def _inspect_memory(args, shapes) -> None:
+    import json
+
+    from . import api, memory
+
+    if not args.model:
+        raise F3Error("--memory needs --model (the model whose verbs are counted)")
+    precision = args.precision or "bf16"
+    predictions, context = api.memory_report(args.plan, args.model, shapes, precision=precision,
+                                             device=args.device, target=args.target)
+    budget = args.budget * 2**30 if args.budget else None
+    if args.json:
+        print(json.dumps({**context, "budget_bytes": budget, "verbs": [p.to_dict() for p in predictions]}, indent=1))
+        return
+    where = "one GPU" if args.device != "cpu" else "a CPU-only machine (one memory)"
+    title = (f"predicted peak memory of each verb: {context['model']} at {context['frames']}x{context['height']}x"
+             f"{context['width']}, {precision}, {context['stages']} stage(s), export --target {args.target}, on {where}"
+             + (f"; plan carried over from {context['carried_over_from']}" if context["carried_over_from"] else "")
+             + ("; the published text encoder and VAE" if context["published_components"] else ""))
+    print(memory.render(predictions, title, budget))
 
 
 def _compile_options(args):
@@ -533,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="with --model: frames (default: the model's)")
     p.add_argument("--height", type=int, help="with --model: height in pixels (default: the model's)")
     p.add_argument("--width", type=int, help="with --model: width in pixels (default: the model's)")
+    p.add_argument("--memory", action="store_true", help="with --model: predict each verb's peak memory (calibrate, "
+                   "plan --search, export, generate) from the meta device, before running anything")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="with --memory: the run's precision (default bf16)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="with --memory: cuda counts what one GPU "
+                   "holds (default); cpu, what a CPU-only process holds")
+    p.add_argument("--target", choices=("aoti", "onnx"), default="aoti", help="with --memory: the export target counted")
+    p.add_argument("--budget", type=float, metavar="GIB", help="with --memory: say whether each verb fits in this many GiB")
+    p.add_argument("--json", action="store_true", help="with --memory: the report as JSON")
     return parser
 
 

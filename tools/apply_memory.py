@@ -33,45 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dense", "window0", "window1")
 
 
-class TensorPeak:
-    """The bytes of tensors the call's operators made that are alive at once, at their peak, and the
-    operator that reached it: peak RSS less the allocator, code pages and constants (weights excluded)."""
-
-    def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        peak = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                peak.saw(func, out)
-                return out
-
-        self.mode, self.live, self.now, self.peak, self.at = Mode(), {}, 0, 0, ""
-
-    def saw(self, func, out) -> None:
-        import weakref
-
-        import torch
-
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key = storage.data_ptr()
-            if key in self.live or not storage.nbytes():
-                continue
-            self.live[key] = storage.nbytes()
-            self.now += storage.nbytes()
-            weakref.finalize(storage, self.free, key)
-        if self.now > self.peak:
-            self.peak, self.at = self.now, str(func)
-
-    def free(self, key) -> None:
-        self.now -= self.live.pop(key, 0)
-
-
 def one(model_spec: str, shape: str, variant: str, batch: int) -> dict:
     import resource
     import time
@@ -97,7 +58,10 @@ def one(model_spec: str, shape: str, variant: str, batch: int) -> dict:
     if variant != "dense":
         plan = PruningPlan.dense(model, units)
         plan.stages[0].windows = {u.id: [int(variant[-1])] * u.heads for u in units}
-    tensors = TensorPeak()
+    from f3compile.memory import LiveTensors
+
+    # weights and inputs are not the call's: views of them (a transposed weight) are not counted
+    tensors = LiveTensors([*model.denoiser.parameters(), *model.denoiser.buffers(), sample, timestep, context])
     started = time.perf_counter()
     with torch.no_grad():
         if plan is None:

@@ -309,9 +309,14 @@ def weights_dtype(module: nn.Module) -> torch.dtype:
 
 def cast_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`module` in `dtype` in place, as `from_pretrained(dtype=…)` would have loaded it: the
-    submodules its class keeps in fp32 (`_keep_in_fp32_modules`, matched on a parameter's path
-    components as diffusers matches them) stay fp32."""
-    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    submodules its class keeps in fp32 stay fp32, matched on a parameter's path components —
+    diffusers keeps `_keep_in_fp32_modules` in every lower precision; transformers keeps them in
+    fp16 only, and `_keep_in_fp32_modules_strict` in fp16 and bf16."""
+    if hasattr(module, "_keep_in_fp32_modules_strict"):  # a transformers model
+        keep = tuple(module._keep_in_fp32_modules_strict or ()) + (
+            tuple(module._keep_in_fp32_modules or ()) if dtype == torch.float16 else ())
+    else:
+        keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
     module.to(dtype)
     if dtype != torch.float32 and keep:
         for name, sub in module.named_modules():

@@ -305,6 +305,8 @@ def _buffers_to_meta(pipe) -> None:
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.to("meta")
+            if hasattr(component, "tie_weights"):  # built empty, a transformers model's tied embeddings come apart
+                component.tie_weights()
 
 
 def build_builtin(name: str, seed: int = 0, meta: bool = False):

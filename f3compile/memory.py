@@ -1,0 +1,319 @@
+"""What each verb holds at its peak, predicted from the meta device in seconds (`inspect --memory`).
+
+Weights are counted from the modules as they would be loaded (the run's precision, the modules a
+class keeps in fp32 kept so). The transient memory of one denoiser call and of one VAE decode is
+*traced*: the call runs on the meta device under a dispatch mode that adds up the bytes of the
+tensors its operators make and frees them when they die (weights and inputs excluded), and
+attention runs as a fused kernel would (its output, never the N×N matrix), as the CPU and CUDA
+kernels do. What the calibration recorder adds is the model of `calibration.recorder`. Each verb's
+parts are the things alive at once at its peak, on the device it runs on and on the host beside it.
+
+An architecture preset (`builtin:arch-…` at full width) is counted with its published text encoder
+and VAE (its runnable stand-ins are small), so its numbers are those of the published model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+GIB = 2**30
+# the verbs a report covers, in the order a user runs them
+VERBS = ("calibrate", "plan --search", "export", "generate")
+
+
+@dataclass
+class Prediction:
+    """One verb's peak: the parts alive at once on the device and on the host, in bytes."""
+
+    verb: str
+    device: dict[str, int] = field(default_factory=dict)
+    host: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device_total(self) -> int:
+        return sum(self.device.values())
+
+    @property
+    def host_total(self) -> int:
+        return sum(self.host.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verb": self.verb, "device_bytes": self.device_total, "host_bytes": self.host_total,
+                "device": dict(self.device), "host": dict(self.host), "notes": list(self.notes)}
+
+
+class LiveTensors:
+    """Bytes of the tensors the traced operators made that are alive at once (their peak)."""
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                counter.saw(func, out)
+                return out
+
+        self.mode = Mode()
+        self.skip = {id(t.untyped_storage()) for t in exclude}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+        self.at = ""
+
+    def saw(self, func, out) -> None:
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, size = id(storage), storage.nbytes()
+            if key in self.live or key in self.skip or not size:
+                continue
+            self.live[key] = size
+            self.now += size
+            weakref.finalize(storage, self.free, key)
+        if self.now > self.peak:
+            self.peak, self.at = self.now, str(func)
+
+    def free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
+
+
+class _FusedAttention:
+    """`scaled_dot_product_attention` as a fused kernel allocates: its output alone."""
+
+    def __enter__(self):
+        from torch.overrides import TorchFunctionMode
+
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is sdpa:
+                    q, k, v = (args[i] if i < len(args) else kwargs[name]
+                               for i, name in enumerate(("query", "key", "value")))
+                    return torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+                return func(*args, **kwargs)
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def traced_peak(fn, modules: list[torch.nn.Module], inputs: list[torch.Tensor]) -> tuple[int, str]:
+    """(bytes, operator) at the peak of the tensors `fn()` makes, on the meta device."""
+    exclude = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())] + list(inputs)
+    tensors = LiveTensors(exclude)
+    with torch.no_grad(), _FusedAttention(), tensors.mode:
+        fn()
+    return tensors.peak, tensors.at
+
+
+def weight_bytes(module: torch.nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def call_peak(model, shapes, cfg: bool = True) -> int:
+    """Transient bytes of one denoiser call at `shapes` (batch doubled with classifier-free guidance)."""
+    inputs = model.example_inputs(shapes, cfg=cfg)
+    modules = [model.denoiser[name] for name in model.experts] if model.experts else [model.denoiser]
+    if model.experts:  # one call runs one expert: the larger peak
+        return max(traced_peak(lambda m=m: model.expert_call(model.expert_holder(name), *inputs), [m], list(inputs))[0]
+                   for name, m in zip(model.experts, modules))
+    return traced_peak(lambda: model.denoise_call(model.denoiser, *inputs), modules, list(inputs))[0]
+
+
+def decode_peak(vae: torch.nn.Module | None, model, shapes) -> int:
+    """Transient bytes of decoding one video at `shapes` with `vae` (0 without one)."""
+    if vae is None:
+        return 0
+    from .runtime.pipeline import vae_decode
+
+    latents = torch.zeros(model.latent_shape(dataclasses.replace(shapes, batch=1)), device="meta")
+    return traced_peak(lambda: vae_decode(vae, latents), [vae], [latents])[0]
+
+
+def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: float = 1.0) -> dict[str, int]:
+    """What the calibration recorder holds beyond a plain call (`calibration.recorder`): every
+    block's residual of the previous step as its sketch (or whole, or none), one unit's fp32
+    transients and one chunk of recomputed probabilities."""
+    from .calibration.recorder import _CHUNK_BYTES, SKETCH_WIDTH
+    from .models.discovery import temporal_blocks
+
+    full = [unit for unit in units if unit.spatiotemporal]
+    unit = max(units, key=lambda u: u.sequence * u.channels)
+    tokens = unit.sequence if unit.spatiotemporal else unit.frames * max(unit.tokens, 1)
+    kept = {"sketch": min(unit.channels, SKETCH_WIDTH), "exact": unit.channels, "off": 0}[change]
+    rows = batch * tokens
+    parts = {"recorder: residual sketches" if change == "sketch" else "recorder: residuals":
+             len(temporal_blocks(units)) * rows * kept * 4,
+             "recorder: one unit's fp32 transients": 4 * rows * unit.channels * 4}
+    if full:
+        recorded = max(1, round(unit.sequence * query_fraction))  # never more queries than are recorded
+        queries = max(1, min(1024, recorded, _CHUNK_BYTES // (4 * batch * unit.heads * unit.sequence)))
+        parts["recorder: one chunk of probabilities"] = 3 * batch * unit.heads * queries * unit.sequence * 4
+    return parts
+
+
+def published_components(model) -> dict[str, torch.nn.Module]:
+    """The published text encoder and VAE of an unscaled architecture preset, on the meta device
+    (the preset runs with small stand-ins); {} for anything else."""
+    spec = model.spec
+    if not spec.startswith("builtin:arch-wan") or "width-scale" in spec:
+        return {}
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with init_empty_weights(include_buffers=True):
+        # UMT5-XXL, Wan2.1's text encoder, and Wan2.1's VAE (diffusers' defaults are its config)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                           num_heads=64, feed_forward_proj="gated-gelu"))
+        vae = AutoencoderKLWan()
+    text.tie_weights()  # built empty, the shared embedding and the encoder's come apart
+    return {"text_encoder": text.eval(), "vae": vae.eval()}
+
+
+def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cuda", stages: int | None = None,
+            change: str = "sketch", target: str = "aoti") -> list[Prediction]:
+    """Each verb's peak for `model` (built on the meta device in `precision`) at `shapes`, with
+    `plan` (its stages and windowed units; None: a dense one-stage build). `device` cuda: what the
+    GPU holds (the text encoder and VAE of `generate` on the host, as it runs them); cpu: everything
+    the process holds, as on a CPU-only machine."""
+    from .devices import PRECISION_DTYPES
+    from .models.discovery import find_temporal_units
+
+    dtype = PRECISION_DTYPES[precision]
+    on_gpu = device != "cpu"
+    units = find_temporal_units(model, shapes)
+    published = published_components(model)
+    text = published.get("text_encoder", model.text_encoder)
+    vae = published.get("vae", getattr(model.pipeline, "vae", None) if model.pipeline is not None else None)
+    denoiser = weight_bytes(model.denoiser)
+    if "text_encoder" in published:  # built in fp32: loaded in the run's precision
+        from .models.base import cast_weights
+
+        cast_weights(text, dtype)
+    text_bytes = weight_bytes(text)
+    vae_bytes = weight_bytes(vae)
+    call = call_peak(model, shapes)
+    latent = 4 * int(torch.Size(model.latent_shape(shapes)).numel())
+    sampling = {"latents and noise": 6 * latent}
+    plan_stages = len(plan.stages) if plan is not None else (stages or 1)
+    windowed = _windowed_bytes(model, plan, units)
+
+    calibrate = Prediction("calibrate", {"denoiser weights": denoiser, "text encoder weights": text_bytes,
+                                         "one denoiser call": call, **sampling,
+                                         **recorder_extra(units, 2 * shapes.batch, change)})
+    search = Prediction("plan --search", {"denoiser weights": denoiser, "text encoder weights": text_bytes,
+                                          "one denoiser call": call, **sampling})
+    export = Prediction("export", {"denoiser weights (capture and programs)": denoiser,
+                                   "windowed units' permuted weights": windowed * plan_stages,
+                                   "one denoiser call (verification)": call})
+    if target == "aoti":
+        export.device["the package's weights (verification)"] = denoiser
+    elif target == "onnx":  # the graph is written from a model proto; onnxruntime verifies on the host
+        export.host["the ONNX graph's initializers"] = denoiser
+        export.host["onnxruntime session weights"] = denoiser
+        export.host["onnxruntime attention scores"] = _onnx_verification(units, shapes)
+        export.notes.append("onnxruntime on the CPU materialises every attention's scores")
+    generate = Prediction("generate", {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages,
+                                       "one denoiser call": call, **sampling})
+    generate.notes.append("each stage's program holds its own weights")
+    decode = decode_peak(vae, model, shapes)
+    for prediction in (calibrate, search, generate):
+        prediction.host["VAE weights"] = vae_bytes
+    generate.host["text encoder weights"] = text_bytes
+    generate.host["VAE decode"] = decode + 4 * shapes.frames * shapes.height * shapes.width * 3
+    if not on_gpu:  # one memory: the host's parts are the process's too, the VAE held all along
+        for prediction in (calibrate, search, export, generate):
+            prediction.device.update(prediction.host)
+            prediction.host = {}
+        generate.device.pop("VAE decode")
+        generate.device["VAE decode"] = decode + 4 * shapes.frames * shapes.height * shapes.width * 3
+    return [calibrate, search, export, generate]
+
+
+def _windowed_bytes(model, plan, units) -> int:
+    """Bytes of the q/k/v/out weights a stage program holds again for the units whose heads the
+    window pass regroups (a permuted copy; a unit whose heads keep their order shares the capture's
+    weights); the largest stage's."""
+    from .windows import regroup
+
+    if plan is None:
+        return 0
+    modules = dict(model.denoiser.named_modules())
+    by_id = {unit.id: unit for unit in units}
+    most = 0
+    for stage in plan.stages:
+        total = 0
+        for unit_id, windows in stage.windows.items():
+            unit = by_id.get(unit_id)
+            if unit is None or unit_id not in modules:
+                continue
+            if regroup(windows, stage.prune_heads.get(unit_id, []), unit.heads, unit.frames).permuted:
+                attention = modules[unit_id]
+                total += sum(weight_bytes(getattr(attention, name, None)) for name in ("to_q", "to_k", "to_v"))
+                total += weight_bytes(attention.to_out[0])
+        most = max(most, total)
+    return most
+
+
+def _onnx_verification(units, shapes) -> int:
+    """onnxruntime's CPU attention: the scores of one full 3-D attention call, (B, H, N, N) fp32."""
+    full = [unit for unit in units if unit.spatiotemporal]
+    if not full:
+        return 0
+    unit = max(full, key=lambda u: u.heads * u.sequence)
+    return 2 * shapes.batch * unit.heads * unit.sequence**2 * 4
+
+
+def render(predictions: list[Prediction], title: str, budget: float | None = None) -> str:
+    """A table of each verb's peak and what makes it up; `budget` (bytes): say whether it fits."""
+    lines = [title, "| verb | device peak | host beside it | fits |" if budget else "| verb | device peak | host beside it |",
+             "|---|---:|---:|---|" if budget else "|---|---:|---:|"]
+    for prediction in predictions:
+        row = f"| {prediction.verb} | {prediction.device_total / GIB:.1f} GiB | {prediction.host_total / GIB:.1f} GiB |"
+        if budget:
+            row += " yes |" if prediction.device_total <= budget else f" no (over by {(prediction.device_total - budget) / GIB:.1f} GiB) |"
+        lines.append(row)
+    lines.append("")
+    for prediction in predictions:
+        parts = ", ".join(f"{name} {size / GIB:.2f}" for name, size in prediction.device.items() if size)
+        host = ", ".join(f"{name} {size / GIB:.2f}" for name, size in prediction.host.items() if size)
+        lines.append(f"{prediction.verb}: {parts} GiB" + (f"; host: {host} GiB" if host else "")
+                     + "".join(f" ({note})" for note in prediction.notes))
+    return "\n".join(lines)
+
+
+def report(plan, model, shapes, precision: str = "bf16", device: str = "cuda", target: str = "aoti",
+           change: str = "sketch") -> tuple[list[Prediction], dict[str, Any]]:
+    """(predictions, what they were counted for) of `plan` on `model` (built on the meta device in
+    `precision`); a plan made on another model is carried over by depth, as `inspect` does."""
+    from .models.discovery import find_temporal_units
+    from .planning.plan import carry_over
+
+    units = find_temporal_units(model, shapes)
+    carried = None
+    if plan is not None and plan.model.get("fingerprint") != model.fingerprint:
+        carried = plan.model.get("spec")
+        plan = carry_over(plan, units, model.spec)
+    predictions = predict(model, shapes, plan, precision, device, change=change, target=target)
+    context = {"model": model.spec, "frames": shapes.frames, "height": shapes.height, "width": shapes.width,
+               "precision": precision, "device": device, "target": target, "residual_change": change,
+               "stages": len(plan.stages) if plan is not None else 1, "carried_over_from": carried,
+               "published_components": bool(published_components(model))}
+    return predictions, context

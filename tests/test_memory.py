@@ -1,0 +1,96 @@
+"""The memory report (`inspect --memory`): what it traces on the meta device equals what a real
+forward allocates, its weights are those a real load holds, and at the published sizes it says
+which verbs fit (the CPU peaks it was checked against: tools/memory_check.py, docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from f3compile import memory
+from f3compile.models.base import VideoShapes
+from f3compile.models.loading import load_model
+from tests.helpers import assert_one_line_error, run
+
+GIB = 2**30
+
+
+class _LiveBytes(TorchDispatchMode):
+    """The oracle: bytes of the real tensors a real forward's operators return, alive at once
+    (storages keyed by their address; the weights and inputs are not the call's)."""
+
+    def __init__(self, exclude):
+        super().__init__()
+        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                address = storage.data_ptr()
+                if address in self.skip or address in self.live or not storage.nbytes():
+                    continue
+                self.live[address] = storage.nbytes()
+                self.now += storage.nbytes()
+                weakref.finalize(storage, self._free, address)
+        self.peak = max(self.peak, self.now)
+        return out
+
+    def _free(self, address):
+        self.now -= self.live.pop(address, 0)
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-latte"])
+def test_the_traced_call_is_what_a_real_forward_allocates(name):
+    """The meta trace (fused attention: its output only) against a real CPU forward, whose
+    attention kernel is fused too: within 5% (the kernel's log-sum-exp is the difference)."""
+    meta = load_model(f"builtin:{name}", meta=True)
+    real = load_model(f"builtin:{name}")
+    shapes = real.shapes
+    predicted = memory.call_peak(meta, shapes)
+    inputs = real.example_inputs(shapes, cfg=True)
+    oracle = _LiveBytes([*real.denoiser.parameters(), *real.denoiser.buffers(), *inputs])
+    with torch.no_grad(), oracle:
+        real.denoise_call(real.denoiser, *inputs)
+    assert oracle.peak > 0
+    assert predicted == pytest.approx(oracle.peak, rel=0.05)
+
+
+def test_weights_are_those_a_real_load_holds():
+    """bf16 with Wan's fp32-kept modules: the report's denoiser bytes are a real bf16 load's."""
+    spec = "builtin:tiny-wan"
+    real = load_model(spec, precision="bf16")
+    held = sum(t.nbytes for t in (*real.denoiser.parameters(), *real.denoiser.buffers()))
+    meta = load_model(spec, meta=True, precision="bf16")
+    calibrate = memory.predict(meta, VideoShapes(1, 9, 64, 64), precision="bf16")[0]
+    assert calibrate.device["denoiser weights"] == held
+    assert calibrate.device["text encoder weights"] == sum(t.nbytes for t in real.text_encoder.parameters()) + \
+        sum(t.nbytes for t in real.text_encoder.buffers())
+
+
+def test_the_published_sizes_fit_where_the_issue_says(capsys, tmp_path):
+    """arch-wan2.1-1.3b at 81x480x832 in bf16: calibrate and generate within a 24 GB card; the
+    published UMT5-XXL is counted, not the preset's stand-in."""
+    plan = tmp_path / "plan.json"
+    from f3compile import api
+    from f3compile.calibration import CalibrationConfig
+    from f3compile.planning import make_plan
+
+    stats = api.calibrate("builtin:tiny-wan", ["a red circle"], CalibrationConfig(steps=2, heatmaps=False))
+    make_plan(stats, 0.5, "window", window=0, stages=2).save(plan)
+    code, out, err = run(capsys, "inspect", plan, "--model", "builtin:arch-wan2.1-1.3b", "--frames", "81",
+                         "--height", "480", "--width", "832", "--memory", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    verbs = {v["verb"]: v for v in report["verbs"]}
+    assert set(verbs) == set(memory.VERBS) and report["published_components"] and report["stages"] == 2
+    assert verbs["calibrate"]["device_bytes"] <= 24e9 and verbs["generate"]["device_bytes"] <= 24e9
+    assert 10 * GIB < verbs["calibrate"]["device"]["text encoder weights"] < 13 * GIB  # UMT5-XXL in bf16
+    code, _, err = run(capsys, "inspect", plan, "--memory")
+    assert_one_line_error(code, err, "--memory needs --model")
