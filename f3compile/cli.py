@@ -270,7 +270,7 @@ def cmd_generate(args) -> None:
     options = GenerateOptions(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                               backend=args.backend, device=args.device, latents=args.latents,
                               save_latents=args.save_latents is not None, interpolate=args.interpolate,
-                              rounds=args.rounds)
+                              rounds=args.rounds, progress=True)
     video = api.generate(args.build, args.prompt, options)
     video.save(args.output, args.fps)
     if args.save_latents:

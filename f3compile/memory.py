@@ -140,10 +140,25 @@ def decode_peak(vae: torch.nn.Module | None, model, shapes) -> int:
     """Transient bytes of decoding one video at `shapes` with `vae` (0 without one)."""
     if vae is None:
         return 0
+    return decode_bytes(vae, model.latent_shape(dataclasses.replace(shapes, batch=1)))
+
+
+def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
+    """Transient bytes of `vae` decoding latents of `latent_shape` untiled, traced on a meta-device
+    copy of it (its weights in their dtype, nothing computed; `vae` itself is left as it is)."""
+    import copy
+
     from .runtime.pipeline import vae_decode
 
-    latents = torch.zeros(model.latent_shape(dataclasses.replace(shapes, batch=1)), device="meta")
-    return traced_peak(lambda: vae_decode(vae, latents), [vae], [latents])[0]
+    first = next(vae.parameters())
+    if first.is_meta:
+        meta = vae
+    else:
+        memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=False) for p in vae.parameters()}
+        memo.update({id(b): b.detach().to("meta") for b in vae.buffers()})
+        meta = copy.deepcopy(vae, memo)
+    latents = torch.zeros(latent_shape, device="meta", dtype=first.dtype)
+    return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
 
 
 def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: float = 1.0) -> dict[str, int]:

@@ -102,6 +102,7 @@ class GenerateOptions:
     save_latents: bool = option(False, "keep the final latents (to write them beside the video)")
     interpolate: Path | None = option(None, "CogVideo: a stage-2 build that fills frames between the stage-1 build's")
     rounds: int = option(3, "with interpolate: rounds, each doubling the frame rate")
+    progress: bool = option(False, "show a bar of the denoising steps on stderr")
 
 
 @dataclass

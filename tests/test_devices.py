@@ -106,3 +106,22 @@ def test_meta_is_for_the_python_api_only(capsys, tmp_path):
     code, _, err = run(capsys, "compile", "builtin:tiny-latte", "--device", "meta", "-o", tmp_path / "c")
     assert_one_line_error(code, err, "--device meta is not supported")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.gpu
+def test_generate_on_cuda_encodes_and_decodes_there(tmp_path, monkeypatch):
+    """On a GPU the text encoder runs there and is given back to the host before sampling; the VAE
+    decodes there, tile by tile when its untiled decode would not fit the free memory."""
+    from f3compile.models import load_model
+
+    export(load_model("builtin:tiny-wan"), None, tmp_path / "b", config=ExportConfig(samples=1))
+    runtime, reference = Runtime(tmp_path / "b", device="cuda"), Runtime(tmp_path / "b")
+    cond, _ = runtime.encode(["a red circle"])
+    assert next(runtime.component("text_encoder").parameters()).device.type == "cpu"
+    assert rel(cond, reference.encode(["a red circle"])[0]) <= REL_DEVICE["fp32"]
+    latents = runtime.generate("a red circle", steps=2)
+    frames = runtime.decode(latents)
+    assert not runtime.tiled and rel(frames, reference.decode(latents)) <= REL_DEVICE["fp32"]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1, 1))
+    tiled = runtime.decode(latents)
+    assert runtime.tiled and rel(tiled, frames) <= 1e-3

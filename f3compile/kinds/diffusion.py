@@ -121,11 +121,12 @@ class DiffusionKind(ModelKind):
             start = read_latents(options.latents)
         runtime = self.runtime(build, options.backend, options.device)
         latents = runtime.generate(prompt, seed=options.seed, steps=options.steps, guidance_scale=options.guidance_scale,
-                                   latents=start)
+                                   latents=start, progress=options.progress)
         frames = runtime.decode(latents)[0]
         carried = runtime.residual_bytes
         summary = (f"{frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {options.steps} steps, backend "
-                   f"{options.backend}" + (f", temporal reuse carried {carried / 2**20:.2f} MiB of residuals" if carried else ""))
+                   f"{options.backend}" + (f", temporal reuse carried {carried / 2**20:.2f} MiB of residuals" if carried else "")
+                   + (", the VAE decoded tile by tile" if runtime.tiled else ""))
         return Video(frames, summary, latents if options.save_latents else None)
 
     def bench(self, model, plans, options) -> BenchResult:

@@ -1,6 +1,12 @@
 """Run exported artifacts as a deployment would: manifest → text encoder → denoising loop over
 stage artifacts switched by timestep → VAE decode. Depends on the manifest and the artifacts
-only (no calibration, passes or exporters are imported)."""
+only (no calibration, passes or exporters are imported).
+
+On a GPU the text encoder and the VAE run there too, in the build's precision (the VAE in fp32
+for fp16 builds, whose decoder overflows in fp16): the text encoder is moved back to the host
+once the prompts are encoded, so that the denoising loop has the device to itself, and the VAE
+decodes tile by tile when its untiled decode, traced on the meta device, would not fit in the
+memory the device has free."""
 
 from __future__ import annotations
 
@@ -39,6 +45,12 @@ class Runtime:
         self._check_versions()
         self.stages = [StagePrograms(backend, self.build, stage, self.device) for stage in self.manifest["stages"]]
         self._components: dict = {}
+        self.tiled = False  # whether the last decode went tile by tile
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The build's precision: the dtype its programs take the sample in."""
+        return getattr(torch, self.manifest["stages"][0]["inputs"][0]["dtype"])
 
     # -- set-up ------------------------------------------------------------------------------
     def _check_versions(self) -> None:
@@ -83,6 +95,9 @@ class Runtime:
             return (hashed_embeddings(prompts, info["max_length"], info["hidden_size"]),
                     hashed_embeddings(negative, info["max_length"], info["hidden_size"]))
         style = info.get("style", "clip")
+        on_device = self.device.type == "cuda"
+        if on_device:  # encoded on the device in the build's precision, then given back to the host
+            encoder.to(self.device, self.dtype)
 
         def run(texts: list[str], length: int) -> torch.Tensor:
             if style == "t5":
@@ -93,14 +108,20 @@ class Runtime:
                 texts = [prompt_clean(t) for t in texts]
             tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
                                return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+            tokens = tokens.to(self.device) if on_device else tokens
             use_mask = style in ("t5", "umt5") or getattr(encoder.config, "use_attention_mask", False)
             states = encoder(tokens.input_ids, attention_mask=tokens.attention_mask if use_mask else None)[0]
             if style == "umt5":  # each prompt's states trimmed to its length and zero-padded back
                 states = states * tokens.attention_mask.gt(0).unsqueeze(-1).to(states.dtype)
             return states
 
-        cond = run(prompts, info["max_length"])
-        return cond, run(negative, cond.shape[1])
+        try:
+            cond = run(prompts, info["max_length"])
+            uncond = run(negative, cond.shape[1])
+        finally:
+            if on_device:
+                encoder.to("cpu")
+        return cond.float().cpu(), uncond.float().cpu()
 
     # -- sampling ----------------------------------------------------------------------------
     def stage_index(self, timestep: int) -> int:
@@ -122,11 +143,11 @@ class Runtime:
         return max((stage.get("reuse", {}).get("residual_bytes", 0) for stage in self.manifest["stages"]), default=0)
 
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
-                 eta: float = 0.0, latents: torch.Tensor | None = None) -> torch.Tensor:
+                 eta: float = 0.0, latents: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
         """Final latents (B, C, F, h, w) for `prompt` (one prompt per batch row of the artifacts).
 
         `latents`: start from these (batch 1 or one row per prompt; e.g. DDIM-inverted latents of
-        a video to edit) instead of noise drawn from `seed`."""
+        a video to edit) instead of noise drawn from `seed`. `progress`: a bar of the steps on stderr."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = self.manifest["shapes"]["batch"]
         dynamic = self.manifest.get("dynamic_batch")  # over the CFG batch: two rows per prompt
@@ -147,8 +168,19 @@ class Runtime:
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
         layout = self.manifest.get("native_layout", "B,C,F,H,W")
         start = start_latents(latents, tuple(shape), self.scheduler, generator, layout).to(self.device)
-        final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
-                             guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc="generate", unit="step", leave=False)
+        try:
+            final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
+                                 guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout,
+                                 on_step=None if bar is None else (lambda index, t: bar.update(1 if index else 0)))
+        finally:
+            if bar is not None:
+                bar.update(bar.total - bar.n)
+                bar.close()
         return final.cpu()
 
     @torch.no_grad()
@@ -162,7 +194,30 @@ class Runtime:
             return unpack(latents, int(decoder["factor"]))
         if vae is None:
             raise F3Error(f"{self.build} carries no VAE (a bare denoiser); write latents with --save-latents instead")
-        return vae_decode(vae, latents)
+        if self.device.type != "cuda":
+            return vae_decode(vae, latents)
+        dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
+        vae.to(self.device, dtype)
+        try:
+            self.tiled = self._tile(vae, latents)
+            return vae_decode(vae, latents.to(self.device, dtype)).cpu()
+        finally:
+            vae.to("cpu")
+            if hasattr(vae, "disable_tiling"):
+                vae.disable_tiling()
+
+    def _tile(self, vae, latents: torch.Tensor) -> bool:
+        """Turn on the VAE's tiling when its untiled decode (traced on the meta device) would not
+        fit in the device's free memory; whether it did."""
+        if not hasattr(vae, "enable_tiling"):
+            return False
+        from ..memory import decode_bytes
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if decode_bytes(vae, tuple(latents.shape)) <= 0.9 * free:
+            return False
+        vae.enable_tiling()
+        return True
 
 
 class StagePrograms:
