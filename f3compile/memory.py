@@ -245,20 +245,24 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         export.host["onnxruntime session weights"] = denoiser
         export.host["onnxruntime attention scores"] = _onnx_verification(units, shapes)
         export.notes.append("onnxruntime on the CPU materialises every attention's scores")
-    generate = Prediction("generate", {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages,
-                                       "one denoiser call": call, **sampling})
-    generate.notes.append("each stage's program holds its own weights")
-    decode = decode_peak(vae, model, shapes)
-    for prediction in (calibrate, search, generate):
+    programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
+    decode = decode_peak(vae, model, shapes) + 4 * shapes.frames * shapes.height * shapes.width * 3
+    for prediction in (calibrate, search):
         prediction.host["VAE weights"] = vae_bytes
-    generate.host["text encoder weights"] = text_bytes
-    generate.host["VAE decode"] = decode + 4 * shapes.frames * shapes.height * shapes.width * 3
-    if not on_gpu:  # one memory: the host's parts are the process's too, the VAE held all along
-        for prediction in (calibrate, search, export, generate):
+    if on_gpu:  # the programs stay loaded; the text encoder, the loop and the VAE take turns beside them
+        phases = {"one denoiser call": call + sampling["latents and noise"],
+                  "the text encoder (while encoding)": text_bytes, "the VAE decoding untiled": vae_bytes + decode}
+        largest = max(phases, key=phases.get)
+        generate = Prediction("generate", {**programs, largest: phases[largest]},
+                              {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes})
+        generate.notes.append("each stage's program holds its own weights; beside them in turn: "
+                              + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
+    else:  # one memory: everything loaded stays, the largest transient on top
+        generate = Prediction("generate", {**programs, "text encoder weights": text_bytes, "VAE weights": vae_bytes,
+                                           "one denoiser call": call, **sampling, "VAE decode": decode})
+        for prediction in (calibrate, search, export):
             prediction.device.update(prediction.host)
             prediction.host = {}
-        generate.device.pop("VAE decode")
-        generate.device["VAE decode"] = decode + 4 * shapes.frames * shapes.height * shapes.width * 3
     return [calibrate, search, export, generate]
 
 

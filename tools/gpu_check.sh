@@ -19,6 +19,11 @@
 #   FULL_CASES / FULL_PLANS / FULL_PRECISION: full 3-D attention presets, dense vs frame-window plans
 #   (default arch-wan2.1-1.3b at 81x480x832, bf16: every head at W=0, at W=1, half the heads at W=0);
 #   FULL_CASES="" skips them
+#   SCALE=1: only the deployment-scale section, in a call of its own (sized for 10 minutes):
+#   tools/scale_check.py builds SCALE_MODEL (default builtin:arch-wan2.1-14b, full width) in bf16 and
+#   runs calibrate (one prompt, two steps, query fraction 0.1), a two-stage window plan, a verified
+#   AOTInductor export and generate (two steps) at SCALE_SHAPE (default 81x720x1280), printing each
+#   verb's torch.cuda.max_memory_allocated beside `inspect --memory`'s prediction
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-check}
@@ -55,6 +60,11 @@ export TORCHINDUCTOR_VEC_ISA_OK=${TORCHINDUCTOR_VEC_ISA_OK:-1}
 "$PYTHON" -c "import torch, diffusers, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'python', platform.python_version(), '|', torch.cuda.get_device_name())" | tee "$OUT.versions.txt"
 
 rm -rf "$OUT"; mkdir -p "$OUT"
+if [ "${SCALE:-0}" = "1" ]; then
+  "$PYTHON" tools/scale_check.py --model "${SCALE_MODEL:-builtin:arch-wan2.1-14b}" --shape "${SCALE_SHAPE:-81x720x1280}" \
+    --precision bf16 --device cuda --target aoti --json "$OUT/scale.json" 2>&1 | tee "$OUT/scale.log"
+  exit "${PIPESTATUS[0]}"
+fi
 status=0
 for case in $CASES; do
   model=${case%:*}; shape=${case##*:}
