@@ -301,6 +301,22 @@ def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precis
     return memory.report(read_plan(plan), meta, resolved, precision=precision, device=device, target=target)
 
 
+def memory_text(predictions, title: str, budget: float | None = None) -> str:
+    """The table `inspect --memory` prints for `memory_report`'s predictions (`budget` in bytes:
+    whether each verb fits)."""
+    from .memory import render
+
+    return render(predictions, title, budget)
+
+
+def shape_note(plan: Any, frames: int, height: int, width: int) -> str | None:
+    """One line when a build of `plan` at frames×height×width is not at the plan's calibration
+    shape (None when it is)."""
+    from .models.base import VideoShapes, shape_note as note
+
+    return note(read_plan(plan), VideoShapes(1, frames, height, width))
+
+
 # -- compile and export -------------------------------------------------------------------------
 def list_passes() -> str:
     """The pass pipeline, one line per pass (what `compile --list-passes` prints)."""

@@ -166,7 +166,7 @@ def cmd_inspect(args) -> None:
 def _inspect_memory(args, shapes) -> None:
     import json
 
-    from . import api, memory
+    from . import api
 
     if not args.model:
         raise F3Error("--memory needs --model (the model whose verbs are counted)")
@@ -182,7 +182,7 @@ def _inspect_memory(args, shapes) -> None:
              f"{context['width']}, {precision}, {context['stages']} stage(s), export --target {args.target}, on {where}"
              + (f"; plan carried over from {context['carried_over_from']}" if context["carried_over_from"] else "")
              + ("; the published text encoder and VAE" if context["published_components"] else ""))
-    print(memory.render(predictions, title, budget))
+    print(api.memory_text(predictions, title, budget))
 
 
 def _compile_options(args):
@@ -219,9 +219,7 @@ def _report_build(model, manifest: dict, output: Path, verb: str, started: float
     kind = api.kind_of(model)
     shapes = manifest.get("shapes") or {}
     if plan_path is not None and {"frames", "height", "width"} <= set(shapes):
-        from .models.base import VideoShapes, shape_note
-
-        note = shape_note(api.read_plan(plan_path), VideoShapes(1, shapes["frames"], shapes["height"], shapes["width"]))
+        note = api.shape_note(plan_path, shapes["frames"], shapes["height"], shapes["width"])
         if note:
             print(f"built {note}")
     for line in kind.describe_build(manifest, output, verb):

@@ -15,11 +15,13 @@ and VAE (its runnable stand-ins are small), so its numbers are those of the publ
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .runtime.pipeline import decode_bytes
+from .tracing import traced_peak
 
 GIB = 2**30
 # the verbs a report covers, in the order a user runs them
@@ -48,78 +50,6 @@ class Prediction:
                 "device": dict(self.device), "host": dict(self.host), "notes": list(self.notes)}
 
 
-class LiveTensors:
-    """Bytes of the tensors the traced operators made that are alive at once (their peak)."""
-
-    def __init__(self, exclude: list[torch.Tensor]):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counter = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                counter.saw(func, out)
-                return out
-
-        self.mode = Mode()
-        self.skip = {id(t.untyped_storage()) for t in exclude}
-        self.live: dict[int, int] = {}
-        self.now = self.peak = 0
-        self.at = ""
-
-    def saw(self, func, out) -> None:
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key, size = id(storage), storage.nbytes()
-            if key in self.live or key in self.skip or not size:
-                continue
-            self.live[key] = size
-            self.now += size
-            weakref.finalize(storage, self.free, key)
-        if self.now > self.peak:
-            self.peak, self.at = self.now, str(func)
-
-    def free(self, key: int) -> None:
-        self.now -= self.live.pop(key, 0)
-
-
-class _FusedAttention:
-    """`scaled_dot_product_attention` as a fused kernel allocates: its output alone."""
-
-    def __enter__(self):
-        from torch.overrides import TorchFunctionMode
-
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-
-        class Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if func is sdpa:
-                    q, k, v = (args[i] if i < len(args) else kwargs[name]
-                               for i, name in enumerate(("query", "key", "value")))
-                    return torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-                return func(*args, **kwargs)
-
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.mode.__exit__(*exc)
-
-
-def traced_peak(fn, modules: list[torch.nn.Module], inputs: list[torch.Tensor]) -> tuple[int, str]:
-    """(bytes, operator) at the peak of the tensors `fn()` makes, on the meta device."""
-    exclude = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())] + list(inputs)
-    tensors = LiveTensors(exclude)
-    with torch.no_grad(), _FusedAttention(), tensors.mode:
-        fn()
-    return tensors.peak, tensors.at
-
-
 def weight_bytes(module: torch.nn.Module | None) -> int:
     if module is None:
         return 0
@@ -141,24 +71,6 @@ def decode_peak(vae: torch.nn.Module | None, model, shapes) -> int:
     if vae is None:
         return 0
     return decode_bytes(vae, model.latent_shape(dataclasses.replace(shapes, batch=1)))
-
-
-def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
-    """Transient bytes of `vae` decoding latents of `latent_shape` untiled, traced on a meta-device
-    copy of it (its weights in their dtype, nothing computed; `vae` itself is left as it is)."""
-    import copy
-
-    from .runtime.pipeline import vae_decode
-
-    first = next(vae.parameters())
-    if first.is_meta:
-        meta = vae
-    else:
-        memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=False) for p in vae.parameters()}
-        memo.update({id(b): b.detach().to("meta") for b in vae.buffers()})
-        meta = copy.deepcopy(vae, memo)
-    latents = torch.zeros(latent_shape, device="meta", dtype=first.dtype)
-    return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
 
 
 def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: float = 1.0) -> dict[str, int]:

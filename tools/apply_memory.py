@@ -58,7 +58,7 @@ def one(model_spec: str, shape: str, variant: str, batch: int) -> dict:
     if variant != "dense":
         plan = PruningPlan.dense(model, units)
         plan.stages[0].windows = {u.id: [int(variant[-1])] * u.heads for u in units}
-    from f3compile.memory import LiveTensors
+    from f3compile.tracing import LiveTensors
 
     # weights and inputs are not the call's: views of them (a transposed weight) are not counted
     tensors = LiveTensors([*model.denoiser.parameters(), *model.denoiser.buffers(), sample, timestep, context])

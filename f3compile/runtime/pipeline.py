@@ -211,8 +211,6 @@ class Runtime:
         fit in the device's free memory; whether it did."""
         if not hasattr(vae, "enable_tiling"):
             return False
-        from ..memory import decode_bytes
-
         free, _ = torch.cuda.mem_get_info(self.device)
         if decode_bytes(vae, tuple(latents.shape)) <= 0.9 * free:
             return False
@@ -275,3 +273,21 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
             raise F3Error(f"writing {path.name} needs imageio-ffmpeg ({exc}); use .gif or .png") from None
     else:
         raise F3Error(f"{path.name}: the output must end in .gif, .mp4 or .png")
+
+
+def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
+    """Transient bytes of `vae` decoding latents of `latent_shape` untiled, traced on a meta-device
+    copy of it (its weights in their dtype, nothing computed; `vae` itself is left as it is)."""
+    import copy
+
+    from ..tracing import traced_peak
+
+    first = next(vae.parameters())
+    if first.is_meta:
+        meta = vae
+    else:
+        memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=False) for p in vae.parameters()}
+        memo.update({id(b): b.detach().to("meta") for b in vae.buffers()})
+        meta = copy.deepcopy(vae, memo)
+    latents = torch.zeros(latent_shape, device="meta", dtype=first.dtype)
+    return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
