@@ -99,15 +99,20 @@ class ModelCost:
     block_params: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def measure(cls, model: VideoModel, units: list[TemporalUnit], shapes: VideoShapes | None = None) -> "ModelCost":
-        """Counted on shapes alone (fake tensors over the real weights, or the meta device): seconds
-        at any size, nothing computed."""
+    def measure(cls, model: VideoModel, units: list[TemporalUnit], shapes: VideoShapes | None = None,
+                shape_only: bool | None = None) -> "ModelCost":
+        """Counted on a forward pass: on shapes alone (fake tensors over the real weights, or the
+        meta device: seconds at any size, nothing computed) when the real one would be long
+        (`shape_only` None: weights × latent elements above 1e11), else on real tensors, which is
+        quicker for small models. The counts are the same either way."""
         from contextlib import nullcontext
 
         from ..models.discovery import _shape_only
 
         inputs = model.example_inputs(shapes or model.shapes, cfg=True)
-        with nullcontext() if model.on_meta else _shape_only(model.denoiser) as mode:
+        if shape_only is None:
+            shape_only = sum(p.numel() for p in model.denoiser.parameters()) * inputs[0].numel() > 1e11
+        with nullcontext() if model.on_meta or not shape_only else _shape_only(model.denoiser) as mode:
             if mode is not None:
                 inputs = tuple(mode.from_tensor(x) for x in inputs)
             if model.experts:  # one call runs one expert: per-module counts of each, the total of one call

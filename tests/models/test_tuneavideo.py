@@ -241,9 +241,6 @@ def test_published_directory_through_the_whole_cli(tmp_path, capsys):
 
     assert code == 0 and torch.equal(load_file(str(tmp_path / "final.safetensors"))["latents"],
                                      load_file(str(tmp_path / "again.safetensors"))["latents"])
-    code, out, err = run(capsys, "bench", directory, "--plan", tmp_path / "block-1.json", "--repeat", "1")
-    assert code == 0, err
-    assert "pruned" in out
 
 
 def test_latents_that_do_not_fit_fail_with_one_line(tmp_path, capsys, prompts_file):
