@@ -239,7 +239,9 @@ def report(plan, model, shapes, precision: str = "bf16", device: str = "cuda", t
 
     units = find_temporal_units(model, shapes)
     carried = None
-    if plan is not None and plan.model.get("fingerprint") != model.fingerprint:
+    if plan is not None and plan.model.get("spec") == model.spec:  # the same builtin, built on the meta device
+        plan.model["fingerprint"] = model.fingerprint
+    elif plan is not None and plan.model.get("fingerprint") != model.fingerprint:
         carried = plan.model.get("spec")
         plan = carry_over(plan, units, model.spec)
     predictions = predict(model, shapes, plan, precision, device, change=change, target=target)
