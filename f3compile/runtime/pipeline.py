@@ -2,8 +2,8 @@
 stage artifacts switched by timestep → VAE decode. Depends on the manifest and the artifacts
 only (no calibration, passes or exporters are imported).
 
-On a GPU the text encoder and the VAE run there too, in the build's precision (the VAE in fp32
-for fp16 builds, whose decoder overflows in fp16): the text encoder is moved back to the host
+On a GPU the text encoder and the VAE run there too, in the build's precision (for fp16 builds
+the VAE and T5-family text encoders in fp32, as they overflow in fp16): the text encoder is moved back to the host
 once the prompts are encoded, so that the denoising loop has the device to itself, and the VAE
 decodes tile by tile when its untiled decode, traced on the meta device, would not fit in the
 memory the device has free."""
@@ -97,7 +97,9 @@ class Runtime:
         style = info.get("style", "clip")
         on_device = self.device.type == "cuda"
         if on_device:  # encoded on the device in the build's precision, then given back to the host
-            encoder.to(self.device, self.dtype)
+            # (T5-family encoders overflow in fp16: an fp16 build encodes them in fp32)
+            t5 = style in ("t5", "umt5") and self.dtype == torch.float16
+            encoder.to(self.device, torch.float32 if t5 else self.dtype)
 
         def run(texts: list[str], length: int) -> torch.Tensor:
             if style == "t5":
@@ -177,9 +179,10 @@ class Runtime:
             final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
                                  guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout,
                                  on_step=None if bar is None else (lambda index, t: bar.update(1 if index else 0)))
+            if bar is not None:
+                bar.update(bar.total - bar.n)  # the last step ends after its call
         finally:
             if bar is not None:
-                bar.update(bar.total - bar.n)
                 bar.close()
         return final.cpu()
 
