@@ -95,11 +95,15 @@ def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: fl
     return parts
 
 
+def has_published_components(model) -> bool:
+    """Whether `model` is an unscaled preset counted with its published text encoder and VAE."""
+    return model.spec.startswith("builtin:arch-wan") and "width-scale" not in model.spec
+
+
 def published_components(model) -> dict[str, torch.nn.Module]:
     """The published text encoder and VAE of an unscaled architecture preset, on the meta device
     (the preset runs with small stand-ins); {} for anything else."""
-    spec = model.spec
-    if not spec.startswith("builtin:arch-wan") or "width-scale" in spec:
+    if not has_published_components(model):
         return {}
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKLWan
@@ -138,6 +142,7 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     vae_bytes = weight_bytes(vae)
     call = call_peak(model, shapes)
     latent = 4 * int(torch.Size(model.latent_shape(shapes)).numel())
+    # the latents, the CFG-doubled model input, the doubled noise prediction and the scheduler's step
     sampling = {"latents and noise": 6 * latent}
     plan_stages = len(plan.stages) if plan is not None else (stages or 1)
     windowed = _windowed_bytes(model, plan, units)
@@ -248,5 +253,5 @@ def report(plan, model, shapes, precision: str = "bf16", device: str = "cuda", t
     context = {"model": model.spec, "frames": shapes.frames, "height": shapes.height, "width": shapes.width,
                "precision": precision, "device": device, "target": target, "residual_change": change,
                "stages": len(plan.stages) if plan is not None else 1, "carried_over_from": carried,
-               "published_components": bool(published_components(model))}
+               "published_components": has_published_components(model)}
     return predictions, context

@@ -9,9 +9,18 @@ a fused kernel allocates: its output, never the N×N matrix.
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import torch
+
+
+def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` whose parameters and buffers are on the meta device (shapes and dtypes,
+    no memory); `module` itself is left as it is."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): b.detach().to("meta") for b in module.buffers()})
+    return copy.deepcopy(module, memo)
 
 
 class LiveTensors:

@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHUNK = 1024
 
 
 def child(spec: str, shape: str, record: bool, change: str, fraction: float) -> None:
@@ -72,15 +71,17 @@ def child(spec: str, shape: str, record: bool, change: str, fraction: float) -> 
                       "batch": int(inputs[0].shape[0])}))
 
 
-def predicted(blocks: int, batch: int, tokens: int, channels: int, heads: int, change: str = "sketch") -> dict:
-    from f3compile.calibration.recorder import _CHUNK_BYTES, SKETCH_WIDTH
+def predicted(blocks: int, batch: int, tokens: int, channels: int, heads: int, change: str = "sketch",
+              fraction: float = 1.0) -> dict:
+    """The memory report's model of the recorder (`f3compile.memory.recorder_extra`) for `blocks`
+    full 3-D attention blocks of `tokens` tokens (text included), `channels` wide, `heads` heads."""
+    from f3compile.memory import recorder_extra
+    from f3compile.models.base import TemporalUnit
 
-    kept = {"sketch": min(channels, SKETCH_WIDTH), "exact": channels, "off": 0}[change]
-    residuals = blocks * batch * tokens * kept * 4
-    unit = 4 * batch * tokens * channels * 4
-    rows = max(1, min(CHUNK, _CHUNK_BYTES // (4 * batch * heads * tokens)))
-    chunk = 3 * batch * heads * rows * tokens * 4
-    return {"residuals": residuals, "unit": unit, "chunk": chunk, "total": residuals + unit + chunk}
+    units = [TemporalUnit(id=f"blocks.{i}.attn1", block=f"blocks.{i}", heads=heads, head_dim=channels // heads,
+                          frames=1, channels=channels, tokens=tokens) for i in range(blocks)]
+    parts = list(recorder_extra(units, batch, change, fraction).values()) + [0]
+    return {"residuals": parts[0], "unit": parts[1], "chunk": parts[2], "total": sum(parts)}
 
 
 def main() -> None:
@@ -110,7 +111,8 @@ def main() -> None:
             runs[record] = json.loads(out.strip().splitlines()[-1])
         extra = runs[True]["peak"] - runs[False]["peak"]
         r = runs[True]
-        model = predicted(r["blocks"], r["batch"], r["tokens"], r["channels"], r["heads"], args.change)
+        model = predicted(r["blocks"], r["batch"], r["tokens"], r["channels"], r["heads"], args.change,
+                          args.query_fraction)
         ratio = runs[True]["seconds"] / runs[False]["seconds"]
         print(f"| {shape} | {r['tokens']:,} | {extra / 2**20:,.0f} MiB | {model['total'] / 2**20:,.0f} MiB | {ratio:.2f} |",
               flush=True)
@@ -124,7 +126,8 @@ def main() -> None:
     model = load_model(spec, meta=True)
     units = find_temporal_units(model, VideoShapes(1, frames, height, width))
     unit = units[0]
-    parts = predicted(len(temporal_blocks(units)), 2, unit.sequence, unit.channels, unit.heads, args.change)
+    parts = predicted(len(temporal_blocks(units)), 2, unit.sequence, unit.channels, unit.heads, args.change,
+                      args.query_fraction)
     weights = sum(p.numel() for p in model.denoiser.parameters())
     print(f"\n{spec} at {shape}: {unit.sequence:,} tokens, {len(units)} blocks; recorder extra peak "
           f"{parts['total'] / gib:.1f} GiB (residuals {parts['residuals'] / gib:.1f}, one unit {parts['unit'] / gib:.2f}, "

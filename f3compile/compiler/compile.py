@@ -21,6 +21,7 @@ import torch
 
 from .._io import atomic_dir, sha256_file
 from ..devices import PRECISION_DTYPES, check_device  # noqa: F401 - PRECISION_DTYPES: the verbs import it from here
+from ..tracing import meta_copy
 from ..errors import F3Error
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 from .. import memo
@@ -197,16 +198,8 @@ def placed_denoiser(model: VideoModel, dtype: torch.dtype, device: torch.device)
     if first.dtype == dtype and first.device == device:
         return model.denoiser
     if device.type == "meta":  # shapes only: the copy never holds real weights
-        return _meta_copy(model.denoiser).to(dtype)
+        return meta_copy(model.denoiser).to(dtype)
     return copy.deepcopy(model.denoiser).to(device=device, dtype=dtype)
-
-
-def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad) for p in module.parameters()}
-    memo.update({id(b): b.detach().to("meta") for b in module.buffers()})
-    return copy.deepcopy(module, memo)
 
 
 def batch_dims(batch_range: tuple[int, int] | None, factors: tuple[int, ...] = (1, 1, 1)):

@@ -281,16 +281,9 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
 def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
     """Transient bytes of `vae` decoding latents of `latent_shape` untiled, traced on a meta-device
     copy of it (its weights in their dtype, nothing computed; `vae` itself is left as it is)."""
-    import copy
-
-    from ..tracing import traced_peak
+    from ..tracing import meta_copy, traced_peak
 
     first = next(vae.parameters())
-    if first.is_meta:
-        meta = vae
-    else:
-        memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=False) for p in vae.parameters()}
-        memo.update({id(b): b.detach().to("meta") for b in vae.buffers()})
-        meta = copy.deepcopy(vae, memo)
+    meta = vae if first.is_meta else meta_copy(vae)
     latents = torch.zeros(latent_shape, device="meta", dtype=first.dtype)
     return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
