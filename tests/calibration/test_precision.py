@@ -112,3 +112,18 @@ def test_the_cli_takes_precision_where_the_model_runs(capsys, tmp_path, prompts_
     code, _, err = run(capsys, "calibrate", "builtin:tiny-latte", "--prompts", prompts_file, "--precision", "fp8",
                        "-o", tmp_path / "other")
     assert code == 2 and "fp8" in err and not (tmp_path / "other").exists()
+
+
+def test_bf16_programs_run_in_the_eval_loop():
+    """eval compiles the programs in the model's precision and runs them in an fp32 sampling loop:
+    the sample and text states go in as bf16 and noise_pred comes back as fp32 (before, the loop's
+    fp32 latents reached bf16 weights and the call failed)."""
+    from f3compile.evaluation import EvalConfig
+
+    stats = f3.calibrate("builtin:tiny-latte", PROMPTS[:1], f3.CalibrationConfig(steps=2, heatmaps=False))
+    plan = make_plan(stats, 0.5, "head")
+    result = f3.evaluate("builtin:tiny-latte", [plan], PROMPTS[:1], EvalConfig(samples=1, steps=2, repeat=1, batch=1,
+                                                                               precision="bf16"),
+                         measures="fidelity", log=lambda line: None)
+    assert result["config"]["precision"] == "bf16" and set(result["results"]) == {"dense", "plan1"}
+    assert 0 < result["results"]["plan1"]["latents_rel_l2_vs_dense"] < 1 and result["results"]["plan1"]["psnr_vs_dense"] > 0
