@@ -256,7 +256,8 @@ def plan(calibration: Any, options: PlanOptions | None = None, *, model: Any = N
                               target_speedup=options.target_speedup, stages=options.stages, criterion=criterion,
                               actions=None if options.actions is None else tuple(options.actions),
                               reuse_period=2 if options.reuse is None else options.reuse,
-                              reuse_periods=options.reuse_periods, log=log, windows=tuple(options.windows), group=group)
+                              reuse_periods=options.reuse_periods, log=log, windows=tuple(options.windows), group=group,
+                              **({} if options.search_budget is None else {"search_budget": options.search_budget}))
     return plan
 
 

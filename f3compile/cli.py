@@ -96,7 +96,8 @@ def cmd_plan(args) -> None:
         search=args.search, max_error=args.max_error,
         actions=None if args.actions is None else tuple(a for a in args.actions.split(",") if a),
         windows=_parse_windows(args.windows),
-        reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), granularity=args.granularity,
+        reuse=args.reuse, reuse_periods=_parse_periods(args.reuse_periods), search_budget=args.search_budget,
+        granularity=args.granularity,
         criterion=args.criterion, stages=args.stages, seed=args.seed, window=args.window, keep_mass=args.keep_mass,
         device=args.device, precision=args.precision,
     )
@@ -107,7 +108,8 @@ def cmd_plan(args) -> None:
                     log=print if writer else None)
     if plan.search is not None:
         what = (f"searched, {len(plan.search['accepted'])} accepted step(s), error {plan.search['error']:.4f}, "
-                f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x")
+                f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x, "
+                f"{plan.search['calls'] / plan.search['loop_calls']:.1f} sampling loops of denoiser calls per prompt")
     elif plan.budget is not None:
         what = f"ratios {plan.ratio_text()}, FLOP-predicted {plan.budget['predicted_speedup']:.3f}x"
     else:
@@ -433,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", type=int, metavar="K", help="temporal reuse: the selected blocks (--granularity block) "
                    "are computed at every K-th step of their stage and reuse their residual in between, instead of "
                    "being dropped (--granularity window: every transformer block, on top of the windows); with --search: the period of the reuse action (default 2)")
+    p.add_argument("--search-budget", type=float, metavar="LOOPS", help="with --search: denoiser calls per prompt, "
+                   "counted in sampling loops (default 20): the dense loop, each candidate's estimate on its trajectory "
+                   "and the plans measured whole")
     p.add_argument("--reuse-periods", metavar="K1,K2,...", help="with --search: try reuse at each of these periods "
                    "(one action each; a target speedup upgrades to longer periods before dropping)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="head", help="unit level (default head)")
@@ -564,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="with --memory: the run's precision (default bf16)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="with --memory: cuda counts what one GPU "
                    "holds (default); cpu, what a CPU-only process holds")
-    p.add_argument("--target", choices=("aoti", "onnx"), default="aoti", help="with --memory: the export target counted")
+    p.add_argument("--target", choices=("aoti", "onnx", "torch"), default="aoti", help="with --memory: the build "
+                   "counted, exported and then run by generate (torch: `compile`'s programs, whose stages share "
+                   "the weights they have in common)")
     p.add_argument("--budget", type=float, metavar="GIB", help="with --memory: say whether each verb fits in this many GiB")
     p.add_argument("--json", action="store_true", help="with --memory: the report as JSON")
     return parser

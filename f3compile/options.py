@@ -41,6 +41,8 @@ class PlanOptions:
     windows: tuple[int, ...] = option((0, 1, 2), "search: one window action per frame distance W")
     reuse: int | None = option(None, "temporal reuse period K of the selected blocks (search: of the reuse action)")
     reuse_periods: tuple[int, ...] | None = option(None, "search: one reuse action per period")
+    search_budget: float | None = option(None, "search: denoiser calls per prompt, in sampling loops (default 20): "
+                                               "the dense loop, the estimates on its trajectory and the measured plans")
     granularity: str = option("head", "unit level: block, attention, head, frame or window (full 3-D attention)")
     window: int | None = option(None, "granularity window: windowed heads attend within ±W frames (0: own frame)")
     keep_mass: float | None = option(None, "granularity window: window every head keeping at least this share inside")
@@ -73,8 +75,9 @@ class PlanOptions:
                 raise F3Error("give one of --keep-mass M, --ratio R and --target-speedup S")
         elif (self.ratio is None) == (self.target_speedup is None):
             raise F3Error("give exactly one of --ratio R (or R1,R2,... one per stage) and --target-speedup S, or --search")
-        elif self.max_error is not None or with_prompts or self.reuse_periods is not None:
-            raise F3Error("--max-error, --prompts and --reuse-periods belong to --search")
+        elif (self.max_error is not None or with_prompts or self.reuse_periods is not None
+              or self.search_budget is not None):
+            raise F3Error("--max-error, --prompts, --reuse-periods and --search-budget belong to --search")
 
 
 @dataclass

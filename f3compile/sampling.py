@@ -8,6 +8,7 @@ see exactly the trajectory the original pipeline would produce.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -101,6 +102,44 @@ def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:
     return kwargs
 
 
+@dataclass
+class StepState:
+    """Where a sampling loop stands before one step: what `guided_step` needs to take that step
+    again on its own (the scheduler as it was, with its multistep history; CogVideoX's previous x0)."""
+
+    index: int
+    timestep: torch.Tensor
+    latents: torch.Tensor
+    scheduler: object
+    previous_x0: torch.Tensor | None
+
+
+@torch.no_grad()
+def guided_step(fn: DenoiseFn, state: StepState, timesteps, cond: torch.Tensor, uncond: torch.Tensor | None,
+                guidance_scale: float, step_kwargs: dict, layout: str = NATIVE,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of the loop from `state` (its scheduler is stepped in place): classifier-free guidance
+    around `fn`, then the scheduler's step. Returns the next latents and CogVideoX's x0."""
+    scheduler, latents, t, index = state.scheduler, state.latents, state.timestep, state.index
+    cfg = guidance_scale > 1.0 and uncond is not None
+    context = torch.cat([uncond, cond]) if cfg else cond
+    model_input = torch.cat([latents] * 2) if cfg else latents
+    model_input = scheduler.scale_model_input(model_input, t)
+    timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=model_input.device)
+    noise_pred = fn(model_input, timestep, context)
+    if cfg:
+        noise_uncond, noise_text = noise_pred.chunk(2)
+        noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+    noise_pred, latents = to_native(noise_pred, layout), to_native(latents, layout)
+    # CogVideoX's DPM solver steps from the previous step's x0 prediction and timestep as well
+    if type(scheduler).__name__ == "CogVideoXDPMScheduler":
+        latents, previous_x0 = scheduler.step(noise_pred, state.previous_x0, t, timesteps[index - 1] if index else None,
+                                              latents, **step_kwargs, return_dict=False)
+    else:
+        latents, previous_x0 = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0], None
+    return from_native(latents, layout), previous_x0
+
+
 @torch.no_grad()
 def denoise_loop(
     denoise: DenoiseFn,
@@ -115,37 +154,26 @@ def denoise_loop(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     denoise_for: Callable[[int], DenoiseFn] | None = None,
     layout: str = NATIVE,
+    on_state: Callable[[StepState], None] | None = None,
 ) -> torch.Tensor:
     """Run `steps` denoising steps from `latents` (B, C, F, h, w); return the final latents.
 
     `on_step(i, t)` is called before step i; `denoise_for(t)` may pick a different denoise
-    function per timestep (stage switching). The scheduler steps in the pipeline's own `layout`, where
-    a stochastic step draws its noise (CogVideoX's DPM solver), so a seed gives the pipeline's result.
+    function per timestep (stage switching); `on_state(state)` sees where the loop stands before
+    each step (the search copies what it needs to take that step again). The scheduler steps in the
+    pipeline's own `layout`, where a stochastic step draws its noise (CogVideoX's DPM solver), so a
+    seed gives the pipeline's result.
     """
     scheduler.set_timesteps(steps, device=latents.device)
-    cfg = guidance_scale > 1.0 and uncond is not None
-    context = torch.cat([uncond, cond]) if cfg else cond
     step_kwargs = _step_kwargs(scheduler, generator, eta)
-    # CogVideoX's DPM solver steps from the previous step's x0 prediction and timestep as well
-    two_step = type(scheduler).__name__ == "CogVideoXDPMScheduler"
     previous_x0 = None
     timesteps = scheduler.timesteps
     for index, t in enumerate(timesteps):
         if on_step is not None:
             on_step(index, t)
-        model_input = torch.cat([latents] * 2) if cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
+        state = StepState(index, t, latents, scheduler, previous_x0)
+        if on_state is not None:
+            on_state(state)
         fn = denoise_for(int(t)) if denoise_for is not None else denoise  # stage switching
-        timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=model_input.device)
-        noise_pred = fn(model_input, timestep, context)
-        if cfg:
-            noise_uncond, noise_text = noise_pred.chunk(2)
-            noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-        noise_pred, latents = to_native(noise_pred, layout), to_native(latents, layout)
-        if two_step:
-            latents, previous_x0 = scheduler.step(noise_pred, previous_x0, t, timesteps[index - 1] if index else None,
-                                                  latents, **step_kwargs, return_dict=False)
-        else:
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-        latents = from_native(latents, layout)
+        latents, previous_x0 = guided_step(fn, state, timesteps, cond, uncond, guidance_scale, step_kwargs, layout)
     return latents

@@ -251,8 +251,9 @@ class SearchStepDocument:
     stage: int = key(check=lambda v: v >= 0, message=_STEP)
     block: str = key(message=_STEP)
     action: str = key(message=_STEP)
-    error: float = key(message=_STEP)
+    error: float | None = key(message=_STEP)
     predicted_speedup: float = key(message=_STEP)
+    estimate: float = key(optional=True, check=lambda v: v >= 0, message=_STEP)
 
 
 @dataclass
@@ -271,6 +272,11 @@ class SearchDocument:
     accepted: list[SearchStepDocument] = key(message="accepted must be a list")
     precision: str = key(optional=True, check=lambda v: v in ("fp32", "bf16", "fp16"),
                          message="precision must be fp32, bf16 or fp16")
+    calls: float = key(optional=True, check=lambda v: v >= 0, message="calls must be a non-negative number")
+    loop_calls: int = key(optional=True, check=lambda v: v >= 0, message="loop_calls must be a non-negative integer")
+    budget: float = key(optional=True, check=lambda v: v >= 0, message="budget must be a non-negative number")
+    samples: int = key(optional=True, check=lambda v: v >= 0, message="samples must be a non-negative integer")
+    screened: int = key(optional=True, check=lambda v: v >= 0, message="screened must be a non-negative integer")
 
 
 def _ratio_ok(ratio: Any) -> bool:
