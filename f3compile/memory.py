@@ -162,7 +162,11 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         export.host["onnxruntime session weights"] = denoiser
         export.host["onnxruntime attention scores"] = _onnx_verification(units, shapes)
         export.notes.append("onnxruntime on the CPU materialises every attention's scores")
-    programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
+    if target == "torch":  # the runtime's weight pool: one copy of what the stage programs have in common
+        programs = {"stage programs' weights (shared)": denoiser,
+                    "windowed units' permuted weights": windowed * plan_stages}
+    else:
+        programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
     decode = decode_peak(vae, model, shapes) + 4 * shapes.frames * shapes.height * shapes.width * 3
     for prediction in (calibrate, search):
         prediction.host["VAE weights"] = vae_bytes
@@ -172,7 +176,8 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         largest = max(phases, key=phases.get)
         generate = Prediction("generate", {**programs, largest: phases[largest]},
                               {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes})
-        generate.notes.append("each stage's program holds its own weights; beside them in turn: "
+        generate.notes.append(("the stage programs share their common weights" if target == "torch" else
+                               "each stage's program holds its own weights") + "; beside them in turn: "
                               + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
     else:  # one memory: everything loaded stays, the largest transient on top
         generate = Prediction("generate", {**programs, "text encoder weights": text_bytes, "VAE weights": vae_bytes,

@@ -110,3 +110,28 @@ def test_the_traced_decode_is_what_a_real_decode_allocates():
     with torch.no_grad(), oracle:
         vae_decode(vae, latents)
     assert predicted == pytest.approx(oracle.peak, rel=0.05)
+
+
+def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
+    """A 2-stage window plan compiled on tiny-wan: the torch runtime holds one copy of what the
+    stages share plus each stage's regrouped attention weights, which the report's torch build
+    counts from above (within the windowed units' copies); an AOTI build counts a copy per stage."""
+    from f3compile import api
+    from f3compile.calibration import CalibrationConfig
+    from f3compile.compiler import compile_to_dir
+    from f3compile.planning import make_plan
+    from f3compile.runtime import Runtime
+
+    model = load_model("builtin:tiny-wan")
+    stats = api.calibrate(model, ["a red circle", "a blue square"], CalibrationConfig(steps=2, heatmaps=False))
+    plan = make_plan(stats, 0.5, "window", window=0, stages=2)
+    compile_to_dir(model, plan, tmp_path / "build")
+    held = Runtime(tmp_path / "build").weights.bytes
+    denoiser = sum(t.nbytes for t in (*model.denoiser.parameters(), *model.denoiser.buffers()))
+    meta = load_model("builtin:tiny-wan", meta=True, precision="fp32")
+    torch_build = memory.predict(meta, model.shapes, plan, precision="fp32", target="torch")[3]
+    aoti_build = memory.predict(meta, model.shapes, plan, precision="fp32", target="aoti")[3]
+    shared, permuted = (torch_build.device[k] for k in ("stage programs' weights (shared)", "windowed units' permuted weights"))
+    assert shared == denoiser and permuted > 0
+    assert denoiser < held <= shared + permuted  # more than one copy (the stages differ), at most what is predicted
+    assert aoti_build.device["2 stage program(s)' weights"] == 2 * denoiser

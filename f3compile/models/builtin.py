@@ -16,7 +16,7 @@ def build_tiny_unet3d():
     unet = UNet3DConditionModel(
         block_out_channels=(32, 64), norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32, attention_head_dim=8, layers_per_block=1, sample_size=16,
+        cross_attention_dim=32, attention_head_dim=8, layers_per_block=1, sample_size=8,
     )
     tokenizer = byte_tokenizer(TEXT_LENGTH)
     return TextToVideoSDPipeline(
@@ -31,7 +31,7 @@ def build_tiny_animatediff():
     unet2d = UNet2DConditionModel(
         block_out_channels=(16, 32), norm_num_groups=16,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, layers_per_block=1, sample_size=16,
+        cross_attention_dim=16, attention_head_dim=8, layers_per_block=1, sample_size=8,
     )
     adapter = MotionAdapter(
         block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=16,
@@ -71,7 +71,7 @@ def build_tiny_tuneavideo():
     unet = TuneAVideoUNet(
         block_out_channels=(32, 64), norm_num_groups=8, layers_per_block=1, cross_attention_dim=32,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        attention_head_dim=4, sample_size=16,
+        attention_head_dim=4, sample_size=8,
     )
     randomize_temporal_outputs(unet)
     tokenizer = byte_tokenizer(TEXT_LENGTH)

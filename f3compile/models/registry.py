@@ -120,13 +120,13 @@ register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransfo
 _BUILDERS = "f3compile.models.builtin"
 _PRESETS = "f3compile.models.presets"
 for _builtin in (
-    Builtin("tiny-unet3d", "unet3d", f"{_BUILDERS}:build_tiny_unet3d", (8, 32, 32),
+    Builtin("tiny-unet3d", "unet3d", f"{_BUILDERS}:build_tiny_unet3d", (8, 16, 16),
             "ModelScope-style UNet3DConditionModel, 2 levels, CLIP-style text encoder", "tiny"),
-    Builtin("tiny-animatediff", "animatediff", f"{_BUILDERS}:build_tiny_animatediff", (8, 32, 32),
+    Builtin("tiny-animatediff", "animatediff", f"{_BUILDERS}:build_tiny_animatediff", (8, 16, 16),
             "AnimateDiff UNetMotionModel, 2 levels, motion modules", "tiny"),
     Builtin("tiny-latte", "latte", f"{_BUILDERS}:build_tiny_latte", (8, 16, 16),
             "LatteTransformer3DModel, 2 layers, T5-style text encoder", "tiny"),
-    Builtin("tiny-tuneavideo", "tuneavideo", f"{_BUILDERS}:build_tiny_tuneavideo", (8, 32, 32),
+    Builtin("tiny-tuneavideo", "tuneavideo", f"{_BUILDERS}:build_tiny_tuneavideo", (8, 16, 16),
             "Tune-A-Video UNet (SD v1 layout, 2 levels), CLIP-style text encoder", "tiny"),
     Builtin("ref-unet3d", "unet3d", f"{_BUILDERS}:build_ref_unet3d", (8, 16, 16),
             "trained moving-shapes UNet3DConditionModel, MiniLM text encoder", "reference"),

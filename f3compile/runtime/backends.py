@@ -31,18 +31,68 @@ class _Backend:
         return self.run(sample, timestep, context)[0].to(sample.device, torch.float32)
 
 
+class WeightPool:
+    """The weights the torch programs of one build hold, shared: a program's tensor equal (name,
+    dtype, shape and values) to one an earlier program of the build holds is replaced by it before
+    the program is placed on its device. The stages and reuse programs of a plan hold one copy of
+    what they have in common (a stage that regroups heads for its windows differs from the others
+    only in those attentions' q/k/v/o rows); `bytes` counts what the pool holds."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple, list[torch.Tensor]] = {}
+
+    @staticmethod
+    def _tables(program) -> list[dict]:
+        return [program.state_dict, program.constants]
+
+    def share(self, program) -> int:
+        """Replace `program`'s tensors by equal ones held already; returns the bytes no longer copied."""
+        saved = 0
+        for table in self._tables(program):
+            for name, tensor in list(table.items()):
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                for held in self._held.get((name, tensor.dtype, tuple(tensor.shape)), []):
+                    if held is tensor or torch.equal(held, tensor.to(held.device)):
+                        if held is not tensor:
+                            saved += tensor.numel() * tensor.element_size()
+                            table[name] = held
+                        break
+        return saved
+
+    def add(self, program) -> None:
+        for table in self._tables(program):
+            for name, tensor in table.items():
+                if isinstance(tensor, torch.Tensor):
+                    held = self._held.setdefault((name, tensor.dtype, tuple(tensor.shape)), [])
+                    if not any(h is tensor for h in held):
+                        held.append(tensor)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for held in self._held.values() for t in held)
+
+
 class TorchBackend(_Backend):
-    """A torch.export program, moved to `device` (`torch.export.passes.move_to_device_pass`)."""
+    """A torch.export program, moved to `device` (`torch.export.passes.move_to_device_pass`), its
+    weights shared through `pool` with the build's other programs."""
 
     kind = "pt2"
 
-    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu"),
+                 pool: WeightPool | None = None):
         program = load_program(path, stage["files"][self.kind]["sha256"])
         placed = {t.device for t in program.state_dict.values()}
         if placed != {device}:
+            program = torch.export.load(str(path))  # it is placed in place: a copy of its own
+        if pool is not None:  # before placing: what is shared is not copied to the device again
+            pool.share(program)
+        if {t.device for t in program.state_dict.values()} != {device}:
             from torch.export.passes import move_to_device_pass
 
-            program = move_to_device_pass(torch.export.load(str(path)), device)  # it moves in place: a copy of its own
+            program = move_to_device_pass(program, device)
+        if pool is not None:
+            pool.add(program)
         self.module = program.module()
         self.device, self.dtypes = device, _dtypes(stage)
 
@@ -155,7 +205,8 @@ def load_program(path: Path, sha256: str) -> torch.export.ExportedProgram:
     return program
 
 
-def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu", label: str | None = None):
+def make_backend(name: str, build: Path, stage: dict, device: str | torch.device = "cpu", label: str | None = None,
+                 pool: WeightPool | None = None):
     from ..devices import check_device
 
     device = check_device(device)
@@ -168,4 +219,6 @@ def make_backend(name: str, build: Path, stage: dict, device: str | torch.device
         hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt",
                 "aoti": "f3compile export --target aoti"}.get(cls.kind, "f3compile compile")
         raise F3Error(f"{label or 'stage' + str(stage['index'])} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
+    if cls is TorchBackend:
+        return cls(build / entry["path"], stage, device, pool)
     return cls(build / entry["path"], stage, device)

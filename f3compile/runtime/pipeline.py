@@ -19,7 +19,7 @@ from ..errors import F3Error
 from ..manifest import load_manifest
 from ..reuse import sequenced
 from ..sampling import check_latents, denoise_loop, start_latents
-from .backends import make_backend
+from .backends import WeightPool, make_backend
 from .components import load_component
 
 
@@ -43,7 +43,9 @@ class Runtime:
         self.manifest = load_manifest(self.build)  # validates and checks every artifact's sha256
         self.backend_name = backend
         self._check_versions()
-        self.stages = [StagePrograms(backend, self.build, stage, self.device) for stage in self.manifest["stages"]]
+        self.weights = WeightPool()  # the torch programs' weights, one copy of what stages have in common
+        self.stages = [StagePrograms(backend, self.build, stage, self.device, self.weights)
+                       for stage in self.manifest["stages"]]
         self._components: dict = {}
         self.tiled = False  # whether the last decode went tile by tile
 
@@ -225,12 +227,12 @@ class StagePrograms:
     """One manifest stage on a backend: the program computing every block, keyed (), and with
     temporal reuse one program per tuple of reused blocks."""
 
-    def __init__(self, backend: str, build: Path, stage: dict, device: torch.device):
+    def __init__(self, backend: str, build: Path, stage: dict, device: torch.device, pool: WeightPool | None = None):
         reuse = stage.get("reuse", {})
         self.periods: dict[str, int] = dict(reuse.get("periods", {}))
-        self.programs = {(): make_backend(backend, build, stage, device)}
+        self.programs = {(): make_backend(backend, build, stage, device, pool=pool)}
         for number, program in enumerate(reuse.get("programs", []), 1):
-            self.programs[tuple(program["reused"])] = make_backend(backend, build, program, device,
+            self.programs[tuple(program["reused"])] = make_backend(backend, build, program, device, pool=pool,
                                                                    label=f"stage{stage['index']} reuse{number}")
 
 

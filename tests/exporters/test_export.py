@@ -43,11 +43,11 @@ def _mixed_plan(stats, units):
     return dataclasses.replace(make_plan(stats, 0.5, "head"), stages=[stage])
 
 
-# Every granularity on tiny-unet3d; on the other families the two-stage block plan and one stage
-# that mixes attention, head and frame pruning (the passes' own family-specific checks are in
-# tests/passes/test_passes.py, for every granularity and family).
+# Every granularity on tiny-unet3d (two stages with blocks); on the other families one stage that
+# mixes attention, head and frame pruning, and two stages on tiny-latte (the passes' own
+# family-specific checks are in tests/passes/test_passes.py, for every granularity and family).
 PRUNED_ONNX_CASES = [(g, s, "tiny-unet3d") for g, s in (("block", 2), ("attention", 1), ("head", 1), ("frame", 1))]
-PRUNED_ONNX_CASES += [(g, s, name) for name in TINY if name != "tiny-unet3d" for g, s in (("block", 2), ("mixed", 1))]
+PRUNED_ONNX_CASES += [("mixed", 1, name) for name in TINY if name != "tiny-unet3d"] + [("block", 2, "tiny-latte")]
 
 
 @pytest.mark.parametrize("granularity, stages, name", PRUNED_ONNX_CASES)

@@ -180,7 +180,7 @@ def test_broken_checkpoints_fail_with_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_published_directory_through_the_whole_cli(tmp_path, capsys):
     """save_pretrained layout (SD v1 UNet at small width, pickle UNet weights, fp16 DDIM-inverted
-    latents) -> calibrate -> plan -> inspect -> compile -> export -> generate -> bench."""
+    latents) -> calibrate -> plan -> inspect -> export (which compiles) -> generate."""
     from f3compile.models.components import preset_vae, randomize_temporal_outputs, text_encoder as preset_text
     from f3compile.models.tuneavideo import TuneAVideoPipeline
     from diffusers import DDIMScheduler
@@ -213,16 +213,12 @@ def test_published_directory_through_the_whole_cli(tmp_path, capsys):
         assert code == 0, err
     plan = json.loads((tmp_path / "block.json").read_text())
     assert all(len(stage["drop_blocks"]) == 8 for stage in plan["stages"])
-    for granularity in ("head", "block"):  # one stage each below: every stage is a full compile
-        code, _, err = run(capsys, "plan", tmp_path / "calib", "--ratio", "0.5", "--granularity", granularity,
-                           "-o", tmp_path / f"{granularity}-1.json")
-        assert code == 0, err
+    code, _, err = run(capsys, "plan", tmp_path / "calib", "--ratio", "0.5", "--granularity", "block",
+                       "-o", tmp_path / "block-1.json")  # one stage below: every stage is a full compile
+    assert code == 0, err
     code, out, err = run(capsys, "inspect", tmp_path / "block-1.json", "--model", directory)
     assert code == 0, err
     assert out.count("pruned (its own block)") == 8 and "FLOP-predicted speedup" in out
-    code, _, err = run(capsys, "compile", directory, "--plan", tmp_path / "head-1.json", "-o", tmp_path / "compiled")
-    assert code == 0, err
-    assert (tmp_path / "compiled" / "stage0" / "denoiser.pt2").is_file()
     code, _, err = run(capsys, "export", directory, "--plan", tmp_path / "block-1.json", "-o", tmp_path / "build")
     assert code == 0, err
     verified = json.loads((tmp_path / "build" / "stage0" / "verify.json").read_text())["verify"]["onnxruntime_vs_torch"]

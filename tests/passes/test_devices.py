@@ -36,7 +36,8 @@ def on_meta(models):
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("kind", ["block", "attention", "head", "all-heads", "frame", "mixed"])
+# "mixed" runs the attention, head and frame passes together; "all-heads" and "block" their own
+@pytest.mark.parametrize("kind", ["block", "all-heads", "mixed"])
 def test_pruned_program_holds_only_tensors_of_the_graph_device(on_meta, models, name, kind):
     units, program, inputs = on_meta[name]
     compiled = apply_stage(program, stages_for(units)[kind], units, inputs)

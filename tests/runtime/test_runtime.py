@@ -87,11 +87,19 @@ def test_stage_switching_follows_the_plan(models, unet3d_builds):
     first_stage_only = denoise_loop(None, model.scheduler, latents, cond, uncond, 6, 7.5, generator,
                                     denoise_for=lambda t: reference_for(plan.stages[0].timesteps[0]))
     assert rel(ours, first_stage_only) > 1e-3
+    # the stages hold one copy of what they have in common: every tensor equal by name and value
+    # in both stage programs is one storage; what the plan changes stays each stage's own
+    first, second = (dict(stage.programs[()].module.state_dict(keep_vars=True)) for stage in runtime.stages)
+    equal = [n for n in first if n in second and first[n].shape == second[n].shape and torch.equal(first[n], second[n])]
+    assert equal and all(first[n].data_ptr() == second[n].data_ptr() for n in equal)
+    held = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in [*first.values(), *second.values()]}.values())
+    assert runtime.weights.bytes == held < sum(t.numel() * t.element_size() for t in [*first.values(), *second.values()])
 
 
 @pytest.mark.parametrize("backend, suffix", [("torch", ".gif"), ("onnxruntime", ".png")])
-def test_generate_cli_writes_videos(capsys, unet3d_builds, tmp_path, backend, suffix):
+def test_generate_cli_writes_videos(capsys, models, unet3d_builds, tmp_path, backend, suffix):
     root, _ = unet3d_builds
+    shapes = models["tiny-unet3d"].shapes
     out = tmp_path / f"video{suffix}"
     code, stdout, err = run(capsys, "generate", root / "pruned", "--prompt", "a red circle", "--steps", "3",
                             "--backend", backend, "-o", out, "--save-latents", tmp_path / "l.safetensors")
@@ -99,13 +107,14 @@ def test_generate_cli_writes_videos(capsys, unet3d_builds, tmp_path, backend, su
     import imageio.v2 as imageio
 
     frames = imageio.mimread(str(out)) if suffix == ".gif" else [imageio.imread(str(out))]
+    side = shapes.height
     if suffix == ".gif":
-        assert len(frames) == 8 and frames[0].shape[:2] == (32, 32)
+        assert len(frames) == shapes.frames and frames[0].shape[:2] == (side, side)
     else:
-        assert frames[0].shape[:2] == (32, 8 * 32)
+        assert frames[0].shape[:2] == (side, shapes.frames * side)
     from safetensors.torch import load_file
 
-    assert load_file(str(tmp_path / "l.safetensors"))["latents"].shape == (1, 4, 8, 16, 16)
+    assert load_file(str(tmp_path / "l.safetensors"))["latents"].shape == (1, 4, shapes.frames, side // 2, side // 2)
 
 
 def test_generate_errors(capsys, unet3d_builds, tmp_path):
