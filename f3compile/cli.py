@@ -180,8 +180,9 @@ def _inspect_memory(args, shapes) -> None:
         print(json.dumps({**context, "budget_bytes": budget, "verbs": [p.to_dict() for p in predictions]}, indent=1))
         return
     where = "one GPU" if args.device != "cpu" else "a CPU-only machine (one memory)"
+    build = "compile (torch programs)" if args.target == "torch" else f"export --target {args.target}"
     title = (f"predicted peak memory of each verb: {context['model']} at {context['frames']}x{context['height']}x"
-             f"{context['width']}, {precision}, {context['stages']} stage(s), export --target {args.target}, on {where}"
+             f"{context['width']}, {precision}, {context['stages']} stage(s), {build}, on {where}"
              + (f"; plan carried over from {context['carried_over_from']}" if context["carried_over_from"] else "")
              + ("; the published text encoder and VAE" if context["published_components"] else ""))
     print(api.memory_text(predictions, title, budget))

@@ -25,7 +25,7 @@ from .tracing import traced_peak
 
 GIB = 2**30
 # the verbs a report covers, in the order a user runs them
-VERBS = ("calibrate", "plan --search", "export", "generate")
+VERBS = ("calibrate", "plan --search", "export", "generate")  # with --target torch, "compile" for "export"
 
 
 @dataclass
@@ -152,7 +152,8 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
                                          **recorder_extra(units, 2 * shapes.batch, change)})
     search = Prediction("plan --search", {"denoiser weights": denoiser, "text encoder weights": text_bytes,
                                           "one denoiser call": call, **sampling})
-    export = Prediction("export", {"denoiser weights (capture and programs)": denoiser,
+    # the torch build is `compile`'s programs (verified against the eager model); the others `export`'s artifacts
+    export = Prediction("compile" if target == "torch" else "export", {"denoiser weights (capture and programs)": denoiser,
                                    "windowed units' permuted weights": windowed * plan_stages,
                                    "one denoiser call (verification)": call})
     if target == "aoti":

@@ -76,7 +76,8 @@ def test_weights_are_those_a_real_load_holds():
 
 def test_the_published_sizes_fit_where_the_issue_says(capsys, tmp_path):
     """arch-wan2.1-1.3b at 81x480x832 in bf16: calibrate and generate within a 24 GB card; the
-    published UMT5-XXL is counted, not the preset's stand-in."""
+    published UMT5-XXL is counted, not the preset's stand-in. arch-wan2.1-14b at 81x720x1280:
+    every verb within 80 GB with a torch build."""
     plan = tmp_path / "plan.json"
     from f3compile import api
     from f3compile.calibration import CalibrationConfig
@@ -94,6 +95,14 @@ def test_the_published_sizes_fit_where_the_issue_says(capsys, tmp_path):
     assert 10 * GIB < verbs["calibrate"]["device"]["text encoder weights"] < 13 * GIB  # UMT5-XXL in bf16
     code, _, err = run(capsys, "inspect", plan, "--memory")
     assert_one_line_error(code, err, "--memory needs --model")
+    # arch-wan2.1-14b at 81x720x1280 built with compile (torch programs sharing their common weights):
+    # every verb within one 80 GB card (an AOTI build's count per stage: the pool test below)
+    code, out, err = run(capsys, "inspect", plan, "--model", "builtin:arch-wan2.1-14b", "--frames", "81",
+                         "--height", "720", "--width", "1280", "--memory", "--json", "--target", "torch")
+    assert code == 0, err
+    peaks = {v["verb"]: v["device_bytes"] for v in json.loads(out)["verbs"]}
+    assert set(peaks) == {"calibrate", "plan --search", "compile", "generate"}
+    assert all(peak <= 80e9 for peak in peaks.values()), peaks
 
 
 def test_the_traced_decode_is_what_a_real_decode_allocates():
