@@ -119,6 +119,14 @@ def _check_precision(model: Any, precision: str | None) -> None:
                       f"or ask for {held}")
 
 
+def _build_model(source: Any, kind, options: CompileOptions):
+    """What `compile` and `export` build from: a spec of a diffusion model read in the build's
+    precision (a bf16 checkpoint is not widened to fp32 to be cast back); an object as it is."""
+    if _is_spec(source) and kind.name == "diffusion":
+        return _model(source, kind, options.precision, options.device)
+    return _model(source, kind)
+
+
 def _model(source: Any, kind=None, precision: str | None = None, device: Any = "cpu"):
     """`source` as a loaded model: a spec read in `precision` (default: bf16 on CUDA, fp32 on the
     CPU, for `device`); an object as it is (a `precision` it lacks refused)."""
@@ -338,7 +346,7 @@ def compile(model: Any, plan: Any = None, options: CompileOptions | None = None,
     if plan_path is None and _is_spec(plan):
         plan_path = plan
     plan = read_plan(plan)
-    model = _model(model, kind)
+    model = _build_model(model, kind, options)
     return kind.compile(model, plan, options, plan_path=plan_path,
                         output_dir=Path(output_dir) if output_dir is not None else None)
 
@@ -358,7 +366,7 @@ def export(source: Any, plan: Any = None, config=None, *, options: CompileOption
         plan_path = plan
     plan = read_plan(plan)
     if kind_of_compiled(source) is None:
-        source = _model(source, kind)
+        source = _build_model(source, kind, options)
     return kind.export(source, plan, options, config, Path(output_dir), plan_path=plan_path, progress=progress)
 
 

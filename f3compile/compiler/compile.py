@@ -190,16 +190,24 @@ def export_inputs(model: VideoModel, shapes: VideoShapes, seed: int = 0, dtype: 
 
 
 def placed_denoiser(model: VideoModel, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """The denoiser on `device` in `dtype`: the model's own module when it already is, else a copy
-    (the model itself is never modified, so one loaded model can be compiled for several targets)."""
+    """The denoiser on `device` in `dtype` as diffusers loads it in that dtype (the modules its class
+    keeps in fp32 stay fp32): the model's own module when it already is (a model loaded in the
+    build's precision is not copied), else a copy (the model itself is never modified, so one loaded
+    model can be compiled for several targets)."""
     import copy
 
+    from ..models.base import cast_weights, weights_dtype
+
     first = next(model.denoiser.parameters())
-    if first.dtype == dtype and first.device == device:
+    if weights_dtype(model.denoiser) == dtype and first.device == device:
         return model.denoiser
     if device.type == "meta":  # shapes only: the copy never holds real weights
-        return meta_copy(model.denoiser).to(dtype)
-    return copy.deepcopy(model.denoiser).to(device=device, dtype=dtype)
+        placed = meta_copy(model.denoiser)
+    else:
+        placed = copy.deepcopy(model.denoiser).to(device=device)
+    for module in [placed[name] for name in model.experts] if model.experts else [placed]:
+        cast_weights(module, dtype)
+    return placed
 
 
 def batch_dims(batch_range: tuple[int, int] | None, factors: tuple[int, ...] = (1, 1, 1)):

@@ -127,3 +127,20 @@ def test_bf16_programs_run_in_the_eval_loop():
                          measures="fidelity", log=lambda line: None)
     assert result["config"]["precision"] == "bf16" and set(result["results"]) == {"dense", "plan1"}
     assert 0 < result["results"]["plan1"]["latents_rel_l2_vs_dense"] < 1 and result["results"]["plan1"]["psnr_vs_dense"] > 0
+
+
+def test_a_bf16_build_reads_the_spec_in_bf16_and_equals_one_cast_from_fp32():
+    """compile --precision bf16 of a spec builds from a bf16 load (no fp32 copy to cast), holding
+    the dtypes diffusers gives each parameter (Wan's fp32-kept modules stay fp32), and the same
+    program as compiling an fp32 object in bf16."""
+    from f3compile.options import CompileOptions
+
+    from_spec = f3.compile("builtin:tiny-wan", None, CompileOptions(precision="bf16"))
+    from_object = f3.compile(load_model("builtin:tiny-wan"), None, CompileOptions(precision="bf16"))
+    assert from_spec.model.dtype == torch.bfloat16 and from_object.model.dtype == torch.float32
+    a, b = from_spec[0].program.state_dict, from_object[0].program.state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    dtypes = {v.dtype for v in a.values()}
+    assert dtypes == {torch.bfloat16, torch.float32}  # the kept modules: not a flat cast
+    kept = {k for k, v in a.items() if v.dtype == torch.float32}
+    assert kept and all(any(m in k for m in ("norm", "time_embedder", "scale_shift_table")) for k in kept), kept
