@@ -216,11 +216,9 @@ def _windowed_bytes(model, plan, units) -> int:
 
 def _onnx_verification(units, shapes) -> int:
     """onnxruntime's CPU attention: the scores of one full 3-D attention call, (B, H, N, N) fp32."""
-    full = [unit for unit in units if unit.spatiotemporal]
-    if not full:
-        return 0
-    unit = max(full, key=lambda u: u.heads * u.sequence)
-    return 2 * shapes.batch * unit.heads * unit.sequence**2 * 4
+    from .models.base import attention_scores_bytes
+
+    return attention_scores_bytes(units, 2 * shapes.batch)
 
 
 def render(predictions: list[Prediction], title: str, budget: float | None = None) -> str:

@@ -9,6 +9,7 @@ back its precisions. A failed verification fails the export and leaves no artifa
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
     from ..compiler.compile import PRECISION_DTYPES, CompiledModel, build_manifest, compile, stage_entries
     from ..devices import check_device
     from ..manifest import write_manifest
+    from ..models.base import attention_scores_bytes
 
     config = config or ExportConfig()
     config.check()
@@ -112,6 +114,7 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
     model, plan, shapes = compiled.model, compiled.plan, compiled.shapes
     units = {u.id: u for u in compiled.units}
     inputs = compiled.inputs()
+    scores = attention_scores_bytes(compiled.units, int(inputs[0].shape[0]))  # at most, one call's
     with atomic_dir(output_dir) as tmp:
         stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
         for entry, stage in zip(stages, compiled):
@@ -124,7 +127,7 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
                                  f"stage{entry['index']} reuse{number}", removed + list(variant.reused)))
             for program_entry, program, stem, label, removed_here in programs:
                 _build_program(program_entry, program, inputs, tmp, stage_dir, stem, label, removed_here,
-                               config, device, trt_info, progress)
+                               config, device, trt_info, progress, scores)
             (stage_dir / "verify.json").write_text(json.dumps({
                 "verify": entry["verify"], "audit": entry.get("audit"),
                 **({"reuse": [{"reused": p["reused"], "verify": p["verify"], "audit": p.get("audit")}
@@ -153,8 +156,27 @@ def _example_inputs(inputs: tuple, specs: list[dict]) -> tuple:
     return tuple(inputs) + extra
 
 
+def _unverifiable(config: ExportConfig, device, scores: int, weights: int) -> str | None:
+    """Why onnxruntime cannot verify this export where it would run (None: it can): a graph whose
+    attention scores (one call's (B, H, N, N) fp32, materialised by onnxruntime's kernels) and weights
+    would not fit in the memory free there. A deployment-size export then ships unverified by
+    onnxruntime, saying so, instead of running out of memory."""
+    from . import onnx as onnx_export
+
+    providers = onnx_export.verification_providers(device)
+    free = onnx_export.available_bytes(providers, device)
+    if scores + weights <= 0.9 * free:
+        return None
+    where = "the GPU" if providers[0] == "CUDAExecutionProvider" else "the host"
+    gib = 2**30
+    return (f"onnxruntime ({providers[0]}) would hold {(scores + weights) / gib:.1f} GiB (one call's attention scores "
+            f"{scores / gib:.1f} GiB and the weights {weights / gib:.1f} GiB), more than the {free / gib:.1f} GiB free on "
+            f"{where}; verify with onnxruntime-gpu on a larger GPU, or export the same plan at a smaller "
+            "--frames/--height/--width to verify its graph there")
+
+
 def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Path, stem: str, label: str,
-                   removed: list[str], config: ExportConfig, device, trt_info, progress: bool) -> None:
+                   removed: list[str], config: ExportConfig, device, trt_info, progress: bool, scores: int = 0) -> None:
     """Build, audit and verify one program's artifacts; record them in its manifest `entry`."""
     from . import onnx as onnx_export
     from .trt_readiness import check_onnx, summary as readiness_summary
@@ -208,12 +230,17 @@ def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Pa
         if audit["nodes_from_removed_modules"] or audit["weights_from_removed_modules"]:
             raise F3Error(f"{label}: the ONNX still holds nodes or weights of pruned modules; "
                           "this is a bug, please report it with the plan")
-        if config.verify:
+        skipped = _unverifiable(config, device, scores, audit["initializer_bytes"]) if config.verify else None
+        if skipped:
+            verify["onnxruntime_vs_torch"] = {"skipped": skipped}
+            print(f"{label}: onnxruntime verification skipped: {skipped}", file=sys.stderr, flush=True)
+        elif config.verify:
             feeds = random_feeds(entry["inputs"], config.samples)
             try:
                 verify["onnxruntime_vs_torch"] = compare(
                     torch_runner(program.module(), entry["inputs"], output_names, device=str(device)),
-                    onnx_export.onnxruntime_runner(onnx_path), feeds, config.precision)
+                    onnx_export.onnxruntime_runner(onnx_path, onnx_export.verification_providers(device)), feeds,
+                    config.precision)
             except Exception as exc:
                 if "onnxruntime" not in type(exc).__module__:
                     raise
@@ -234,11 +261,14 @@ def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Pa
         entry["tensorrt"] = build_engine(onnx_path, engine_path, entry["inputs"], config.precision,
                                          config.dynamic_batch, cache)
         entry["files"]["trt"] = {"path": f"{relative}/{engine_path.name}", "sha256": sha256_file(engine_path)}
-        if config.verify:
+        if config.verify and "skipped" not in verify.get("onnxruntime_vs_torch", {}):  # the reference: onnxruntime
             feeds = random_feeds(entry["inputs"], config.samples)
             verify["tensorrt_vs_onnxruntime"] = compare(
                 onnx_export.onnxruntime_runner(onnx_path), tensorrt_runner(engine_path), feeds, config.precision)
             if not verify["tensorrt_vs_onnxruntime"]["passed"]:
                 raise F3Error(f"{label}: TensorRT differs from onnxruntime "
                               f"(relative L2 {verify['tensorrt_vs_onnxruntime']['relative_l2_error']:.2e})")
+        elif config.verify:
+            verify["tensorrt_vs_onnxruntime"] = {"skipped": "its reference, onnxruntime, cannot run here: "
+                                                            + verify["onnxruntime_vs_torch"]["skipped"]}
     entry["verify"] = verify

@@ -145,6 +145,28 @@ def audit_onnx(path: Path, removed_modules: list[str], prefix: str = "denoiser."
     }
 
 
+def verification_providers(device) -> list[str]:
+    """Where onnxruntime verifies an export made for `device`: its CUDA provider for a CUDA export
+    when the installed onnxruntime has one, else the CPU."""
+    import onnxruntime
+
+    if getattr(device, "type", str(device)).startswith("cuda") and \
+            "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def available_bytes(providers: list[str], device) -> int:
+    """Memory free where the first provider runs: the GPU's for CUDA, else the host's."""
+    import os
+
+    if providers[0] == "CUDAExecutionProvider":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def onnxruntime_runner(path: Path, providers: list[str] | None = None):
     """A Polygraphy runner over an onnxruntime session (CPU unless providers say otherwise)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx

@@ -99,7 +99,9 @@ class DiffusionKind(ModelKind):
                 lines.append(f"stage{stage['index']}: timesteps {stage['timesteps'][0]}..{stage['timesteps'][1]}, "
                              f"{stage['parameters']:,} parameters -> {output}/{stage['files']['pt2']['path']}")
                 continue
-            checks = [f"{name.replace('_vs_', ' vs ')} rel. L2 {result['relative_l2_error']:.1e}"
+            checks = [f"{name.replace('_vs_', ' vs ')} " + ("skipped (not enough memory: see verify.json)"
+                                                            if "skipped" in result else
+                                                            f"rel. L2 {result['relative_l2_error']:.1e}")
                       for name, result in stage.get("verify", {}).items()] or ["not verified"]
             audit = stage.get("audit")
             detail = (f"; {audit['attention_nodes']} attention cores, {audit['initializer_bytes']:,} initializer bytes"

@@ -48,6 +48,12 @@ class TemporalUnit:
         return self.text_tokens + self.frames * self.tokens if self.tokens else self.frames
 
 
+def attention_scores_bytes(units, batch: int) -> int:
+    """Bytes of the largest full 3-D attention's (batch, heads, N, N) fp32 scores: what a runtime
+    without a fused attention kernel (onnxruntime's CPU provider) holds for one call."""
+    return max((batch * u.heads * u.sequence**2 * 4 for u in units if u.spatiotemporal), default=0)
+
+
 @dataclass(frozen=True)
 class TemporalBlock:
     """A temporal block: pruning it makes its output equal to its input."""

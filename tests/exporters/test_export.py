@@ -165,6 +165,22 @@ def test_trt_target_without_gpu_fails_cleanly(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_export_onnxruntime_cannot_hold_is_written_unverified_and_says_why(capsys, tmp_path, monkeypatch):
+    """Where onnxruntime's attention scores and weights would not fit in the free memory (here: 1 KiB
+    free), the export is written with the verification recorded as skipped and the reason on one
+    line, instead of running out of memory; where they fit, it verifies (the other tests)."""
+    import f3compile.exporters.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "available_bytes", lambda providers, device: 2**10)
+    code, out, err = run(capsys, "export", "builtin:tiny-latte", "-o", tmp_path / "build")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "verification skipped" in line]
+    assert len(lines) == 1 and "more than the 0.0 GiB free on the host" in lines[0]
+    stage = load_manifest(tmp_path / "build")["stages"][0]
+    assert list(stage["verify"]) == ["onnxruntime_vs_torch"] and "skipped" in stage["verify"]["onnxruntime_vs_torch"]
+    assert "onnxruntime vs torch skipped" in out
+
+
 def test_export_cli_errors(capsys, tmp_path):
     cases = [
         (["export", "builtin:tiny-latte", "--precision", "bf16", "-o", tmp_path / "out"], "onnxruntime cannot run the bf16"),
