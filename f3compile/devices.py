@@ -62,11 +62,36 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_aoti(path: str | Path, device: torch.device):
-    """The compiled model of an AOTInductor package, callable as `(sample, timestep, context)`.
-    Loading runs the package's compiled code: callers check its sha256 first."""
+def load_aoti(path: str | Path, device: torch.device, program=None):
+    """The compiled model of an AOTInductor package, callable as `(sample, timestep, context)`;
+    with `program` (the torch program it was compiled from), computing with that program's own
+    tensors (a package exported without weights). Loading runs the package's compiled code:
+    callers check its sha256 first."""
     from torch._inductor import aoti_load_package
 
     if device.type == "cuda":
-        return aoti_load_package(str(path), device_index=device.index if device.index is not None else -1)
-    return aoti_load_package(str(path))
+        model = aoti_load_package(str(path), device_index=device.index if device.index is not None else -1)
+    else:
+        model = aoti_load_package(str(path))
+    if program is not None:
+        attach_weights(model, program)
+    return model
+
+
+def program_constants(program) -> dict[str, torch.Tensor]:
+    """The tensors a package compiled from a torch.export `program` takes as constants, by name."""
+    found = dict(program.state_dict)
+    found.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
+    return found
+
+
+def attach_weights(model, program) -> None:
+    """Hand `program`'s own tensors to a loaded AOTInductor package built without weights (no
+    copy: user-managed constants). Refuses a package that asks for a constant the program lacks."""
+    held = program_constants(program)
+    wanted = list(model.get_constant_fqns())
+    missing = [name for name in wanted if name not in held]
+    if missing:
+        raise F3Error(f"the AOTInductor package asks for constants its torch program does not hold "
+                      f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); export it again")
+    model.load_constants({name: held[name] for name in wanted}, check_full_update=True, user_managed=True)

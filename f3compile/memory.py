@@ -156,14 +156,14 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     export = Prediction("compile" if target == "torch" else "export", {"denoiser weights (capture and programs)": denoiser,
                                    "windowed units' permuted weights": windowed * plan_stages,
                                    "one denoiser call (verification)": call})
-    if target == "aoti":
-        export.device["the package's weights (verification)"] = denoiser
-    elif target == "onnx":  # the graph is written from a model proto; onnxruntime verifies on the host
+    if target == "onnx":  # the graph is written from a model proto; onnxruntime verifies on the host
         export.host["the ONNX graph's initializers"] = denoiser
         export.host["onnxruntime session weights"] = denoiser
         export.host["onnxruntime attention scores"] = _onnx_verification(units, shapes)
         export.notes.append("onnxruntime on the CPU materialises every attention's scores")
-    if target == "torch":  # the runtime's weight pool: one copy of what the stage programs have in common
+    # the runtime's weight pool: one copy of what the stage programs have in common; an AOTI package
+    # computes with its stage program's tensors (exported without weights of its own)
+    if target in ("torch", "aoti"):
         programs = {"stage programs' weights (shared)": denoiser,
                     "windowed units' permuted weights": windowed * plan_stages}
     else:
@@ -177,7 +177,7 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         largest = max(phases, key=phases.get)
         generate = Prediction("generate", {**programs, largest: phases[largest]},
                               {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes})
-        generate.notes.append(("the stage programs share their common weights" if target == "torch" else
+        generate.notes.append(("the stage programs share their common weights" if target in ("torch", "aoti") else
                                "each stage's program holds its own weights") + "; beside them in turn: "
                               + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
     else:  # one memory: everything loaded stays, the largest transient on top

@@ -96,7 +96,7 @@ def test_the_published_sizes_fit_where_the_issue_says(capsys, tmp_path):
     code, _, err = run(capsys, "inspect", plan, "--memory")
     assert_one_line_error(code, err, "--memory needs --model")
     # arch-wan2.1-14b at 81x720x1280 built with compile (torch programs sharing their common weights):
-    # every verb within one 80 GB card (an AOTI build's count per stage: the pool test below)
+    # every verb within one 80 GB card (an ONNX build's count per stage: the pool test below)
     code, out, err = run(capsys, "inspect", plan, "--model", "builtin:arch-wan2.1-14b", "--frames", "81",
                          "--height", "720", "--width", "1280", "--memory", "--json", "--target", "torch")
     assert code == 0, err
@@ -124,7 +124,8 @@ def test_the_traced_decode_is_what_a_real_decode_allocates():
 def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     """A 2-stage window plan compiled on tiny-wan: the torch runtime holds one copy of what the
     stages share plus each stage's regrouped attention weights, which the report's torch build
-    counts from above (within the windowed units' copies); an AOTI build counts a copy per stage."""
+    counts from above (within the windowed units' copies); an ONNX build counts a copy per stage
+    (each onnxruntime session holds its own initializers)."""
     from f3compile import api
     from f3compile.calibration import CalibrationConfig
     from f3compile.compiler import compile_to_dir
@@ -139,8 +140,8 @@ def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     denoiser = sum(t.nbytes for t in (*model.denoiser.parameters(), *model.denoiser.buffers()))
     meta = load_model("builtin:tiny-wan", meta=True, precision="fp32")
     torch_build = memory.predict(meta, model.shapes, plan, precision="fp32", target="torch")[3]
-    aoti_build = memory.predict(meta, model.shapes, plan, precision="fp32", target="aoti")[3]
+    onnx_build = memory.predict(meta, model.shapes, plan, precision="fp32", target="onnx")[3]
     shared, permuted = (torch_build.device[k] for k in ("stage programs' weights (shared)", "windowed units' permuted weights"))
     assert shared == denoiser and permuted > 0
     assert denoiser < held <= shared + permuted  # more than one copy (the stages differ), at most what is predicted
-    assert aoti_build.device["2 stage program(s)' weights"] == 2 * denoiser
+    assert onnx_build.device["2 stage program(s)' weights"] == 2 * denoiser

@@ -201,7 +201,8 @@ def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Pa
             feeds = random_feeds(entry["inputs"], config.samples)
             verify["aoti_vs_torch"] = compare(
                 torch_runner(program.module(), entry["inputs"], output_names, device=str(device)),
-                torch_runner(load_aoti(aoti_path, device), entry["inputs"], output_names, device=str(device), name="aoti"),
+                torch_runner(load_aoti(aoti_path, device, program if built["weights"] == "pt2" else None),
+                             entry["inputs"], output_names, device=str(device), name="aoti"),
                 feeds, config.precision)
             if not verify["aoti_vs_torch"]["passed"]:
                 raise F3Error(f"{label}: the AOTInductor package differs from the torch program "

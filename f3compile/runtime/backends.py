@@ -81,19 +81,7 @@ class TorchBackend(_Backend):
 
     def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu"),
                  pool: WeightPool | None = None):
-        program = load_program(path, stage["files"][self.kind]["sha256"])
-        placed = {t.device for t in program.state_dict.values()}
-        if placed != {device}:
-            program = torch.export.load(str(path))  # it is placed in place: a copy of its own
-        if pool is not None:  # before placing: what is shared is not copied to the device again
-            pool.share(program)
-        if {t.device for t in program.state_dict.values()} != {device}:
-            from torch.export.passes import move_to_device_pass
-
-            program = move_to_device_pass(program, device)
-        if pool is not None:
-            pool.add(program)
-        self.module = program.module()
+        self.module = placed_program(path, stage["files"][self.kind]["sha256"], device, pool).module()
         self.device, self.dtypes = device, _dtypes(stage)
 
     def run(self, *inputs):
@@ -104,18 +92,26 @@ class TorchBackend(_Backend):
 
 
 class AotiBackend(_Backend):
-    """An AOTInductor package: compiled kernels for the device it was built for."""
+    """An AOTInductor package: compiled kernels for the device it was built for. A package exported
+    without weights computes with its stage's torch program's tensors (`stage["files"]["pt2"]`),
+    loaded through `pool` so that stages share what they have in common."""
 
     kind = "aoti"
 
-    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu"),
+                 pool: WeightPool | None = None):
         built = stage["files"]["aoti"].get("device", "cpu")
         if built != device.type:
             raise F3Error(f"{path} was compiled for {built}, not {device.type}; run with --device {built} "
                           f"or export again with --target aoti --device {device.type}")
         from ..devices import load_aoti
 
-        self.model = load_aoti(path, device)
+        program = None
+        if stage.get("aoti", {}).get("weights") == "pt2":
+            entry = stage["files"]["pt2"]
+            program = placed_program(path.parent / Path(entry["path"]).name, entry["sha256"], device, pool)
+        self.model = load_aoti(path, device, program)
+        self.program = program  # the package computes with its tensors: kept alive with it
         self.device, self.dtypes = device, _dtypes(stage)
 
     def run(self, *inputs):
@@ -192,6 +188,23 @@ class TensorrtBackend(_Backend):
         return outputs
 
 
+def placed_program(path: Path, sha256: str, device: torch.device, pool: WeightPool | None = None):
+    """The torch.export program at `path` with its weights on `device` (`move_to_device_pass`),
+    shared through `pool` with the build's other programs."""
+    program = load_program(path, sha256)
+    if {t.device for t in program.state_dict.values()} != {device}:
+        program = torch.export.load(str(path))  # it is placed in place: a copy of its own
+    if pool is not None:  # before placing: what is shared is not copied to the device again
+        pool.share(program)
+    if {t.device for t in program.state_dict.values()} != {device}:
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
+    if pool is not None:
+        pool.add(program)
+    return program
+
+
 def load_program(path: Path, sha256: str) -> torch.export.ExportedProgram:
     """`torch.export.load(path)`, whose bytes have `sha256` (checked when the manifest was loaded); a
     small program loaded before under the same sha256 is returned as it is (`memo.LOADED`): callers
@@ -219,6 +232,6 @@ def make_backend(name: str, build: Path, stage: dict, device: str | torch.device
         hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt",
                 "aoti": "f3compile export --target aoti"}.get(cls.kind, "f3compile compile")
         raise F3Error(f"{label or 'stage' + str(stage['index'])} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
-    if cls is TorchBackend:
+    if cls in (TorchBackend, AotiBackend):
         return cls(build / entry["path"], stage, device, pool)
     return cls(build / entry["path"], stage, device)

@@ -37,12 +37,22 @@ def test_package_is_written_verified_and_hashed(aoti_build):
     assert check["passed"] and check["relative_l2_error"] <= REL_AOTI
     assert json.loads((build / "stage0" / "verify.json").read_text())["verify"]["aoti_vs_torch"] == check
     assert "onnx" not in stage["files"]  # the ONNX path is not taken for an AOTInductor target
+    # the package holds no weights: it computes with the stage's torch program's (user-managed constants)
+    assert stage["aoti"]["weights"] == "pt2"
+    import zipfile
+
+    names = zipfile.ZipFile(build / entry["path"]).namelist()
+    assert not [n for n in names if "/weights/" in n or "/constants/" in n], names
     load_manifest(build)  # validates and checks every sha256
 
 
 def test_aoti_backend_reproduces_the_torch_program(aoti_build):
     build, _ = aoti_build
-    compiled = Runtime(build, backend="aoti").generate("a red circle moving left", seed=3, steps=3)
+    runtime = Runtime(build, backend="aoti")
+    program = torch.export.load(str(build / "stage0" / "denoiser.pt2"))
+    held = [*program.state_dict.values(), *(v for v in program.constants.values() if isinstance(v, torch.Tensor))]
+    assert runtime.weights.bytes == sum(t.numel() * t.element_size() for t in held)  # the pt2's, once
+    compiled = runtime.generate("a red circle moving left", seed=3, steps=3)
     program = Runtime(build, backend="torch").generate("a red circle moving left", seed=3, steps=3)
     assert float((compiled - program).norm() / program.norm()) <= REL_AOTI
 
@@ -71,3 +81,20 @@ def test_tampered_package_is_refused(capsys, aoti_build, tmp_path):
         handle.write(b"\0\0\0\0")
     code, _, err = run(capsys, "generate", copy, "--backend", "aoti", "--prompt", "x", "-o", tmp_path / "v.gif")
     assert_one_line_error(code, err, "does not match the sha256")
+
+
+def test_a_package_that_cannot_take_the_programs_weights_gets_its_own(monkeypatch, tmp_path):
+    """Where the package built without weights asks for a constant the program lacks (or this torch
+    cannot build one), it is built again with the weights packaged and the manifest says so."""
+    from f3compile.exporters import aoti
+
+    program = torch.export.export(torch.nn.Linear(4, 4), (torch.randn(2, 4),))
+    built = []
+    monkeypatch.setattr(aoti, "_compile", lambda program, path, configs: built.append(dict(configs)))
+    monkeypatch.setattr(aoti, "_takes_program_weights", lambda path, program, device: False)
+    record = aoti.package_aoti(program, tmp_path / "p.pt2")
+    assert record["weights"] == "package" and record["device"] == "cpu"
+    assert built == [{"aot_inductor.package_constants_in_so": False}, {}]  # small weights: embedded in the .so
+    monkeypatch.setattr(aoti, "_takes_program_weights", lambda path, program, device: True)
+    built.clear()
+    assert aoti.package_aoti(program, tmp_path / "q.pt2")["weights"] == "pt2" and len(built) == 1
