@@ -292,7 +292,8 @@ def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precis
                   device: str = "cuda", target: str = "aoti"):
     """(predictions, context): each verb's predicted peak memory (`memory.Prediction`) for `plan` on
     `model` at `shapes` in `precision`, counted on the meta device in seconds (`inspect --memory`).
-    `model` is a builtin (an architecture preset at its published size, or a width-scaled one)."""
+    `model` is a builtin (an architecture preset at its published size, or a width-scaled one) or a
+    pipeline directory, built from its configs without reading its weights."""
     from .devices import resolve_precision
     from .models import registry
     from .models.base import resolve_shapes
@@ -300,11 +301,14 @@ def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precis
     from . import memory
 
     precision = resolve_precision(precision)
-    if not (_is_spec(model) and str(model).startswith("builtin:")) or kind_of(model).name != "diffusion":
-        raise F3Error("--memory counts diffusion builtins on the meta device (e.g. builtin:arch-wan2.1-14b); "
-                      f"{model} is not one: count the preset of its architecture")
-    registry.parse_builtin(str(model)[8:])
-    meta = load_model(str(model), meta=True, precision=precision)
+    builtin = _is_spec(model) and str(model).startswith("builtin:")
+    directory = _is_spec(model) and not builtin and (Path(str(model)).expanduser() / "model_index.json").is_file()
+    if not (builtin or directory) or kind_of(model).name != "diffusion":
+        raise F3Error("--memory counts diffusion builtins and pipeline directories on the meta device (e.g. "
+                      f"builtin:arch-wan2.1-14b, or a Wan2.1-T2V-14B-Diffusers directory); {model} is neither")
+    if builtin:
+        registry.parse_builtin(str(model)[8:])
+    meta = load_model(str(model), meta=True, precision=precision)  # a directory: its configs, no weights read
     shapes = shapes or Shapes()
     resolved = resolve_shapes(meta, shapes.frames, shapes.height, shapes.width)
     return memory.report(read_plan(plan), meta, resolved, precision=precision, device=device, target=target)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from f3compile import memory
+from f3compile import F3Error, memory
 from f3compile.models.base import VideoShapes
 from f3compile.models.loading import load_model
 from tests.helpers import assert_one_line_error, run
@@ -145,3 +145,29 @@ def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     assert shared == denoiser and permuted > 0
     assert denoiser < held <= shared + permuted  # more than one copy (the stages differ), at most what is predicted
     assert onnx_build.device["2 stage program(s)' weights"] == 2 * denoiser
+
+
+def test_a_pipeline_directory_is_counted_from_its_configs(tmp_path):
+    """inspect --memory on a saved tiny-wan pipeline: built from its configs on the meta device, with
+    its weight files made unreadable (so none is read), it predicts what the builtin does."""
+    from f3compile import api
+    from f3compile.calibration import CalibrationConfig
+    from f3compile.models.loading import build_builtin
+    from f3compile.options import Shapes
+    from f3compile.planning import make_plan
+
+    pipe, _ = build_builtin("tiny-wan")
+    directory = tmp_path / "wan"
+    pipe.save_pretrained(directory)
+    for weights in directory.rglob("*.safetensors"):
+        weights.write_bytes(b"not weights")
+    stats = api.calibrate("builtin:tiny-wan", ["a red circle"], CalibrationConfig(steps=2, heatmaps=False))
+    plan = make_plan(stats, 0.5, "window", window=0, stages=2)
+    shapes = Shapes(9, 64, 64)
+    counted = {}
+    for model in ("builtin:tiny-wan", str(directory)):
+        predictions, _ = api.memory_report(plan, model, shapes, precision="bf16")
+        counted[model] = [(p.verb, p.device, p.host) for p in predictions]
+    assert counted[str(directory)] == counted["builtin:tiny-wan"]
+    with pytest.raises(F3Error, match="builtins and pipeline directories"):
+        api.memory_report(plan, str(tmp_path), shapes)

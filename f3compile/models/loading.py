@@ -293,6 +293,49 @@ def _load_directory(path: Path, spec: str, dtype: torch.dtype | None = None) -> 
     raise F3Error(f"{path} has neither model_index.json (pipeline) nor config.json (denoiser); pass a diffusers model directory")
 
 
+def _meta_pipeline(path: Path):
+    """The pipeline of the directory `path` built from its configs on the meta device: no weight file
+    is read (a 14B checkpoint is counted in seconds); tokenizers and the scheduler are read as they are."""
+    import importlib
+
+    import diffusers
+    import transformers
+
+    from . import tuneavideo
+
+    index = read_json(path / "model_index.json", "re-save the pipeline")
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if class_name not in BY_PIPELINE_CLASS or tuneavideo.is_tuneavideo_unet(path / "unet"):
+        raise F3Error(f"{path} holds a {class_name} pipeline; the meta device builds "
+                      f"{', '.join(sorted(BY_PIPELINE_CLASS))} directories")
+    components = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2:
+            continue
+        library, cls_name = value
+        if library is None or cls_name is None:
+            components[name] = None
+            continue
+        try:
+            cls = getattr(importlib.import_module(library), cls_name)
+        except (ImportError, AttributeError):
+            raise F3Error(f"{path}/model_index.json names {library}.{cls_name} for {name}, which is not installed") from None
+        where = path / name
+        if isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin):
+            with _empty_weights():
+                components[name] = cls.from_config(cls.load_config(where))
+        elif isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            config = cls.config_class.from_pretrained(where)
+            with _empty_weights():
+                components[name] = cls(config)
+        else:  # tokenizers, schedulers, image processors: small files, read as they are
+            components[name] = cls.from_pretrained(where)
+    pipe = getattr(diffusers, class_name)(**components)
+    _buffers_to_meta(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _empty_weights():
     """Modules built inside get their parameters on the meta device (no memory, no initialisation);
     buffers and plain tensors, such as a scheduler's, stay real until `_buffers_to_meta`."""
@@ -350,7 +393,7 @@ def load_model(spec: str, meta: bool = False, precision: str | None = None) -> V
 
     `spec` is ``builtin:NAME``, a local diffusers pipeline directory (``model_index.json``),
     a bare denoiser directory (``config.json``), or a Hugging Face id already in the local cache
-    (never fetched from the network). `meta` (builtins only): the architecture on the meta device,
+    (never fetched from the network). `meta` (builtins and pipeline directories): the architecture on the meta device,
     no weights; its fingerprint is that of its configuration (`meta:sha256:…`). `precision`
     (fp32, bf16, fp16; default fp32): the dtype the denoiser(s) and text encoder are loaded in.
     """
@@ -378,9 +421,15 @@ def _load(spec: str, meta: bool, dtype: torch.dtype | None) -> VideoModel:
         if dtype is not None:
             cast_pipeline(pipe, dtype)
         return from_pipeline(pipe, spec, shapes, meta=meta)
-    if meta:
-        raise F3Error(f"only builtin models are built on the meta device, not {spec}")
     path = Path(spec).expanduser()
+    if meta:
+        if not (path / "model_index.json").is_file():
+            raise F3Error(f"only builtins and pipeline directories (model_index.json) are built on the meta device, "
+                          f"not {spec}")
+        pipe = _meta_pipeline(path)
+        if dtype is not None:
+            cast_pipeline(pipe, dtype)
+        return from_pipeline(pipe, spec, meta=True)
     if path.is_dir():
         return _load_directory(path, spec, dtype)
     if path.exists():
