@@ -149,14 +149,15 @@ class _Runner:
 
                 def on_state(state: StepState, kept=kept, generator=generator) -> None:
                     if state.index - 1 in kept:  # the latents the previous step made
-                        kept[state.index - 1] = (*kept[state.index - 1][:2], state.latents)
+                        kept[state.index - 1] = (*kept[state.index - 1][:2], state.latents.cpu())
                     if state.index in self.keep:  # and the noise a stochastic step draws from here
-                        kept[state.index] = (copy.deepcopy(state), generator.get_state(), None)
+                        kept[state.index] = (_placed(copy.deepcopy(state), torch.device("cpu")),
+                                             generator.get_state(), None)
 
                 final = denoise_loop(self._denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
                                      self.guidance, generator, on_state=on_state if record else None)
                 for index in [i for i in kept if kept[i][2] is None]:  # the last step's
-                    kept[index] = (*kept[index][:2], final)
+                    kept[index] = (*kept[index][:2], final.cpu())
                 finals.append(final)
         finally:
             if applied is not None:
@@ -188,19 +189,38 @@ class _Runner:
                     per_step = []
                     for index in calls:  # the steps before a measured one only fill reused blocks' residuals
                         before, noise, after = kept[index]
-                        state = copy.deepcopy(before)  # the scheduler steps (and may count) in place
+                        state = _placed(copy.deepcopy(before), final.device)  # the scheduler steps in place
                         generator.set_state(noise)
                         moved, _ = guided_step(self._denoise, state, state.scheduler.timesteps, cond, uncond,
                                                self.guidance, _step_kwargs(state.scheduler, generator, 0.0),
                                                self.model.native_layout)
                         if index in measured:
-                            per_step.append(float((moved - after).norm()))
+                            per_step.append(float((moved - after.to(moved.device)).norm()))
                     total += sum(per_step) / max(1, len(per_step))
                 changes.append(total / max(1, len(runs)) / float(final.norm().clamp_min(1e-12)))
         finally:
             applied.remove()
         changes = self.group.gather_values(changes, self.counts, "measuring a candidate on the dense trajectory")
         return sum(changes) / len(changes)
+
+
+def _placed(state: StepState, device: torch.device) -> StepState:
+    """`state` (a copy of its own) with its latents and its scheduler's tensors on `device`: the search
+    keeps the dense trajectory's states on the host, a few latents each, not beside the model."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return type(value)(move(v) for v in value)
+        return value
+
+    state.latents = state.latents.to(device)
+    if state.previous_x0 is not None:
+        state.previous_x0 = state.previous_x0.to(device)
+    state.timestep = state.timestep.to(device) if isinstance(state.timestep, torch.Tensor) else state.timestep
+    for name, value in vars(state.scheduler).items():
+        setattr(state.scheduler, name, move(value))
+    return state
 
 
 def _period(action: str) -> int:

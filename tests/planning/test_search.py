@@ -206,16 +206,25 @@ def hand_trajectory(model, stats, prompt: str, index: int):
     return xs + [latents], before, guided
 
 
-@pytest.mark.parametrize("action, calls", [("drop", [3]), ("reuse:2", [2, 3])])
-def test_estimates_are_one_step_taken_from_the_dense_trajectory(models, calibrations, action, calls):
+@pytest.mark.parametrize("name, action, calls", [("tiny-latte", "drop", [3]), ("tiny-latte", "reuse:2", [2, 3]),
+                                                 ("tiny-wan", "window:0", [2])])
+def test_estimates_are_one_step_taken_from_the_dense_trajectory(models, calibrations, name, action, calls):
     """The search's estimate of an action at step s equals, per prompt, ||step(x_s) - x_{s+1}|| /
     ||x_final|| computed on a dense loop written here (a reuse first runs the step before, whose
-    residual it re-adds), averaged over the prompts."""
+    residual it re-adds), averaged over the prompts; tiny-wan's multistep UniPC steps from the
+    history the dense loop had (kept on the host between uses)."""
+    from f3compile import api
+    from f3compile.calibration import CalibrationConfig
     from f3compile.inplace import install
+    from f3compile.models.loading import load_model
     from f3compile.planning import make_plan
     from f3compile.planning.search import _apply, _Runner
 
-    model, (_, stats) = models["tiny-latte"], calibrations["tiny-latte"]
+    if name in models:
+        model, (_, stats) = models[name], calibrations[name]
+    else:
+        model = load_model(f"builtin:{name}")
+        stats = api.calibrate(model, PROMPTS, CalibrationConfig(steps=6, heatmaps=False))
     units = find_temporal_units(model)
     plan = make_plan(stats, 0.0, "block", stages=1)
     block = stats.blocks[0].id
