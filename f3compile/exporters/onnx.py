@@ -164,6 +164,13 @@ def available_bytes(providers: list[str], device) -> int:
         import torch
 
         return int(torch.cuda.mem_get_info(device)[0])
+    try:  # what the kernel can give without swapping, page cache included (Linux)
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
