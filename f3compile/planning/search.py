@@ -375,8 +375,8 @@ def search_plan(
     singles = []  # (estimated error per FLOP-speedup gained, stage, block, action, estimate, gain)
     for number, block, action, gain in candidates:
         runs = _runs(action, groups[number], samples)
-        period = int(action.split(":", 1)[1]) if action.startswith("reuse:") else 1
-        affected = len(groups[number]) * (period - 1) / period if period > 1 else len(groups[number])
+        period = _period(action)  # a reuse touches only the steps that reuse, the other actions every step
+        affected = len(groups[number]) * ((period - 1) / period if period > 1 else 1)
         estimate = runner.step_change(with_action(base, number, block, action), runs) * affected
         singles.append((estimate / gain, number, block, action, estimate, gain))
         log(f"  alone: stage {number} {action:<5} {block}: estimated error {estimate:.4f}, predicted {1 + gain:.3f}x")
