@@ -52,6 +52,10 @@ def cmd_calibrate(args) -> None:
         _done(started, f"calibrated {what} -> {args.output}; join all shards with `f3compile merge`")
         return
     _say(started, f"{api.kind_of(args.model).summary_of_calibration(stats)} -> {args.output}")
+    share = stats.meta.get("recorder_share")
+    if share is not None and stats.meta["query_fraction"] < 1:
+        print(f"recorded a share {stats.meta['query_fraction']:.4g} of each frame's query positions (the default at "
+              f"this length: recording predicted at {share:.0%} of the plain calls; --query-fraction 1 records all)")
 
 
 def _say(started: float, what: str) -> None:
@@ -346,6 +350,16 @@ def cmd_eval(args) -> None:
     _done(started, f"evaluated {len(result['results'])} variant(s) -> {args.output}")
 
 
+def _query_fraction(text: str) -> float | None:
+    """`--query-fraction`: a share in (0, 1] or auto (None: `calibration.calibrate.auto_query_fraction`)."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1] or auto") from None
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]
@@ -399,8 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default 1)")
     p.add_argument("--key-model", help="CogVideo stage-2 models: the stage-1 model whose frames it interpolates")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
-    p.add_argument("--query-fraction", type=float, default=1.0, metavar="Q", help="full 3-D attention: record the "
-                   "queries of this share of each frame's positions (seeded by --seed; default 1: all)")
+    p.add_argument("--query-fraction", type=_query_fraction, default=None, metavar="Q", help="full 3-D attention: "
+                   "record the queries of this share of each frame's positions (seeded by --seed). Default auto: "
+                   "all of them, or at long sequences the share whose recording costs about a quarter of the plain "
+                   "sampling calls, at least 64 positions per frame (calibration.json records it)")
     p.add_argument("--residual-change", choices=("sketch", "exact", "off"), default="sketch",
                    help="each block's step-to-step residual change, what reuse plans rank by: sketch keeps a "
                    "96-direction random projection of every residual row (default), exact the whole residual "

@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--target", default="aoti", choices=("aoti", "onnx"))
-    parser.add_argument("--query-fraction", type=float, default=0.1)
+    parser.add_argument("--query-fraction", type=lambda text: None if text == "auto" else float(text), default=None,
+                        help="share of query positions recorded (default auto: calibrate's own default)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

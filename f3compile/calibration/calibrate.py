@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_dir
 from ..config import option
 from ..errors import F3Error
 from ..manifest import library_versions
@@ -40,11 +39,50 @@ class CalibrationConfig:
     seed: int = option(0, "seed of the initial latents (prompt i starts from seed + i)")
     batch_size: int = option(1, "prompts per sampling call")
     heatmaps: bool = option(True, "write heatmap PNGs")
-    query_fraction: float = option(1.0, "share of each frame's query positions recorded in full 3-D attention (seeded)")
+    query_fraction: float | None = option(None, "share of each frame's query positions recorded in full 3-D attention "
+                                          "(seeded; default: `auto_query_fraction`)")
     device: str = option("cpu", "cpu or cuda: where the model samples (under torchrun with cuda: each rank's own GPU)")
     residual_change: str = option("sketch", "how each block's step-to-step residual change is recorded: sketch "
                                   "(a 96-direction projection per row), exact (the whole residual) or off (no reuse)")
     precision: str | None = option(None, "fp32, bf16 or fp16: the dtype the denoiser and text encoder are loaded and run in (default: bf16 on cuda, fp32 on the cpu)")
+
+
+# The recorder's work per recorded query against the plain model's per FLOP: its probabilities are
+# an unfused fp32 softmax over every key plus per-frame sums, where the model runs a fused attention.
+# Measured on a 2-core CPU (arch-wan2.1-1.3b at width-scale 0.0625, 2,100 and 4,725 tokens, every
+# query recorded): 9.2x and 10.4x its FLOPs' share of the plain calls' time (docs/BENCHMARKS.md).
+RECORDER_SLOWDOWN = 10.0
+# The recorder's share of the plain sampling loop that `auto_query_fraction` aims at.
+RECORDER_SHARE = 0.25
+# Fewest query positions recorded per frame by default: on ref-wan, recording 8 of 16 positions moved
+# its per-head scores by 1.8% on average, 1 of 16 by 6.6% (docs/BENCHMARKS.md).
+MIN_QUERIES = 64
+
+
+def recorder_flops(units, batch: int) -> int:
+    """FLOPs of the recorder's probabilities with every query recorded, one denoiser call of `batch`
+    rows: per full 3-D attention unit B·H·N² scores of 2d FLOPs each, plus softmax and sums (8)."""
+    return sum(batch * unit.heads * unit.sequence ** 2 * (2 * unit.head_dim + 8) for unit in units if unit.spatiotemporal)
+
+
+def auto_query_fraction(model: VideoModel, units, shapes) -> tuple[float, float | None]:
+    """The default `--query-fraction` and the recorder's predicted share of the plain loop at it.
+
+    The largest fraction whose recorder work (`recorder_flops` × `RECORDER_SLOWDOWN` × fraction)
+    stays within `RECORDER_SHARE` of one plain denoiser call's counted FLOPs, but never fewer than
+    `MIN_QUERIES` positions per frame: 1 where frames have at most that many tokens (the share is
+    then not counted: None)."""
+    full = [unit for unit in units if unit.spatiotemporal]
+    if not full or max(unit.tokens for unit in full) <= MIN_QUERIES:
+        return 1.0, None
+    from ..planning.cost import ModelCost
+
+    batch = 2 * shapes.batch  # the CFG batch `ModelCost` counts
+    plain = ModelCost.measure(model, units, shapes).total_flops
+    per_query = RECORDER_SLOWDOWN * recorder_flops(full, batch) / max(plain, 1)
+    floor = MIN_QUERIES / min(unit.tokens for unit in full)
+    fraction = min(1.0, max(RECORDER_SHARE / per_query, floor))
+    return fraction, fraction * per_query
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -154,7 +192,7 @@ def calibrate(
         raise F3Error(f"--batch-size must be at least 1, got {config.batch_size}")
     if not prompts:
         raise F3Error("no prompts to calibrate on; pass at least one prompt")
-    if not 0.0 < config.query_fraction <= 1.0:
+    if config.query_fraction is not None and not 0.0 < config.query_fraction <= 1.0:
         raise F3Error(f"--query-fraction must be in (0, 1], got {config.query_fraction}")
     if config.residual_change not in CHANGE_MODES:
         raise F3Error(f"--residual-change {config.residual_change!r} is unknown; use one of {', '.join(CHANGE_MODES)}")
@@ -163,12 +201,18 @@ def calibrate(
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
     units = find_temporal_units(model, shapes)
     blocks = temporal_blocks(units)
+    recorder_share = None
+    if config.query_fraction is None:
+        fraction, recorder_share = auto_query_fraction(model, units, shapes)
+        config = dataclasses.replace(config, query_fraction=fraction)
     scheduler = model.scheduler
     scheduler.set_timesteps(config.steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     group, part = work_split(config.device, shard, len(batches))
     meta = _meta_for(model, prompts, config, shapes, timesteps, units, latents, prompts_sha256)
+    if recorder_share is not None:
+        meta["recorder_share"] = round(recorder_share, 4)  # predicted, of the plain loop, at the default fraction
     group.check_same(json.dumps(meta, sort_keys=True, default=str), "models, prompts or settings")
     mine = part.span(len(batches))
 

@@ -5,6 +5,7 @@ whole CLI on the tiny builtins."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 
@@ -254,6 +255,32 @@ def test_calibration_records_the_query_fraction(wan, tmp_path):
     assert float(stats.unit(meta["units"][0]["id"], "rows")[0]) == 2 * 8
     with pytest.raises(F3Error, match="query-fraction"):
         calibrate(wan, PROMPTS[:1], CalibrationConfig(steps=1, heatmaps=False, query_fraction=0.0))
+    stats = calibrate(wan, PROMPTS[:1], CalibrationConfig(steps=1, heatmaps=False))  # the default: all, at 16 a frame
+    assert stats.meta["query_fraction"] == 1.0 and "recorder_share" not in stats.meta
+
+
+def test_default_query_fraction_keeps_the_recorder_within_a_quarter(wan, monkeypatch):
+    """The default `--query-fraction`: all queries while frames are short; at long frames the share
+    whose recorder work (10x its score FLOPs) is a quarter of one plain call's FLOPs, counted here
+    with torch's own counter, and never fewer than 64 positions per frame."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = importlib.import_module("f3compile.calibration.calibrate")  # the package exports its function
+
+    assert module.auto_query_fraction(wan, find_temporal_units(wan), wan.shapes) == (1.0, None)  # 16 tokens a frame
+    shapes = VideoShapes(1, 5, 160, 160)  # 100 tokens a frame
+    units = find_temporal_units(wan, shapes)
+    fraction, share = module.auto_query_fraction(wan, units, shapes)
+    assert fraction == pytest.approx(64 / 100) and share > 0.25  # the floor: this tiny model's scores cost more
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():  # attention as matmuls
+        wan.denoise(*wan.example_inputs(shapes, cfg=True))
+    plain = counter.get_total_flops()
+    scores = sum(2 * u.heads * u.sequence ** 2 * (2 * u.head_dim + 8) for u in units)  # CFG batch 2
+    monkeypatch.setattr(module, "MIN_QUERIES", 1)
+    fraction, share = module.auto_query_fraction(wan, units, shapes)
+    assert fraction == pytest.approx(0.25 * plain / (10 * scores), rel=1e-6) and share == pytest.approx(0.25)
 
 
 # -- plans ----------------------------------------------------------------------------------------
