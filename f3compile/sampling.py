@@ -32,8 +32,14 @@ def initial_latents(shape: tuple[int, ...], scheduler, generator: torch.Generato
     """Gaussian latents scaled by the scheduler's initial sigma (as `prepare_latents` does), drawn in
     the pipeline's own `layout` so that a seed gives the pipeline's noise; returned (B, C, F, H, W)."""
     native = tuple(to_native(torch.empty(shape, device="meta"), layout).shape)
-    noise = torch.randn(native, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    noise = torch.randn(native, generator=generator, dtype=torch.float32) * initial_sigma(scheduler)
     return from_native(noise, layout).contiguous()
+
+
+def initial_sigma(scheduler) -> float:
+    """What `prepare_latents` scales the first latents by: the scheduler's `init_noise_sigma`, 1 for
+    flow-matching samplers that have none (their pipelines do not scale: `models.schedulers`)."""
+    return getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def read_latents(path) -> torch.Tensor:
@@ -79,7 +85,7 @@ def start_latents(given: torch.Tensor | None, shape: tuple[int, ...], scheduler,
     if given is None:
         return initial_latents(shape, scheduler, generator, layout)
     check_latents(given, shape)
-    return given.float().expand(shape).clone() * scheduler.init_noise_sigma
+    return given.float().expand(shape).clone() * initial_sigma(scheduler)
 
 
 def check_latents(given: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -124,7 +130,8 @@ def guided_step(fn: DenoiseFn, state: StepState, timesteps, cond: torch.Tensor, 
     cfg = guidance_scale > 1.0 and uncond is not None
     context = torch.cat([uncond, cond]) if cfg else cond
     model_input = torch.cat([latents] * 2) if cfg else latents
-    model_input = scheduler.scale_model_input(model_input, t)
+    if hasattr(scheduler, "scale_model_input"):  # flow-matching Euler has none (and needs none)
+        model_input = scheduler.scale_model_input(model_input, t)
     timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=model_input.device)
     noise_pred = fn(model_input, timestep, context)
     if cfg:

@@ -207,7 +207,8 @@ def calibrate(
         config = dataclasses.replace(config, query_fraction=fraction)
     scheduler = model.scheduler
     scheduler.set_timesteps(config.steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
+    total = int(scheduler.config.num_train_timesteps)  # a flow-matching sampler starts at t = total: the top step
+    timesteps = [min(int(t), total - 1) for t in scheduler.timesteps]
     batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     group, part = work_split(config.device, shard, len(batches))
     meta = _meta_for(model, prompts, config, shapes, timesteps, units, latents, prompts_sha256)

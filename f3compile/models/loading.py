@@ -93,6 +93,9 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
             f"use one of: {', '.join(sorted(BY_PIPELINE_CLASS))}"
         )
     pipe.set_progress_bar_config(disable=True)
+    from .schedulers import check_scheduler
+
+    check_scheduler(family.name, getattr(pipe, "scheduler", None), spec)
     denoiser = _denoiser_of(pipe).eval()
     temporal_scale, experts, denoise_call, extra = 1, None, family.denoise, {}
     if family.name == "wan":

@@ -167,8 +167,11 @@ class PruningPlan:
 
     # -- queries -----------------------------------------------------------------------------
     def stage_for(self, timestep: int) -> int:
+        """The stage whose range holds `timestep` (a flow-matching sampler's first timestep, t =
+        num_train_timesteps, belongs to the first stage, as every timestep above the ranges does)."""
+        timestep = min(int(timestep), max(stage.timesteps[0] for stage in self.stages))
         for index, stage in enumerate(self.stages):
-            if stage.contains(int(timestep)):
+            if stage.contains(timestep):
                 return index
         raise F3Error(f"timestep {timestep} is outside every stage of the plan")
 

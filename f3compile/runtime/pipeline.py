@@ -129,6 +129,8 @@ class Runtime:
 
     # -- sampling ----------------------------------------------------------------------------
     def stage_index(self, timestep: int) -> int:
+        """As `Plan.stage_for`: a timestep above every range (t = 1000 of a flow-matching sampler) is the first stage's."""
+        timestep = min(int(timestep), max(stage["timesteps"][0] for stage in self.manifest["stages"]))
         for index, stage in enumerate(self.manifest["stages"]):
             high, low = stage["timesteps"]
             if low <= timestep <= high:

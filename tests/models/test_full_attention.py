@@ -66,22 +66,33 @@ def calibration(wan, tmp_path_factory):
 
 
 # -- loading and parity ------------------------------------------------------------------------
-@pytest.mark.parametrize("scheduler", ["published", "dpm"])
+def _flow_scheduler(kind: str, **config):
+    """Samplers WanPipeline takes besides its published UniPC, in flow-matching mode."""
+    import diffusers
+
+    if kind == "flow-euler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, **config)
+    return diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=3.0, **config)
+
+
+@pytest.mark.parametrize("scheduler", ["published", "dpm", "flow-euler", "flow-dpm"])
 def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
+    import copy
+
     from f3compile.options import CompileOptions, Shapes
 
     pipe, directory = saved
-    if scheduler == "dpm":  # CogVideoX-5B's sampler, whose step also takes the previous prediction
-        if name != "tiny-cogvideox":
-            pytest.skip("the DPM solver with a two-argument step is CogVideoX's")
+    if scheduler != "published":
+        if (scheduler == "dpm") != (name == "tiny-cogvideox"):
+            pytest.skip("the DPM solver with a two-argument step is CogVideoX's; flow-matching samplers are Wan's")
         from f3compile.models.cogvideox import scheduler as cogvideox_scheduler
 
-        import copy
-
         pipe = copy.copy(pipe)  # the module's pipeline keeps its own scheduler
-        pipe.register_modules(scheduler=cogvideox_scheduler(1.0, dpm=True))
-        pipe.save_pretrained(tmp_path / "dpm")
-        directory = tmp_path / "dpm"
+        pipe.register_modules(scheduler=cogvideox_scheduler(1.0, dpm=True) if scheduler == "dpm"
+                              else _flow_scheduler(scheduler))  # CogVideoX-5B's sampler; Wan's other samplers
+        pipe.save_pretrained(tmp_path / scheduler)
+        directory = tmp_path / scheduler
     model = load_model(str(directory))
     expected = {"tiny-wan": ("wan", 4, 8, 512, 16), "tiny-cogvideox": ("cogvideox", 4, 8, 16, 4)}[name]
     assert (model.family, model.temporal_scale, model.vae_scale_factor, model.text_length, model.latent_channels) == expected
@@ -91,6 +102,16 @@ def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
     ours = api.Runtime(tmp_path / "build").generate("a red circle", steps=4, guidance_scale=5.0, latents=start)
     assert rel(ours, reference) <= PARITY
     assert rel(start, reference) > 0.1  # it did denoise
+    if scheduler == "flow-euler":  # its first timestep is t = 1000: calibrated, planned and built as the top step
+        from f3compile.calibration import CalibrationConfig, calibrate
+        from f3compile.planning import make_plan
+
+        stats = calibrate(model, PROMPTS[:1], CalibrationConfig(steps=4, frames=9, height=32, width=32, heatmaps=False))
+        assert stats.timesteps[0] == 999 and float(pipe.scheduler.timesteps[0]) == 1000.0
+        plan = make_plan(stats, 1.0, "window", window=0, stages=2)
+        api.compile(model, plan, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "windowed")
+        windowed = api.Runtime(tmp_path / "windowed").generate("a red circle", steps=4, guidance_scale=5.0, latents=start)
+        assert torch.isfinite(windowed).all() and 0 < rel(windowed, reference) < 1
 
 
 def test_bare_transformer_directory(name, saved):
@@ -116,14 +137,19 @@ MISMATCHED = [  # a config.json that does not fit the weights, or does not build
 ]
 VARIANTS = {
     "tiny-wan": [("transformer/config.json", {"image_dim": 1280, "added_kv_proj_dim": 5120}, "image-to-video"),
-                 ("model_index.json", {"expand_timesteps": True}, "TI2V")] + MISMATCHED,
+                 ("model_index.json", {"expand_timesteps": True}, "TI2V"),
+                 # samplers WanPipeline takes that f3compile does not run as the pipeline does
+                 ("model_index.json", {"scheduler": ["diffusers", "EulerDiscreteScheduler"]},
+                  "scheduler EulerDiscreteScheduler is not supported with wan"),
+                 ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, "not in flow-matching mode"),
+                 ] + MISMATCHED,
     "tiny-cogvideox": [("transformer/config.json", {"in_channels": 8}, "image-to-video"),
                        ("transformer/config.json", {"ofs_embed_dim": 512}, "image-to-video"),
                        ("transformer/config.json", {"patch_size_t": 2}, "CogVideoX 1.5")] + MISMATCHED,
 }
 
 
-@pytest.mark.parametrize("variant", range(6))
+@pytest.mark.parametrize("variant", range(7))
 def test_unsupported_variants_are_refused_in_one_line(name, saved, tmp_path, capsys, variant):
     import shutil
 

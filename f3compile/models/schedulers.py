@@ -1,0 +1,63 @@
+"""Which samplers each flow-matching family runs, checked when a model is loaded.
+
+The flow-matching pipelines (Wan, HunyuanVideo 1.5) start from unscaled noise and hand the
+scheduler's timestep to the transformer as it is: no `init_noise_sigma`, no `scale_model_input`.
+`sampling` multiplies by `init_noise_sigma` and calls `scale_model_input` where a scheduler has them,
+which is what the other pipelines do and, for a flow-matching sampler (whose initial sigma is 1 and
+whose input scaling is the identity), what these pipelines do too. A scheduler for which the two
+would differ, or that the pipeline itself cannot run or seed, is refused here in one line.
+"""
+
+from __future__ import annotations
+
+from ..errors import F3Error
+
+FLOW_FAMILIES = ("wan",)
+
+
+def _flow_mode(config) -> str | None:
+    if config.get("prediction_type") != "flow_prediction" or not config.get("use_flow_sigmas"):
+        return ("is not in flow-matching mode; set prediction_type='flow_prediction' and use_flow_sigmas=True "
+                "(and flow_shift) as the published scheduler does")
+    return None
+
+
+def _unipc(config) -> str | None:
+    return _flow_mode(config)
+
+
+def _dpm(config) -> str | None:
+    if str(config.get("algorithm_type", "")).startswith("sde"):
+        return (f"with algorithm_type {config.get('algorithm_type')!r} draws noise the pipeline does not seed; "
+                "use dpmsolver++")
+    return _flow_mode(config)
+
+
+def _flow_euler(config) -> str | None:
+    if config.get("use_dynamic_shifting"):
+        return "uses dynamic shifting (a resolution-dependent mu the pipeline does not pass); set use_dynamic_shifting=False"
+    if config.get("stochastic_sampling"):
+        return "samples stochastically with noise the pipeline does not seed; set stochastic_sampling=False"
+    return None
+
+
+# class name -> check of its config (None: runs with parity)
+FLOW_SCHEDULERS = {
+    "FlowMatchEulerDiscreteScheduler": _flow_euler,
+    "UniPCMultistepScheduler": _unipc,
+    "DPMSolverMultistepScheduler": _dpm,
+}
+
+
+def check_scheduler(family: str, scheduler, where: str) -> None:
+    """Refuse, in one line, a sampler that `family`'s pipeline would not run as f3compile does."""
+    if family not in FLOW_FAMILIES or scheduler is None:
+        return
+    name = type(scheduler).__name__
+    check = FLOW_SCHEDULERS.get(name)
+    if check is None:
+        raise F3Error(f"{where}: scheduler {name} is not supported with {family} (a flow-matching model); use one of: "
+                      f"{', '.join(FLOW_SCHEDULERS)}")
+    reason = check(dict(scheduler.config))
+    if reason:
+        raise F3Error(f"{where}: scheduler {name} {reason}")
