@@ -506,7 +506,8 @@ def evaluate(model: Any, plans: Iterable[Any] = (), prompts: Any = None, config=
     if measures == "fidelity":
         if prompts is None:
             raise F3Error("fidelity evaluation needs --prompts (a text file, one prompt per line)")
-        records = [{"prompt": p} for p in _prompts(prompts)[0]]
+        records = [{"prompt": p, **({"image": p.image} if getattr(p, "image", None) is not None else {})}
+                   for p in _prompts(prompts)[0]]
         if not records:
             raise F3Error(f"prompts file {prompts} has no prompts")
     elif _is_spec(prompts):

@@ -275,7 +275,7 @@ def cmd_generate(args) -> None:
     options = GenerateOptions(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                               backend=args.backend, device=args.device, latents=args.latents,
                               save_latents=args.save_latents is not None, interpolate=args.interpolate,
-                              rounds=args.rounds, progress=True)
+                              rounds=args.rounds, progress=True, image=args.image)
     video = api.generate(args.build, args.prompt, options)
     video.save(args.output, args.fps)
     if args.save_latents:
@@ -516,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolate", type=Path, help="CogVideo: a stage-2 build that fills frames between the "
                    "stage-1 build's (5 -> 9 -> 17 -> 33)")
     p.add_argument("--rounds", type=int, default=3, help="with --interpolate: rounds, each doubling the frame rate (default 3)")
+    p.add_argument("--image", type=Path, help="image-to-video builds (Wan I2V): the image the video starts from, "
+                   "encoded with the build's own VAE and image encoder")
     p.add_argument("-o", "--output", required=True, type=Path, help="OUT.gif, OUT.mp4 or OUT.png")
 
     p = add("bench", cmd_bench)

@@ -195,6 +195,13 @@ def _check_reuse(stage: dict, at: str) -> None:
                  f"produce ({len(needed)}), got {len(seen)}", FIX)
 
 
+def _conditioning_ok(value: Any) -> bool:
+    counts = [value.get(name, 0) for name in ("channels", "tokens", "width")] if isinstance(value, dict) else []
+    return bool(counts) and value.get("kind") == "image" and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) and counts[0] >= 1 \
+        and (counts[1] == 0) == (counts[2] == 0)
+
+
 def _decoder_ok(decoder: Any) -> bool:
     if isinstance(decoder, dict) and decoder.get("kind") == "video_vae":
         return isinstance(decoder.get("class"), str)
@@ -233,6 +240,9 @@ class DiffusionManifest(ManifestHeader):
     decoder: Any = key(optional=True, check=_decoder_ok,
                        message='decoder must be {"kind": "video_vae", "class": NAME} or {"kind": "pixel_shuffle", "factor": K} with K >= 1')
     device: Any = key(optional=True)
+    conditioning: Any = key(optional=True, check=_conditioning_ok,
+                            message='conditioning must be {"kind": "image", "channels": C >= 1, "tokens": T, "width": W} '
+                                    "(T and W both 0 or both positive)")
 
     @staticmethod
     def relations(data: dict, where: str) -> None:

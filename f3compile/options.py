@@ -106,6 +106,7 @@ class GenerateOptions:
     interpolate: Path | None = option(None, "CogVideo: a stage-2 build that fills frames between the stage-1 build's")
     rounds: int = option(3, "with interpolate: rounds, each doubling the frame rate")
     progress: bool = option(False, "show a bar of the denoising steps on stderr")
+    image: Path | None = option(None, "image-to-video builds: the image the video starts from")
 
 
 @dataclass

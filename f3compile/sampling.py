@@ -122,16 +122,22 @@ class StepState:
 
 @torch.no_grad()
 def guided_step(fn: DenoiseFn, state: StepState, timesteps, cond: torch.Tensor, uncond: torch.Tensor | None,
-                guidance_scale: float, step_kwargs: dict, layout: str = NATIVE,
+                guidance_scale: float, step_kwargs: dict, layout: str = NATIVE, condition: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One step of the loop from `state` (its scheduler is stepped in place): classifier-free guidance
-    around `fn`, then the scheduler's step. Returns the next latents and CogVideoX's x0."""
+    around `fn`, then the scheduler's step. Returns the next latents and CogVideoX's x0. `condition`
+    (B, C', F, h, w): an image-to-video model's condition latents, appended to the latents' channels
+    of every call (both halves of the CFG batch), as `WanImageToVideoPipeline` does."""
     scheduler, latents, t, index = state.scheduler, state.latents, state.timestep, state.index
     cfg = guidance_scale > 1.0 and uncond is not None
     context = torch.cat([uncond, cond]) if cfg else cond
     model_input = torch.cat([latents] * 2) if cfg else latents
     if hasattr(scheduler, "scale_model_input"):  # flow-matching Euler has none (and needs none)
         model_input = scheduler.scale_model_input(model_input, t)
+    if condition is not None:
+        condition = condition.to(model_input.device, model_input.dtype)
+        model_input = torch.cat([model_input, condition.repeat(model_input.shape[0] // condition.shape[0], 1, 1, 1, 1)],
+                                dim=1)
     timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=model_input.device)
     noise_pred = fn(model_input, timestep, context)
     if cfg:
@@ -162,12 +168,14 @@ def denoise_loop(
     denoise_for: Callable[[int], DenoiseFn] | None = None,
     layout: str = NATIVE,
     on_state: Callable[[StepState], None] | None = None,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run `steps` denoising steps from `latents` (B, C, F, h, w); return the final latents.
 
     `on_step(i, t)` is called before step i; `denoise_for(t)` may pick a different denoise
     function per timestep (stage switching); `on_state(state)` sees where the loop stands before
-    each step (the search copies what it needs to take that step again). The scheduler steps in the
+    each step (the search copies what it needs to take that step again); `condition`: an
+    image-to-video model's condition latents (`guided_step`). The scheduler steps in the
     pipeline's own `layout`, where a stochastic step draws its noise (CogVideoX's DPM solver), so a
     seed gives the pipeline's result.
     """
@@ -182,5 +190,6 @@ def denoise_loop(
         if on_state is not None:
             on_state(state)
         fn = denoise_for(int(t)) if denoise_for is not None else denoise  # stage switching
-        latents, previous_x0 = guided_step(fn, state, timesteps, cond, uncond, guidance_scale, step_kwargs, layout)
+        latents, previous_x0 = guided_step(fn, state, timesteps, cond, uncond, guidance_scale, step_kwargs, layout,
+                                           condition)
     return latents

@@ -10,8 +10,10 @@ from f3compile.errors import F3Error
 from f3compile.models.registry import builtin_names
 
 TINY = builtin_names(kind="diffusion", group="tiny", attention="temporal")  # the factorised tiny models every stage is tested on
-# the tiny full 3-D attention models with one denoiser (Wan 2.2's two experts: tests/models/test_experts.py)
-TINY_FULL = [name for name in builtin_names(kind="diffusion", group="tiny", attention="full") if name != "tiny-wan2.2"]
+# the tiny full 3-D attention text-to-video models with one denoiser (Wan 2.2's two experts:
+# tests/models/test_experts.py; image-to-video: tests/models/test_image_to_video.py)
+TINY_FULL = [name for name in builtin_names(kind="diffusion", group="tiny", attention="full")
+             if name != "tiny-wan2.2" and "i2v" not in name]
 
 
 def rel(ours, reference) -> float:

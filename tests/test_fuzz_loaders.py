@@ -43,7 +43,9 @@ SCHEMA_KEYS = ["schema", "model", "calibration", "granularity", "criterion", "ra
                "inputs", "outputs", "name", "components", "decoder", "factor", "kind", "versions", "precision",
                # full 3-D attention: window plans, spatiotemporal units, experts, the native latent layout
                "windows", "window", "keep_mass", "tokens", "text_tokens", "query_fraction", "experts", "expert",
-               "native_layout", "video_vae", "class", "temporal_scale"]
+               "native_layout", "video_vae", "class", "temporal_scale",
+               # image-to-video: the build's conditioning, the plans' first-frame shares, prompts with images
+               "conditioning", "channels", "width", "first_frame", "image", "images"]
 
 
 def nest(depth: int, leaf=0):
@@ -262,6 +264,7 @@ def seed_manifest(build: Path, plan: dict) -> dict:
         "versions": {"f3compile": "0.1.0", "torch": "2.9.0"},
         "stages": stages,
         "device": "cpu", "targets": ["onnx"], "dynamic_batch": [2, 2, 8], "seconds": 1.5,
+        "conditioning": {"kind": "image", "channels": 20, "tokens": 17, "width": 32},
         "components": {"scheduler": {"path": "pipeline/scheduler", "class": "DDIMScheduler",
                                      "sha256": directory_sha256(build / "pipeline" / "scheduler")}},
     }
@@ -629,22 +632,25 @@ def test_cli_turns_bad_files_into_one_line_errors(env, tmp_path, capsys):
 MODEL_EXAMPLES = 40  # each example loads a tiny transformer from disk (about 0.2 s)
 
 
-@pytest.mark.parametrize("builtin", ["tiny-wan", "tiny-cogvideox"])
+@pytest.mark.parametrize("builtin", ["tiny-wan", "tiny-cogvideox", "tiny-wan-i2v"])
 def test_fuzz_full_attention_transformer_configs(tmp_path_factory, builtin):
     """A bare transformer directory whose config.json is damaged (structurally or byte by byte) loads
-    as a model that runs, or is refused with a one-line F3Error; never another exception."""
+    as a model that runs, or is refused with a one-line F3Error; never another exception. An
+    image-to-video transformer is fuzzed inside its pipeline directory (a bare one is always refused)."""
     import shutil
 
     import torch
 
     from f3compile.models import load_model
-    from f3compile.models.base import VideoShapes
+    from f3compile.models.base import resolve_shapes
     from f3compile.models.loading import build_builtin
 
     root = tmp_path_factory.mktemp(f"fuzz-{builtin}")
     pipe, _ = build_builtin(builtin)
-    pipe.transformer.save_pretrained(root / "seed")
-    seed = json.loads((root / "seed" / "config.json").read_text())
+    whole = "i2v" in builtin
+    pipe.save_pretrained(root / "seed") if whole else pipe.transformer.save_pretrained(root / "seed")
+    config = "transformer/config.json" if whole else "config.json"
+    seed = json.loads((root / "seed" / config).read_text())
     pool = (set(), set())
     _pool(seed, *pool)
     count = {"examples": 0, "loaded": 0}
@@ -654,14 +660,18 @@ def test_fuzz_full_attention_transformer_configs(tmp_path_factory, builtin):
         directory = root / f"case{count['examples']}"
         shutil.copytree(root / "seed", directory)
         raw, _ = encode(data, mutate(data, seed, pool, max_mutations=2))
-        (directory / "config.json").write_bytes(raw)
+        (directory / config).write_bytes(raw)
         status, model = _outcome(lambda: load_model(str(directory)))
+        if status == "ok":  # runs at a shape every verb accepts (`resolve_shapes`), or refuses the shape in one line
+            status, shapes = _outcome(lambda: resolve_shapes(model, 9, 32, 32))
         if status == "ok":
             count["loaded"] += 1
-            sample, timestep, ehs = model.example_inputs(VideoShapes(1, 9, 32, 32))
+            sample, timestep, ehs = model.example_inputs(shapes)
             with torch.no_grad():
-                assert model.denoise(sample, timestep, ehs).shape == sample.shape
+                out = model.denoise(sample, timestep, ehs)
+            assert out.shape == (sample.shape[0], model.latent_channels, *sample.shape[2:])
         shutil.rmtree(directory)
 
-    given(st.data())(settings(**{**SETTINGS, "max_examples": MODEL_EXAMPLES})(example))()
-    assert count["examples"] >= MODEL_EXAMPLES and 0 < count["loaded"] < count["examples"], count
+    examples = MODEL_EXAMPLES // 2 if whole else MODEL_EXAMPLES  # a pipeline loads in about 0.5 s
+    given(st.data())(settings(**{**SETTINGS, "max_examples": examples})(example))()
+    assert count["examples"] >= examples and 0 < count["loaded"] < count["examples"], count

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,8 +86,24 @@ def auto_query_fraction(model: VideoModel, units, shapes) -> tuple[float, float 
     return fraction, fraction * per_query
 
 
+class Prompt(str):
+    """A prompt with the image an image-to-video model starts its video from (`image`: a path or a
+    PIL image; None for text-to-video). It is the prompt text everywhere a string is expected."""
+
+    image: Any
+
+    def __new__(cls, text: str, image: Any = None) -> "Prompt":
+        prompt = super().__new__(cls, text)
+        prompt.image = image
+        return prompt
+
+    def __reduce__(self):  # pickled (torchrun, worker processes) with its image
+        return (Prompt, (str(self), self.image))
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line, '#' comments) or JSON lines with a "prompt" key."""
+    """Prompts from a text file (one per line, '#' comments) or JSON lines with a "prompt" key and,
+    for image-to-video models, an "image" path (relative to the file): those come back as `Prompt`s."""
     path = Path(path)
     if not path.is_file():
         raise F3Error(f"prompts file {path} does not exist; pass a text file with one prompt per line")
@@ -103,10 +120,29 @@ def read_prompts(path: str | Path) -> list[str]:
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
                 raise F3Error(f"{path}:{number}: a JSON line needs a string \"prompt\" field")
             line = record["prompt"]
+            if record.get("image") is not None:
+                if not isinstance(record["image"], str) or not record["image"]:
+                    raise F3Error(f"{path}:{number}: \"image\" must be a path (relative to the prompts file)")
+                image = path.parent / record["image"]
+                if not image.is_file():
+                    raise F3Error(f"{path}:{number}: image {image} does not exist; give a path relative to the prompts file")
+                line = Prompt(line, image)
         prompts.append(line)
     if not prompts:
         raise F3Error(f"prompts file {path} has no prompts; add one prompt per line")
     return prompts
+
+
+def images_digest(prompts: list[str]) -> dict:
+    """{"count", "sha256"} of the prompts' images in order: the files' bytes (a PIL image's pixels)."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        image = getattr(prompt, "image", None)
+        if isinstance(image, (str, Path)):
+            digest.update(Path(image).read_bytes())
+        elif image is not None:
+            digest.update(image.tobytes())
+    return {"count": sum(getattr(p, "image", None) is not None for p in prompts), "sha256": "sha256:" + digest.hexdigest()}
 
 
 def _unit_record(unit) -> dict:
@@ -142,6 +178,7 @@ def _meta_for(model: VideoModel, prompts: list[str], config: CalibrationConfig, 
         "schema": SCHEMA,
         "model": {"spec": model.spec, "fingerprint": model.fingerprint, "family": model.family},
         "prompts": {"count": len(prompts), "sha256": prompt_digest},
+        **({"images": images_digest(prompts)} if model.conditioning is not None else {}),
         "seed": config.seed,
         "seeds": "per prompt: SEED + index",
         "latents": None if latents is None else {
@@ -199,6 +236,7 @@ def calibrate(
     shapes = resolve_shapes(model, config.frames, config.height, config.width, config.batch_size)
     if latents is not None:
         check_latents(latents, model.latent_shape(dataclasses.replace(shapes, batch=1)))
+    model.check_images(prompts)
     units = find_temporal_units(model, shapes)
     blocks = temporal_blocks(units)
     recorder_share = None
@@ -238,13 +276,13 @@ def calibrate(
         with model.placed(group.device), recorder, torch.no_grad():
             for number in mine:
                 batch = batches[number]
-                cond, uncond = model.encode_prompts(batch)
+                cond, uncond, condition = model.encode_conditioned(batch, shapes)
                 start, generator = batch_start(latents, model, shapes, number * config.batch_size, len(batch),
                                                config.seed)
                 device = group.device
                 denoise_loop(model.denoise, scheduler, start.to(device), cond.to(device), uncond.to(device),
                              config.steps, config.guidance_scale, generator, on_step=on_step,
-                             layout=model.native_layout)
+                             layout=model.native_layout, condition=condition)
                 sums.add(recorder.tensors())  # this batch's sums, in fp32 as recorded; added compensated
                 recorder.clear()
                 if bar is not None:

@@ -65,6 +65,19 @@ def mean_attention(stats: CalibrationStats, unit_id: str, steps: Sequence[int] |
     return (attn / rows.clamp_min(1)).float()
 
 
+def first_frame_mass(stats: CalibrationStats, unit_id: str, steps: Sequence[int] | None = None) -> torch.Tensor:
+    """(H, F) share of the attention of each query frame's queries that goes to the first latent frame
+    (an image-to-video model's conditioning image), per head."""
+    return mean_attention(stats, unit_id, steps)[..., 0]
+
+
+def hidden_first_frame(first_frame: Sequence[float], window: int) -> float:
+    """The share of a head's attention from later frames (1..F-1) to the first frame that a ±`window`
+    window hides (queries of frames beyond `window` no longer see it), from `first_frame_mass`'s row."""
+    later = list(first_frame[1:])
+    return sum(mass for frame, mass in enumerate(later, 1) if frame > window) / max(1, len(later))
+
+
 def window_mass(stats: CalibrationStats, unit_id: str, window: int, steps: Sequence[int] | None = None) -> torch.Tensor:
     """(H,) share of each head's attention that a ±`window`-frame window keeps, averaged over query
     frames: the mass on key frames within `window` of the query's frame plus the mass on text keys

@@ -481,6 +481,7 @@ def build_manifest(model: VideoModel, plan: PruningPlan | None, plan_path, shape
         "native_layout": model.native_layout,
         "scheduler": {"class": type(model.scheduler).__name__, "config": json_safe(dict(model.scheduler.config))},
         "text_encoder": text_encoder_info(model),
+        **({"conditioning": model.conditioning.to_dict()} if model.conditioning is not None else {}),
         **decoder_info(model),
         "versions": library_versions(),
         "stages": stages,

@@ -140,9 +140,9 @@ def _compiled(model, plan, shapes, device, captured):
 
 
 def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, uncond,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, frames (samples × prompts, F, H, W, 3)), sample-major; identical noise for
-    every variant."""
+    every variant. `condition`: an image-to-video model's condition latents, one row per prompt."""
     from ..compiler.compile import ProgramLoop
     from ..sampling import denoise_loop, initial_latents
 
@@ -160,7 +160,8 @@ def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, un
             latents = initial_latents(shape, scheduler, generator, model.native_layout).to(device)
             latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
                                    config.steps, config.guidance_scale, generator, denoise_for=programs.denoise_for(),
-                                   layout=model.native_layout)
+                                   layout=model.native_layout,
+                                   condition=None if condition is None else condition[index].to(device))
             finals.append(latents[: len(rows)].float().cpu())
             videos.append(decode(model, finals[-1]))
     return torch.cat(finals), torch.cat(videos)
@@ -281,8 +282,11 @@ def evaluate(model, variants: list[Variant], prompts: list[dict], config: EvalCo
 
 def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], config: EvalConfig, device,
                        log: Callable[[str], None], shapes) -> dict:
-    """Fidelity to the dense model only: usable on any model, no labels and no probe."""
-    cond, uncond = model.encode_prompts([p["prompt"] for p in prompts])
+    """Fidelity to the dense model only: usable on any model, no labels and no probe (an image-to-video
+    model's prompts carry their images)."""
+    from ..calibration.calibrate import Prompt
+
+    cond, uncond, condition = model.encode_conditioned([Prompt(p["prompt"], p.get("image")) for p in prompts], shapes)
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)
     captured = _capture(model, batch_shapes, device)
     dense_compiled = _compiled(model, None, batch_shapes, device, captured)
@@ -291,7 +295,7 @@ def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], conf
         started = time.perf_counter()
         compiled = dense_compiled if variant.plan is None else _compiled(model, variant.plan, batch_shapes, device,
                                                                           captured)
-        latents, frames = _generate(model, compiled, prompts, config, cond, uncond, device)
+        latents, frames = _generate(model, compiled, prompts, config, cond, uncond, device, condition)
         entry = {**variant.meta, **_fidelity(latents, frames, *(dense or (None, None))),
                  "speedup": 1.0 if variant.plan is None else _speedup(dense_compiled, compiled, config)}
         if dense is None:

@@ -52,6 +52,8 @@ class AutoregressiveKind(ModelKind):
                 or options.save_latents):
             raise F3Error("an autoregressive build generates on the CPU with --backend torch or onnxruntime "
                           "(no --latents/--save-latents)")
+        if options.image is not None:
+            raise F3Error("CogVideo builds are text-to-video and take no --image")
 
     def check_bench(self, options) -> None:
         if (options.sweep is not None or list(options.backends) != ["torch"] or options.device != "cpu"

@@ -123,7 +123,7 @@ class DiffusionKind(ModelKind):
             start = read_latents(options.latents)
         runtime = self.runtime(build, options.backend, options.device)
         latents = runtime.generate(prompt, seed=options.seed, steps=options.steps, guidance_scale=options.guidance_scale,
-                                   latents=start, progress=options.progress)
+                                   latents=start, progress=options.progress, image=options.image)
         frames = runtime.decode(latents)[0]
         carried = runtime.residual_bytes
         summary = (f"{frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {options.steps} steps, backend "

@@ -126,6 +126,9 @@ class VideoModel:
     temporal_scale: int = 1  # a VAE that compresses time: latent frames = (frames - 1) // scale + 1
     # several experts (Wan 2.2): `denoiser` holds them by name; name -> inclusive timestep range it runs
     experts: dict[str, tuple[int, int]] | None = None
+    # image-to-video (`wan_i2v.ImageConditioning`): condition channels after the latents, image
+    # states packed before the text states in the context; None: text only
+    conditioning: Any = None
     _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -253,16 +256,69 @@ class VideoModel:
             shapes.width // self.vae_scale_factor,
         )
 
+    @property
+    def context_shape(self) -> tuple[int, int]:
+        """(tokens, width) of the context input: the text states, after an image-to-video model's
+        image states (`wan_i2v.pack_context`)."""
+        extra = self.conditioning.tokens if self.conditioning is not None else 0
+        width = max(self.text_dim, self.conditioning.width) if extra else self.text_dim
+        return self.text_length + extra, width
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels of the programs' sample: the latents', then an image-to-video model's condition."""
+        return self.latent_channels + (self.conditioning.channels if self.conditioning is not None else 0)
+
+    def encode_conditioned(self, prompts: list[str], shapes: VideoShapes, device="cpu", negative: list[str] | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond, condition): the prompts' text states and, for an image-to-video model, every
+        prompt's image (`Prompt.image`, a path or a PIL image) encoded: its image states packed into
+        both contexts, its condition latents (B, C', F, h, w) returned (None for text-to-video)."""
+        images = self.check_images(prompts)
+        cond, uncond = self.encode_prompts(list(prompts), negative)
+        if self.conditioning is None:
+            return cond, uncond, None
+        from .wan_i2v import load_images, pack_context
+
+        pictures = [load_images([image])[0] if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__")
+                    else image for image in images]
+        condition, states = self.encode_images(pictures, shapes, device)
+        if states is not None:
+            cond, uncond = pack_context(cond, states, self.conditioning), pack_context(uncond, states, self.conditioning)
+        return cond, uncond, condition
+
+    def check_images(self, prompts: list[str]) -> list:
+        """Each prompt's image (`Prompt.image`); refused in one line unless every prompt has one
+        (image-to-video) or none has (text-to-video)."""
+        images = [getattr(prompt, "image", None) for prompt in prompts]
+        if self.conditioning is None and any(image is not None for image in images):
+            raise F3Error(f"{self.spec} is a text-to-video model and takes no image; drop the \"image\" fields")
+        if self.conditioning is not None and any(image is None for image in images):
+            raise F3Error(f"{self.spec} is an image-to-video model: every prompt needs an image (a JSON-lines prompts "
+                          "file with {\"prompt\": ..., \"image\": PATH}, or generate --image PATH)")
+        return images
+
+    def encode_images(self, images: list, shapes: VideoShapes, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(condition, image states) of one image per video with the pipeline's own components
+        (`wan_i2v.encode_images`); the image states in the weights' dtype, as the pipeline casts them."""
+        from .wan_i2v import encode_images
+
+        pipe = self.pipeline
+        condition, states = encode_images(images, shapes.frames, shapes.height, shapes.width, self.conditioning,
+                                          vae=pipe.vae, image_processor=getattr(pipe, "image_processor", None),
+                                          image_encoder=getattr(pipe, "image_encoder", None), device=device)
+        return condition, states
+
     def example_inputs(self, shapes: VideoShapes | None = None, cfg: bool = True, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random inputs of the exported signature (batch doubled when `cfg`); the sample and text
         states in the weights' dtype (drawn in fp32 and rounded: the same numbers in every precision)."""
         shapes = shapes or self.shapes
         generator = torch.Generator().manual_seed(seed)
         batch = shapes.batch * (2 if cfg else 1)
-        latent = (batch,) + self.latent_shape(shapes)[1:]
+        latent = (batch, self.sample_channels) + self.latent_shape(shapes)[2:]
         sample = torch.randn(latent, generator=generator)
         timestep = torch.full((batch,), 500.0)
-        ehs = torch.randn((batch, self.text_length, self.text_dim), generator=generator)
+        ehs = torch.randn((batch,) + self.context_shape, generator=generator)
         dtype = self.dtype
         if dtype != torch.float32:
             sample, ehs = sample.to(dtype), ehs.to(dtype)

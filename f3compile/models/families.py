@@ -122,4 +122,5 @@ FAMILIES: dict[str, Family] = {
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}
 BY_PIPELINE_CLASS = {family.pipeline_class: family for family in FAMILIES.values()}
+BY_PIPELINE_CLASS["WanImageToVideoPipeline"] = FAMILIES["wan"]  # image-to-video: `wan_i2v`
 encode_hashed = _encode_hashed

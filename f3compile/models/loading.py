@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -98,13 +99,24 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     check_scheduler(family.name, getattr(pipe, "scheduler", None), spec)
     denoiser = _denoiser_of(pipe).eval()
     temporal_scale, experts, denoise_call, extra = 1, None, family.denoise, {}
+    conditioning, latent_channels = None, None
     if family.name == "wan":
         from functools import partial
 
-        from . import wan
+        from . import wan, wan_i2v
 
+        image = any(cls.__name__ == wan_i2v.PIPELINE_CLASS for cls in type(pipe).__mro__)
         wan.refuse_unsupported(pipe, spec)
-        wan.refuse_unsupported(denoiser, spec)
+        wan.refuse_unsupported(denoiser, spec, image=image)
+        if image:
+            conditioning = wan_i2v.conditioning_of(denoiser.config, getattr(pipe, "image_encoder", None))
+            latent_channels = int(denoiser.config.out_channels)
+            if conditioning.tokens:
+                denoise_call = partial(wan_i2v.denoise, tokens=conditioning.tokens, width=conditioning.width,
+                                       text_dim=int(denoiser.config.text_dim))
+            elif conditioning.width:
+                raise F3Error(f"{spec}: the transformer takes CLIP image states (image_dim) but the pipeline has no "
+                              "image_encoder; save the pipeline with its image encoder and image processor")
         if pipe.vae is not None:
             temporal_scale, vae_scale = wan.vae_scales(pipe.vae)
         else:  # no VAE: packed RGB pixels, one latent frame per frame (builtin:ref-wan)
@@ -114,7 +126,10 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
             if second is None or pipe.transformer is None or pipe.config.get("boundary_ratio") is None:
                 raise F3Error(f"{spec} has one Wan 2.2 expert or no boundary_ratio; f3compile runs both experts "
                               "(transformer, transformer_2) with their boundary_ratio")
-            wan.refuse_unsupported(second, spec)
+            wan.refuse_unsupported(second, spec, image=image)
+            if image and conditioning.tokens:
+                raise F3Error(f"{spec}: two experts with CLIP image states are not a published Wan layout; "
+                              "f3compile runs Wan2.2-I2V-A14B (no image encoder)")
             total = int(pipe.scheduler.config.num_train_timesteps)
             experts = wan.expert_ranges(float(pipe.config.boundary_ratio), total)
             extra = {"_expert_call": family.denoise, "boundary_ratio": float(pipe.config.boundary_ratio),
@@ -140,19 +155,53 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     config = dict(first.config) if not experts else {  # private (bookkeeping) keys left out, as at the top level
         "experts": {name: {k: v for k, v in denoiser[name].config.items() if not k.startswith("_")} for name in experts},
         "boundary_ratio": extra["boundary_ratio"]}
+    image_encoder = getattr(pipe, "image_encoder", None) if conditioning is not None else None
+    if conditioning is not None:
+        extra["conditioning"] = conditioning.to_dict()
     return VideoModel(
         spec=spec, family=family.name, denoiser=denoiser, scheduler=pipe.scheduler,
         text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, pipeline=pipe, shapes=default,
-        latent_channels=int(first.config.in_channels), vae_scale_factor=vae_scale,
+        latent_channels=latent_channels or int(first.config.in_channels), vae_scale_factor=vae_scale,
         text_length=length, text_dim=dim,
         fingerprint=("meta:" + fingerprint_modules(config)) if meta
-        else fingerprint_modules(config, denoiser, pipe.text_encoder),
+        else fingerprint_modules(config, denoiser, pipe.text_encoder, image_encoder),
         denoise_call=denoise_call, encode_call=family.encode, experts=experts,
         info={**extra, "pipeline_class": type(pipe).__name__, "denoiser_class": type(first).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
               "scheduler_class": type(pipe.scheduler).__name__},
         temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
+        conditioning=conditioning,
     )
+
+
+def check_config_types(cls, config, where: str) -> None:
+    """Refuse, in one line, a config.json value whose type the class's own default rules out (a list
+    for `eps`, a string for `num_layers`, ...): diffusers builds such a model and it fails only when
+    called. Keys whose default is None (any type) and unknown keys are left to the class."""
+    import inspect
+
+    if not isinstance(config, dict):
+        return
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        default, value = parameter.default, config.get(name)
+        if name not in config or value is None or default is inspect.Parameter.empty or default is None:
+            continue
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, float):
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            fits = isinstance(value, str)
+        elif isinstance(default, (tuple, list)):
+            fits = isinstance(value, (tuple, list)) and len(value) == len(default) and all(
+                isinstance(v, type(d)) and not isinstance(v, bool) for v, d in zip(value, default))
+        else:
+            continue
+        if not fits:
+            raise F3Error(f"{where}: {name} is {json.dumps(value)[:60]}, where {cls.__name__} takes a value like "
+                          f"{json.dumps(default)}; fix the config or re-save the model with save_pretrained")
 
 
 def _from_bare_denoiser(path: Path, spec: str, class_name: str, dtype: torch.dtype | None = None) -> VideoModel:
@@ -169,8 +218,9 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str, dtype: torch.dty
         if family.name in ("wan", "cogvideox"):
             from . import cogvideox, wan
 
-            {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(
-                read_json(path / "config.json", "re-save the denoiser"), str(path))
+            found = read_json(path / "config.json", "re-save the denoiser")
+            check_config_types(getattr(diffusers, class_name), found, f"{path}/config.json")
+            {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(found, str(path))
         denoiser = _from_pretrained(getattr(diffusers, class_name), path, dtype).eval()
     return from_denoiser(denoiser, spec, family)
 
@@ -261,6 +311,7 @@ def _load_directory(path: Path, spec: str, dtype: torch.dtype | None = None) -> 
     if (path / "model_index.json").is_file():
         index = read_json(path / "model_index.json", "re-save the pipeline")
         class_name = index.get("_class_name") if isinstance(index, dict) else None
+        class_name = class_name if isinstance(class_name, str) else repr(class_name)
         if tuneavideo.is_tuneavideo_unet(path / "unet"):  # by its keys: the class names clash with ModelScope's
             pipe = tuneavideo.load_pipeline(path)
             if dtype is not None:
@@ -275,16 +326,21 @@ def _load_directory(path: Path, spec: str, dtype: torch.dtype | None = None) -> 
             from . import cogvideox, wan
 
             module = {"wan": wan, "cogvideox": cogvideox}[family]
+            image = {"image": class_name == "WanImageToVideoPipeline"} if family == "wan" else {}
             if family == "wan":
                 wan.refuse_unsupported(index, str(path))
             for expert in ("transformer", "transformer_2"):
                 if (path / expert / "config.json").is_file():
-                    module.refuse_unsupported(read_json(path / expert / "config.json", "re-save the pipeline"), str(path))
+                    found = read_json(path / expert / "config.json", "re-save the pipeline")
+                    check_config_types(getattr(diffusers, FAMILIES[family].denoiser_class), found,
+                                       f"{path / expert}/config.json")
+                    module.refuse_unsupported(found, str(path), **image)
         pipe = _from_pretrained(getattr(diffusers, class_name), path, dtype)
         return from_pipeline(pipe, spec)
     if (path / "config.json").is_file():
         config = read_json(path / "config.json", "re-save the denoiser")
         class_name = config.get("_class_name") if isinstance(config, dict) else None
+        class_name = class_name if isinstance(class_name, str) else repr(class_name)  # named in the refusal below
         if tuneavideo.is_tuneavideo_unet(path):
             class_name = "TuneAVideoUNet"
         if class_name in BY_DENOISER_CLASS:

@@ -111,8 +111,8 @@ for _name, _description in (
     ("tuneavideo", "Tune-A-Video's UNet (SD v1 layout with sparse-causal and temporal attention)"),
 ):
     register_family(Family(_name, "diffusion", _description))
-register_family(Family("wan", "diffusion", "Wan 2.1 / 2.2 WanTransformer3DModel (WanPipeline; 2.2: two experts), full "
-                       "3-D attention", "full"))
+register_family(Family("wan", "diffusion", "Wan 2.1 / 2.2 WanTransformer3DModel (WanPipeline; 2.2: two experts; "
+                       "WanImageToVideoPipeline: image conditioning), full 3-D attention", "full"))
 register_family(Family("cogvideox", "diffusion", "CogVideoX CogVideoXTransformer3DModel (CogVideoXPipeline), joint "
                        "text + video 3-D attention", "full"))
 register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransformer names), stage 1 and stage 2"))
@@ -146,10 +146,19 @@ for _builtin in (
             "WanTransformer3DModel, 2 layers of 4 heads, Wan VAE strides (17 frames -> 5 latent frames)", "tiny"),
     Builtin("tiny-wan2.2", "wan", "f3compile.models.wan:build_tiny_wan22", (17, 64, 64),
             "Wan 2.2 layout: two tiny-wan experts, the first for timesteps >= 875 (boundary_ratio 0.875)", "tiny"),
+    Builtin("tiny-wan-i2v", "wan", "f3compile.models.wan_i2v:build_tiny_wan_i2v", (17, 64, 64),
+            "Wan2.1 image-to-video layout on tiny-wan: 36 input channels, CLIP image tokens (17 of 32) through "
+            "added k/v", "tiny"),
+    Builtin("tiny-wan2.2-i2v", "wan", "f3compile.models.wan_i2v:build_tiny_wan22_i2v", (17, 64, 64),
+            "Wan2.2-I2V-A14B layout on tiny-wan: two 36-channel experts (boundary_ratio 0.9), no image encoder",
+            "tiny"),
     Builtin("arch-wan2.1-1.3b", "wan", "f3compile.models.wan:build_arch_wan", (81, 480, 832),
             "Wan2.1-T2V-1.3B (30 layers, 12x128 heads), 81 frames 480x832", "preset", {"size": "1.3b"}),
     Builtin("arch-wan2.1-14b", "wan", "f3compile.models.wan:build_arch_wan", (81, 720, 1280),
             "Wan2.1-T2V-14B (40 layers, 40x128 heads), 81 frames 720x1280", "preset", {"size": "14b"}),
+    Builtin("arch-wan2.1-i2v-14b", "wan", "f3compile.models.wan_i2v:build_arch_wan_i2v", (81, 480, 832),
+            "Wan2.1-I2V-14B (40 layers, 40x128 heads, 36 input channels, CLIP image tokens 257x1280 through added "
+            "k/v), 81 frames 480x832", "preset", {"size": "14b"}),
     Builtin("tiny-cogvideox", "cogvideox", "f3compile.models.cogvideox:build_tiny_cogvideox", (17, 64, 64),
             "CogVideoXTransformer3DModel, 2 layers of 4x16 heads, 16 text tokens, 3-D RoPE (17 frames -> 5 latent frames)",
             "tiny"),

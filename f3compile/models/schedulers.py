@@ -3,9 +3,10 @@
 The flow-matching pipelines (Wan, HunyuanVideo 1.5) start from unscaled noise and hand the
 scheduler's timestep to the transformer as it is: no `init_noise_sigma`, no `scale_model_input`.
 `sampling` multiplies by `init_noise_sigma` and calls `scale_model_input` where a scheduler has them,
-which is what the other pipelines do and, for a flow-matching sampler (whose initial sigma is 1 and
-whose input scaling is the identity), what these pipelines do too. A scheduler for which the two
-would differ, or that the pipeline itself cannot run or seed, is refused here in one line.
+which is what the other pipelines do and, for the samplers listed here (initial sigma 1, input
+scaling the identity), what these pipelines do too. Any other scheduler class (a sigma-space sampler
+would be scaled by f3compile and not by the pipeline), and a configuration the pipeline itself cannot
+run or seed, is refused here in one line.
 """
 
 from __future__ import annotations
@@ -15,22 +16,11 @@ from ..errors import F3Error
 FLOW_FAMILIES = ("wan",)
 
 
-def _flow_mode(config) -> str | None:
-    if config.get("prediction_type") != "flow_prediction" or not config.get("use_flow_sigmas"):
-        return ("is not in flow-matching mode; set prediction_type='flow_prediction' and use_flow_sigmas=True "
-                "(and flow_shift) as the published scheduler does")
-    return None
-
-
-def _unipc(config) -> str | None:
-    return _flow_mode(config)
-
-
 def _dpm(config) -> str | None:
     if str(config.get("algorithm_type", "")).startswith("sde"):
         return (f"with algorithm_type {config.get('algorithm_type')!r} draws noise the pipeline does not seed; "
                 "use dpmsolver++")
-    return _flow_mode(config)
+    return None
 
 
 def _flow_euler(config) -> str | None:
@@ -41,11 +31,12 @@ def _flow_euler(config) -> str | None:
     return None
 
 
-# class name -> check of its config (None: runs with parity)
+# class name -> check of its config (None: runs with parity); each reproduces the pipeline in tests
 FLOW_SCHEDULERS = {
     "FlowMatchEulerDiscreteScheduler": _flow_euler,
-    "UniPCMultistepScheduler": _unipc,
+    "UniPCMultistepScheduler": lambda config: None,
     "DPMSolverMultistepScheduler": _dpm,
+    "DDIMScheduler": lambda config: None,  # builtin:ref-wan's (v-prediction); eta 0, as the pipeline steps it
 }
 
 
@@ -56,8 +47,8 @@ def check_scheduler(family: str, scheduler, where: str) -> None:
     name = type(scheduler).__name__
     check = FLOW_SCHEDULERS.get(name)
     if check is None:
-        raise F3Error(f"{where}: scheduler {name} is not supported with {family} (a flow-matching model); use one of: "
-                      f"{', '.join(FLOW_SCHEDULERS)}")
+        raise F3Error(f"{where}: scheduler {name} is not supported with {family} (its pipeline neither scales the "
+                      f"noise nor the model input); use one of: {', '.join(FLOW_SCHEDULERS)}")
     reason = check(dict(scheduler.config))
     if reason:
         raise F3Error(f"{where}: scheduler {name} {reason}")

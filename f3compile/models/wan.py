@@ -150,14 +150,24 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return (video.permute(0, 2, 3, 4, 1).float() / 2 + 0.5).clamp(0, 1)
 
 
-def refuse_unsupported(pipe_or_config, where: str) -> None:
-    """Refuse, in one line, the Wan variants this family does not run yet."""
+def refuse_unsupported(pipe_or_config, where: str, image: bool = False) -> None:
+    """Refuse, in one line, the Wan variants this family does not run (`image`: the model is loaded
+    through `WanImageToVideoPipeline`, which brings the image-to-video transformers' conditioning)."""
     from ..errors import F3Error
 
     config = getattr(pipe_or_config, "config", pipe_or_config)
     get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
-    if get("image_dim") is not None or get("added_kv_proj_dim") is not None:
-        raise F3Error(f"{where} is a Wan image-to-video model (image embeddings); f3compile runs Wan text-to-video only")
+    i2v = get("image_dim") is not None or get("added_kv_proj_dim") is not None or (
+        get("in_channels") is not None and get("out_channels") is not None and get("in_channels") != get("out_channels"))
+    if i2v and not image:
+        raise F3Error(f"{where} is a Wan image-to-video model (image conditioning); load the WanImageToVideoPipeline "
+                      "directory it belongs to, whose VAE and image encoder encode the conditioning image")
+    if get("expand_timesteps"):
+        raise F3Error(f"{where} is Wan 2.2 TI2V (expand_timesteps: one timestep per token); f3compile runs Wan 2.1 "
+                      "text- and image-to-video and the Wan 2.2 A14B experts")
+    if get("pos_embed_seq_len") is not None:
+        raise F3Error(f"{where} has an image position embedding (pos_embed_seq_len: first-last-frame); f3compile runs "
+                      "Wan text- and image-to-video")
     if get("expand_timesteps"):
         raise F3Error(f"{where} is Wan 2.2 TI2V (expand_timesteps: one timestep per token); f3compile runs Wan 2.1 "
                       "and the Wan 2.2 T2V experts only")

@@ -25,6 +25,21 @@ def window_text(windows: list) -> str:
     return "window: " + ", ".join(parts)
 
 
+def _first_frame_text(entry: dict, windows: list) -> str:
+    """For an image-to-video plan: how much of the windowed heads' attention from later frames to the
+    first frame (the conditioning image) the windows hide, against what those frames give it."""
+    rows = entry.get("first_frame")
+    if not rows:
+        return ""
+    from ..calibration.criteria import hidden_first_frame
+
+    windowed = [head for head, window in enumerate(windows) if window is not None]
+    hidden = sum(hidden_first_frame(rows[head], windows[head]) for head in windowed) / max(1, len(windowed))
+    given = sum(hidden_first_frame(rows[head], -1) for head in windowed) / max(1, len(windowed))
+    return (f" (the conditioning first frame: later frames give it {given:.1%} of these heads' attention, "
+            f"the windows hide {hidden:.1%})")
+
+
 def _unit_ids(plan: PruningPlan) -> list[str]:
     return [uid for uid, entry in plan.scores.items() if entry["per_head"]]
 
@@ -130,7 +145,7 @@ def render(plan: PruningPlan, model=None, shapes=None) -> str:
                     kept_frames = len(stage.keep_frames[unit_id])
                     parts.append(f"keep frames {stage.keep_frames[unit_id]}")
                 if unit_id in stage.windows:
-                    parts.append(window_text(stage.windows[unit_id]))
+                    parts.append(window_text(stage.windows[unit_id]) + _first_frame_text(entry, stage.windows[unit_id]))
                 block = unit_id if unit_id in stage.reuse else block_of.get(unit_id)
                 if stage.reuse.get(block, 1) > 1:
                     parts.append(f"reuse every {stage.reuse[block]} steps ({'its own block' if block == unit_id else 'block ' + block})")

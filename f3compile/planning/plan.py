@@ -222,6 +222,8 @@ class ScoreDocument:
     score: float = key(message="score must be a number, per_head and per_frame lists of numbers")
     per_head: list[float] = key(message="score must be a number, per_head and per_frame lists of numbers")
     per_frame: list[float] = key(message="score must be a number, per_head and per_frame lists of numbers")
+    # image-to-video window plans: per head, the share of each query frame's attention on the first frame
+    first_frame: list[list[float]] = key(optional=True, message="first_frame must be one list of numbers per head")
 
 
 @dataclass
@@ -644,6 +646,9 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         per_head = criteria.window_scores(stats, unit.id, window, criterion)
         scores[unit.id] = {"score": round(float(per_head.mean()), 6), "per_head": [round(float(x), 6) for x in per_head],
                            "per_frame": [round(float(x), 6) for x in criteria.frame_scores(stats, unit.id)]}
+        if "images" in stats.meta:  # the first frame is the conditioning image: say what a window hides of it
+            scores[unit.id]["first_frame"] = [[round(float(x), 6) for x in row]
+                                              for row in criteria.first_frame_mass(stats, unit.id)]
         if unit.block != unit.id:
             scores[unit.block] = {"score": round(float(per_head.mean()), 6), "per_head": [], "per_frame": []}
     meta = stats.meta

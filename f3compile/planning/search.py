@@ -115,13 +115,16 @@ class _Runner:
         self.model, self.units, self.group = model, units, group or Group()
         self.steps, self.guidance = int(meta["steps"]), float(meta["guidance_scale"])
         shapes = meta["shapes"]
-        self.shape = model.latent_shape(VideoShapes(1, int(shapes["frames"]), int(shapes["height"]), int(shapes["width"])))
+        video = VideoShapes(1, int(shapes["frames"]), int(shapes["height"]), int(shapes["width"]))
+        self.shape = model.latent_shape(video)
         self.counts = [len(Part(rank, self.group.size).span(len(prompts), "prompts")) for rank in range(self.group.size)]
         mine = self.group.part.span(len(prompts), "prompts")
         device = self.group.device
         self.starts = [initial_latents(self.shape, model.scheduler, prompt_generator(int(meta["seed"]), i),
                                        model.native_layout).to(device) for i in mine]
-        self.context = [tuple(x.to(device) for x in model.encode_prompts([prompts[i]])) for i in mine]
+        # per prompt: (cond, uncond, an image-to-video model's condition latents or None)
+        self.context = [tuple(None if x is None else x.to(device) for x in model.encode_conditioned([prompts[i]], video))
+                        for i in mine]
         self.calls, self.loops = 0, 0
         self.keep = set(keep)
         self.states: list[dict] = []  # per prompt: step index -> (StepState before it, generator state, latents after it)
@@ -138,7 +141,7 @@ class _Runner:
         finals = []
         applied = install(self.model, plan, self.units) if plan is not None else None
         try:
-            for start, (cond, uncond) in zip(self.starts, self.context):
+            for start, (cond, uncond, condition) in zip(self.starts, self.context):
                 if applied is not None:
                     applied.reset()  # each prompt is a sampling loop of its own
                 kept: dict = {}
@@ -155,7 +158,8 @@ class _Runner:
                                              generator.get_state(), None)
 
                 final = denoise_loop(self._denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
-                                     self.guidance, generator, on_state=on_state if record else None)
+                                     self.guidance, generator, on_state=on_state if record else None,
+                                     condition=condition)
                 for index in [i for i in kept if kept[i][2] is None]:  # the last step's
                     kept[index] = (*kept[index][:2], final.cpu())
                 finals.append(final)
@@ -182,7 +186,7 @@ class _Runner:
         applied = install(self.model, plan, self.units)
         changes = []
         try:
-            for kept, final, (cond, uncond) in zip(self.states, self.dense, self.context):
+            for kept, final, (cond, uncond, condition) in zip(self.states, self.dense, self.context):
                 total = 0.0
                 for calls, measured in runs:
                     applied.reset()
@@ -193,7 +197,7 @@ class _Runner:
                         generator.set_state(noise)
                         moved, _ = guided_step(self._denoise, state, state.scheduler.timesteps, cond, uncond,
                                                self.guidance, _step_kwargs(state.scheduler, generator, 0.0),
-                                               self.model.native_layout)
+                                               self.model.native_layout, condition)
                         if index in measured:
                             per_step.append(float((moved - after.to(moved.device)).norm()))
                     total += sum(per_step) / max(1, len(per_step))

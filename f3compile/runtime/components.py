@@ -1,5 +1,6 @@
 """Pipeline components shipped with the artifacts (`build/pipeline/`): tokenizer, text encoder,
-VAE and scheduler, saved with `save_pretrained` and hashed, so a runtime needs no model source."""
+VAE and scheduler (and an image-to-video model's image encoder and image processor), saved with
+`save_pretrained` and hashed, so a runtime needs no model source."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 from .._io import directory_sha256
 from ..errors import F3Error
 
-COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler")
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler", "image_encoder", "image_processor")
+TRANSFORMERS = ("tokenizer", "text_encoder", "image_encoder", "image_processor")  # loaded by transformers' classes
 
 
 def save_components(model, directory: Path) -> dict:
-    """Save the model's tokenizer, text encoder, VAE and scheduler under `directory/`."""
+    """Save the model's tokenizer, text encoder, VAE and scheduler (image encoder and processor of an
+    image-to-video model) under `directory/`."""
     _quiet()
     pipe = model.pipeline
     entries = {}
@@ -53,10 +56,14 @@ def load_component(build: Path, entry: dict, name: str):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(path))
-    if name == "text_encoder":
+    if name in TRANSFORMERS:
         import transformers
 
-        return getattr(transformers, cls_name).from_pretrained(str(path)).eval()
+        cls = getattr(transformers, cls_name, None)
+        if cls is None:
+            raise F3Error(f"the manifest names {name} class {cls_name}, which this transformers does not have")
+        loaded = cls.from_pretrained(str(path))
+        return loaded.eval() if hasattr(loaded, "eval") else loaded
     import diffusers
 
     cls = getattr(diffusers, cls_name, None)

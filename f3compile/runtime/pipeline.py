@@ -148,13 +148,48 @@ class Runtime:
         """Device memory the carried residuals take at most (one stage's are held at a time)."""
         return max((stage.get("reuse", {}).get("residual_bytes", 0) for stage in self.manifest["stages"]), default=0)
 
+    @property
+    def conditioning(self):
+        """What an image-to-video build takes besides the prompt (`wan_i2v.ImageConditioning`), or None."""
+        from ..models.wan_i2v import ImageConditioning
+
+        data = self.manifest.get("conditioning")
+        return None if data is None else ImageConditioning.from_dict(data)
+
+    @torch.no_grad()
+    def encode_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(condition latents, image states) of one image (path or PIL) per prompt, with the build's
+        own VAE, image processor and image encoder, as the source pipeline computes them."""
+        from ..models.wan_i2v import encode_images, load_images
+
+        pictures = [load_images([image])[0] if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__")
+                    else image for image in images]
+        shapes = self.manifest["shapes"]
+        return encode_images(pictures, shapes["frames"], shapes["height"], shapes["width"], self.conditioning,
+                             vae=self.component("vae"), image_processor=self.component("image_processor"),
+                             image_encoder=self.component("image_encoder"))
+
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
-                 eta: float = 0.0, latents: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+                 eta: float = 0.0, latents: torch.Tensor | None = None, progress: bool = False,
+                 image=None) -> torch.Tensor:
         """Final latents (B, C, F, h, w) for `prompt` (one prompt per batch row of the artifacts).
 
         `latents`: start from these (batch 1 or one row per prompt; e.g. DDIM-inverted latents of
-        a video to edit) instead of noise drawn from `seed`. `progress`: a bar of the steps on stderr."""
+        a video to edit) instead of noise drawn from `seed`. `progress`: a bar of the steps on stderr.
+        `image` (a path or PIL image, or one per prompt): what an image-to-video build starts from."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        conditioning = self.conditioning
+        images = None
+        if image is not None:
+            images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)
+        elif conditioning is not None and all(getattr(p, "image", None) is not None for p in prompts):
+            images = [p.image for p in prompts]  # `Prompt`s carry their images
+        if conditioning is None and images is not None:
+            raise F3Error(f"{self.build} is a text-to-video build and takes no image; drop --image")
+        if conditioning is not None and images is None:
+            raise F3Error(f"{self.build} is an image-to-video build: pass the image the video starts from (--image PATH)")
+        if images is not None and len(images) != len(prompts):
+            raise F3Error(f"got {len(images)} images for {len(prompts)} prompts; pass one image, or one per prompt")
         batch = self.manifest["shapes"]["batch"]
         dynamic = self.manifest.get("dynamic_batch")  # over the CFG batch: two rows per prompt
         if dynamic and not dynamic[0] <= 2 * len(prompts) <= dynamic[2]:
@@ -167,9 +202,19 @@ class Runtime:
             raise F3Error("--guidance-scale must be > 1: the artifacts take the CFG-doubled batch")
         shape = list(self.manifest["stages"][0]["inputs"][0]["shape"])
         shape[0] = len(prompts)
+        condition = None
+        if conditioning is not None:  # the programs' sample holds the condition after the latents
+            shape[1] -= conditioning.channels
         if latents is not None:
             check_latents(latents, tuple(shape))
         cond, uncond = self.encode(prompts)
+        if conditioning is not None:
+            from ..models.wan_i2v import pack_context
+
+            condition, states = self.encode_images(images)
+            if states is not None:
+                cond, uncond = pack_context(cond, states, conditioning), pack_context(uncond, states, conditioning)
+            condition = condition.to(self.device)
         generator = torch.Generator().manual_seed(seed)
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device
         layout = self.manifest.get("native_layout", "B,C,F,H,W")
@@ -182,6 +227,7 @@ class Runtime:
         try:
             final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
                                  guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout,
+                                 condition=condition,
                                  on_step=None if bar is None else (lambda index, t: bar.update(1 if index else 0)))
             if bar is not None:
                 bar.update(bar.total - bar.n)  # the last step ends after its call

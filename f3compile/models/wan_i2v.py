@@ -1,0 +1,209 @@
+"""Wan image-to-video (`WanImageToVideoPipeline`): Wan2.1-I2V (CLIP image tokens) and Wan2.2-I2V-A14B.
+
+The transformer is Wan's (`wan`), with two additions that carry the conditioning image:
+
+- **channels**: the sample is the noise latents (16 channels) followed by the condition latents, 4
+  frame-mask channels (1 on the first video frame, packed 4 per latent frame) and the image's VAE
+  latents (the image followed by zeros, encoded and normalised as the VAE's latents are): 36 channels
+  in, 16 out. The condition is the same at every step; the sampling loop appends it to the latents
+  (`sampling.guided_step`'s `condition`).
+- **image tokens** (Wan 2.1 only, `image_dim`): CLIP's penultimate hidden states (257 tokens of 1280),
+  projected by the transformer's image embedder and seen by every cross-attention through its added
+  key/value projections. f3compile's programs keep one context input: the image states go *before*
+  the text states in it, zero-padded to one width (`pack_context`), and `denoise` splits them again.
+
+The condition and the image states are computed by diffusers' own `WanImageToVideoPipeline` methods
+(`video_processor.preprocess`, `prepare_latents`, `encode_image`) on the pipeline's VAE, image
+processor and image encoder, in the model and in a build's runtime alike, so a build reproduces the
+pipeline. Wan2.2-TI2V (`expand_timesteps`) and first-last-frame models (`pos_embed_seq_len`) are
+refused (`wan.refuse_unsupported`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import wan
+
+PIPELINE_CLASS = "WanImageToVideoPipeline"
+MASK_CHANNELS = 4  # the frame mask, packed by the VAE's temporal factor
+
+
+@dataclass(frozen=True)
+class ImageConditioning:
+    """What an image-to-video model takes besides the prompt and the noise."""
+
+    channels: int  # condition latent channels appended to the noise latents
+    tokens: int = 0  # image-encoder states packed before the text states (0: none)
+    width: int = 0  # their width
+
+    def to_dict(self) -> dict:
+        return {"kind": "image", "channels": self.channels, "tokens": self.tokens, "width": self.width}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ImageConditioning":
+        return cls(int(data["channels"]), int(data.get("tokens", 0)), int(data.get("width", 0)))
+
+
+def conditioning_of(transformer_config, image_encoder) -> ImageConditioning:
+    """The conditioning a Wan I2V transformer (`config`) takes, with the pipeline's image encoder."""
+    get = transformer_config.get if isinstance(transformer_config, dict) else transformer_config.__getitem__
+    channels = int(get("in_channels")) - int(get("out_channels"))
+    tokens = width = 0
+    if get("image_dim") is not None:
+        width = int(get("image_dim"))
+        if image_encoder is not None:
+            config = image_encoder.config
+            tokens = (int(config.image_size) // int(config.patch_size)) ** 2 + 1  # patches and the class token
+    return ImageConditioning(channels, tokens, width)
+
+
+def pack_context(text: torch.Tensor, image: torch.Tensor | None, conditioning: ImageConditioning) -> torch.Tensor:
+    """(B, tokens + L, max(D, width)): the image states, then the text states, each zero-padded to
+    the wider of the two (`denoise` takes them apart)."""
+    if not conditioning.tokens:
+        return text
+    width = max(text.shape[-1], conditioning.width)
+    image = image.to(text.dtype)
+    pad = torch.nn.functional.pad
+    return torch.cat([pad(image, (0, width - image.shape[-1])), pad(text, (0, width - text.shape[-1]))], dim=1)
+
+
+def denoise(denoiser, sample, timestep, encoder_hidden_states, *, tokens: int = 0, width: int = 0, text_dim: int = 0):
+    """`wan.denoise` with the packed context split into CLIP states (`tokens` × `width`) and text."""
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(sample.shape[0])
+    image = None
+    if tokens:
+        image = encoder_hidden_states[:, :tokens, :width]
+        encoder_hidden_states = encoder_hidden_states[:, tokens:, :text_dim]
+    return denoiser(hidden_states=sample, timestep=t, encoder_hidden_states=encoder_hidden_states,
+                    encoder_hidden_states_image=image, return_dict=False)[0]
+
+
+def denoise_experts(denoiser, sample, timestep, encoder_hidden_states, *, boundary: float):
+    """Wan2.2-I2V-A14B's two experts (no image tokens), switched as `wan.denoise_experts`."""
+    return wan.denoise_experts(denoiser, sample, timestep, encoder_hidden_states, boundary=boundary)
+
+
+def _shell(vae, image_processor=None, image_encoder=None, scheduler=None):
+    """A `WanImageToVideoPipeline` holding only what encodes an image, to call its own methods."""
+    from diffusers import WanImageToVideoPipeline
+
+    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
+                                   image_processor=image_processor, image_encoder=image_encoder)
+
+
+def load_images(paths) -> list:
+    """PIL images from paths, as diffusers' `load_image` reads them (EXIF orientation, RGB)."""
+    from diffusers.utils import load_image
+
+    from ..errors import F3Error
+
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(str(path)))
+        except Exception as exc:  # missing, unreadable or not an image
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise F3Error(f"image {path} could not be read ({reason}); pass a PNG or JPEG file") from None
+    return images
+
+
+@torch.no_grad()
+def encode_images(images: list, frames: int, height: int, width: int, conditioning: ImageConditioning, *, vae,
+                  image_processor=None, image_encoder=None, device="cpu", dtype=torch.float32,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(condition (B, channels, F, h, w) fp32, image states (B, tokens, width) or None) of one image
+    per video, exactly as `WanImageToVideoPipeline.__call__` computes them: the image resized to the
+    video, followed by zero frames, VAE-encoded (the distribution's mode) and normalised, after the
+    first-frame mask; CLIP's penultimate hidden states (computed in `dtype` on `device`)."""
+    shell = _shell(vae, image_processor, image_encoder)
+    conditions, states = [], []
+    for image in images:
+        pixels = shell.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
+        latent_channels = int(vae.config.z_dim)
+        latent_frames = (frames - 1) // shell.vae_scale_factor_temporal + 1
+        zeros = torch.zeros(1, latent_channels, latent_frames, height // shell.vae_scale_factor_spatial,
+                            width // shell.vae_scale_factor_spatial, device=device)
+        _, condition = shell.prepare_latents(pixels, 1, latent_channels, height, width, frames, torch.float32,
+                                             device, None, zeros)
+        conditions.append(condition.float())
+        if conditioning.tokens:
+            if image_encoder is None:
+                from ..errors import F3Error
+
+                raise F3Error("this model takes CLIP image tokens but the pipeline has no image_encoder")
+            states.append(shell.encode_image(image, device).float())
+    return torch.cat(conditions), (torch.cat(states) if states else None)
+
+
+def _vision(width: int = 32, image_size: int = 32, patch: int = 8):
+    """(CLIP image processor, CLIPVisionModel) stand-ins: (image_size / patch)² + 1 tokens of `width`."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=image_size, patch_size=patch)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    return processor, encoder
+
+
+def _transformer(image_dim: int | None, **overrides):
+    from diffusers import WanTransformer3DModel
+
+    config = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=36, out_channels=16,
+                  text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    if image_dim is not None:
+        config.update(image_dim=image_dim, added_kv_proj_dim=48)  # the inner width, as published
+    return WanTransformer3DModel(**{**config, **overrides}).eval()
+
+
+def build_tiny_wan_i2v():
+    """Wan2.1-I2V on tiny-wan's sizes: 36 input channels and a small CLIP vision encoder (17 tokens of 32)."""
+    from diffusers import WanImageToVideoPipeline
+
+    processor, encoder = _vision()
+    transformer = _transformer(image_dim=32)
+    tokenizer, text_encoder = wan._text(32)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=wan._vae(),
+                                   transformer=transformer, scheduler=wan.scheduler(), image_processor=processor,
+                                   image_encoder=encoder)
+
+
+def build_tiny_wan22_i2v():
+    """Wan2.2-I2V-A14B's layout on tiny-wan's sizes: two 36-channel experts, no image encoder,
+    `boundary_ratio` 0.9 as published."""
+    from diffusers import WanImageToVideoPipeline
+
+    high, low = _transformer(None), _transformer(None)
+    tokenizer, text_encoder = wan._text(32)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=wan._vae(), transformer=high,
+                                   transformer_2=low, scheduler=wan.scheduler(), boundary_ratio=0.9)
+
+
+IMAGE_DIM = 1280  # CLIP ViT-H/14's width: Wan2.1-I2V's `image_dim`
+CLIP_IMAGE = (224, 14)  # its image size and patch: 16 x 16 patches and a class token, 257 states
+
+
+def build_arch_wan_i2v(scale: float, size: str = "14b"):
+    """Wan2.1-I2V-14B (its 480P and 720P checkpoints share the transformer) at its published depth
+    and head count, widths times `scale`; the CLIP vision encoder a two-layer stand-in of the
+    published width and token count (257)."""
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+
+    from .presets import _width
+
+    config = wan._scaled(size, scale)
+    text_dim, image_dim = _width(wan.TEXT_DIM, scale, 64), _width(IMAGE_DIM, scale, 8)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), in_channels=36, out_channels=16, text_dim=text_dim, freq_dim=256, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, image_dim=image_dim,
+        added_kv_proj_dim=config["num_attention_heads"] * config["attention_head_dim"], **config,
+    ).eval()
+    tokenizer, text_encoder = wan._text(text_dim, layers=1)
+    processor, encoder = _vision(image_dim, *CLIP_IMAGE)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=wan._vae(),
+                                   transformer=transformer, scheduler=wan.scheduler(), image_processor=processor,
+                                   image_encoder=encoder)

@@ -1,0 +1,182 @@
+"""Wan image-to-video (`WanImageToVideoPipeline`: Wan2.1-I2V with CLIP image tokens, Wan2.2-I2V-A14B's
+two experts): parity of dense builds with the diffusers pipeline from the same start latents and
+image, the conditioning image through calibrate, plan, compile, generate and apply, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from f3compile import api
+from f3compile.models import load_model
+from tests.helpers import assert_one_line_error, rel, run
+
+PARITY = 1e-4  # relative L2 of final latents vs the diffusers pipeline, fp32
+EXACT = 1e-5  # the plan applied inside the pipeline vs its compiled build
+SHAPE = dict(num_frames=9, height=32, width=32)  # 3 latent frames of 2x2 tokens
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two conditioning images (not the video's size: the pipeline resizes them) and a JSON-lines
+    prompts file naming them relative to itself."""
+    from PIL import Image
+
+    directory = tmp_path_factory.mktemp("images")
+    generator = torch.Generator().manual_seed(3)
+    paths = []
+    for number in range(2):
+        pixels = (torch.rand(40, 56, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        paths.append(directory / f"first-frame-{number}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    prompts = directory / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": text, "image": path.name}) + "\n"
+                               for text, path in zip(["a red circle moving left", "a blue square moving up"], paths)))
+    return paths, prompts
+
+
+@pytest.fixture(scope="module", params=["tiny-wan-i2v", "tiny-wan2.2-i2v"])
+def saved(request, tmp_path_factory):
+    """(builtin name, its pipeline, the pipeline written with save_pretrained)."""
+    from f3compile.models.loading import build_builtin
+
+    pipe, _ = build_builtin(request.param)
+    directory = tmp_path_factory.mktemp(request.param) / "pipeline"
+    pipe.save_pretrained(directory)
+    return request.param, pipe, directory
+
+
+def _pipeline_latents(pipe, image, start, steps=4):
+    from PIL import Image
+
+    return pipe(image=Image.open(image).convert("RGB"), prompt="a red circle", negative_prompt="", latents=start.clone(),
+                num_inference_steps=steps, guidance_scale=5.0, output_type="latent", **SHAPE).frames
+
+
+@pytest.mark.parametrize("scheduler", ["published", "flow-euler"])
+def test_dense_build_reproduces_the_pipeline(saved, images, tmp_path, scheduler):
+    import copy
+
+    from f3compile.options import CompileOptions, Shapes
+
+    name, pipe, directory = saved
+    if scheduler == "flow-euler":  # the scheduler WanImageToVideoPipeline declares
+        if name != "tiny-wan-i2v":
+            pytest.skip("one image-to-video model is enough for the second sampler")
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        pipe = copy.copy(pipe)
+        pipe.register_modules(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+        pipe.save_pretrained(tmp_path / "euler")
+        directory = tmp_path / "euler"
+    model = load_model(str(directory))
+    tokens = 17 if name == "tiny-wan-i2v" else 0  # CLIP's 4x4 patches and its class token; Wan 2.2: none
+    assert (model.latent_channels, model.sample_channels, model.conditioning.tokens) == (16, 36, tokens)
+    assert bool(model.experts) == (name == "tiny-wan2.2-i2v")
+    (first, second), _ = images
+    start = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    reference = _pipeline_latents(pipe, first, start)
+    api.compile(model, None, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "build")
+    runtime = api.Runtime(tmp_path / "build")
+    assert runtime.manifest["conditioning"] == {"kind": "image", "channels": 20, "tokens": tokens, "width": 32 if tokens else 0}
+    ours = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=first)
+    assert rel(ours, reference) <= PARITY
+    assert rel(start, reference) > 0.1  # it did denoise
+    other = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=second)
+    assert rel(other, reference) > 1e-3  # the image conditions the video
+
+
+def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
+    """calibrate on JSON-lines prompts with images, a window plan and a search, compile, generate
+    --image; the plan applied inside the user's pipeline equals the build; one-line refusals."""
+    import f3compile as f3
+
+    name, pipe, directory = saved
+    if name != "tiny-wan-i2v":
+        pytest.skip("the verbs are shared by both image-to-video layouts: walked on the one with image tokens")
+    (first, _), prompts = images
+    calib, plan, build, video = tmp_path / "calib", tmp_path / "plan.json", tmp_path / "build", tmp_path / "v.gif"
+    shape = ("--frames", 9, "--height", 32, "--width", 32)
+    code, out, err = run(capsys, "calibrate", directory, "--prompts", prompts, "--steps", 3, *shape, "--no-heatmaps",
+                         "-o", calib)
+    assert code == 0, err
+    meta = json.loads((calib / "calibration.json").read_text())
+    assert meta["images"]["count"] == 2 and meta["images"]["sha256"].startswith("sha256:")
+    assert run(capsys, "plan", calib, "--granularity", "window", "--window", 0, "--ratio", 0.5, "--stages", 2,
+               "-o", plan)[0] == 0
+    _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, tmp_path / "w1.json")
+    code, out, err = run(capsys, "plan", calib, "--search", "--prompts", prompts, "--max-error", 0.05, "--stages", 2,
+                         "--actions", "window", "--search-budget", 6, "-o", tmp_path / "search.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "search.json").read_text())["search"]["calls"] > 0
+    assert run(capsys, "compile", directory, "--plan", plan, "-o", build)[0] == 0
+    code, out, err = run(capsys, "generate", build, "--prompt", "a red circle", "--image", first, "--steps", 3,
+                         "-o", video)
+    assert code == 0 and video.stat().st_size > 0, err
+
+    start = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    applied = f3.apply(pipe, plan)
+    try:
+        inside = _pipeline_latents(pipe, first, start, steps=3)
+    finally:
+        applied.remove()
+    built = api.Runtime(build).generate("a red circle", steps=3, guidance_scale=5.0, latents=start, image=first)
+    assert rel(built, inside) <= EXACT
+
+    # refusals: no image for an image-to-video build or calibration, a missing image, an image for text-to-video
+    code, out, err = run(capsys, "generate", build, "--prompt", "a red circle", "-o", tmp_path / "no.gif")
+    assert_one_line_error(code, err, "image-to-video build")
+    assert not (tmp_path / "no.gif").exists()
+    text = tmp_path / "text.txt"
+    text.write_text("a red circle\n")
+    code, out, err = run(capsys, "calibrate", directory, "--prompts", text, "--steps", 1, *shape, "-o", tmp_path / "c2")
+    assert_one_line_error(code, err, "every prompt needs an image")
+    assert not (tmp_path / "c2").exists()
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"prompt": "a red circle", "image": "nowhere.png"}) + "\n")
+    code, out, err = run(capsys, "calibrate", directory, "--prompts", missing, "--steps", 1, *shape, "-o", tmp_path / "c3")
+    assert_one_line_error(code, err, "does not exist")
+    code, out, err = run(capsys, "calibrate", "builtin:tiny-wan", "--prompts", prompts, "--steps", 1, *shape,
+                         "-o", tmp_path / "c4")
+    assert_one_line_error(code, err, "takes no image")
+    assert not (tmp_path / "c4").exists()
+
+
+def _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, plan):
+    """inspect's share of the windowed heads' attention from later frames to the first (conditioning)
+    frame, and the part a ±1 window hides (frames 2.. no longer see it), against the recorded sums."""
+    import re
+
+    from safetensors.torch import load_file
+
+    assert run(capsys, "plan", calib, "--granularity", "window", "--window", 1, "--ratio", 0.5, "-o", plan)[0] == 0
+    code, out, err = run(capsys, "inspect", plan)
+    assert code == 0, err
+    stats, windows = load_file(str(calib / "stats.safetensors")), json.loads(plan.read_text())["stages"][0]["windows"]
+    for unit, heads in windows.items():
+        mean = stats[f"unit/{unit}/attn"].double().sum(0) / stats[f"unit/{unit}/rows"].double().sum()  # (H, F, F)
+        on_first = mean[[h for h, w in enumerate(heads) if w is not None], 1:, 0]  # windowed heads, later query frames
+        given, hidden = float(on_first.mean()), float(on_first[:, 1:].sum(1).mean() / on_first.shape[1])
+        line = next(line for line in out.splitlines() if line.strip().startswith(unit))
+        shown = [float(x) / 100 for x in re.findall(r"([0-9.]+)%", line)]
+        assert shown == pytest.approx([given, hidden], abs=6e-4) and 0 < hidden < given
+
+
+def test_a_bare_image_to_video_transformer_is_refused(saved, tmp_path, capsys):
+    name, _, directory = saved
+    code, out, err = run(capsys, "calibrate", directory / "transformer", "--prompts", __file__, "-o", tmp_path / "c")
+    assert_one_line_error(code, err, "WanImageToVideoPipeline")
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_i2v_14b_preset_has_the_published_configuration():
+    """arch-wan2.1-i2v-14b on the meta device: Wan2.1-I2V-14B-480P-Diffusers' transformer config
+    and CLIP ViT-H/14's 257 image states of 1280."""
+    model = load_model("builtin:arch-wan2.1-i2v-14b", meta=True)
+    config = model.denoiser.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.ffn_dim) == (40, 40, 128, 13824)
+    assert (config.in_channels, config.out_channels, config.image_dim, config.added_kv_proj_dim) == (36, 16, 1280, 5120)
+    assert (model.conditioning.channels, model.conditioning.tokens, model.conditioning.width) == (20, 257, 1280)
+    assert (model.shapes.frames, model.shapes.height, model.shapes.width) == (81, 480, 832)
