@@ -37,6 +37,7 @@ _LAZY = {
     "load_model": ".models",
     "find_temporal_units": ".models",
     "read_prompts": ".calibration",
+    "Prompt": ".models.base",  # a prompt with the image an image-to-video model starts from
     "make_plan": ".planning",
     "compile_to_dir": ".compiler",
 }

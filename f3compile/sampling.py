@@ -127,14 +127,17 @@ def guided_step(fn: DenoiseFn, state: StepState, timesteps, cond: torch.Tensor, 
     """One step of the loop from `state` (its scheduler is stepped in place): classifier-free guidance
     around `fn`, then the scheduler's step. Returns the next latents and CogVideoX's x0. `condition`
     (B, C', F, h, w): an image-to-video model's condition latents, appended to the latents' channels
-    of every call (both halves of the CFG batch), as `WanImageToVideoPipeline` does."""
+    of every call (both halves of the CFG batch), as `WanImageToVideoPipeline` does; or an object
+    whose `blend(latents)` gives each call's input and the loop's result (`wan_i2v.FirstFrame`)."""
     scheduler, latents, t, index = state.scheduler, state.latents, state.timestep, state.index
     cfg = guidance_scale > 1.0 and uncond is not None
     context = torch.cat([uncond, cond]) if cfg else cond
     model_input = torch.cat([latents] * 2) if cfg else latents
     if hasattr(scheduler, "scale_model_input"):  # flow-matching Euler has none (and needs none)
         model_input = scheduler.scale_model_input(model_input, t)
-    if condition is not None:
+    if hasattr(condition, "blend"):  # in place of latents (Wan2.2 TI2V's first frame: `wan_i2v.FirstFrame`)
+        model_input = condition.blend(model_input)
+    elif condition is not None:
         condition = condition.to(model_input.device, model_input.dtype)
         model_input = torch.cat([model_input, condition.repeat(model_input.shape[0] // condition.shape[0], 1, 1, 1, 1)],
                                 dim=1)
@@ -192,4 +195,4 @@ def denoise_loop(
         fn = denoise_for(int(t)) if denoise_for is not None else denoise  # stage switching
         latents, previous_x0 = guided_step(fn, state, timesteps, cond, uncond, guidance_scale, step_kwargs, layout,
                                            condition)
-    return latents
+    return condition.blend(latents) if hasattr(condition, "blend") else latents

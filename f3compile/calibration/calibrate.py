@@ -12,14 +12,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..config import option
 from ..errors import F3Error
 from ..manifest import library_versions
-from ..models.base import VideoModel, resolve_shapes
+from ..models.base import Prompt, VideoModel, resolve_shapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..parallel import Part, Sums
 from ..sampling import check_latents, denoise_loop, start_latents
@@ -76,29 +75,14 @@ def auto_query_fraction(model: VideoModel, units, shapes) -> tuple[float, float 
     full = [unit for unit in units if unit.spatiotemporal]
     if not full or max(unit.tokens for unit in full) <= MIN_QUERIES:
         return 1.0, None
-    from ..planning.cost import ModelCost
+    from ..models.flops import call_flops
 
-    batch = 2 * shapes.batch  # the CFG batch `ModelCost` counts
-    plain = ModelCost.measure(model, units, shapes).total_flops
+    batch = 2 * shapes.batch  # the CFG batch `call_flops` counts
+    plain = call_flops(model, shapes)[0]
     per_query = RECORDER_SLOWDOWN * recorder_flops(full, batch) / max(plain, 1)
     floor = MIN_QUERIES / min(unit.tokens for unit in full)
     fraction = min(1.0, max(RECORDER_SHARE / per_query, floor))
     return fraction, fraction * per_query
-
-
-class Prompt(str):
-    """A prompt with the image an image-to-video model starts its video from (`image`: a path or a
-    PIL image; None for text-to-video). It is the prompt text everywhere a string is expected."""
-
-    image: Any
-
-    def __new__(cls, text: str, image: Any = None) -> "Prompt":
-        prompt = super().__new__(cls, text)
-        prompt.image = image
-        return prompt
-
-    def __reduce__(self):  # pickled (torchrun, worker processes) with its image
-        return (Prompt, (str(self), self.image))
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -284,7 +284,7 @@ def _evaluate_fidelity(model, variants: list[Variant], prompts: list[dict], conf
                        log: Callable[[str], None], shapes) -> dict:
     """Fidelity to the dense model only: usable on any model, no labels and no probe (an image-to-video
     model's prompts carry their images)."""
-    from ..calibration.calibrate import Prompt
+    from ..models.base import Prompt
 
     cond, uncond, condition = model.encode_conditioned([Prompt(p["prompt"], p.get("image")) for p in prompts], shapes)
     batch_shapes = dataclasses.replace(shapes, batch=config.batch)

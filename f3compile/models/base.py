@@ -327,6 +327,21 @@ class VideoModel:
         return sample, timestep, ehs
 
 
+class Prompt(str):
+    """A prompt with the image an image-to-video model starts its video from (`image`: a path or a
+    PIL image; None for text-to-video). It is the prompt text everywhere a string is expected."""
+
+    image: Any
+
+    def __new__(cls, text: str, image: Any = None) -> "Prompt":
+        prompt = super().__new__(cls, text)
+        prompt.image = image
+        return prompt
+
+    def __reduce__(self):  # pickled (torchrun, worker processes) with its image
+        return (Prompt, (str(self), self.image))
+
+
 def weights_state(module: nn.Module) -> tuple:
     """(storage address, version counter) of every parameter and buffer: it changes when a weight
     is edited in place (its version counter moves) or replaced."""

@@ -99,17 +99,20 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     check_scheduler(family.name, getattr(pipe, "scheduler", None), spec)
     denoiser = _denoiser_of(pipe).eval()
     temporal_scale, experts, denoise_call, extra = 1, None, family.denoise, {}
-    conditioning, latent_channels = None, None
+    conditioning, latent_channels, image, expand = None, None, False, False
     if family.name == "wan":
         from functools import partial
 
         from . import wan, wan_i2v
 
         image = any(cls.__name__ == wan_i2v.PIPELINE_CLASS for cls in type(pipe).__mro__)
+        expand = bool(pipe.config.get("expand_timesteps"))  # Wan2.2 TI2V: a timestep per token
         wan.refuse_unsupported(pipe, spec)
-        wan.refuse_unsupported(denoiser, spec, image=image)
+        wan.refuse_unsupported(denoiser, spec, image=image or expand)
+        if expand:
+            denoise_call = partial(wan_i2v.denoise_per_token, first_frame=image)
         if image:
-            conditioning = wan_i2v.conditioning_of(denoiser.config, getattr(pipe, "image_encoder", None))
+            conditioning = wan_i2v.conditioning_of(denoiser.config, getattr(pipe, "image_encoder", None), expand)
             latent_channels = int(denoiser.config.out_channels)
             if conditioning.tokens:
                 denoise_call = partial(wan_i2v.denoise, tokens=conditioning.tokens, width=conditioning.width,
@@ -127,9 +130,9 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
                 raise F3Error(f"{spec} has one Wan 2.2 expert or no boundary_ratio; f3compile runs both experts "
                               "(transformer, transformer_2) with their boundary_ratio")
             wan.refuse_unsupported(second, spec, image=image)
-            if image and conditioning.tokens:
-                raise F3Error(f"{spec}: two experts with CLIP image states are not a published Wan layout; "
-                              "f3compile runs Wan2.2-I2V-A14B (no image encoder)")
+            if (image and conditioning.tokens) or expand:
+                raise F3Error(f"{spec}: two experts with CLIP image states or per-token timesteps are not a published "
+                              "Wan layout; f3compile runs the Wan2.2 A14B experts (no image encoder, one timestep)")
             total = int(pipe.scheduler.config.num_train_timesteps)
             experts = wan.expert_ranges(float(pipe.config.boundary_ratio), total)
             extra = {"_expert_call": family.denoise, "boundary_ratio": float(pipe.config.boundary_ratio),
@@ -155,6 +158,8 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     config = dict(first.config) if not experts else {  # private (bookkeeping) keys left out, as at the top level
         "experts": {name: {k: v for k, v in denoiser[name].config.items() if not k.startswith("_")} for name in experts},
         "boundary_ratio": extra["boundary_ratio"]}
+    if family.name == "wan" and (image or expand):  # one checkpoint called two ways is two models (its plans, programs)
+        config["f3compile_call"] = {"image": image, "expand_timesteps": expand}
     image_encoder = getattr(pipe, "image_encoder", None) if conditioning is not None else None
     if conditioning is not None:
         extra["conditioning"] = conditioning.to_dict()

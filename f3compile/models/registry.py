@@ -152,6 +152,9 @@ for _builtin in (
     Builtin("tiny-wan2.2-i2v", "wan", "f3compile.models.wan_i2v:build_tiny_wan22_i2v", (17, 64, 64),
             "Wan2.2-I2V-A14B layout on tiny-wan: two 36-channel experts (boundary_ratio 0.9), no image encoder",
             "tiny"),
+    Builtin("tiny-wan2.2-ti2v", "wan", "f3compile.models.wan_i2v:build_tiny_wan22_ti2v", (17, 64, 64),
+            "Wan2.2-TI2V-5B layout on tiny-wan: 48 latent channels of a Wan 2.2 VAE (16x in space), a timestep per "
+            "token, the image in place of the first latent frame", "tiny"),
     Builtin("arch-wan2.1-1.3b", "wan", "f3compile.models.wan:build_arch_wan", (81, 480, 832),
             "Wan2.1-T2V-1.3B (30 layers, 12x128 heads), 81 frames 480x832", "preset", {"size": "1.3b"}),
     Builtin("arch-wan2.1-14b", "wan", "f3compile.models.wan:build_arch_wan", (81, 720, 1280),
@@ -159,6 +162,9 @@ for _builtin in (
     Builtin("arch-wan2.1-i2v-14b", "wan", "f3compile.models.wan_i2v:build_arch_wan_i2v", (81, 480, 832),
             "Wan2.1-I2V-14B (40 layers, 40x128 heads, 36 input channels, CLIP image tokens 257x1280 through added "
             "k/v), 81 frames 480x832", "preset", {"size": "14b"}),
+    Builtin("arch-wan2.2-ti2v-5b", "wan", "f3compile.models.wan_i2v:build_arch_wan22_ti2v", (121, 704, 1280),
+            "Wan2.2-TI2V-5B (30 layers, 24x128 heads, 48 latent channels, VAE 4x16x16, a timestep per token), "
+            "121 frames 704x1280", "preset"),
     Builtin("tiny-cogvideox", "cogvideox", "f3compile.models.cogvideox:build_tiny_cogvideox", (17, 64, 64),
             "CogVideoXTransformer3DModel, 2 layers of 4x16 heads, 16 text tokens, 3-D RoPE (17 frames -> 5 latent frames)",
             "tiny"),

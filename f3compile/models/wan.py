@@ -135,9 +135,12 @@ def build_arch_wan(scale: float, size: str = "1.3b"):
 
 
 def vae_scales(vae) -> tuple[int, int]:
-    """(temporal, spatial) compression of a Wan VAE, as `WanPipeline` derives them."""
+    """(temporal, spatial) compression of a Wan VAE, as `WanPipeline` reads them from its config
+    (Wan 2.2's VAE patches 2x2 pixels before its downsamplings: 16x in space)."""
     downsample = list(vae.config.temperal_downsample)
-    return 2 ** sum(downsample), 2 ** len(downsample)
+    config = vae.config
+    return (int(config.get("scale_factor_temporal") or 2 ** sum(downsample)),
+            int(config.get("scale_factor_spatial") or 2 ** len(downsample)))
 
 
 @torch.no_grad()
@@ -152,7 +155,8 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def refuse_unsupported(pipe_or_config, where: str, image: bool = False) -> None:
     """Refuse, in one line, the Wan variants this family does not run (`image`: the model is loaded
-    through `WanImageToVideoPipeline`, which brings the image-to-video transformers' conditioning)."""
+    through `WanImageToVideoPipeline`, which brings the image-to-video transformers' conditioning).
+    Wan2.2 TI2V (`expand_timesteps`) runs through either pipeline (`wan_i2v.denoise_per_token`)."""
     from ..errors import F3Error
 
     config = getattr(pipe_or_config, "config", pipe_or_config)
@@ -162,14 +166,6 @@ def refuse_unsupported(pipe_or_config, where: str, image: bool = False) -> None:
     if i2v and not image:
         raise F3Error(f"{where} is a Wan image-to-video model (image conditioning); load the WanImageToVideoPipeline "
                       "directory it belongs to, whose VAE and image encoder encode the conditioning image")
-    if get("expand_timesteps"):
-        raise F3Error(f"{where} is Wan 2.2 TI2V (expand_timesteps: one timestep per token); f3compile runs Wan 2.1 "
-                      "text- and image-to-video and the Wan 2.2 A14B experts")
     if get("pos_embed_seq_len") is not None:
         raise F3Error(f"{where} has an image position embedding (pos_embed_seq_len: first-last-frame); f3compile runs "
                       "Wan text- and image-to-video")
-    if get("expand_timesteps"):
-        raise F3Error(f"{where} is Wan 2.2 TI2V (expand_timesteps: one timestep per token); f3compile runs Wan 2.1 "
-                      "and the Wan 2.2 T2V experts only")
-    if get("pos_embed_seq_len") is not None:
-        raise F3Error(f"{where} has an image position embedding (pos_embed_seq_len); f3compile runs Wan text-to-video only")

@@ -31,6 +31,28 @@ PIPELINE_CLASS = "WanImageToVideoPipeline"
 MASK_CHANNELS = 4  # the frame mask, packed by the VAE's temporal factor
 
 
+@dataclass
+class FirstFrame:
+    """An image's latents (B, C, 1, h, w) that take the place of the first latent frame in every call
+    of the loop and in its result (Wan2.2 TI2V), as `WanImageToVideoPipeline` blends them in; a plain
+    tensor `condition` is appended to the latents' channels instead."""
+
+    latents: torch.Tensor
+
+    def to(self, *args, **kwargs) -> "FirstFrame":
+        return FirstFrame(self.latents.to(*args, **kwargs))
+
+    def __getitem__(self, rows) -> "FirstFrame":
+        return FirstFrame(self.latents[rows])
+
+    def blend(self, latents: torch.Tensor) -> torch.Tensor:
+        """`latents` with the first frame replaced (batch rows repeated, as for the CFG batch)."""
+        first = self.latents.to(latents.device, latents.dtype)
+        out = latents.clone()
+        out[:, :, :1] = first.repeat(latents.shape[0] // first.shape[0], 1, 1, 1, 1)
+        return out
+
+
 @dataclass(frozen=True)
 class ImageConditioning:
     """What an image-to-video model takes besides the prompt and the noise."""
@@ -38,17 +60,23 @@ class ImageConditioning:
     channels: int  # condition latent channels appended to the noise latents
     tokens: int = 0  # image-encoder states packed before the text states (0: none)
     width: int = 0  # their width
+    first_frame: bool = False  # Wan2.2 TI2V: the image's latents replace the first latent frame instead
 
     def to_dict(self) -> dict:
-        return {"kind": "image", "channels": self.channels, "tokens": self.tokens, "width": self.width}
+        return {"kind": "image", "channels": self.channels, "tokens": self.tokens, "width": self.width,
+                **({"first_frame": True} if self.first_frame else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageConditioning":
-        return cls(int(data["channels"]), int(data.get("tokens", 0)), int(data.get("width", 0)))
+        return cls(int(data["channels"]), int(data.get("tokens", 0)), int(data.get("width", 0)),
+                   bool(data.get("first_frame", False)))
 
 
-def conditioning_of(transformer_config, image_encoder) -> ImageConditioning:
-    """The conditioning a Wan I2V transformer (`config`) takes, with the pipeline's image encoder."""
+def conditioning_of(transformer_config, image_encoder, expand_timesteps: bool = False) -> ImageConditioning:
+    """The conditioning a Wan I2V transformer (`config`) takes, with the pipeline's image encoder
+    (`expand_timesteps`: Wan2.2 TI2V, the image's latents in place of the first latent frame)."""
+    if expand_timesteps:
+        return ImageConditioning(0, first_frame=True)
     get = transformer_config.get if isinstance(transformer_config, dict) else transformer_config.__getitem__
     channels = int(get("in_channels")) - int(get("out_channels"))
     tokens = width = 0
@@ -80,6 +108,21 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states, *, tokens: int = 
         encoder_hidden_states = encoder_hidden_states[:, tokens:, :text_dim]
     return denoiser(hidden_states=sample, timestep=t, encoder_hidden_states=encoder_hidden_states,
                     encoder_hidden_states_image=image, return_dict=False)[0]
+
+
+def denoise_per_token(denoiser, sample, timestep, encoder_hidden_states, *, first_frame: bool = False):
+    """Wan2.2 TI2V (`expand_timesteps`): one timestep per video token, as `WanPipeline` and
+    `WanImageToVideoPipeline` give it (the step's t, and 0 on the first latent frame's tokens when
+    that frame is the conditioning image's); built inside the program from the step's scalar."""
+    p_t, p_h, p_w = denoiser.config.patch_size
+    batch, frames, height, width = sample.shape[0], sample.shape[2] // p_t, sample.shape[3] // p_h, sample.shape[4] // p_w
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(batch)
+    mask = torch.ones(frames, height, width, dtype=torch.float32, device=sample.device)
+    if first_frame:
+        mask[0] = 0
+    per_token = mask.flatten().unsqueeze(0) * t.unsqueeze(1)  # (B, tokens)
+    return denoiser(hidden_states=sample, timestep=per_token, encoder_hidden_states=encoder_hidden_states,
+                    return_dict=False)[0]
 
 
 def denoise_experts(denoiser, sample, timestep, encoder_hidden_states, *, boundary: float):
@@ -120,6 +163,8 @@ def encode_images(images: list, frames: int, height: int, width: int, conditioni
     video, followed by zero frames, VAE-encoded (the distribution's mode) and normalised, after the
     first-frame mask; CLIP's penultimate hidden states (computed in `dtype` on `device`)."""
     shell = _shell(vae, image_processor, image_encoder)
+    if conditioning.first_frame:
+        shell.register_to_config(expand_timesteps=True)
     conditions, states = [], []
     for image in images:
         pixels = shell.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
@@ -127,16 +172,17 @@ def encode_images(images: list, frames: int, height: int, width: int, conditioni
         latent_frames = (frames - 1) // shell.vae_scale_factor_temporal + 1
         zeros = torch.zeros(1, latent_channels, latent_frames, height // shell.vae_scale_factor_spatial,
                             width // shell.vae_scale_factor_spatial, device=device)
-        _, condition = shell.prepare_latents(pixels, 1, latent_channels, height, width, frames, torch.float32,
-                                             device, None, zeros)
-        conditions.append(condition.float())
+        prepared = shell.prepare_latents(pixels, 1, latent_channels, height, width, frames, torch.float32, device, None,
+                                         zeros)
+        conditions.append(prepared[1].float())  # TI2V: (1, z, 1, h, w), the image's latents alone
         if conditioning.tokens:
             if image_encoder is None:
                 from ..errors import F3Error
 
                 raise F3Error("this model takes CLIP image tokens but the pipeline has no image_encoder")
             states.append(shell.encode_image(image, device).float())
-    return torch.cat(conditions), (torch.cat(states) if states else None)
+    condition = torch.cat(conditions)
+    return (FirstFrame(condition) if conditioning.first_frame else condition), (torch.cat(states) if states else None)
 
 
 def _vision(width: int = 32, image_size: int = 32, patch: int = 8):
@@ -181,6 +227,49 @@ def build_tiny_wan22_i2v():
     tokenizer, text_encoder = wan._text(32)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=wan._vae(), transformer=high,
                                    transformer_2=low, scheduler=wan.scheduler(), boundary_ratio=0.9)
+
+
+def _vae22(latents: int = 48):
+    """A small Wan 2.2 VAE with the published strides: 4x in time, 16x in space (a 2x2 pixel patch
+    before three downsamplings), `latents` channels, residual blocks."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=4, z_dim=latents, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                            patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * latents,
+                            latents_std=[1.0] * latents).eval()
+
+
+def build_tiny_wan22_ti2v():
+    """Wan2.2-TI2V-5B's layout on tiny-wan's sizes: 48 latent channels in and out of a Wan 2.2 VAE
+    (16x in space), per-token timesteps (`expand_timesteps`), the image in place of the first latent
+    frame; no image encoder."""
+    from diffusers import WanImageToVideoPipeline
+
+    transformer = _transformer(None, in_channels=48, out_channels=48)
+    tokenizer, text_encoder = wan._text(32)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae22(), transformer=transformer,
+                                   scheduler=wan.scheduler(), expand_timesteps=True)
+
+
+TI2V_5B = {"num_layers": 30, "num_attention_heads": 24, "attention_head_dim": 128, "ffn_dim": 14336}
+
+
+def build_arch_wan22_ti2v(scale: float):
+    """Wan2.2-TI2V-5B (Wan-Video/Wan2.2 `wan/configs/wan_ti2v_5B.py`: 30 layers, 24 heads x 128, FFN
+    14336, VAE stride 4x16x16) at its published depth and head count, widths times `scale`."""
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+
+    from .presets import _width
+
+    config = dict(TI2V_5B, attention_head_dim=_width(128, scale, 8), ffn_dim=_width(TI2V_5B["ffn_dim"], scale, 8))
+    text_dim = _width(wan.TEXT_DIM, scale, 64)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), in_channels=48, out_channels=48, text_dim=text_dim, freq_dim=256, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **config).eval()
+    tokenizer, text_encoder = wan._text(text_dim, layers=1)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae22(), transformer=transformer,
+                                   scheduler=wan.scheduler(), expand_timesteps=True)
 
 
 IMAGE_DIM = 1280  # CLIP ViT-H/14's width: Wan2.1-I2V's `image_dim`

@@ -22,44 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 from torch import nn
 
-from ..models.base import DenoiseModule, TemporalUnit, VideoModel, VideoShapes
+from ..models.base import TemporalUnit, VideoModel, VideoShapes
+from ..models.flops import call_flops, count_flops, flop_counter
+
+__all__ = ["ModelCost", "call_flops", "count_flops", "flop_counter", "window_core_share"]
 from ..windows import core_share
 
 aten = torch.ops.aten
-
-
-def _sdpa_formula():
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    return formula
-
-
-def flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
-    """A FlopCounterMode that also counts the CPU attention kernel (QKᵀ and PV)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_formula()}
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-def count_flops(fn: Callable, inputs: tuple) -> tuple[int, dict[str, int]]:
-    """(total FLOPs, FLOPs per module path) of one call `fn(*inputs)`."""
-    with flop_counter() as counter, torch.no_grad():
-        fn(*inputs)
-    per_module: dict[str, int] = {}
-    prefix = "DenoiseModule." + DenoiseModule.PREFIX
-    for name, ops in counter.get_flop_counts().items():
-        if name.startswith(prefix):
-            per_module[name[len(prefix):]] = int(sum(ops.values()))
-    return int(counter.get_total_flops()), per_module
 
 
 def _params(module: nn.Module | None) -> int:
@@ -105,25 +77,7 @@ class ModelCost:
         meta device: seconds at any size, nothing computed) when the real one would be long
         (`shape_only` None: weights × latent elements above 1e11), else on real tensors, which is
         quicker for small models. The counts are the same either way."""
-        from contextlib import nullcontext
-
-        from ..models.discovery import _shape_only
-
-        inputs = model.example_inputs(shapes or model.shapes, cfg=True)
-        if shape_only is None:
-            shape_only = sum(p.numel() for p in model.denoiser.parameters()) * inputs[0].numel() > 1e11
-        with nullcontext() if model.on_meta or not shape_only else _shape_only(model.denoiser) as mode:
-            if mode is not None:
-                inputs = tuple(mode.from_tensor(x) for x in inputs)
-            if model.experts:  # one call runs one expert: per-module counts of each, the total of one call
-                per_module, totals = {}, []
-                for name in model.experts:
-                    total, counts = count_flops(model.denoise_module(name), inputs)
-                    per_module |= counts
-                    totals.append(total)
-                total = max(totals)
-            else:
-                total, per_module = count_flops(model.denoise_module(), inputs)
+        total, per_module = call_flops(model, shapes, shape_only)
         modules = dict(model.denoiser.named_modules())
         unit_params = {}
         for unit in units:

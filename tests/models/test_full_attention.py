@@ -154,7 +154,7 @@ MISMATCHED = [  # a config.json that does not fit the weights, or does not build
 ]
 VARIANTS = {
     "tiny-wan": [("transformer/config.json", {"image_dim": 1280, "added_kv_proj_dim": 5120}, "image-to-video"),
-                 ("model_index.json", {"expand_timesteps": True}, "TI2V"),
+                 ("transformer/config.json", {"pos_embed_seq_len": 514}, "first-last-frame"),
                  # samplers WanPipeline takes that f3compile does not run as the pipeline does
                  ("model_index.json", {"scheduler": ["diffusers", "EulerDiscreteScheduler"]},
                   "scheduler EulerDiscreteScheduler is not supported with wan"),

@@ -1,5 +1,6 @@
 """Wan image-to-video (`WanImageToVideoPipeline`: Wan2.1-I2V with CLIP image tokens, Wan2.2-I2V-A14B's
-two experts): parity of dense builds with the diffusers pipeline from the same start latents and
+two experts, Wan2.2-TI2V-5B's per-token timesteps and first-frame image, also as text-to-video through
+`WanPipeline`): parity of dense builds with the diffusers pipeline from the same start latents and
 image, the conditioning image through calibrate, plan, compile, generate and apply, and refusals."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tests.helpers import assert_one_line_error, rel, run
 
 PARITY = 1e-4  # relative L2 of final latents vs the diffusers pipeline, fp32
 EXACT = 1e-5  # the plan applied inside the pipeline vs its compiled build
-SHAPE = dict(num_frames=9, height=32, width=32)  # 3 latent frames of 2x2 tokens
+SHAPES = {"tiny-wan2.2-ti2v": (9, 64, 64)}  # its VAE is 16x in space: 3 latent frames of 2x2 tokens, as 9x32x32 elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def images(tmp_path_factory):
     return paths, prompts
 
 
-@pytest.fixture(scope="module", params=["tiny-wan-i2v", "tiny-wan2.2-i2v"])
+@pytest.fixture(scope="module", params=["tiny-wan-i2v", "tiny-wan2.2-i2v", "tiny-wan2.2-ti2v"])
 def saved(request, tmp_path_factory):
     """(builtin name, its pipeline, the pipeline written with save_pretrained)."""
     from f3compile.models.loading import build_builtin
@@ -48,44 +49,66 @@ def saved(request, tmp_path_factory):
     return request.param, pipe, directory
 
 
-def _pipeline_latents(pipe, image, start, steps=4):
+def _pipeline_latents(pipe, image, start, steps=4, shape=(9, 32, 32)):
     from PIL import Image
 
-    return pipe(image=Image.open(image).convert("RGB"), prompt="a red circle", negative_prompt="", latents=start.clone(),
-                num_inference_steps=steps, guidance_scale=5.0, output_type="latent", **SHAPE).frames
+    frames, height, width = shape
+    given = {} if image is None else {"image": Image.open(image).convert("RGB")}
+    return pipe(**given, prompt="a red circle", negative_prompt="", latents=start.clone(), num_inference_steps=steps,
+                guidance_scale=5.0, output_type="latent", num_frames=frames, height=height, width=width).frames
 
 
-@pytest.mark.parametrize("scheduler", ["published", "flow-euler"])
-def test_dense_build_reproduces_the_pipeline(saved, images, tmp_path, scheduler):
+CONDITIONING = {  # builtin -> (latent channels, program sample channels, the manifest's conditioning)
+    "tiny-wan-i2v": (16, 36, {"kind": "image", "channels": 20, "tokens": 17, "width": 32}),  # CLIP: 4x4 patches + 1
+    "tiny-wan2.2-i2v": (16, 36, {"kind": "image", "channels": 20, "tokens": 0, "width": 0}),
+    "tiny-wan2.2-ti2v": (48, 48, {"kind": "image", "channels": 0, "tokens": 0, "width": 0, "first_frame": True}),
+}
+
+
+@pytest.mark.parametrize("variant", ["published", "flow-euler", "text-to-video"])
+def test_dense_build_reproduces_the_pipeline(saved, images, tmp_path, variant):
     import copy
 
     from f3compile.options import CompileOptions, Shapes
 
     name, pipe, directory = saved
-    if scheduler == "flow-euler":  # the scheduler WanImageToVideoPipeline declares
+    shape = SHAPES.get(name, (9, 32, 32))
+    if variant == "flow-euler":  # the scheduler WanImageToVideoPipeline declares
         if name != "tiny-wan-i2v":
             pytest.skip("one image-to-video model is enough for the second sampler")
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         pipe = copy.copy(pipe)
         pipe.register_modules(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
-        pipe.save_pretrained(tmp_path / "euler")
-        directory = tmp_path / "euler"
+    if variant == "text-to-video":  # TI2V-5B without an image: WanPipeline with expand_timesteps
+        if name != "tiny-wan2.2-ti2v":
+            pytest.skip("text-to-video with one timestep per token is Wan2.2 TI2V's")
+        from diffusers import WanPipeline
+
+        pipe = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                           transformer=pipe.transformer, scheduler=pipe.scheduler, expand_timesteps=True)
+        pipe.set_progress_bar_config(disable=True)
+    if variant != "published":
+        pipe.save_pretrained(tmp_path / variant)
+        directory = tmp_path / variant
     model = load_model(str(directory))
-    tokens = 17 if name == "tiny-wan-i2v" else 0  # CLIP's 4x4 patches and its class token; Wan 2.2: none
-    assert (model.latent_channels, model.sample_channels, model.conditioning.tokens) == (16, 36, tokens)
+    channels, sample_channels, conditioning = CONDITIONING[name]
+    image = variant != "text-to-video"
+    assert (model.latent_channels, model.sample_channels) == (channels, sample_channels if image else channels)
     assert bool(model.experts) == (name == "tiny-wan2.2-i2v")
     (first, second), _ = images
-    start = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    reference = _pipeline_latents(pipe, first, start)
-    api.compile(model, None, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "build")
+    latent = (shape[0] - 1) // 4 + 1, shape[1] // model.vae_scale_factor, shape[2] // model.vae_scale_factor
+    start = torch.randn(1, channels, *latent, generator=torch.Generator().manual_seed(1))
+    reference = _pipeline_latents(pipe, first if image else None, start, shape=shape)
+    api.compile(model, None, CompileOptions(shapes=Shapes(*shape)), output_dir=tmp_path / "build")
     runtime = api.Runtime(tmp_path / "build")
-    assert runtime.manifest["conditioning"] == {"kind": "image", "channels": 20, "tokens": tokens, "width": 32 if tokens else 0}
-    ours = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=first)
+    assert runtime.manifest.get("conditioning") == (conditioning if image else None)
+    ours = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=first if image else None)
     assert rel(ours, reference) <= PARITY
     assert rel(start, reference) > 0.1  # it did denoise
-    other = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=second)
-    assert rel(other, reference) > 1e-3  # the image conditions the video
+    if image:
+        other = runtime.generate("a red circle", steps=4, guidance_scale=5.0, latents=start, image=second)
+        assert rel(other, reference) > 1e-3  # the image conditions the video
 
 
 def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
@@ -166,6 +189,8 @@ def _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, plan):
 
 def test_a_bare_image_to_video_transformer_is_refused(saved, tmp_path, capsys):
     name, _, directory = saved
+    if name == "tiny-wan2.2-ti2v":
+        pytest.skip("a bare TI2V transformer (48 channels in and out, no image inputs) is a text-to-video one")
     code, out, err = run(capsys, "calibrate", directory / "transformer", "--prompts", __file__, "-o", tmp_path / "c")
     assert_one_line_error(code, err, "WanImageToVideoPipeline")
     assert not (tmp_path / "c").exists()
@@ -180,3 +205,15 @@ def test_the_i2v_14b_preset_has_the_published_configuration():
     assert (config.in_channels, config.out_channels, config.image_dim, config.added_kv_proj_dim) == (36, 16, 1280, 5120)
     assert (model.conditioning.channels, model.conditioning.tokens, model.conditioning.width) == (20, 257, 1280)
     assert (model.shapes.frames, model.shapes.height, model.shapes.width) == (81, 480, 832)
+
+
+def test_the_ti2v_5b_preset_has_the_published_configuration():
+    """arch-wan2.2-ti2v-5b on the meta device: Wan-Video/Wan2.2's ti2v_5B (30 layers, 24 heads of
+    128, FFN 14336, VAE stride 4x16x16, 121 frames at 704x1280), 5.0 B parameters."""
+    model = load_model("builtin:arch-wan2.2-ti2v-5b", meta=True)
+    config = model.denoiser.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim, config.ffn_dim) == (30, 24, 128, 14336)
+    assert (config.in_channels, config.out_channels, model.vae_scale_factor, model.temporal_scale) == (48, 48, 16, 4)
+    assert model.conditioning.first_frame and model.pipeline.config.expand_timesteps
+    assert round(sum(p.numel() for p in model.denoiser.parameters()) / 1e9, 1) == 5.0
+    assert (model.shapes.frames, model.shapes.height, model.shapes.width) == (121, 704, 1280)
