@@ -8,7 +8,12 @@ file lock, and every worker reads it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+# Nothing here comes from a model hub: a directory that does not load is not looked up there (each
+# lookup would wait for a network timeout). Set before huggingface_hub is imported, which reads it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
 from typing import Callable
 
 import pytest
