@@ -101,21 +101,31 @@ def has_published_components(model) -> bool:
 
 
 def published_components(model) -> dict[str, torch.nn.Module]:
-    """The published text encoder and VAE of an unscaled architecture preset, on the meta device
-    (the preset runs with small stand-ins); {} for anything else."""
+    """The published text encoder and VAE (and Wan2.1 I2V's CLIP image encoder) of an unscaled
+    architecture preset, on the meta device (the preset runs with small stand-ins); {} for anything else."""
     if not has_published_components(model):
         return {}
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKLWan
-    from transformers import UMT5Config, UMT5EncoderModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
+    stand_in = getattr(model.pipeline, "vae", None)
+    wan22 = stand_in is not None and int(stand_in.config.z_dim) == 48
+    conditioning = model.conditioning
     with init_empty_weights(include_buffers=True):
-        # UMT5-XXL, Wan2.1's text encoder, and Wan2.1's VAE (diffusers' defaults are its config)
+        # UMT5-XXL, Wan's text encoder, and Wan2.1's VAE (diffusers' defaults are its config) or Wan2.2's
         text = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
                                            num_heads=64, feed_forward_proj="gated-gelu"))
-        vae = AutoencoderKLWan()
+        vae = AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48,
+                               latents_std=[1.0] * 48) if wan22 else AutoencoderKLWan()
+        components = {"text_encoder": text, "vae": vae}
+        if conditioning is not None and conditioning.tokens:  # Wan2.1 I2V: CLIP ViT-H/14's vision tower
+            components["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+                patch_size=14))
     text.tie_weights()  # built empty, the shared embedding and the encoder's come apart
-    return {"text_encoder": text.eval(), "vae": vae.eval()}
+    return {name: module.eval() for name, module in components.items()}
 
 
 def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cuda", stages: int | None = None,
@@ -140,6 +150,10 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         cast_weights(text, dtype)
     text_bytes = weight_bytes(text)
     vae_bytes = weight_bytes(vae)
+    # an image-to-video model's image encoder (CLIP) encodes each image on the host, in fp32
+    image_encoder = published.get("image_encoder", getattr(model.pipeline, "image_encoder", None)
+                                  if model.conditioning is not None else None)
+    image_bytes = weight_bytes(image_encoder) if image_encoder is not None else 0
     call = call_peak(model, shapes)
     latent = 4 * int(torch.Size(model.latent_shape(shapes)).numel())
     # the latents, the CFG-doubled model input, the doubled noise prediction and the scheduler's step
@@ -171,17 +185,21 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     decode = decode_peak(vae, model, shapes) + 4 * shapes.frames * shapes.height * shapes.width * 3
     for prediction in (calibrate, search):
         prediction.host["VAE weights"] = vae_bytes
+        if image_bytes:
+            prediction.host["image encoder weights"] = image_bytes
     if on_gpu:  # the programs stay loaded; the text encoder, the loop and the VAE take turns beside them
         phases = {"one denoiser call": call + sampling["latents and noise"],
                   "the text encoder (while encoding)": text_bytes, "the VAE decoding untiled": vae_bytes + decode}
         largest = max(phases, key=phases.get)
         generate = Prediction("generate", {**programs, largest: phases[largest]},
-                              {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes})
+                              {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes,
+                               **({"image encoder weights": image_bytes} if image_bytes else {})})
         generate.notes.append(("the stage programs share their common weights" if target in ("torch", "aoti") else
                                "each stage's program holds its own weights") + "; beside them in turn: "
                               + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
     else:  # one memory: everything loaded stays, the largest transient on top
         generate = Prediction("generate", {**programs, "text encoder weights": text_bytes, "VAE weights": vae_bytes,
+                                           **({"image encoder weights": image_bytes} if image_bytes else {}),
                                            "one denoiser call": call, **sampling, "VAE decode": decode})
         for prediction in (calibrate, search, export):
             prediction.device.update(prediction.host)

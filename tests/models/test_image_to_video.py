@@ -205,6 +205,10 @@ def test_the_i2v_14b_preset_has_the_published_configuration():
     assert (config.in_channels, config.out_channels, config.image_dim, config.added_kv_proj_dim) == (36, 16, 1280, 5120)
     assert (model.conditioning.channels, model.conditioning.tokens, model.conditioning.width) == (20, 257, 1280)
     assert (model.shapes.frames, model.shapes.height, model.shapes.width) == (81, 480, 832)
+    from f3compile.memory import published_components
+
+    clip = published_components(model)["image_encoder"]  # what the memory report counts: ViT-H/14's vision tower
+    assert round(sum(p.numel() for p in clip.parameters()) / 1e6) == 631
 
 
 def test_the_ti2v_5b_preset_has_the_published_configuration():
@@ -217,6 +221,11 @@ def test_the_ti2v_5b_preset_has_the_published_configuration():
     assert model.conditioning.first_frame and model.pipeline.config.expand_timesteps
     assert round(sum(p.numel() for p in model.denoiser.parameters()) / 1e9, 1) == 5.0
     assert (model.shapes.frames, model.shapes.height, model.shapes.width) == (121, 704, 1280)
+    from f3compile.memory import published_components
+
+    vae = published_components(model)["vae"]  # the Wan 2.2 VAE, 2.8 GB in fp32 as published
+    assert (vae.config.z_dim, vae.config.scale_factor_spatial, round(sum(p.numel() for p in vae.parameters()) / 1e6)) \
+        == (48, 16, 705)
 
 
 @pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline", "LTX2Pipeline",
