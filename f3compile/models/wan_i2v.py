@@ -1,6 +1,7 @@
-"""Wan image-to-video (`WanImageToVideoPipeline`): Wan2.1-I2V (CLIP image tokens) and Wan2.2-I2V-A14B.
+"""Wan image-to-video (`WanImageToVideoPipeline`): Wan2.1-I2V (CLIP image tokens), Wan2.2-I2V-A14B
+and Wan2.2-TI2V-5B (also as text-to-video through `WanPipeline`).
 
-The transformer is Wan's (`wan`), with two additions that carry the conditioning image:
+The transformer is Wan's (`wan`), with additions that carry the conditioning image:
 
 - **channels**: the sample is the noise latents (16 channels) followed by the condition latents, 4
   frame-mask channels (1 on the first video frame, packed 4 per latent frame) and the image's VAE
@@ -11,12 +12,15 @@ The transformer is Wan's (`wan`), with two additions that carry the conditioning
   projected by the transformer's image embedder and seen by every cross-attention through its added
   key/value projections. f3compile's programs keep one context input: the image states go *before*
   the text states in it, zero-padded to one width (`pack_context`), and `denoise` splits them again.
+- **the first frame** (Wan2.2 TI2V, `expand_timesteps`): 48 latent channels in and out; the image's
+  VAE latents take the place of the first latent frame in every call and in the result
+  (`FirstFrame`), and every video token gets its own timestep, 0 on that frame
+  (`denoise_per_token`, built inside the program from the step's scalar; all t without an image).
 
 The condition and the image states are computed by diffusers' own `WanImageToVideoPipeline` methods
 (`video_processor.preprocess`, `prepare_latents`, `encode_image`) on the pipeline's VAE, image
 processor and image encoder, in the model and in a build's runtime alike, so a build reproduces the
-pipeline. Wan2.2-TI2V (`expand_timesteps`) and first-last-frame models (`pos_embed_seq_len`) are
-refused (`wan.refuse_unsupported`).
+pipeline. First-last-frame models (`pos_embed_seq_len`) are refused (`wan.refuse_unsupported`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import torch
 from . import wan
 
 PIPELINE_CLASS = "WanImageToVideoPipeline"
-MASK_CHANNELS = 4  # the frame mask, packed by the VAE's temporal factor
 
 
 @dataclass
@@ -123,11 +126,6 @@ def denoise_per_token(denoiser, sample, timestep, encoder_hidden_states, *, firs
     per_token = mask.flatten().unsqueeze(0) * t.unsqueeze(1)  # (B, tokens)
     return denoiser(hidden_states=sample, timestep=per_token, encoder_hidden_states=encoder_hidden_states,
                     return_dict=False)[0]
-
-
-def denoise_experts(denoiser, sample, timestep, encoder_hidden_states, *, boundary: float):
-    """Wan2.2-I2V-A14B's two experts (no image tokens), switched as `wan.denoise_experts`."""
-    return wan.denoise_experts(denoiser, sample, timestep, encoder_hidden_states, boundary=boundary)
 
 
 def _shell(vae, image_processor=None, image_encoder=None, scheduler=None):
