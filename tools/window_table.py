@@ -15,7 +15,6 @@ of 50 steps, as the published samplers run). Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
