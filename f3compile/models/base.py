@@ -280,9 +280,7 @@ class VideoModel:
             return cond, uncond, None
         from .wan_i2v import load_images, pack_context
 
-        pictures = [load_images([image])[0] if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__")
-                    else image for image in images]
-        condition, states = self.encode_images(pictures, shapes, device)
+        condition, states = self.encode_images(load_images(images), shapes, device)
         if states is not None:
             cond, uncond = pack_context(cond, states, self.conditioning), pack_context(uncond, states, self.conditioning)
         return cond, uncond, condition

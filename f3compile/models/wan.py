@@ -31,9 +31,14 @@ TEXT_DIM = 4096  # UMT5-XXL
 FLOW_SHIFT = 3.0  # the 480p sampling shift of the published scheduler (5.0 at 720p)
 
 
+def timesteps(timestep, sample) -> torch.Tensor:
+    """The step's timestep as the transformer takes it: (B,) fp32 on the sample's device."""
+    return torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(sample.shape[0])
+
+
 def denoise(denoiser, sample, timestep, encoder_hidden_states):
     """sample (B, C, F, h, w), timestep (B,) or scalar, encoder_hidden_states (B, L, D) -> (B, C, F, h, w)."""
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(sample.shape[0])
+    t = timesteps(timestep, sample)
     return denoiser(hidden_states=sample, timestep=t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
@@ -78,14 +83,31 @@ def _vae():
                             temperal_downsample=[False, True, True]).eval()
 
 
-def build_tiny_wan():
-    from diffusers import WanPipeline, WanTransformer3DModel
+def tiny_transformer(**overrides):
+    """tiny-wan's transformer (2 layers of 4 heads x 12, text 32 wide), with `overrides` (the
+    image-to-video layouts' channels and image inputs)."""
+    from diffusers import WanTransformer3DModel
 
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).eval()
+    config = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16, out_channels=16,
+                  text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    return WanTransformer3DModel(**{**config, **overrides}).eval()
+
+
+def arch_transformer(config: dict, text_dim: int, **extra):
+    """A published Wan transformer (`config`: layers, heads, head size, FFN; `extra`: channels and
+    image inputs) with the settings every published checkpoint shares."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**{**dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=text_dim,
+                                           freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                           eps=1e-6, rope_max_seq_len=1024), **config, **extra}).eval()
+
+
+def build_tiny_wan():
+    from diffusers import WanPipeline
+
+    transformer = tiny_transformer()
     tokenizer, text_encoder = _text(32)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=transformer,
                        scheduler=scheduler())
@@ -94,16 +116,9 @@ def build_tiny_wan():
 def build_tiny_wan22():
     """Wan 2.2's layout on tiny-wan's sizes: a high-noise expert for t >= 875 and a low-noise one
     (`boundary_ratio` 0.875, as the published T2V-A14B pipeline), each with its own weights."""
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline
 
-    def expert():
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        ).eval()
-
-    high, low = expert(), expert()
+    high, low = tiny_transformer(), tiny_transformer()
     tokenizer, text_encoder = _text(32)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=high,
                        transformer_2=low, scheduler=scheduler(), boundary_ratio=0.875)
@@ -119,16 +134,13 @@ def _scaled(size: str, scale: float) -> dict:
 
 def build_arch_wan(scale: float, size: str = "1.3b"):
     """Wan2.1-T2V at its published depth and head count, channel widths times `scale`."""
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline
 
     from .presets import _width
 
     config = _scaled(size, scale)
     text_dim = _width(TEXT_DIM, scale, 64)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=text_dim, freq_dim=256, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **config,
-    ).eval()
+    transformer = arch_transformer(config, text_dim)
     tokenizer, text_encoder = _text(text_dim, layers=1)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(), transformer=transformer,
                        scheduler=scheduler())

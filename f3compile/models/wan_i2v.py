@@ -104,7 +104,7 @@ def pack_context(text: torch.Tensor, image: torch.Tensor | None, conditioning: I
 
 def denoise(denoiser, sample, timestep, encoder_hidden_states, *, tokens: int = 0, width: int = 0, text_dim: int = 0):
     """`wan.denoise` with the packed context split into CLIP states (`tokens` × `width`) and text."""
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(sample.shape[0])
+    t = wan.timesteps(timestep, sample)
     image = None
     if tokens:
         image = encoder_hidden_states[:, :tokens, :width]
@@ -118,8 +118,8 @@ def denoise_per_token(denoiser, sample, timestep, encoder_hidden_states, *, firs
     `WanImageToVideoPipeline` give it (the step's t, and 0 on the first latent frame's tokens when
     that frame is the conditioning image's); built inside the program from the step's scalar."""
     p_t, p_h, p_w = denoiser.config.patch_size
-    batch, frames, height, width = sample.shape[0], sample.shape[2] // p_t, sample.shape[3] // p_h, sample.shape[4] // p_w
-    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(torch.float32).expand(batch)
+    frames, height, width = sample.shape[2] // p_t, sample.shape[3] // p_h, sample.shape[4] // p_w
+    t = wan.timesteps(timestep, sample)
     mask = torch.ones(frames, height, width, dtype=torch.float32, device=sample.device)
     if first_frame:
         mask[0] = 0
@@ -136,20 +136,24 @@ def _shell(vae, image_processor=None, image_encoder=None, scheduler=None):
                                    image_processor=image_processor, image_encoder=image_encoder)
 
 
-def load_images(paths) -> list:
-    """PIL images from paths, as diffusers' `load_image` reads them (EXIF orientation, RGB)."""
+def load_images(images) -> list:
+    """PIL images from paths, as diffusers' `load_image` reads them (EXIF orientation, RGB); what
+    is already an image is kept as it is."""
     from diffusers.utils import load_image
 
     from ..errors import F3Error
 
-    images = []
-    for path in paths:
+    loaded = []
+    for path in images:
+        if not (isinstance(path, (str, bytes)) or hasattr(path, "__fspath__")):
+            loaded.append(path)
+            continue
         try:
-            images.append(load_image(str(path)))
+            loaded.append(load_image(str(path)))
         except Exception as exc:  # missing, unreadable or not an image
             reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             raise F3Error(f"image {path} could not be read ({reason}); pass a PNG or JPEG file") from None
-    return images
+    return loaded
 
 
 @torch.no_grad()
@@ -194,14 +198,9 @@ def _vision(width: int = 32, image_size: int = 32, patch: int = 8):
 
 
 def _transformer(image_dim: int | None, **overrides):
-    from diffusers import WanTransformer3DModel
-
-    config = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=36, out_channels=16,
-                  text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    if image_dim is not None:
-        config.update(image_dim=image_dim, added_kv_proj_dim=48)  # the inner width, as published
-    return WanTransformer3DModel(**{**config, **overrides}).eval()
+    """tiny-wan's transformer in an image-to-video layout: 36 channels in, CLIP states of `image_dim`."""
+    image = {} if image_dim is None else dict(image_dim=image_dim, added_kv_proj_dim=48)  # the inner width, as published
+    return wan.tiny_transformer(**{"in_channels": 36, **image, **overrides})
 
 
 def build_tiny_wan_i2v():
@@ -256,15 +255,13 @@ TI2V_5B = {"num_layers": 30, "num_attention_heads": 24, "attention_head_dim": 12
 def build_arch_wan22_ti2v(scale: float):
     """Wan2.2-TI2V-5B (Wan-Video/Wan2.2 `wan/configs/wan_ti2v_5B.py`: 30 layers, 24 heads x 128, FFN
     14336, VAE stride 4x16x16) at its published depth and head count, widths times `scale`."""
-    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import WanImageToVideoPipeline
 
     from .presets import _width
 
     config = dict(TI2V_5B, attention_head_dim=_width(128, scale, 8), ffn_dim=_width(TI2V_5B["ffn_dim"], scale, 8))
     text_dim = _width(wan.TEXT_DIM, scale, 64)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), in_channels=48, out_channels=48, text_dim=text_dim, freq_dim=256, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **config).eval()
+    transformer = wan.arch_transformer(config, text_dim, in_channels=48, out_channels=48)
     tokenizer, text_encoder = wan._text(text_dim, layers=1)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae22(), transformer=transformer,
                                    scheduler=wan.scheduler(), expand_timesteps=True)
@@ -278,17 +275,14 @@ def build_arch_wan_i2v(scale: float, size: str = "14b"):
     """Wan2.1-I2V-14B (its 480P and 720P checkpoints share the transformer) at its published depth
     and head count, widths times `scale`; the CLIP vision encoder a two-layer stand-in of the
     published width and token count (257)."""
-    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import WanImageToVideoPipeline
 
     from .presets import _width
 
     config = wan._scaled(size, scale)
     text_dim, image_dim = _width(wan.TEXT_DIM, scale, 64), _width(IMAGE_DIM, scale, 8)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), in_channels=36, out_channels=16, text_dim=text_dim, freq_dim=256, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, image_dim=image_dim,
-        added_kv_proj_dim=config["num_attention_heads"] * config["attention_head_dim"], **config,
-    ).eval()
+    transformer = wan.arch_transformer(config, text_dim, in_channels=36, image_dim=image_dim,
+                                       added_kv_proj_dim=config["num_attention_heads"] * config["attention_head_dim"])
     tokenizer, text_encoder = wan._text(text_dim, layers=1)
     processor, encoder = _vision(image_dim, *CLIP_IMAGE)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=wan._vae(),

@@ -162,10 +162,8 @@ class Runtime:
         own VAE, image processor and image encoder, as the source pipeline computes them."""
         from ..models.wan_i2v import encode_images, load_images
 
-        pictures = [load_images([image])[0] if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__")
-                    else image for image in images]
         shapes = self.manifest["shapes"]
-        return encode_images(pictures, shapes["frames"], shapes["height"], shapes["width"], self.conditioning,
+        return encode_images(load_images(images), shapes["frames"], shapes["height"], shapes["width"], self.conditioning,
                              vae=self.component("vae"), image_processor=self.component("image_processor"),
                              image_encoder=self.component("image_encoder"))
 

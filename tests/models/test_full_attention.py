@@ -112,6 +112,15 @@ def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
         api.compile(model, plan, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "windowed")
         windowed = api.Runtime(tmp_path / "windowed").generate("a red circle", steps=4, guidance_scale=5.0, latents=start)
         assert torch.isfinite(windowed).all() and 0 < rel(windowed, reference) < 1
+        import f3compile as f3
+
+        applied = f3.apply(pipe, plan)  # inside the pipeline, t = 1000 also runs the first stage's windows
+        try:
+            inside = _pipeline_latents(pipe, "a red circle", start, 4, num_frames=9, height=32, width=32,
+                                       guidance_scale=5.0)
+        finally:
+            applied.remove()
+        assert rel(windowed, inside) <= 1e-5
 
 
 @pytest.mark.parametrize("kind, config, message", [

@@ -229,7 +229,8 @@ def test_the_ti2v_5b_preset_has_the_published_configuration():
 
 
 @pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline", "LTX2Pipeline",
-                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideo15Pipeline"])
+                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideo15Pipeline",
+                                      ["WanPipeline"]])  # a class name that is not a string
 def test_pipelines_f3compile_does_not_run_are_refused_naming_the_supported_ones(pipeline, tmp_path, capsys):
     """A directory of another video pipeline: one line naming the pipelines that load, exit 2, nothing
     written (before any weight is read)."""
@@ -237,6 +238,7 @@ def test_pipelines_f3compile_does_not_run_are_refused_naming_the_supported_ones(
     directory.mkdir()
     (directory / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "_diffusers_version": "0.42.1"}))
     code, out, err = run(capsys, "calibrate", directory, "--prompts", __file__, "-o", tmp_path / "calib")
-    assert_one_line_error(code, err, f"holds a {pipeline} pipeline; f3compile loads")
+    assert_one_line_error(code, err, f"holds a {pipeline!r} pipeline" if isinstance(pipeline, list)
+                          else f"holds a {pipeline} pipeline; f3compile loads")
     assert "WanImageToVideoPipeline" in err and "WanPipeline" in err
     assert not (tmp_path / "calib").exists()
