@@ -28,6 +28,26 @@ def from_native(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x if layout == NATIVE else x.permute(0, 2, 1, 3, 4)
 
 
+# families whose pipelines give the scheduler their own sigmas (a function of the step count) instead of
+# calling `set_timesteps(steps)`: HunyuanVideo 1.5 samples on linspace(1, 0, n + 1)[:-1], shifted by the scheduler
+def _linear_sigmas(steps: int):
+    import numpy as np
+
+    return np.linspace(1.0, 0.0, steps + 1)[:-1]
+
+
+FAMILY_SIGMAS = {"hunyuanvideo15": _linear_sigmas}
+
+
+def set_timesteps(scheduler, steps: int, device=None, family: str | None = None) -> None:
+    """`scheduler.set_timesteps` as `family`'s pipeline calls it (with its own sigmas where it has them)."""
+    rule = FAMILY_SIGMAS.get(family)
+    if rule is None:
+        scheduler.set_timesteps(steps, device=device)
+    else:
+        scheduler.set_timesteps(sigmas=rule(steps), device=device)
+
+
 def initial_latents(shape: tuple[int, ...], scheduler, generator: torch.Generator, layout: str = NATIVE) -> torch.Tensor:
     """Gaussian latents scaled by the scheduler's initial sigma (as `prepare_latents` does), drawn in
     the pipeline's own `layout` so that a seed gives the pipeline's noise; returned (B, C, F, H, W)."""
@@ -172,17 +192,19 @@ def denoise_loop(
     layout: str = NATIVE,
     on_state: Callable[[StepState], None] | None = None,
     condition: torch.Tensor | None = None,
+    family: str | None = None,
 ) -> torch.Tensor:
     """Run `steps` denoising steps from `latents` (B, C, F, h, w); return the final latents.
 
     `on_step(i, t)` is called before step i; `denoise_for(t)` may pick a different denoise
     function per timestep (stage switching); `on_state(state)` sees where the loop stands before
     each step (the search copies what it needs to take that step again); `condition`: an
-    image-to-video model's condition latents (`guided_step`). The scheduler steps in the
+    image-to-video model's condition latents (`guided_step`); `family`: the model family, whose
+    pipeline may set the schedule its own way (`set_timesteps`). The scheduler steps in the
     pipeline's own `layout`, where a stochastic step draws its noise (CogVideoX's DPM solver), so a
     seed gives the pipeline's result.
     """
-    scheduler.set_timesteps(steps, device=latents.device)
+    set_timesteps(scheduler, steps, latents.device, family)
     step_kwargs = _step_kwargs(scheduler, generator, eta)
     previous_x0 = None
     timesteps = scheduler.timesteps

@@ -24,6 +24,9 @@ Kernels per group (the outputs concatenated over heads):
   constant additive mask (1, F, 1, T + K·S), 0 where a key is within ±W frames, the dtype's lowest
   value elsewhere (edge frames only), so masked keys get probability exactly 0;
 - text queries (T > 0): one attention over all keys.
+A key bias (B, 1, 1, T + F·S), additive, given by the model (HunyuanVideo 1.5's padded text keys at
+the dtype's lowest value, 0 elsewhere) goes with its keys: whole to the dense heads and the text
+queries, its text part to every frame's text keys.
 Softmax over the kept keys equals softmax over all keys with −∞ at the others, so this equals the
 model with a block-banded mask. Attention-core FLOPs of a W head fall from (T + F·S)² to
 T·(T + F·S) + F·S·(T + K·S).
@@ -117,6 +120,10 @@ class Ops:
     def expand(self, x, shape): raise NotImplementedError
     def unsqueeze(self, x, dim: int): raise NotImplementedError
     def cat(self, xs, dim: int): raise NotImplementedError
+    def pad(self, x, right: int):
+        """`x` with `right` zeros appended along its last dimension."""
+        raise NotImplementedError
+    def add(self, x, y): raise NotImplementedError
     def sdpa(self, q, k, v, mask=None, scale=None): raise NotImplementedError
     def device(self, x) -> torch.device: raise NotImplementedError
     def dtype(self, x) -> torch.dtype: raise NotImplementedError
@@ -152,6 +159,12 @@ class EagerOps(Ops):
 
     def cat(self, xs, dim):
         return torch.cat(xs, dim)
+
+    def pad(self, x, right):
+        return torch.nn.functional.pad(x, (0, right))
+
+    def add(self, x, y):
+        return x + y
 
     def sdpa(self, q, k, v, mask=None, scale=None):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -206,8 +219,17 @@ def _edge_mask(g: Geometry, window: int, dtype: torch.dtype, device) -> torch.Te
     return additive.reshape(1, g.frames, 1, g.text + slots * g.tokens).to(device)
 
 
-def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale):
-    """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → the same shape.
+def _text_bias(ops: Ops, bias, g: Geometry, heads: int, slots: int):
+    """The key bias's text part (B, 1, 1, T) for every frame's keys: (B·h, 1, 1, T + slots·S), zero on
+    the frame keys."""
+    text = ops.reshape(ops.slice(bias, 3, 0, g.text), [-1, 1, 1, 1, g.text])
+    text = ops.reshape(ops.expand(text, [-1, heads, 1, 1, g.text]), [-1, 1, 1, g.text])
+    return ops.pad(text, slots * g.tokens)
+
+
+def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale, bias=None):
+    """Attention of one group of `heads` heads at `window`: (B, h, T + F·S, d) → the same shape
+    (`bias`: the model's additive key bias (B, 1, 1, T + F·S), or None).
 
     Batch and heads share the kernel's batch axis and the query frame is its head axis, so queries,
     the output and (W = 0) keys are views of their inputs; W > 0 gathers each frame's K key frames
@@ -232,24 +254,28 @@ def windowed(ops: Ops, q, k, v, g: Geometry, heads: int, window: int, scale):
         keys, values = gather(kv), gather(vv)
         mask = ops.constant("mask", key + (window, str(device), dtype), lambda: _edge_mask(g, window, dtype, device))
     keys, values = (_with_text(ops, x, source, g) for x, source in ((keys, k), (values, v)))
+    if bias is not None and text:
+        text_bias = _text_bias(ops, bias, g, heads, 1 if window == 0 else window_slots(frames, window))
+        mask = text_bias if mask is None else ops.add(text_bias, mask)
     out = ops.reshape(ops.sdpa(queries, keys, values, mask, scale), [-1, heads, frames * tokens, dim])
     if text:
-        text_out = ops.sdpa(ops.slice(q, 2, 0, text), k, v, None, scale)
+        text_out = ops.sdpa(ops.slice(q, 2, 0, text), k, v, bias, scale)
         out = ops.cat([text_out, out], 2)
     return out
 
 
-def grouped_attention(ops: Ops, q, k, v, regrouping: Regrouping, g: Geometry, scale) -> Any:
+def grouped_attention(ops: Ops, q, k, v, regrouping: Regrouping, g: Geometry, scale, bias=None) -> Any:
     """The attention of every kept head of a regrouped unit: q, k, v (B, H', N, d) hold at least the
-    first `regrouping.kept` heads in regrouped order; returns (B, kept, N, d)."""
+    first `regrouping.kept` heads in regrouped order (`bias`: the model's additive key bias
+    (B, 1, 1, N), or None); returns (B, kept, N, d)."""
     outputs, start = [], 0
     whole = len(regrouping.groups) == 1 and regrouping.kept == len(regrouping.order)
     for window, count in regrouping.groups:
         end = start + count
         part = [x if whole else ops.slice(x, 1, start, end) for x in (q, k, v)]
         if window is None:
-            outputs.append(ops.sdpa(*part, None, scale))
+            outputs.append(ops.sdpa(*part, bias, scale))
         else:
-            outputs.append(windowed(ops, *part, g, count, window, scale))
+            outputs.append(windowed(ops, *part, g, count, window, scale, bias))
         start = end
     return outputs[0] if len(outputs) == 1 else ops.cat(outputs, 1)

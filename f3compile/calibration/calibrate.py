@@ -21,7 +21,7 @@ from ..manifest import library_versions
 from ..models.base import Prompt, VideoModel, resolve_shapes
 from ..models.discovery import find_temporal_units, temporal_blocks
 from ..parallel import Part, Sums
-from ..sampling import check_latents, denoise_loop, start_latents
+from ..sampling import check_latents, denoise_loop, set_timesteps, start_latents
 from .recorder import CHANGE_MODES, SKETCH_WIDTH, AttentionRecorder
 from .parts import conclude, work_split
 from .stats import SCHEMA, CalibrationStats
@@ -228,7 +228,7 @@ def calibrate(
         fraction, recorder_share = auto_query_fraction(model, units, shapes)
         config = dataclasses.replace(config, query_fraction=fraction)
     scheduler = model.scheduler
-    scheduler.set_timesteps(config.steps)
+    set_timesteps(scheduler, config.steps, family=model.family)
     total = int(scheduler.config.num_train_timesteps)  # a flow-matching sampler starts at t = total: the top step
     timesteps = [min(int(t), total - 1) for t in scheduler.timesteps]
     batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
@@ -266,7 +266,7 @@ def calibrate(
                 device = group.device
                 denoise_loop(model.denoise, scheduler, start.to(device), cond.to(device), uncond.to(device),
                              config.steps, config.guidance_scale, generator, on_step=on_step,
-                             layout=model.native_layout, condition=condition)
+                             layout=model.native_layout, condition=condition, family=model.family)
                 sums.add(recorder.tensors())  # this batch's sums, in fp32 as recorded; added compensated
                 recorder.clear()
                 if bar is not None:

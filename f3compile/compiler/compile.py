@@ -130,7 +130,10 @@ class ProgramLoop:
     def denoise_for(self):
         from ..reuse import sequenced
 
-        def stage_index(timestep: int) -> int:
+        top = max((stage.timesteps[0] for stage in self.stages), default=0)
+
+        def stage_index(timestep: int) -> int:  # above every range (t = 1000 of flow matching): the first stage
+            timestep = min(int(timestep), top)
             index = next((i for i, stage in enumerate(self.stages) if stage.contains(timestep)), None)
             if index is None:
                 raise F3Error(f"timestep {timestep} is outside every stage of the plan")

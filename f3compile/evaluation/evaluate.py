@@ -161,7 +161,8 @@ def _generate(model, compiled, prompts: list[dict], config: EvalConfig, cond, un
             latents = denoise_loop(None, scheduler, latents, cond[index].to(device), uncond[index].to(device),
                                    config.steps, config.guidance_scale, generator, denoise_for=programs.denoise_for(),
                                    layout=model.native_layout,
-                                   condition=None if condition is None else condition[index].to(device))
+                                   condition=None if condition is None else condition[index].to(device),
+                                   family=model.family)
             finals.append(latents[: len(rows)].float().cpu())
             videos.append(decode(model, finals[-1]))
     return torch.cat(finals), torch.cat(videos)

@@ -129,6 +129,9 @@ class VideoModel:
     # image-to-video (`wan_i2v.ImageConditioning`): condition channels after the latents, image
     # states packed before the text states in the context; None: text only
     conditioning: Any = None
+    # a context with a padding mask in its last column (HunyuanVideo 1.5's packed context): example
+    # inputs mask the later rows of each part, as a tokenizer pads, instead of drawing that column
+    context_mask: Callable[[torch.Tensor], torch.Tensor] | None = None
     _weights_at_fingerprint: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -317,6 +320,8 @@ class VideoModel:
         sample = torch.randn(latent, generator=generator)
         timestep = torch.full((batch,), 500.0)
         ehs = torch.randn((batch,) + self.context_shape, generator=generator)
+        if self.context_mask is not None:
+            ehs = self.context_mask(ehs)
         dtype = self.dtype
         if dtype != torch.float32:
             sample, ehs = sample.to(dtype), ehs.to(dtype)

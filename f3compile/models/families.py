@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import cogvideox, wan
+from . import cogvideox, hunyuan15, wan
 
 
 def _timesteps(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -118,6 +118,9 @@ FAMILIES: dict[str, Family] = {
     "wan": Family("wan", "WanTransformer3DModel", "WanPipeline", wan.denoise, encode_with_pipeline),
     "cogvideox": Family("cogvideox", "CogVideoXTransformer3DModel", "CogVideoXPipeline", cogvideox.denoise,
                         encode_with_pipeline),
+    # its denoise needs the context's packing, bound when a model is loaded
+    "hunyuanvideo15": Family("hunyuanvideo15", hunyuan15.DENOISER_CLASS, hunyuan15.PIPELINE_CLASS, hunyuan15.denoise,
+                             hunyuan15.encode),
 }
 
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}

@@ -17,7 +17,7 @@ from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, en
 DEFAULT_FRAMES = 8
 # what a precision applies to: the denoiser(s) and the text encoder; the VAE stays fp32 (it decodes
 # once per video, and its fp16/bf16 decodes are where diffusers' pipelines keep fp32 too)
-CAST_COMPONENTS = ("transformer", "transformer_2", "unet", "text_encoder")
+CAST_COMPONENTS = ("transformer", "transformer_2", "unet", "text_encoder", "text_encoder_2")
 
 
 def quiet_libraries() -> None:
@@ -56,6 +56,8 @@ def _default_shapes(family: Family, denoiser, vae_scale_factor: int) -> VideoSha
         return VideoShapes(batch=1, frames=81, height=480, width=832)
     if family.name == "cogvideox":  # the published shape: 49 frames (13 latent frames) of 480x720
         return VideoShapes(batch=1, frames=49, height=480, width=720)
+    if family.name == "hunyuanvideo15":  # the published 480p shape: 121 frames (31 latent frames) of 480x848
+        return VideoShapes(batch=1, frames=121, height=480, width=848)
     config = denoiser.config
     latent = config.get("sample_size", 32)
     latent = latent[0] if isinstance(latent, (list, tuple)) else latent
@@ -75,6 +77,11 @@ def _text_dims(family: Family, denoiser, pipe) -> tuple[int, int]:
             length = min(length, int(pipe.tokenizer.model_max_length))
     elif family.name == "cogvideox":  # the pipeline's max_sequence_length must equal the transformer's
         dim, length = denoiser.config.text_embed_dim, denoiser.config.max_text_seq_length
+    elif family.name == "hunyuanvideo15":  # the packed context: glyph and Qwen rows, one mask column
+        from .hunyuan15 import packing_of
+
+        packing = packing_of(denoiser.config)
+        return packing.length, packing.width + 1
     else:
         dim = denoiser.config.cross_attention_dim
         length = pipe.tokenizer.model_max_length if pipe is not None else 77
@@ -144,6 +151,17 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
 
         cogvideox.refuse_unsupported(denoiser.config, spec)
         temporal_scale, vae_scale = cogvideox.vae_scales(pipe.vae)
+    elif family.name == "hunyuanvideo15":
+        from functools import partial
+
+        from . import hunyuan15
+
+        hunyuan15.refuse_unsupported(denoiser.config, spec)
+        packing = hunyuan15.packing_of(denoiser.config)
+        denoise_call = partial(hunyuan15.denoise, packing=packing)
+        extra["context_mask"] = partial(hunyuan15.example_mask, packing=packing)
+        temporal_scale, vae_scale = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
+        latent_channels = int(denoiser.config.out_channels)
     elif getattr(pipe, "vae", None) is not None:
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     else:  # no VAE: pixel space, RGB frames packed space-to-depth into the channels (3·k² of them)
@@ -163,6 +181,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
     image_encoder = getattr(pipe, "image_encoder", None) if conditioning is not None else None
     if conditioning is not None:
         extra["conditioning"] = conditioning.to_dict()
+    context_mask = extra.pop("context_mask", None)
     return VideoModel(
         spec=spec, family=family.name, denoiser=denoiser, scheduler=pipe.scheduler,
         text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, pipeline=pipe, shapes=default,
@@ -175,7 +194,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,
               "scheduler_class": type(pipe.scheduler).__name__},
         temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
-        conditioning=conditioning,
+        conditioning=conditioning, context_mask=context_mask,
     )
 
 

@@ -115,6 +115,8 @@ register_family(Family("wan", "diffusion", "Wan 2.1 / 2.2 WanTransformer3DModel 
                        "WanImageToVideoPipeline: image conditioning), full 3-D attention", "full"))
 register_family(Family("cogvideox", "diffusion", "CogVideoX CogVideoXTransformer3DModel (CogVideoXPipeline), joint "
                        "text + video 3-D attention", "full"))
+register_family(Family("hunyuanvideo15", "diffusion", "HunyuanVideo 1.5 HunyuanVideo15Transformer3DModel "
+                       "(HunyuanVideo15Pipeline), joint video + text 3-D attention with a text padding mask", "full"))
 register_family(Family("cogvideo", "autoregressive", "CogVideo (SwissArmyTransformer names), stage 1 and stage 2"))
 
 _BUILDERS = "f3compile.models.builtin"
@@ -172,6 +174,11 @@ for _builtin in (
             "CogVideoX-2B (30 layers, 30x64 heads, sincos positions), 49 frames 480x720", "preset", {"size": "2b"}),
     Builtin("arch-cogvideox-5b", "cogvideox", "f3compile.models.cogvideox:build_arch_cogvideox", (49, 480, 720),
             "CogVideoX-5B (42 layers, 48x64 heads, 3-D RoPE), 49 frames 480x720", "preset", {"size": "5b"}),
+    Builtin("tiny-hunyuanvideo1.5", "hunyuanvideo15", "f3compile.models.hunyuan15:build_tiny_hunyuan15", (17, 64, 64),
+            "HunyuanVideo15Transformer3DModel, 2 blocks of 4x16 heads, 1256 context tokens after the video (ByT5 + "
+            "Qwen2.5-VL stand-ins, padding masked), VAE 4x16x16 (17 frames -> 5 latent frames of 4x4)", "tiny"),
+    Builtin("arch-hunyuanvideo1.5", "hunyuanvideo15", "f3compile.models.hunyuan15:build_arch_hunyuan15", (121, 480, 848),
+            "HunyuanVideo 1.5 (54 blocks, 16x128 heads, 32 latent channels, VAE 4x16x16), 121 frames 480x848", "preset"),
     Builtin("tiny-cogvideo", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,
             "CogVideo stage 1, 3 layers of 64, 5 frames of 4x4 tokens", "tiny", {"stage": 1}),
     Builtin("tiny-cogvideo-stage2", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,

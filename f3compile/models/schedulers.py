@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from ..errors import F3Error
 
-FLOW_FAMILIES = ("wan",)
-
 
 def _dpm(config) -> str | None:
     if str(config.get("algorithm_type", "")).startswith("sde"):
@@ -31,24 +29,29 @@ def _flow_euler(config) -> str | None:
     return None
 
 
-# class name -> check of its config (None: runs with parity); each reproduces the pipeline in tests
+# family -> class name -> check of its config (None: runs with parity); each reproduces the pipeline in tests
 FLOW_SCHEDULERS = {
-    "FlowMatchEulerDiscreteScheduler": _flow_euler,
-    "UniPCMultistepScheduler": lambda config: None,
-    "DPMSolverMultistepScheduler": _dpm,
-    "DDIMScheduler": lambda config: None,  # builtin:ref-wan's (v-prediction); eta 0, as the pipeline steps it
+    "wan": {
+        "FlowMatchEulerDiscreteScheduler": _flow_euler,
+        "UniPCMultistepScheduler": lambda config: None,
+        "DPMSolverMultistepScheduler": _dpm,
+        "DDIMScheduler": lambda config: None,  # builtin:ref-wan's (v-prediction); eta 0, as the pipeline steps it
+    },
+    # the pipeline hands the scheduler its own sigmas (`sampling.FAMILY_SIGMAS`): flow-matching Euler, as shipped
+    "hunyuanvideo15": {"FlowMatchEulerDiscreteScheduler": _flow_euler},
 }
 
 
 def check_scheduler(family: str, scheduler, where: str) -> None:
     """Refuse, in one line, a sampler that `family`'s pipeline would not run as f3compile does."""
-    if family not in FLOW_FAMILIES or scheduler is None:
+    if family not in FLOW_SCHEDULERS or scheduler is None:
         return
     name = type(scheduler).__name__
-    check = FLOW_SCHEDULERS.get(name)
+    supported = FLOW_SCHEDULERS[family]
+    check = supported.get(name)
     if check is None:
         raise F3Error(f"{where}: scheduler {name} is not supported with {family} (its pipeline neither scales the "
-                      f"noise nor the model input); use one of: {', '.join(FLOW_SCHEDULERS)}")
+                      f"noise nor the model input); use one of: {', '.join(supported)}")
     reason = check(dict(scheduler.config))
     if reason:
         raise F3Error(f"{where}: scheduler {name} {reason}")

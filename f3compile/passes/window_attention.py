@@ -52,6 +52,7 @@ from .base import (PassResult, RewriteSpec, aten, get_attr_tensor, graph_pass, l
 __all__ = ["window_attention", "head_groups", "window_frames", "window_slots"]
 
 _LINEAR_BY_ROWS = ("to_q", "to_k", "to_v")
+_OUTPUTS = ("to_out.0", "to_add_out")  # the output projections (joint attention's context has its own)
 _RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
@@ -65,17 +66,24 @@ def _dtype(node: fx.Node) -> torch.dtype:
     return value.dtype if isinstance(value, torch.Tensor) else torch.float32
 
 
+def _outputs(nodes: list[fx.Node], unit, prefix: str) -> list[fx.Node]:
+    """The unit's output projections: `to_out.0`, and `to_add_out` where the context has its own."""
+    found = [linear_of(nodes, f"{unit.id}.{name}", prefix) for name in _OUTPUTS]
+    return [node for node in found if node is not None]
+
+
 def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: tuple[int, ...], prefix: str) -> None:
-    """Rows of q/k/v (and per-channel norms over all heads), columns of the output projection."""
+    """Rows of q/k/v (the context's too: `add_*_proj`, and per-channel norms over all heads), columns
+    of the output projections."""
     rows = head_rows(order, unit.head_dim)
     width = unit.heads * unit.head_dim
-    linears = {name: linear_of(nodes, f"{unit.id}.{name}", prefix) for name in (*_LINEAR_BY_ROWS, "to_out.0")}
-    if any(node is None for node in linears.values()):
+    linears = {name: linear_of(nodes, f"{unit.id}.{name}", prefix) for name in _LINEAR_BY_ROWS}
+    outs = _outputs(nodes, unit, prefix)
+    if any(node is None for node in linears.values()) or linear_of(nodes, f"{unit.id}.to_out.0", prefix) is None:
         raise F3Error(f"{unit.id}: could not find its q/k/v/out projections in the graph; windows need them")
-    out = linears.pop("to_out.0")
-    out_params = {arg for arg in out.args[1:] if isinstance(arg, fx.Node)}
+    out_params = {arg for out in outs for arg in out.args[1:] if isinstance(arg, fx.Node)}
     done: set[str] = set()
-    for node in nodes:  # every per-channel tensor of width H·d the unit reads (not the output projection's)
+    for node in nodes:  # every per-channel tensor of width H·d the unit reads (not the output projections')
         for arg in node.args:
             if not isinstance(arg, fx.Node) or arg.op != "get_attr" or arg in out_params or arg.target in done:
                 continue
@@ -83,9 +91,9 @@ def _permute_weights(gm: fx.GraphModule, nodes: list[fx.Node], unit, order: tupl
             if tensor.ndim in (1, 2) and tensor.shape[0] == width:
                 set_attr_tensor(gm, arg, tensor.detach().index_select(0, rows.to(tensor.device)).contiguous())
                 done.add(arg.target)
-    weight = out.args[1]
-    tensor = get_attr_tensor(gm, weight)
-    set_attr_tensor(gm, weight, tensor.detach().index_select(1, rows.to(tensor.device)).contiguous())
+    for out in outs:
+        tensor = get_attr_tensor(gm, out.args[1])
+        set_attr_tensor(gm, out.args[1], tensor.detach().index_select(1, rows.to(tensor.device)).contiguous())
     if not {linears[name].args[1].target for name in _LINEAR_BY_ROWS} <= done:
         raise F3Error(f"{unit.id}: its q/k/v weights are not {width} rows wide; windows need them")
 
@@ -122,6 +130,12 @@ class _GraphOps(Ops):
     def cat(self, xs, dim):
         return self._emit(aten.cat.default, xs, dim)
 
+    def pad(self, x, right):
+        return self._emit(aten.constant_pad_nd.default, x, [0, right], 0.0)
+
+    def add(self, x, y):
+        return self._emit(aten.add.Tensor, x, y)
+
     def sdpa(self, q, k, v, mask=None, scale=None):
         if mask is None:
             return self._emit(aten.scaled_dot_product_attention.default, q, k, v, scale=scale)
@@ -145,13 +159,21 @@ class _GraphOps(Ops):
             return self.graph.get_attr(attr)
 
 
-def _sdpa_scale(node: fx.Node):
-    """The kernel's explicit scale (None: 1/√d); refuses masks, dropout and causal kernels."""
+def _sdpa_scale(node: fx.Node, unit):
+    """(the kernel's explicit scale (None: 1/√d), its key bias or None); refuses dropout, causal
+    kernels and masks other than an additive key bias (B, 1, 1, N) (HunyuanVideo 1.5's padded text)."""
     names = ("attn_mask", "dropout_p", "is_causal", "scale")
     given = dict(zip(names, node.args[3:])) | {k: v for k, v in node.kwargs.items() if k in names}
-    if given.get("attn_mask") is not None or given.get("dropout_p", 0.0) or given.get("is_causal", False):
-        raise F3Error(f"{node.name}: the attention already has a mask, dropout or causal order; windows need a plain kernel")
-    return given.get("scale")
+    mask = given.get("attn_mask")
+    if mask is not None:
+        value = mask.meta.get("val") if isinstance(mask, fx.Node) else None
+        if not isinstance(value, torch.Tensor) or value.dtype == torch.bool or value.ndim != 4 \
+                or tuple(value.shape[1:]) != (1, 1, unit.sequence):
+            raise F3Error(f"{node.name}: the attention has a mask other than an additive key bias (B, 1, 1, "
+                          f"{unit.sequence}); windows need a plain kernel or a key bias")
+    if given.get("dropout_p", 0.0) or given.get("is_causal", False):
+        raise F3Error(f"{node.name}: the attention has dropout or a causal order; windows need a plain kernel")
+    return given.get("scale"), mask
 
 
 @graph_pass("unit_rewrites.windows, unit_rewrites.pruned_heads of full 3-D attention")
@@ -180,15 +202,15 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
         if len(kernels) != 1:
             raise F3Error(f"{unit_id} has {len(kernels)} attention kernels; windows need exactly one")
         kernel = kernels[0]
-        scale = _sdpa_scale(kernel)
+        scale, bias = _sdpa_scale(kernel, unit)
         regrouping = regroup(windows, sorted(pruned), unit.heads, unit.frames)
         if regrouping.permuted:
             _permute_weights(gm, nodes, unit, regrouping.order, spec.prefix)
         kept_heads = regrouping.order[: regrouping.kept]
-        if pruned:  # the output projection keeps the kept heads' columns (the first after the permutation)
-            out = linear_of(nodes, f"{unit_id}.to_out.0", spec.prefix)
-            weight = get_attr_tensor(gm, out.args[1])
-            set_attr_tensor(gm, out.args[1], weight.detach()[:, : len(kept_heads) * unit.head_dim].contiguous())
+        if pruned:  # the output projections keep the kept heads' columns (the first after the permutation)
+            for out in _outputs(nodes, unit, spec.prefix):
+                weight = get_attr_tensor(gm, out.args[1])
+                set_attr_tensor(gm, out.args[1], weight.detach()[:, : len(kept_heads) * unit.head_dim].contiguous())
             width = unit.heads * unit.head_dim
             for node in nodes:  # (B, N, heads, d) -> (B, N, heads·d) written with the full width (CogVideoX)
                 source = shape_of(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
@@ -198,7 +220,7 @@ def window_attention(gm: fx.GraphModule, spec: RewriteSpec) -> PassResult:
         q, k, v = kernel.args[:3]
         ops = _GraphOps(gm, kernel, constants)
         geometry = Geometry(unit.text_tokens, unit.frames, unit.tokens, unit.head_dim)
-        result = grouped_attention(ops, q, k, v, regrouping, geometry, scale)
+        result = grouped_attention(ops, q, k, v, regrouping, geometry, scale, bias)
         kernel.replace_all_uses_with(result)
         stack = kernel.meta.get("nn_module_stack")
         gm.graph.erase_node(kernel)

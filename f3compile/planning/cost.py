@@ -86,7 +86,9 @@ class ModelCost:
             norm = getattr(modules.get(parent), attr.replace("attn", "norm"), None) if attr.startswith("attn") else None
             unit_params[unit.id] = {
                 "q": _params(attention.to_q), "k": _params(attention.to_k), "v": _params(attention.to_v),
-                "out_weight": attention.to_out[0].weight.numel(),
+                # joint attention (HunyuanVideo 1.5): the context's output projection loses pruned heads too
+                "out_weight": attention.to_out[0].weight.numel() + (
+                    attention.to_add_out.weight.numel() if getattr(attention, "to_add_out", None) is not None else 0),
                 "out_bias": 0 if attention.to_out[0].bias is None else attention.to_out[0].bias.numel(),
                 "attention": _params(attention),
                 "norm": _params(norm) if isinstance(norm, nn.Module) else 0,
@@ -100,8 +102,10 @@ class ModelCost:
 
     def _attention_split(self, unit_id: str) -> dict[str, int]:
         flops = self.flops
-        q, k, v = (flops.get(f"{unit_id}.{name}", 0) for name in ("to_q", "to_k", "to_v"))
-        out = flops.get(f"{unit_id}.to_out.0", 0)
+        # joint attention projects the context with its own add_q/k/v_proj and to_add_out
+        q, k, v = (flops.get(f"{unit_id}.{name}", 0) + flops.get(f"{unit_id}.add_{name[-1]}_proj", 0)
+                   for name in ("to_q", "to_k", "to_v"))
+        out = flops.get(f"{unit_id}.to_out.0", 0) + flops.get(f"{unit_id}.to_add_out", 0)
         total = flops.get(unit_id, 0)
         return {"q": q, "k": k, "v": v, "out": out, "core": total - q - k - v - out, "total": total}
 

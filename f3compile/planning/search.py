@@ -159,7 +159,7 @@ class _Runner:
 
                 final = denoise_loop(self._denoise, self.model.scheduler, start.clone(), cond, uncond, self.steps,
                                      self.guidance, generator, on_state=on_state if record else None,
-                                     condition=condition)
+                                     condition=condition, family=self.model.family)
                 for index in [i for i in kept if kept[i][2] is None]:  # the last step's
                     kept[index] = (*kept[index][:2], final.cpu())
                 finals.append(final)

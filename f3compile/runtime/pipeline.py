@@ -225,7 +225,7 @@ class Runtime:
         try:
             final = denoise_loop(None, self.scheduler, start, cond.to(self.device), uncond.to(self.device), steps,
                                  guidance_scale, generator, eta=eta, denoise_for=self.sequencer(), layout=layout,
-                                 condition=condition,
+                                 condition=condition, family=self.manifest["model"].get("family"),
                                  on_step=None if bar is None else (lambda index, t: bar.update(1 if index else 0)))
             if bar is not None:
                 bar.update(bar.total - bar.n)  # the last step ends after its call

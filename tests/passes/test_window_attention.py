@@ -11,9 +11,10 @@ from f3compile.models import load_model
 from f3compile.models.discovery import find_temporal_units
 from f3compile.passes import PassManager, RewriteSpec, UnitRewrite, window_attention
 from f3compile.passes.base import aten, region
+from f3compile.passes.cleanup import run_cleanup
 from f3compile.planning.cost import count_flops, window_core_share
 from tests.helpers import TINY_FULL, rel
-from tests.passes.window_reference import banded
+from tests.passes.window_reference import banded, reference_denoise
 
 EXACT = 1e-5  # fp32, relative L2: the rewrite regroups heads (an RMS over permuted channels rounds differently)
 
@@ -38,7 +39,7 @@ def _rewrite(program, units, windows_by_unit, passes=None):
 
 def _reference(model, units, windows_by_unit, inputs):
     with torch.no_grad(), banded(model.denoiser, units, windows_by_unit):
-        return model.denoise(*inputs)
+        return reference_denoise(model, inputs)
 
 
 CASES = {
@@ -111,7 +112,9 @@ def test_negative_cross_attention_and_unplanned_units_are_untouched(wan):
     first, second = units[0], units[1]
     gm, _, _ = _rewrite(program, units, {first.id: [0] * first.heads})
     before = program.module()
-    for path in (second.id, second.id.replace("attn1", "attn2"), first.id.replace("attn1", "attn2")):
+    run_cleanup(before)  # as the clean-up after the rewrite does (the last joint block's text output is unused)
+    cross = [unit.id.replace("attn1", "attn2") for unit in (second, first) if unit.id.endswith("attn1")]  # none: joint
+    for path in [second.id, *cross]:
         old = [n.target for n in region(before.graph, path, "denoiser.")]
         new = [n.target for n in region(gm.graph, path, "denoiser.")]
         assert old == new, path
@@ -148,8 +151,12 @@ def _head_zeroing(model, units, pruned_by_unit):
         keep = torch.ones(unit.heads * unit.head_dim)
         for head in heads:
             keep[head * unit.head_dim:(head + 1) * unit.head_dim] = 0
-        handles.append(modules[unit.id].to_out[0].register_forward_pre_hook(
-            lambda m, args, keep=keep: (args[0] * keep,) + tuple(args[1:])))
+        attention = modules[unit.id]
+        # joint attention: the context's own output projection loses the head too
+        for projection in (attention.to_out[0], getattr(attention, "to_add_out", None)):
+            if projection is not None:
+                handles.append(projection.register_forward_pre_hook(
+                    lambda m, args, keep=keep: (args[0] * keep,) + tuple(args[1:])))
     return handles
 
 
@@ -182,10 +189,14 @@ def test_pruned_heads_alone_and_with_windows_equal_the_reference(wan, with_windo
     cost = ModelCost.measure(model, units)
     removed, params = cost.stage_removed(Stage(timesteps=(999, 0), windows=windows,
                                                prune_heads={k: list(v) for k, v in pruned.items()}))
-    dense_total, _ = count_flops(program.module(), inputs)
+    dense = program.module()
+    run_cleanup(dense)  # as every rewrite's clean-up does (the last joint block's text output is unused)
+    dense_total, _ = count_flops(dense, inputs)
     ours_total, _ = count_flops(gm, inputs)
     assert ours_total == pytest.approx(dense_total - removed, rel=1e-6)
-    assert params == sum(len(pruned[u.id]) * u.head_dim * u.channels for u in units)
+    modules = dict(model.denoiser.named_modules())
+    outputs = {u.id: 1 + (getattr(modules[u.id], "to_add_out", None) is not None) for u in units}  # joint: the context's too
+    assert params == sum(len(pruned[u.id]) * u.head_dim * u.channels * outputs[u.id] for u in units)
 
 
 def test_idempotent(wan):
@@ -209,18 +220,22 @@ def test_counted_flops_fall_as_predicted(wan):
     model, units, program, inputs = wan
     windows = {u.id: CASES["mixed"](u) for u in units}
     gm, _, _ = _rewrite(program, units, windows)
-    dense_total, _ = count_flops(program.module(), inputs)
+    dense = program.module()
+    run_cleanup(dense)  # as the rewrite's clean-up (HunyuanVideo 1.5: the last block's context stream is unused)
+    dense_total, _ = count_flops(dense, inputs)
     ours_total, _ = count_flops(gm, inputs)
     cost = ModelCost.measure(model, units)
     removed, _ = cost.stage_removed(Stage(timesteps=(999, 0), windows=windows))
-    assert dense_total == cost.total_flops
+    assert count_flops(program.module(), inputs)[0] == cost.total_flops
     assert removed > 0
     assert ours_total == pytest.approx(dense_total - removed, rel=1e-6)
     # the share itself, counted by hand: tiny-wan T=0, F=5, S=16: W=1 keeps 3 of 5 frames' keys, W=0 one;
-    # tiny-cogvideox T=16, F=5, S=16 (N=96): W=1 keeps (16·96 + 80·(16 + 48)) of 96², W=0 (16·96 + 80·32)
+    # tiny-cogvideox T=16, F=5, S=16 (N=96): W=1 keeps (16·96 + 80·(16 + 48)) of 96², W=0 (16·96 + 80·32);
+    # tiny-hunyuanvideo1.5 T=1256 (padding included), N=1336: W=1 (1256·1336 + 80·(1256 + 48)), W=0 (… + 80·1272)
     unit = units[0]
-    by_hand = {0: 1 / 5, 1: 3 / 5} if unit.text_tokens == 0 else {0: 4096 / 9216, 1: 6656 / 9216}
-    assert (unit.text_tokens, unit.frames, unit.tokens) in ((0, 5, 16), (16, 5, 16))
+    by_hand = {0: {0: 1 / 5, 1: 3 / 5}, 16: {0: 4096 / 9216, 1: 6656 / 9216},
+               1256: {0: 1779776 / 1336 ** 2, 1: 1782336 / 1336 ** 2}}[unit.text_tokens]
+    assert (unit.text_tokens, unit.frames, unit.tokens) in ((0, 5, 16), (16, 5, 16), (1256, 5, 16))
     for window, share in by_hand.items():
         assert window_core_share(unit, window) == pytest.approx(share)
     assert window_core_share(unit, unit.frames - 1) == 1.0
@@ -229,8 +244,8 @@ def test_counted_flops_fall_as_predicted(wan):
 def test_a_dropped_wan_block_passes_its_input_through(wan):
     """Dropping a whole block of full 3-D attention: Wan's block reads the timestep embedding through
     a cast that fp32 tracing hands on to every later block, yet the block goes as a whole and the
-    program equals the model with that block returning its input. CogVideoX's blocks return video and
-    text (two outputs) and are refused in one line."""
+    program equals the model with that block returning its input. CogVideoX's and HunyuanVideo 1.5's
+    blocks return video and text (two outputs) and are refused in one line."""
     from f3compile.passes import BlockRewrite
     from f3compile.planning.cost import ModelCost
 
@@ -238,7 +253,7 @@ def test_a_dropped_wan_block_passes_its_input_through(wan):
     block = units[0].block
     spec = RewriteSpec(units={u.id: u for u in units}, block_rewrites={block: BlockRewrite(drop=True)})
     gm = program.module()
-    if model.family == "cogvideox":
+    if model.family in ("cogvideox", "hunyuanvideo15"):  # joint blocks: video and text out
         with pytest.raises(F3Error, match="2 outputs"):
             PassManager()(gm, spec)
         return

@@ -1,5 +1,7 @@
 """The independent reference for windowed heads: diffusers' own attention processor, handed a
-block-banded boolean mask per head (nothing of f3compile's rewrite is used)."""
+block-banded boolean mask per head (nothing of f3compile's rewrite is used). HunyuanVideo 1.5 runs
+through diffusers' own transformer forward (`reference_denoise`), whose processor masks padded text
+itself: the band is combined with that mask."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ from contextlib import contextmanager
 import torch
 
 
-def banded_mask(windows, frames: int, tokens: int, text: int) -> torch.Tensor:
+def banded_mask(windows, frames: int, tokens: int, text: int, text_first: bool = True) -> torch.Tensor:
     """(1, H, N, N) bool: head h lets a video query of frame f see the keys of frames g with
-    |f − g| ≤ windows[h] and every text key; text queries and dense heads (None) see everything."""
+    |f − g| ≤ windows[h] and every text key; text queries and dense heads (None) see everything.
+    The text tokens come first, or (`text_first` False) after the video tokens."""
     length = text + frames * tokens
     frame = torch.full((length,), -1)
-    frame[text:] = torch.arange(frames).repeat_interleave(tokens)
+    video = slice(text, length) if text_first else slice(0, frames * tokens)
+    frame[video] = torch.arange(frames).repeat_interleave(tokens)
     distance = (frame[:, None] - frame[None, :]).abs()
     is_text_row, is_text_col = frame[:, None] < 0, frame[None, :] < 0
     masks = []
@@ -26,17 +30,21 @@ def banded_mask(windows, frames: int, tokens: int, text: int) -> torch.Tensor:
 
 
 class _MaskKernel(torch.overrides.TorchFunctionMode):
-    """Hands `mask` to the one scaled_dot_product_attention call the processor makes."""
+    """Hands `mask(sequence length)` to the one scaled_dot_product_attention call the processor makes."""
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask):
         super().__init__()
         self.mask, self.calls = mask, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func is torch.nn.functional.scaled_dot_product_attention:
-            assert kwargs.get("attn_mask") is None and len(args) <= 3, "the processor already masks"
-            kwargs["attn_mask"] = self.mask.to(args[0].device if args else kwargs["query"].device)
+            assert len(args) <= 3
+            query = args[0] if args else kwargs["query"]
+            mask = self.mask(query.shape[-2]).to(query.device)
+            given = kwargs.get("attn_mask")
+            assert given is None or given.dtype == torch.bool, "the processor's own mask is a boolean one"
+            kwargs["attn_mask"] = mask if given is None else given & mask
             self.calls += 1
         return func(*args, **kwargs)
 
@@ -76,8 +84,36 @@ def banded(denoiser, units, windows_by_unit: dict):
                 continue
             module = modules[unit.id]
             saved[unit.id] = module.processor
-            module.processor = _Banded(module.processor, banded_mask(windows, unit.frames, unit.tokens, unit.text_tokens))
+            text_first = type(denoiser).__name__ != "HunyuanVideo15Transformer3DModel"  # diffusers: video, then text
+
+            def mask(length, windows=windows, unit=unit, text_first=text_first):  # diffusers' sequence may hold more text
+                return banded_mask(windows, unit.frames, unit.tokens, length - unit.frames * unit.tokens, text_first)
+            module.processor = _Banded(module.processor, mask)
         yield
     finally:
         for unit_id, processor in saved.items():
             modules[unit_id].processor = processor
+
+
+GLYPH_ROWS, IMAGE_TOKENS = 256, 729  # HunyuanVideo15Pipeline's ByT5 length and image tokens
+
+
+def reference_denoise(model, inputs):
+    """The model's denoiser called as its diffusers pipeline calls it: HunyuanVideo 1.5's transformer
+    forward on the packed context taken apart here (glyph rows, then Qwen rows, the mask in the last
+    column), zero condition channels and zero image embeddings, as `HunyuanVideo15Pipeline` passes them
+    for text-to-video; every other family through `model.denoise`."""
+    if model.family != "hunyuanvideo15":
+        return model.denoise(*inputs)
+    sample, timestep, context = inputs
+    transformer = model.denoiser
+    config = transformer.config
+    mask = context[..., -1]
+    batch, channels, frames, height, width = sample.shape
+    hidden = torch.cat([sample, sample.new_zeros(batch, config.in_channels - channels, frames, height, width)], dim=1)
+    return transformer(hidden_states=hidden, timestep=torch.as_tensor(timestep).reshape(-1).expand(batch),
+                       encoder_hidden_states=context[:, GLYPH_ROWS:, :config.text_embed_dim],
+                       encoder_attention_mask=mask[:, GLYPH_ROWS:],
+                       encoder_hidden_states_2=context[:, :GLYPH_ROWS, :config.text_embed_2_dim],
+                       encoder_attention_mask_2=mask[:, :GLYPH_ROWS],
+                       image_embeds=sample.new_zeros(batch, IMAGE_TOKENS, config.image_embed_dim), return_dict=False)[0]

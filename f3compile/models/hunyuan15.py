@@ -1,0 +1,320 @@
+"""HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel` in `HunyuanVideo15Pipeline`): joint attention
+over the video tokens and the text tokens.
+
+Each block `transformer_blocks.i` holds `attn`, one self-attention over every video token of every
+latent frame (patch 1×1×1, flattened frame-major) together with the context tokens, which have their
+own q/k/v and output projections (`add_*_proj`, `to_add_out`); rotary embeddings go on the video
+tokens only. diffusers runs the video tokens first and masks padded context tokens with a (B, 1, N, N)
+boolean mask built in every block. f3compile's programs run the same attention with the context
+first and an additive key mask (B, 1, 1, N) built once per call (`JointProcessor`): attention over a
+permuted sequence is the same attention, the mask on the keys is the mask diffusers applies to every
+query that is not padding, and nothing of size N² is ever formed. So the unit's sequence is laid out
+as CogVideoX's (the context first, then the frames) with a key mask on the context.
+
+The context, one tensor (`pack`): for each prompt the ByT5 glyph-text states (256 rows; all masked
+when the prompt quotes no text) and the Qwen2.5-VL states (1000 rows, the template cropped), as
+`HunyuanVideo15Pipeline.encode_prompt` makes them, each row zero-padded to the wider width with its
+mask in one more, last column. `denoise` takes it apart and runs the transformer's own submodules in
+the order of its forward, without the forward's reordering of valid tokens (data-dependent shapes a
+program cannot hold; the order of the keys does not change attention), and with the text refiner's
+mask on keys only (a padded query row attends the valid keys instead of none: finite in every
+backend, and never read). Text-to-video: the latents are followed by zero condition channels inside
+the program, and the image tokens, all masked for text-to-video, are left out.
+
+The pipeline samples with `FlowMatchEulerDiscreteScheduler` on sigmas `linspace(1, 0, n + 1)[:-1]`
+(`sampling.FAMILY_SIGMAS`), the shift applied by the scheduler; classifier-free guidance by its guider
+(`guidance_scale`); latents are divided by the VAE's `scaling_factor` before decoding.
+
+The builders make the tiny test model (`builtin:tiny-hunyuanvideo1.5`) and the published
+architecture with random weights (`builtin:arch-hunyuanvideo1.5`, width-scalable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PIPELINE_CLASS = "HunyuanVideo15Pipeline"
+DENOISER_CLASS = "HunyuanVideo15Transformer3DModel"
+QWEN_LENGTH, QWEN_CROP = 1000, 108  # the pipeline's tokenizer_max_length and template crop
+BYT5_LENGTH = 256  # its tokenizer_2_max_length
+# The published transformer (tencent/HunyuanVideo-1.5 transformer/480p_t2v/config.json, the defaults of
+# diffusers' class): 54 dual-stream blocks of 16 heads x 128, MLP ratio 4, two refiner blocks, text
+# 3584 (Qwen2.5-VL-7B), glyph text 1472 (ByT5-small), image 1152 (SigLIP), 32 latent channels.
+PUBLISHED = dict(num_layers=54, num_attention_heads=16, attention_head_dim=128, mlp_ratio=4.0, num_refiner_layers=2,
+                 text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, in_channels=65, out_channels=32,
+                 rope_axes_dim=(16, 56, 56))
+FLOW_SHIFT = 5.0  # the 480p text-to-video shift of the published scheduler (7.0 at 720p)
+GUIDANCE = 6.0  # the published guider's guidance_scale
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where each part of the packed context lies: `byt5` rows of `byt5_width`, then `qwen` rows of
+    `qwen_width`, each row `width` wide with its mask in column `width`."""
+
+    byt5: int
+    byt5_width: int
+    qwen: int
+    qwen_width: int
+
+    @property
+    def width(self) -> int:
+        return max(self.byt5_width, self.qwen_width)
+
+    @property
+    def length(self) -> int:
+        return self.byt5 + self.qwen
+
+    def to_dict(self) -> dict:
+        return {"byt5": self.byt5, "byt5_width": self.byt5_width, "qwen": self.qwen, "qwen_width": self.qwen_width}
+
+
+def packing_of(config, byt5_length: int = BYT5_LENGTH, qwen_length: int = QWEN_LENGTH) -> Packing:
+    get = config.get if isinstance(config, dict) else config.__getitem__
+    return Packing(byt5_length, int(get("text_embed_2_dim")), qwen_length, int(get("text_embed_dim")))
+
+
+def pack(qwen: torch.Tensor, qwen_mask: torch.Tensor, byt5: torch.Tensor, byt5_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 256 + 1000, width + 1): the glyph-text rows, then the Qwen rows, zero-padded to one width,
+    each with its mask (1 valid, 0 padding) in the last column."""
+    width = max(qwen.shape[-1], byt5.shape[-1])
+    rows = []
+    for states, mask in ((byt5, byt5_mask), (qwen, qwen_mask)):
+        states = F.pad(states.float(), (0, width - states.shape[-1]))
+        rows.append(torch.cat([states, mask.to(states).unsqueeze(-1)], dim=-1))
+    return torch.cat(rows, dim=1)
+
+
+def unpack(context: torch.Tensor, packing: Packing):
+    """(qwen, qwen_mask, byt5, byt5_mask) of a packed context (masks as booleans)."""
+    mask = context[..., -1] > 0.5
+    byt5 = context[:, :packing.byt5, :packing.byt5_width]
+    qwen = context[:, packing.byt5:packing.length, :packing.qwen_width]
+    return qwen, mask[:, packing.byt5:packing.length], byt5, mask[:, :packing.byt5]
+
+
+def example_mask(context: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """`context` with its mask column as a tokenizer pads: in batch row b of B, the first
+    (b + 1) / (B + 1) of the glyph rows and of the Qwen rows valid, the others padding (zeroed)."""
+    batch = context.shape[0]
+    out = context.clone()
+    for row in range(batch):
+        for start, count in ((0, packing.byt5), (packing.byt5, packing.qwen)):
+            valid = max(1, count * (row + 1) // (batch + 1))
+            out[row, start:start + count, -1] = 0.0
+            out[row, start:start + valid, -1] = 1.0
+            out[row, start + valid:start + count, :-1] = 0.0
+    return out
+
+
+def key_bias(mask: torch.Tensor, video: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, T + video) additive: 0 on valid context keys and every video key, the dtype's lowest
+    value on padded context keys (the context first, as `JointProcessor` lays the sequence out)."""
+    lowest = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=mask.device)
+    bias = torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), lowest)
+    return F.pad(bias, (0, video)).reshape(mask.shape[0], 1, 1, -1)
+
+
+class JointProcessor:
+    """The blocks' attention as diffusers' `HunyuanVideo15AttnProcessor2_0` computes it for every
+    non-padding query, over `cat([context, video])` with the additive key bias `attention_mask`
+    (B, 1, 1, T + N) (`key_bias`); one `scaled_dot_product_attention` on (B, H, T + N, d).
+    `project_context` False (the last block, whose context output nothing reads): the context's
+    output is zeros instead of its projection."""
+
+    def __init__(self, project_context: bool = True):
+        self.project_context = project_context
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        def heads(x):
+            return x.unflatten(2, (attn.heads, -1))
+
+        query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
+        value = heads(attn.to_v(hidden_states))
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        text_query = heads(attn.add_q_proj(encoder_hidden_states))
+        text_key = heads(attn.add_k_proj(encoder_hidden_states))
+        text_value = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            text_query = attn.norm_added_q(text_query)
+        if attn.norm_added_k is not None:
+            text_key = attn.norm_added_k(text_key)
+        text = encoder_hidden_states.shape[1]
+        query, key, value = (torch.cat([t, v], dim=1).transpose(1, 2)
+                             for t, v in ((text_query, query), (text_key, key), (text_value, value)))
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        text_out, out = out[:, :text], out[:, text:]
+        text_out = attn.to_add_out(text_out) if self.project_context else torch.zeros_like(encoder_hidden_states)
+        return attn.to_out[1](attn.to_out[0](out)), text_out
+
+
+_PROCESSOR, _LAST = JointProcessor(), JointProcessor(project_context=False)
+
+
+def _refine(embedder, states: torch.Tensor, mask: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """`HunyuanVideo15TokenRefiner.forward` with its mask on keys only (a padded query row sees the
+    valid keys rather than none; every valid row is the same)."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    pooled = (states * weights).sum(dim=1) / weights.sum(dim=1)
+    temb = embedder.time_text_embed(timestep, pooled)
+    hidden = embedder.proj_in(states)
+    keys = mask.reshape(mask.shape[0], 1, 1, -1)
+    for block in embedder.token_refiner.refiner_blocks:
+        hidden = block(hidden, temb, keys)
+    return hidden
+
+
+def denoise(denoiser, sample, timestep, encoder_hidden_states, *, packing: Packing):
+    """sample (B, C, F, h, w) (C: the latents, or the latents followed by an image-to-video model's
+    condition channels), timestep (B,) or scalar, the packed context (B, T, D + 1) -> (B, 32, F, h, w)."""
+    config = denoiser.config
+    batch, channels, frames, height, width = sample.shape
+    missing = int(config.in_channels) - channels
+    if missing:  # text-to-video: zero condition latents and mask
+        sample = torch.cat([sample, sample.new_zeros(batch, missing, frames, height, width)], dim=1)
+    t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(sample.dtype).expand(batch)
+    qwen, qwen_mask, byt5, byt5_mask = unpack(encoder_hidden_states.to(sample.dtype), packing)
+    rotary = denoiser.rope(sample)
+    temb = denoiser.time_embed(t)
+    hidden = denoiser.x_embedder(sample)
+    kinds = denoiser.cond_type_embed.weight
+    qwen = _refine(denoiser.context_embedder, qwen, qwen_mask, t) + kinds[0]
+    byt5 = denoiser.context_embedder_2(byt5) + kinds[1]
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    context = torch.cat([torch.where(byt5_mask.unsqueeze(-1), byt5, zero), torch.where(qwen_mask.unsqueeze(-1), qwen, zero)],
+                        dim=1)
+    bias = key_bias(torch.cat([byt5_mask, qwen_mask], dim=1), hidden.shape[1], hidden.dtype)
+    blocks = denoiser.transformer_blocks
+    originals = [block.attn.processor for block in blocks]
+    try:
+        for number, block in enumerate(blocks):
+            block.attn.processor = _PROCESSOR if number < len(blocks) - 1 else _LAST
+        for block in blocks:
+            hidden, context = block(hidden, context, temb, bias, rotary)
+    finally:
+        for block, original in zip(blocks, originals):
+            block.attn.processor = original
+    hidden = denoiser.proj_out(denoiser.norm_out(hidden, temb))
+    p_t, p = int(config.patch_size_t), int(config.patch_size)
+    hidden = hidden.reshape(batch, frames // p_t, height // p, width // p, -1, p_t, p, p)
+    hidden = hidden.permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def encode(model, prompts: list[str], negative: list[str]):
+    """(cond, uncond) packed contexts, each prompt encoded exactly as `HunyuanVideo15Pipeline.encode_prompt`
+    encodes it (Qwen2.5-VL's third-last hidden states behind the cropped template; ByT5 on the quoted
+    glyph text)."""
+    pipe = model.pipeline
+    device = next(pipe.text_encoder.parameters()).device
+
+    def one(texts):
+        qwen, qwen_mask, byt5, byt5_mask = pipe.encode_prompt(texts, device=device, batch_size=len(texts))
+        return pack(qwen, qwen_mask, byt5, byt5_mask).cpu()
+
+    return one(list(prompts)), one(list(negative))
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 32, F, h, w) latents -> (B, frames, H, W, 3) in [0, 1], as the pipeline decodes them."""
+    video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return (video.permute(0, 2, 3, 4, 1).float() / 2 + 0.5).clamp(0, 1)
+
+
+def refuse_unsupported(config, where: str) -> None:
+    """Refuse, in one line, the HunyuanVideo 1.5 variants this family does not run."""
+    from ..errors import F3Error
+
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    if get("use_meanflow"):
+        raise F3Error(f"{where} is a MeanFlow model (use_meanflow: the super-resolution stage, which takes a second "
+                      "timestep); f3compile runs the HunyuanVideo 1.5 text-to-video transformers")
+
+
+def scheduler(shift: float = FLOW_SHIFT):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=shift)
+
+
+_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _text(width: int, glyph_width: int, layers: int = 3):
+    """(tokenizer, Qwen2.5-VL text model, ByT5 tokenizer, T5 encoder) stand-ins: byte-level tokens
+    with a chat template, `width` and `glyph_width` wide."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    from .components import byte_tokenizer
+
+    tokenizer = byte_tokenizer(QWEN_LENGTH + QWEN_CROP)
+    tokenizer.chat_template = _CHAT
+    heads = 2 if width < 128 else width // 128
+    section = width // heads // 2  # the rotary half-width, split over (time, height, width) as mrope wants
+    config = Qwen2_5_VLTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                                  max_position_embeddings=2048, bos_token_id=None, eos_token_id=None,
+                                  rope_scaling={"type": "mrope", "mrope_section": [section - 2 * (section // 3),
+                                                                                   section // 3, section // 3]})
+    encoder = Qwen2_5_VLTextModel(config).eval()
+    glyph_tokenizer = ByT5Tokenizer()
+    glyph_heads = 2 if glyph_width < 128 else glyph_width // 64
+    glyph = T5EncoderModel(T5Config(vocab_size=len(glyph_tokenizer), d_model=glyph_width, d_kv=glyph_width // glyph_heads,
+                                    num_heads=glyph_heads, d_ff=2 * glyph_width, num_layers=1)).eval()
+    return tokenizer, encoder, glyph_tokenizer, glyph
+
+
+def _vae(latents: int = 4):
+    """A small HunyuanVideo 1.5 VAE with the published strides: 4x in time, 16x in space."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    return AutoencoderKLHunyuanVideo15(latent_channels=latents, block_out_channels=(8, 8, 8, 8, 8),
+                                       layers_per_block=1).eval()
+
+
+def _pipeline(transformer, text_width: int, glyph_width: int, latents: int, layers: int = 3):
+    from diffusers import ClassifierFreeGuidance, HunyuanVideo15Pipeline
+
+    tokenizer, encoder, glyph_tokenizer, glyph = _text(text_width, glyph_width, layers)
+    return HunyuanVideo15Pipeline(text_encoder=encoder, tokenizer=tokenizer, transformer=transformer, vae=_vae(latents),
+                                  scheduler=scheduler(), text_encoder_2=glyph, tokenizer_2=glyph_tokenizer,
+                                  guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE))
+
+
+def build_tiny_hunyuan15():
+    """HunyuanVideo 1.5 text-to-video on tiny sizes: 2 blocks of 4 heads x 16, one refiner block,
+    4 latent channels, text 32 wide, glyph text 24."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
+        mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
+        target_size=64, task_type="t2v").eval()
+    return _pipeline(transformer, 32, 24, 4)
+
+
+def build_arch_hunyuan15(scale: float):
+    """HunyuanVideo 1.5 (8.3 B) at its published depth and head count, widths times `scale`; the text
+    encoders one-layer stand-ins of the published widths."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    from .presets import _width
+
+    head_dim = _width(PUBLISHED["attention_head_dim"], scale, 8)
+    first, second = 2 * (head_dim // 16), 2 * (head_dim * 7 // 32)
+    rope = (first, second, head_dim - first - second)  # 16:56:56 as published, every part even
+    text, glyph, image = (_width(PUBLISHED[k], scale, 8) for k in ("text_embed_dim", "text_embed_2_dim", "image_embed_dim"))
+    transformer = HunyuanVideo15Transformer3DModel(**{
+        **PUBLISHED, "attention_head_dim": head_dim, "rope_axes_dim": rope, "text_embed_dim": text,
+        "text_embed_2_dim": glyph, "image_embed_dim": image, "target_size": 480, "task_type": "t2v"}).eval()
+    return _pipeline(transformer, text, glyph, 32, layers=3)
