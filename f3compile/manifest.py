@@ -60,8 +60,11 @@ def text_encoder_info(model) -> dict[str, Any]:
         "family": model.family,
         # how prompts are tokenized and encoded: "clip" (CLIP-style, mask only if the encoder asks),
         # "t5" (lower-cased, attention mask passed), "umt5" (Wan: cleaned, mask passed, the states past
-        # each prompt's length zeroed), "hashed" (bare denoiser: seeded pseudo-embeddings)
-        "style": "hashed" if model.pipeline is None else {"latte": "t5", "wan": "umt5"}.get(model.family, "clip"),
+        # each prompt's length zeroed), "hunyuan15" (HunyuanVideo 1.5: Qwen2.5-VL behind its chat template and
+        # ByT5 on quoted text, packed with their masks), "hashed" (bare denoiser: seeded pseudo-embeddings)
+        "style": "hashed" if model.pipeline is None else {"latte": "t5", "wan": "umt5", "hunyuanvideo15": "hunyuan15"}.get(
+            model.family, "clip"),
+        **({"packing": model.info["packing"]} if "packing" in model.info else {}),  # where each part of a packed context lies
     }
 
 

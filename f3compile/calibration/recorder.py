@@ -34,7 +34,8 @@ statistic adds no full-size fp32 copy. "off" records no change (plans then take 
 
 Spatiotemporal units (full 3-D attention) are read at their attention kernel instead: while such a
 unit runs, a torch-function mode passes `scaled_dot_product_attention` through untouched and hands
-its q and k (after norms and rotary embeddings) and its output to the recorder. The probabilities
+its q and k (after norms and rotary embeddings), its key mask if it has one (HunyuanVideo 1.5's
+padded text keys) and its output to the recorder. The probabilities
 are recomputed for all heads and batch rows at once, a chunk of query rows at a time in fp32, the chunk
 sized so its probabilities stay within `chunk_bytes` (never the N×N matrix), for the video queries of
 the sampled spatial positions (`query_fraction`) of every frame; the sums stay on the device (float64)
@@ -257,12 +258,12 @@ class AttentionRecorder:
         if isinstance(norm, nn.Module):
             self._handles.append(norm.register_forward_hook(self._capture_residual(state)))
 
-        def on_kernel(query, key, scale, out):
-            self._record_kernel(state, attention, query, key, scale, out, rows, frame_of)
+        def on_kernel(arguments, out):
+            self._record_kernel(state, attention, arguments["query"], arguments["key"], arguments.get("scale"), out,
+                                rows, frame_of, arguments.get("attn_mask"))
 
         def enter(module, args):
-            mode = KernelCalls(after=lambda arguments, out: on_kernel(arguments["query"], arguments["key"],
-                                                                      arguments.get("scale"), out))
+            mode = KernelCalls(after=on_kernel)
             mode.__enter__()
             self._modes.append(mode)
 
@@ -274,11 +275,19 @@ class AttentionRecorder:
         self._handles.append(attention.register_forward_hook(leave))
 
     @torch.no_grad()
-    def _record_kernel(self, state: _UnitState, attention: nn.Module, query, key, scale, out, rows, frame_of) -> None:
+    def _record_kernel(self, state: _UnitState, attention: nn.Module, query, key, scale, out, rows, frame_of,
+                       mask=None) -> None:
         unit, step = state.unit, self.step
         if query.ndim != 4 or query.shape[1] != unit.heads or query.shape[2] != unit.sequence:
             raise F3Error(f"{unit.id} ran an attention kernel on {tuple(query.shape)}, not (B, {unit.heads}, "
                           f"{unit.sequence}, d); calibrate at the shapes it was discovered at")
+        bias = None  # a key mask (HunyuanVideo 1.5's padded text: an additive (B, 1, 1, N) bias) goes with the keys
+        if mask is not None:
+            if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+                raise F3Error(f"{unit.id} ran its attention kernel with a {tuple(mask.shape)} mask; the recorder reads "
+                              "kernels without a mask or with a key mask (B, 1, 1, N)")
+            bias = mask.float() if mask.dtype != torch.bool else torch.zeros(mask.shape, device=mask.device).masked_fill(
+                ~mask, float("-inf"))
         scale = unit.head_dim ** -0.5 if scale is None else scale
         text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
         rows = rows.to(query.device)
@@ -294,7 +303,8 @@ class AttentionRecorder:
         for start in range(0, len(rows), chunk):  # (B, H, c, N) at a time, never N x N
             where = select[start:start + chunk]  # (c, F)
             queries = query.index_select(2, rows[start:start + chunk]).float()
-            probs = torch.softmax(queries @ keys.transpose(-1, -2) * scale, dim=-1)
+            scores = queries @ keys.transpose(-1, -2) * scale
+            probs = torch.softmax(scores if bias is None else scores + bias, dim=-1)
             finite &= torch.isfinite(probs).all()
             per_frame = probs[..., text:].unflatten(-1, (frames, tokens)).sum(-1).double()  # (B, H, c, F)
             attn += torch.einsum("cf,bhcg->hfg", where, per_frame)

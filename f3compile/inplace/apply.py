@@ -23,6 +23,7 @@ and guidance branch that keeps residuals traces as one graph.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,11 @@ from torch import nn
 from ..errors import F3Error
 from ..reuse import StageClock, pattern_at
 from ..windows import EagerOps, Regrouping, head_rows, regroup
-from .processors import CogVideoXProcessor, TemporalProcessor, WanProcessor
+from .processors import CogVideoXProcessor, HunyuanProcessor, TemporalProcessor, WanProcessor
 
-_ROWS = ("to_q", "to_k", "to_v", "norm_q", "norm_k")  # modules whose output channels are heads × head_dim
+# modules whose output channels are heads × head_dim (joint attention's context projections too)
+_ROWS = ("to_q", "to_k", "to_v", "norm_q", "norm_k", "add_q_proj", "add_k_proj", "add_v_proj")
+_OUTPUTS = ("to_out", "to_add_out")  # output projections: their input columns are heads × head_dim
 
 
 @dataclass
@@ -238,6 +241,11 @@ def _processor_class(unit, attention: nn.Module, family: str):
         return WanProcessor
     if family == "cogvideox":
         return CogVideoXProcessor
+    if family == "hunyuanvideo15":
+        extra = getattr(getattr(attention, "to_add_out", None), "weight", None)
+        if not isinstance(extra, torch.Tensor) or extra.ndim != 2 or extra.shape[1] != unit.heads * unit.head_dim:
+            raise F3Error(f"{unit.id}.to_add_out is not a plain projection; apply needs it as nn.Linear")
+        return HunyuanProcessor
     raise F3Error(f"apply does not run full 3-D attention of the {family} family")
 
 
@@ -247,10 +255,19 @@ def _permute(attention: nn.Module, unit, source: tuple[int, ...], target: tuple[
     index = head_rows([position[head] for head in target], unit.head_dim)
     with torch.no_grad():  # every permuted tensor made before any is written: all or nothing
         moves = [(tensor, tensor.index_select(0, index.to(tensor.device))) for tensor in _row_tensors(attention, unit)]
-        weight = attention.to_out[0].weight
-        moves.append((weight, weight.index_select(1, index.to(weight.device))))
+        for weight in _output_weights(attention):
+            moves.append((weight, weight.index_select(1, index.to(weight.device))))
         for tensor, permuted in moves:
             tensor.copy_(permuted)
+
+
+def _output_weights(attention: nn.Module) -> list[torch.Tensor]:
+    """The output projections' weights: `to_out.0`, and joint attention's `to_add_out`."""
+    found = [attention.to_out[0].weight]
+    extra = getattr(attention, "to_add_out", None)
+    if isinstance(getattr(extra, "weight", None), torch.Tensor):
+        found.append(extra.weight)
+    return found
 
 
 def _row_tensors(attention: nn.Module, unit) -> list[torch.Tensor]:
@@ -276,7 +293,7 @@ def _check_weights(unit, attention: nn.Module) -> None:
     out = getattr(attention.to_out[0], "weight", None)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != width:
         raise F3Error(f"{unit.id}.to_out.0 is not a plain projection from {width} inputs; apply needs it as nn.Linear")
-    for tensor in [*_row_tensors(attention, unit), out]:
+    for tensor in [*_row_tensors(attention, unit), *_output_weights(attention)]:
         if tensor.is_meta or not tensor.is_floating_point() or type(tensor) not in (torch.Tensor, nn.Parameter):
             raise F3Error(f"{unit.id}: its weights are {'offloaded (on the meta device)' if tensor.is_meta else 'quantized'}; "
                           "apply regroups heads in the weights: keep them in memory in a floating dtype "
@@ -400,6 +417,8 @@ def _frames_of(family: str, module: nn.Module, sample: torch.Tensor) -> int:
         return sample.shape[2] // int(config.patch_size[0])
     if family == "cogvideox":
         return sample.shape[1] // int(config.get("patch_size_t") or 1)
+    if family == "hunyuanvideo15":
+        return sample.shape[2] // int(config.patch_size_t)
     return sample.shape[2] if sample.ndim == 5 else 0
 
 
@@ -476,6 +495,7 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
 
     set_timesteps, step, set_begin_index = scheduler.set_timesteps, scheduler.step, getattr(scheduler, "set_begin_index", None)
 
+    @functools.wraps(set_timesteps)  # pipelines read its signature (`retrieve_timesteps`: does it take sigmas?)
     def set_timesteps_(*args, **kwargs):
         result = set_timesteps(*args, **kwargs)
         state.reset()
@@ -483,6 +503,7 @@ def _install_scheduler(pipeline, model, state: PlanState, undo: list) -> None:
             predict(0)
         return result
 
+    @functools.wraps(step)
     def step_(*args, **kwargs):
         result = step(*args, **kwargs)
         state.stepped = True

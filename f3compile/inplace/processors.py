@@ -3,7 +3,8 @@
 Each processor stands in for the unit's own diffusers processor and computes what the compiled
 program computes for the unit at the current stage (read from the shared `PlanState`):
 - a dropped attention returns zeros without running (the residual add outside leaves h unchanged);
-- full 3-D attention (Wan `attn1`, CogVideoX `attn1`): diffusers' q/k/v projections, norms and rotary
+- full 3-D attention (Wan `attn1`, CogVideoX `attn1`, HunyuanVideo 1.5 `attn`): diffusers' q/k/v
+  projections (the context's own too), norms and rotary
   embeddings, then `windows.grouped_attention` on the kept heads, regrouped by the weight permutation
   `apply` made for this stage (pruned heads last: their value rows and output columns are not used);
 - temporal attention (sequence = frames): q/k/v from the kept heads' rows only, keys and values from
@@ -128,6 +129,65 @@ class CogVideoXProcessor(UnitProcessor):
         out = self.project_out(attn, out.transpose(1, 2).reshape(batch, -1, kept * d))
         encoder_out, out = out.split([text, out.size(1) - text], dim=1)
         return out, encoder_out
+
+
+class HunyuanProcessor(UnitProcessor):
+    """HunyuanVideo 1.5's joint attention: the video's q/k/v (rotary embeddings on them) and the
+    context's own (`add_*_proj`), run context first as f3compile's programs run it, with the padded
+    context keys masked by an additive key bias (`hunyuan15.key_bias`) made from diffusers' mask (B, T)
+    or handed in as it is (f3compile's own call passes the bias (B, 1, 1, T + N)); the context's output
+    through its own projection `to_add_out`, over the kept heads' columns like `to_out.0`."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from ..models.hunyuan15 import JointProcessor, key_bias
+
+        dropped, regrouping, _ = self.plan()
+        if dropped:
+            return torch.zeros_like(hidden_states), torch.zeros_like(encoder_hidden_states)
+        given_bias = attention_mask is not None and attention_mask.ndim == 4
+        if regrouping is None:
+            if given_bias:
+                return JointProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        text = encoder_hidden_states.shape[1]
+        bias = attention_mask if given_bias else None
+        if bias is None and attention_mask is not None:
+            bias = key_bias(attention_mask.bool(), hidden_states.shape[1], hidden_states.dtype)
+        d, kept = self.unit.head_dim, regrouping.kept
+
+        def heads(x):
+            return x.unflatten(2, (-1, d))
+
+        query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        text_query, text_key = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            text_query = attn.norm_added_q(text_query)
+        if attn.norm_added_k is not None:
+            text_key = attn.norm_added_k(text_key)
+        value = heads(_value_rows(attn, kept, hidden_states, d))
+        text_value = heads(_value_rows(_Projection(attn.add_v_proj), kept, encoder_hidden_states, d))
+        query, key, value = (torch.cat([t, v], dim=1).transpose(1, 2)
+                             for t, v in ((text_query, query), (text_key, key), (text_value, value)))
+        frames = self.state.frames
+        geometry = Geometry(text, frames, hidden_states.shape[1] // frames, d)
+        out = grouped_attention(self.ops, query[:, :kept], key[:, :kept], value, regrouping, geometry, None, bias)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        text_out, out = out[:, :text], out[:, text:]
+        projection = attn.to_add_out
+        text_out = F.linear(text_out, self.state.out_weight(self.unit.id, projection.weight), projection.bias)
+        return self.project_out(attn, out), text_out
+
+
+class _Projection:
+    """A linear layer seen as an attention's value projection (`_value_rows` reads `to_v`)."""
+
+    def __init__(self, linear):
+        self.to_v = linear
 
 
 class TemporalProcessor(UnitProcessor):

@@ -12,6 +12,18 @@ import torch
 TEXT_LENGTH = 32  # tokens per prompt for the CLIP-style tiny encoders
 
 
+def hashed_embeddings(texts: list[str], length: int, dim: int) -> torch.Tensor:
+    """(N, length, dim) fixed pseudo-random embeddings, each seeded by its text's sha256: the prompts
+    of a bare denoiser, which comes without a text encoder."""
+    import hashlib
+
+    rows = []
+    for text in texts:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        rows.append(torch.randn((length, dim), generator=torch.Generator().manual_seed(seed)))
+    return torch.stack(rows)
+
+
 def byte_tokenizer(model_max_length: int, *, t5_style: bool = False):
     """A byte-level tokenizer (no merges): any text maps to bytes, no vocabulary download.
 

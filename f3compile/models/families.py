@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import cogvideox, hunyuan15, wan
+from .components import hashed_embeddings
 
 
 def _timesteps(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -80,17 +81,6 @@ def encode_with_pipeline(model, prompts: list[str], negative: list[str]):
                                       num_videos_per_prompt=1, max_sequence_length=model.text_length,
                                       device=_encoder_device(pipe))
     return cond.float().cpu(), uncond.float().cpu()
-
-
-def hashed_embeddings(texts: list[str], length: int, dim: int) -> torch.Tensor:
-    """(N, length, dim) fixed pseudo-random embeddings, each seeded by its text's sha256."""
-    import hashlib
-
-    rows = []
-    for text in texts:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        rows.append(torch.randn((length, dim), generator=torch.Generator().manual_seed(seed)))
-    return torch.stack(rows)
 
 
 def _encode_hashed(model, prompts: list[str], negative: list[str]):

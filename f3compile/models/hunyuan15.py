@@ -50,6 +50,15 @@ FLOW_SHIFT = 5.0  # the 480p text-to-video shift of the published scheduler (7.0
 GUIDANCE = 6.0  # the published guider's guidance_scale
 
 
+def _system_message() -> str:
+    """The system prompt `HunyuanVideo15Pipeline` puts before every prompt (read from the class, not copied)."""
+    import inspect
+
+    from diffusers import HunyuanVideo15Pipeline
+
+    return inspect.signature(HunyuanVideo15Pipeline._get_mllm_prompt_embeds).parameters["system_message"].default
+
+
 @dataclass(frozen=True)
 class Packing:
     """Where each part of the packed context lies: `byt5` rows of `byt5_width`, then `qwen` rows of
@@ -174,7 +183,26 @@ def _refine(embedder, states: torch.Tensor, mask: torch.Tensor, timestep: torch.
 
 def denoise(denoiser, sample, timestep, encoder_hidden_states, *, packing: Packing):
     """sample (B, C, F, h, w) (C: the latents, or the latents followed by an image-to-video model's
-    condition channels), timestep (B,) or scalar, the packed context (B, T, D + 1) -> (B, 32, F, h, w)."""
+    condition channels), timestep (B,) or scalar, the packed context (B, T, D + 1) -> (B, 32, F, h, w).
+
+    Called through the module (its `forward` this function for the call), so that what watches the
+    denoiser's calls sees this one (`apply` reads the timestep there)."""
+    previous = vars(denoiser).get("forward")
+
+    def forward(hidden_states, timestep, encoder_hidden_states):
+        return _forward(denoiser, hidden_states, timestep, encoder_hidden_states, packing)
+
+    denoiser.forward = forward
+    try:
+        return denoiser(hidden_states=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
+    finally:
+        if previous is None:
+            del denoiser.forward
+        else:
+            denoiser.forward = previous
+
+
+def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing):
     config = denoiser.config
     batch, channels, frames, height, width = sample.shape
     missing = int(config.in_channels) - channels
@@ -195,8 +223,9 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states, *, packing: Packi
     blocks = denoiser.transformer_blocks
     originals = [block.attn.processor for block in blocks]
     try:
-        for number, block in enumerate(blocks):
-            block.attn.processor = _PROCESSOR if number < len(blocks) - 1 else _LAST
+        for number, block in enumerate(blocks):  # diffusers' own processors (a plan `apply`d keeps its own)
+            if type(block.attn.processor).__name__ == "HunyuanVideo15AttnProcessor2_0":
+                block.attn.processor = _PROCESSOR if number < len(blocks) - 1 else _LAST
         for block in blocks:
             hidden, context = block(hidden, context, temb, bias, rotary)
     finally:
@@ -209,18 +238,43 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states, *, packing: Packi
     return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
+@torch.no_grad()
+def encode_texts(tokenizer, text_encoder, glyph_tokenizer, glyph_encoder, prompts: list[str], device) -> torch.Tensor:
+    """(B, 1256, width + 1) packed contexts of `prompts` (fp32, on the host), each encoded exactly as
+    `HunyuanVideo15Pipeline.encode_prompt` encodes it, by the pipeline's own static methods:
+    Qwen2.5-VL's third-last hidden states behind its chat template (the template's first 108 tokens
+    cropped), ByT5 on the glyph text the prompt quotes (all padding when it quotes none)."""
+    from diffusers import HunyuanVideo15Pipeline as Pipeline
+
+    qwen, qwen_mask = Pipeline._get_mllm_prompt_embeds(
+        text_encoder=text_encoder, tokenizer=tokenizer, prompt=list(prompts), device=device,
+        tokenizer_max_length=QWEN_LENGTH, system_message=_system_message(), crop_start=QWEN_CROP)
+    byt5, byt5_mask = Pipeline._get_byt5_prompt_embeds(tokenizer=glyph_tokenizer, text_encoder=glyph_encoder,
+                                                       prompt=list(prompts), device=device, tokenizer_max_length=BYT5_LENGTH)
+    return pack(qwen, qwen_mask, byt5, byt5_mask).cpu()
+
+
 def encode(model, prompts: list[str], negative: list[str]):
-    """(cond, uncond) packed contexts, each prompt encoded exactly as `HunyuanVideo15Pipeline.encode_prompt`
-    encodes it (Qwen2.5-VL's third-last hidden states behind the cropped template; ByT5 on the quoted
-    glyph text)."""
+    """(cond, uncond) packed contexts of the model's pipeline (`encode_texts`)."""
     pipe = model.pipeline
     device = next(pipe.text_encoder.parameters()).device
+    parts = (pipe.tokenizer, pipe.text_encoder, pipe.tokenizer_2, pipe.text_encoder_2)
+    return encode_texts(*parts, prompts, device), encode_texts(*parts, negative, device)
 
-    def one(texts):
-        qwen, qwen_mask, byt5, byt5_mask = pipe.encode_prompt(texts, device=device, batch_size=len(texts))
-        return pack(qwen, qwen_mask, byt5, byt5_mask).cpu()
 
-    return one(list(prompts)), one(list(negative))
+def hashed_context(prompts: list[str], packing: Packing) -> torch.Tensor:
+    """A bare transformer's packed context (no text encoders): each prompt's Qwen rows fixed
+    pseudo-random states seeded by its sha256, every row valid; no glyph text."""
+    from .components import hashed_embeddings
+
+    count = len(prompts)
+    return pack(hashed_embeddings(list(prompts), packing.qwen, packing.qwen_width), torch.ones(count, packing.qwen),
+                torch.zeros(count, packing.byt5, packing.byt5_width), torch.zeros(count, packing.byt5))
+
+
+def encode_hashed(model, prompts: list[str], negative: list[str]):
+    packing = packing_of(model.denoiser.config)
+    return hashed_context(prompts, packing), hashed_context(negative, packing)
 
 
 @torch.no_grad()

@@ -160,6 +160,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         packing = hunyuan15.packing_of(denoiser.config)
         denoise_call = partial(hunyuan15.denoise, packing=packing)
         extra["context_mask"] = partial(hunyuan15.example_mask, packing=packing)
+        extra["packing"] = packing.to_dict()
         temporal_scale, vae_scale = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
         latent_channels = int(denoiser.config.out_channels)
     elif getattr(pipe, "vae", None) is not None:
@@ -239,12 +240,13 @@ def _from_bare_denoiser(path: Path, spec: str, class_name: str, dtype: torch.dty
         if dtype is not None:
             cast_weights(denoiser, dtype)
     else:
-        if family.name in ("wan", "cogvideox"):
-            from . import cogvideox, wan
+        if family.name in ("wan", "cogvideox", "hunyuanvideo15"):
+            from . import cogvideox, hunyuan15, wan
 
             found = read_json(path / "config.json", "re-save the denoiser")
             check_config_types(getattr(diffusers, class_name), found, f"{path}/config.json")
-            {"wan": wan, "cogvideox": cogvideox}[family.name].refuse_unsupported(found, str(path))
+            {"wan": wan, "cogvideox": cogvideox, "hunyuanvideo15": hunyuan15}[family.name].refuse_unsupported(
+                found, str(path))
         denoiser = _from_pretrained(getattr(diffusers, class_name), path, dtype).eval()
     return from_denoiser(denoiser, spec, family)
 
@@ -270,7 +272,8 @@ def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = 
             raise F3Error(f"denoiser class {type(denoiser).__name__} is not supported; "
                           f"use one of: {', '.join(sorted(BY_DENOISER_CLASS))}")
     class_name = family.denoiser_class
-    temporal_scale = 1
+    temporal_scale, vae_scale, latent_channels = 1, 8, int(denoiser.config.in_channels)
+    denoise_call, encode_call, extra, context_mask = family.denoise, encode_hashed, {}, None
     if family.name == "wan":  # the published sampler and VAE strides; a bare transformer brings neither
         from . import wan
 
@@ -281,17 +284,29 @@ def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = 
 
         cogvideox.refuse_unsupported(denoiser.config, spec)
         scheduler, temporal_scale = cogvideox.scheduler(), 4
+    elif family.name == "hunyuanvideo15":  # the published sampler, VAE strides 4x16x16 and 32 latent channels
+        from functools import partial
+
+        from . import hunyuan15
+
+        hunyuan15.refuse_unsupported(denoiser.config, spec)
+        scheduler, temporal_scale, vae_scale = hunyuan15.scheduler(), 4, 16
+        packing = hunyuan15.packing_of(denoiser.config)
+        denoise_call, encode_call = partial(hunyuan15.denoise, packing=packing), hunyuan15.encode_hashed
+        latent_channels = int(denoiser.config.out_channels)
+        extra = {"packing": packing.to_dict()}
+        context_mask = partial(hunyuan15.example_mask, packing=packing)
     else:
         scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     length, dim = _text_dims(family, denoiser, None)
     return VideoModel(
         spec=spec, family=family.name, denoiser=denoiser, scheduler=scheduler, text_encoder=None, tokenizer=None,
-        pipeline=None, shapes=_default_shapes(family, denoiser, 8), latent_channels=int(denoiser.config.in_channels),
-        vae_scale_factor=8, text_length=length, text_dim=dim,
+        pipeline=None, shapes=_default_shapes(family, denoiser, vae_scale), latent_channels=latent_channels,
+        vae_scale_factor=vae_scale, text_length=length, text_dim=dim,
         fingerprint=fingerprint_modules(dict(denoiser.config), denoiser),
-        denoise_call=family.denoise, encode_call=encode_hashed,
-        info={"pipeline_class": None, "denoiser_class": class_name, "text_encoder_class": None,
+        denoise_call=denoise_call, encode_call=encode_call, context_mask=context_mask,
+        info={**extra, "pipeline_class": None, "denoiser_class": class_name, "text_encoder_class": None,
               "scheduler_class": type(scheduler).__name__, "note": "bare denoiser: prompts map to hashed pseudo-embeddings"},
         temporal_scale=temporal_scale, native_layout="B,F,C,H,W" if family.name == "cogvideox" else "B,C,F,H,W",
     )
@@ -346,10 +361,10 @@ def _load_directory(path: Path, spec: str, dtype: torch.dtype | None = None) -> 
                 f"{path} holds a {class_name} pipeline; f3compile loads {', '.join(sorted(BY_PIPELINE_CLASS))}"
             )
         family = BY_PIPELINE_CLASS[class_name].name
-        if family in ("wan", "cogvideox"):  # refused before loading any weights
-            from . import cogvideox, wan
+        if family in ("wan", "cogvideox", "hunyuanvideo15"):  # refused before loading any weights
+            from . import cogvideox, hunyuan15, wan
 
-            module = {"wan": wan, "cogvideox": cogvideox}[family]
+            module = {"wan": wan, "cogvideox": cogvideox, "hunyuanvideo15": hunyuan15}[family]
             image = {"image": class_name == "WanImageToVideoPipeline"} if family == "wan" else {}
             if family == "wan":
                 wan.refuse_unsupported(index, str(path))

@@ -1,5 +1,6 @@
 """Pipeline components shipped with the artifacts (`build/pipeline/`): tokenizer, text encoder,
-VAE and scheduler (and an image-to-video model's image encoder and image processor), saved with
+VAE and scheduler (a second tokenizer and text encoder where the pipeline has them, and an
+image-to-video model's image encoder and image processor), saved with
 `save_pretrained` and hashed, so a runtime needs no model source."""
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from pathlib import Path
 from .._io import directory_sha256
 from ..errors import F3Error
 
-COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler", "image_encoder", "image_processor")
-TRANSFORMERS = ("tokenizer", "text_encoder", "image_encoder", "image_processor")  # loaded by transformers' classes
+# the second tokenizer and text encoder: HunyuanVideo 1.5's ByT5 for quoted glyph text
+COMPONENTS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae", "scheduler", "image_encoder",
+              "image_processor")
+TOKENIZERS = ("tokenizer", "tokenizer_2")
+TRANSFORMERS = (*TOKENIZERS, "text_encoder", "text_encoder_2", "image_encoder", "image_processor")  # transformers' classes
 
 
 def save_components(model, directory: Path) -> dict:
@@ -52,7 +56,7 @@ def load_component(build: Path, entry: dict, name: str):
     _quiet()
     path = build / entry["path"]
     cls_name = entry["class"]
-    if name == "tokenizer":
+    if name in TOKENIZERS:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(path))

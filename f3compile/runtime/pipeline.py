@@ -91,12 +91,19 @@ class Runtime:
         info = self.manifest["text_encoder"]
         negative = [info["negative_prompt"]] * len(prompts)
         tokenizer, encoder = self.component("tokenizer"), self.component("text_encoder")
+        if (tokenizer is None or encoder is None) and "packing" in info:  # a bare HunyuanVideo 1.5 transformer
+            from ..models.hunyuan15 import Packing, hashed_context
+
+            packing = Packing(**info["packing"])
+            return hashed_context(prompts, packing), hashed_context(negative, packing)
         if tokenizer is None or encoder is None:
-            from ..models.families import hashed_embeddings
+            from ..models.components import hashed_embeddings
 
             return (hashed_embeddings(prompts, info["max_length"], info["hidden_size"]),
                     hashed_embeddings(negative, info["max_length"], info["hidden_size"]))
         style = info.get("style", "clip")
+        if style == "hunyuan15":
+            return self._encode_hunyuan15(prompts, negative)
         on_device = self.device.type == "cuda"
         if on_device:  # encoded on the device in the build's precision, then given back to the host
             # (T5-family encoders overflow in fp16: an fp16 build encodes them in fp32)
@@ -126,6 +133,25 @@ class Runtime:
             if on_device:
                 encoder.to("cpu")
         return cond.float().cpu(), uncond.float().cpu()
+
+    def _encode_hunyuan15(self, prompts: list[str], negative: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """HunyuanVideo 1.5's packed context, by `HunyuanVideo15Pipeline`'s own encoding methods (on the
+        device in the build's precision where there is one, then back to the host)."""
+        from ..models.hunyuan15 import encode_texts
+
+        encoders = [self.component(name) for name in ("text_encoder", "text_encoder_2")]
+        on_device = self.device.type == "cuda"
+        device = self.device if on_device else torch.device("cpu")
+        try:
+            if on_device:
+                for encoder in encoders:
+                    encoder.to(self.device, self.dtype)
+            parts = (self.component("tokenizer"), encoders[0], self.component("tokenizer_2"), encoders[1])
+            return encode_texts(*parts, prompts, device), encode_texts(*parts, negative, device)
+        finally:
+            if on_device:
+                for encoder in encoders:
+                    encoder.to("cpu")
 
     # -- sampling ----------------------------------------------------------------------------
     def stage_index(self, timestep: int) -> int:
@@ -292,6 +318,10 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
         return decode(vae, latents)
     if type(vae).__name__ == "AutoencoderKLCogVideoX":
         from ..models.cogvideox import decode
+
+        return decode(vae, latents)
+    if type(vae).__name__ == "AutoencoderKLHunyuanVideo15":
+        from ..models.hunyuan15 import decode
 
         return decode(vae, latents)
     batch, channels, frames, height, width = latents.shape

@@ -48,6 +48,11 @@ def saved(name, tmp_path_factory):
 def _pipeline_latents(pipe, prompt, start, steps, **kwargs):
     """Final latents (B, C, F, h, w) of the diffusers pipeline itself from `start` (B, C, F, h, w)."""
     generator = torch.Generator().manual_seed(0)  # the runtime's seed 0: a stochastic step draws the same noise
+    if type(pipe).__name__ == "HunyuanVideo15Pipeline":  # guidance is its guider's
+        import copy
+
+        pipe = copy.copy(pipe)
+        pipe.guider = pipe.guider.new(guidance_scale=kwargs.pop("guidance_scale"))
     if type(pipe).__name__ == "CogVideoXPipeline":  # its latents are (B, F, C, h, w); T5 length as the transformer's
         return pipe(prompt, negative_prompt="", latents=start.permute(0, 2, 1, 3, 4).clone(), num_inference_steps=steps,
                     max_sequence_length=pipe.transformer.config.max_text_seq_length, output_type="latent",
@@ -86,6 +91,8 @@ def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
     if scheduler != "published":
         if (scheduler == "dpm") != (name == "tiny-cogvideox"):
             pytest.skip("the DPM solver with a two-argument step is CogVideoX's; flow-matching samplers are Wan's")
+        if scheduler == "flow-dpm" and name == "tiny-hunyuanvideo1.5":
+            pytest.skip("HunyuanVideo15Pipeline hands its scheduler sigmas: flow-matching Euler, shifted as configured")
         from f3compile.models.cogvideox import scheduler as cogvideox_scheduler
 
         pipe = copy.copy(pipe)  # the module's pipeline keeps its own scheduler
@@ -94,29 +101,32 @@ def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
         pipe.save_pretrained(tmp_path / scheduler)
         directory = tmp_path / scheduler
     model = load_model(str(directory))
-    expected = {"tiny-wan": ("wan", 4, 8, 512, 16), "tiny-cogvideox": ("cogvideox", 4, 8, 16, 4)}[name]
+    expected = {"tiny-wan": ("wan", 4, 8, 512, 16), "tiny-cogvideox": ("cogvideox", 4, 8, 16, 4),
+                "tiny-hunyuanvideo1.5": ("hunyuanvideo15", 4, 16, 1256, 4)}[name]
     assert (model.family, model.temporal_scale, model.vae_scale_factor, model.text_length, model.latent_channels) == expected
+    size = 4 * model.vae_scale_factor  # 4x4 latent pixels
     start = torch.randn(1, model.latent_channels, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    reference = _pipeline_latents(pipe, "a red circle", start, 4, num_frames=9, height=32, width=32, guidance_scale=5.0)
-    api.compile(model, None, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "build")
-    ours = api.Runtime(tmp_path / "build").generate("a red circle", steps=4, guidance_scale=5.0, latents=start)
+    prompt = 'a sign that reads "open"' if model.family == "hunyuanvideo15" else "a red circle"  # glyph text: ByT5 too
+    reference = _pipeline_latents(pipe, prompt, start, 4, num_frames=9, height=size, width=size, guidance_scale=5.0)
+    api.compile(model, None, CompileOptions(shapes=Shapes(9, size, size)), output_dir=tmp_path / "build")
+    ours = api.Runtime(tmp_path / "build").generate(prompt, steps=4, guidance_scale=5.0, latents=start)
     assert rel(ours, reference) <= PARITY
     assert rel(start, reference) > 0.1  # it did denoise
     if scheduler == "flow-euler":  # its first timestep is t = 1000: calibrated, planned and built as the top step
         from f3compile.calibration import CalibrationConfig, calibrate
         from f3compile.planning import make_plan
 
-        stats = calibrate(model, PROMPTS[:1], CalibrationConfig(steps=4, frames=9, height=32, width=32, heatmaps=False))
+        stats = calibrate(model, PROMPTS[:1], CalibrationConfig(steps=4, frames=9, height=size, width=size, heatmaps=False))
         assert stats.timesteps[0] == 999 and float(pipe.scheduler.timesteps[0]) == 1000.0
         plan = make_plan(stats, 1.0, "window", window=0, stages=2)
-        api.compile(model, plan, CompileOptions(shapes=Shapes(9, 32, 32)), output_dir=tmp_path / "windowed")
-        windowed = api.Runtime(tmp_path / "windowed").generate("a red circle", steps=4, guidance_scale=5.0, latents=start)
+        api.compile(model, plan, CompileOptions(shapes=Shapes(9, size, size)), output_dir=tmp_path / "windowed")
+        windowed = api.Runtime(tmp_path / "windowed").generate(prompt, steps=4, guidance_scale=5.0, latents=start)
         assert torch.isfinite(windowed).all() and 0 < rel(windowed, reference) < 1
         import f3compile as f3
 
         applied = f3.apply(pipe, plan)  # inside the pipeline, t = 1000 also runs the first stage's windows
         try:
-            inside = _pipeline_latents(pipe, "a red circle", start, 4, num_frames=9, height=32, width=32,
+            inside = _pipeline_latents(pipe, prompt, start, 4, num_frames=9, height=size, width=size,
                                        guidance_scale=5.0)
         finally:
             applied.remove()
@@ -142,9 +152,12 @@ def test_samplers_the_pipeline_would_not_seed_or_run_are_refused(kind, config, m
 
 def test_bare_transformer_directory(name, saved):
     pipe, directory = saved
+    from f3compile.models.registry import BUILTINS
+
     model = load_model(str(directory / "transformer"))
-    assert model.family == name[5:] and model.pipeline is None and model.temporal_scale == 4
+    assert model.family == BUILTINS[name].family and model.pipeline is None and model.temporal_scale == 4
     assert type(model.scheduler).__name__ == type(pipe.scheduler).__name__
+    assert model.vae_scale_factor == load_model(str(directory)).vae_scale_factor
     sample, timestep, ehs = model.example_inputs(VideoShapes(1, 9, 32, 32))
     with torch.no_grad():
         assert torch.equal(model.denoise(sample, timestep, ehs), load_model(str(directory)).denoise(sample, timestep, ehs))
@@ -171,6 +184,10 @@ VARIANTS = {
     "tiny-cogvideox": [("transformer/config.json", {"in_channels": 8}, "image-to-video"),
                        ("transformer/config.json", {"ofs_embed_dim": 512}, "image-to-video"),
                        ("transformer/config.json", {"patch_size_t": 2}, "CogVideoX 1.5")] + MISMATCHED,
+    "tiny-hunyuanvideo1.5": [("transformer/config.json", {"use_meanflow": True}, "MeanFlow"),
+                             ("model_index.json", {"scheduler": ["diffusers", "UniPCMultistepScheduler"]},
+                              "scheduler UniPCMultistepScheduler is not supported with hunyuanvideo15"),
+                             ] + MISMATCHED,
 }
 
 
@@ -195,9 +212,12 @@ def test_unsupported_variants_are_refused_in_one_line(name, saved, tmp_path, cap
 # -- discovery ---------------------------------------------------------------------------------
 def test_discovery_finds_the_self_attention_over_all_frames(name, wan):
     units = find_temporal_units(wan)
-    # Wan: attn2 (text cross-attention) is not a unit; CogVideoX: the joint attention has 16 text tokens first
-    blocks, head_dim, text = {"tiny-wan": ("blocks", 12, 0), "tiny-cogvideox": ("transformer_blocks", 16, 16)}[name]
-    assert [u.id for u in units] == [f"{blocks}.0.attn1", f"{blocks}.1.attn1"]
+    # Wan: attn2 (text cross-attention) is not a unit; CogVideoX: the joint attention has 16 text tokens first;
+    # HunyuanVideo 1.5: 256 glyph + 1000 Qwen context tokens, run first (padding masked, still in the sequence)
+    blocks, attention, head_dim, text = {"tiny-wan": ("blocks", "attn1", 12, 0),
+                                         "tiny-cogvideox": ("transformer_blocks", "attn1", 16, 16),
+                                         "tiny-hunyuanvideo1.5": ("transformer_blocks", "attn", 16, 1256)}[name]
+    assert [u.id for u in units] == [f"{blocks}.0.{attention}", f"{blocks}.1.{attention}"]
     for number, unit in enumerate(units):
         assert (unit.block, unit.heads, unit.head_dim, unit.frames, unit.tokens, unit.text_tokens) == (
             f"{blocks}.{number}", 4, head_dim, 5, 16, text)  # 17 frames -> 5 latent; 64 px -> 8 latent -> 4x4 patches
@@ -236,7 +256,8 @@ def _brute_force(model, units, inputs, positions: dict | None = None):
     seen, original = [], F.scaled_dot_product_attention
 
     def capture(query, key, value, *args, **kwargs):
-        seen.append((query.detach(), key.detach(), kwargs.get("scale")))
+        mask = args[0] if args else kwargs.get("attn_mask")  # HunyuanVideo 1.5: an additive bias on padded text keys
+        seen.append((query.detach(), key.detach(), kwargs.get("scale"), mask))
         return original(query, key, value, *args, **kwargs)
 
     F.scaled_dot_product_attention = capture
@@ -248,9 +269,12 @@ def _brute_force(model, units, inputs, positions: dict | None = None):
     joint = [entry for entry in seen if entry[0].shape[-2] == entry[1].shape[-2] == units[0].sequence]
     assert len(joint) == len(units)  # the cross-attentions (Wan's attn2) attend to 512 text states
     result = {}
-    for unit, (query, key, scale) in zip(units, joint):
+    for unit, (query, key, scale, mask) in zip(units, joint):
         q, k = query.double(), key.double()  # (B, H, N, d)
-        probs = torch.softmax(q @ k.transpose(-1, -2) * (scale or unit.head_dim ** -0.5), dim=-1)  # (B, H, N, N)
+        scores = q @ k.transpose(-1, -2) * (scale or unit.head_dim ** -0.5)
+        if mask is not None:
+            scores = scores.masked_fill(mask.expand_as(scores) < -1e30, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # (B, H, N, N)
         T, F_, S = unit.text_tokens, unit.frames, unit.tokens
         video = probs[:, :, T:].reshape(*probs.shape[:2], F_, S, -1)  # (B, H, F, S, N) queries of frame f
         if positions is not None:
@@ -302,7 +326,8 @@ def test_calibration_records_the_query_fraction(wan, tmp_path):
                       output_dir=tmp_path / "calib")
     meta = json.loads((tmp_path / "calib" / "calibration.json").read_text())
     assert meta["query_fraction"] == 0.5 and meta["seed"] == 0
-    assert meta["units"][0]["tokens"] == 16 and meta["units"][0]["text_tokens"] == wan.text_length * (wan.family == "cogvideox")
+    assert meta["units"][0]["tokens"] == 16
+    assert meta["units"][0]["text_tokens"] == wan.text_length * (wan.family in ("cogvideox", "hunyuanvideo15"))
     assert float(stats.unit(meta["units"][0]["id"], "rows")[0]) == 2 * 8
     with pytest.raises(F3Error, match="query-fraction"):
         calibrate(wan, PROMPTS[:1], CalibrationConfig(steps=1, heatmaps=False, query_fraction=0.0))
@@ -404,7 +429,8 @@ def test_cli_calibrate_plan_inspect_export_generate_bench_eval(name, tmp_path, c
     verify = manifest["stages"][0]["verify"]
     assert all(result["relative_l2_error"] < 1e-4 for result in verify.values())
     assert manifest["decoder"]["kind"] == "video_vae" and manifest["decoder"]["temporal_scale"] == 4 
-    assert manifest["text_encoder"]["style"] == {"tiny-wan": "umt5", "tiny-cogvideox": "clip"}[name]
+    assert manifest["text_encoder"]["style"] == {"tiny-wan": "umt5", "tiny-cogvideox": "clip",
+                                                 "tiny-hunyuanvideo1.5": "hunyuan15"}[name]
     videos = {}
     for backend in ("torch", "onnxruntime"):
         code, out, err = run(capsys, "generate", build, "--prompt", PROMPTS[0], "--steps", 3, "--guidance-scale", 5,

@@ -229,7 +229,7 @@ def test_the_ti2v_5b_preset_has_the_published_configuration():
 
 
 @pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline", "LTX2Pipeline",
-                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideo15Pipeline",
+                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideo15ImageToVideoPipeline",
                                       ["WanPipeline"]])  # a class name that is not a string
 def test_pipelines_f3compile_does_not_run_are_refused_naming_the_supported_ones(pipeline, tmp_path, capsys):
     """A directory of another video pipeline: one line naming the pipelines that load, exit 2, nothing
