@@ -201,6 +201,8 @@ def _check_reuse(stage: dict, at: str) -> None:
 def _conditioning_ok(value: Any) -> bool:
     counts = [value.get(name, 0) for name in ("channels", "tokens", "width")] if isinstance(value, dict) else []
     first = value.get("first_frame", False) if isinstance(value, dict) else None
+    if isinstance(value, dict) and value.get("family", "wan") not in ("wan", "hunyuanvideo15"):
+        return False
     return bool(counts) and value.get("kind") == "image" and all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) and isinstance(first, bool) \
         and (counts[0] >= 1) != first and (counts[1] == 0) == (counts[2] == 0)
@@ -246,7 +248,8 @@ class DiffusionManifest(ManifestHeader):
     device: Any = key(optional=True)
     conditioning: Any = key(optional=True, check=_conditioning_ok,
                             message='conditioning must be {"kind": "image", "channels": C >= 1, "tokens": T, "width": W} '
-                                    '(T and W both 0 or both positive), or with "first_frame": true and C = 0')
+                                    '(T and W both 0 or both positive), or with "first_frame": true and C = 0; '
+                                    '"family", if given, "wan" or "hunyuanvideo15"')
 
     @staticmethod
     def relations(data: dict, where: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = ("arch-wan2.1-1.3b", "arch-wan2.1-14b", "arch-wan2.1-i2v-14b", "arch-wan2.2-ti2v-5b", "arch-cogvideox-2b",
-           "arch-cogvideox-5b")
+           "arch-cogvideox-5b", "arch-hunyuanvideo1.5")
 STEPS = 50
 
 

@@ -281,12 +281,10 @@ class VideoModel:
         cond, uncond = self.encode_prompts(list(prompts), negative)
         if self.conditioning is None:
             return cond, uncond, None
-        from .wan_i2v import load_images, pack_context
+        from .wan_i2v import load_images
 
         condition, states = self.encode_images(load_images(images), shapes, device)
-        if states is not None:
-            cond, uncond = pack_context(cond, states, self.conditioning), pack_context(uncond, states, self.conditioning)
-        return cond, uncond, condition
+        return self.conditioning.pack(cond, states), self.conditioning.pack(uncond, states), condition
 
     def check_images(self, prompts: list[str]) -> list:
         """Each prompt's image (`Prompt.image`); refused in one line unless every prompt has one
@@ -301,14 +299,11 @@ class VideoModel:
 
     def encode_images(self, images: list, shapes: VideoShapes, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
         """(condition, image states) of one image per video with the pipeline's own components
-        (`wan_i2v.encode_images`); the image states in the weights' dtype, as the pipeline casts them."""
-        from .wan_i2v import encode_images
-
+        (`ImageConditioning.encode`)."""
         pipe = self.pipeline
-        condition, states = encode_images(images, shapes.frames, shapes.height, shapes.width, self.conditioning,
-                                          vae=pipe.vae, image_processor=getattr(pipe, "image_processor", None),
-                                          image_encoder=getattr(pipe, "image_encoder", None), device=device)
-        return condition, states
+        components = {name: getattr(pipe, name, None)
+                      for name in ("vae", "image_encoder", "image_processor", "feature_extractor")}
+        return self.conditioning.encode(images, shapes.frames, shapes.height, shapes.width, components, device)
 
     def example_inputs(self, shapes: VideoShapes | None = None, cfg: bool = True, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random inputs of the exported signature (batch doubled when `cfg`); the sample and text
@@ -426,7 +421,10 @@ def resolve_shapes(model: VideoModel, frames: int | None, height: int | None, wi
     fixed = model.denoiser.config.get("video_length") if hasattr(model.denoiser, "config") else None
     if fixed and shapes.frames != fixed:
         raise F3Error(f"{model.spec} has a fixed temporal position embedding for {fixed} frames; use --frames {fixed}")
-    multiple = model.vae_scale_factor * 2
+    config = getattr(model.denoiser, "config", None)
+    patch = config.get("patch_size") if config is not None else None  # transformers' spatial patch; else 2
+    patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+    multiple = model.vae_scale_factor * (int(patch) if isinstance(patch, int) and patch > 0 else 2)
     for name, value in (("height", shapes.height), ("width", shapes.width)):
         if value % multiple:
             raise F3Error(f"--{name} {value} must be a multiple of {multiple} for {model.spec}")

@@ -116,4 +116,5 @@ FAMILIES: dict[str, Family] = {
 BY_DENOISER_CLASS = {family.denoiser_class: family for family in FAMILIES.values()}
 BY_PIPELINE_CLASS = {family.pipeline_class: family for family in FAMILIES.values()}
 BY_PIPELINE_CLASS["WanImageToVideoPipeline"] = FAMILIES["wan"]  # image-to-video: `wan_i2v`
+BY_PIPELINE_CLASS[hunyuan15.I2V_PIPELINE_CLASS] = FAMILIES["hunyuanvideo15"]  # its image: `hunyuan15.encode_images`
 encode_hashed = _encode_hashed

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 PIPELINE_CLASS = "HunyuanVideo15Pipeline"
+I2V_PIPELINE_CLASS = "HunyuanVideo15ImageToVideoPipeline"
 DENOISER_CLASS = "HunyuanVideo15Transformer3DModel"
 QWEN_LENGTH, QWEN_CROP = 1000, 108  # the pipeline's tokenizer_max_length and template crop
 BYT5_LENGTH = 256  # its tokenizer_2_max_length
@@ -61,35 +62,43 @@ def _system_message() -> str:
 
 @dataclass(frozen=True)
 class Packing:
-    """Where each part of the packed context lies: `byt5` rows of `byt5_width`, then `qwen` rows of
-    `qwen_width`, each row `width` wide with its mask in column `width`."""
+    """Where each part of the packed context lies: `image` rows of `image_width` (image-to-video:
+    the image encoder's states; 0 rows for text-to-video), `byt5` rows of `byt5_width`, then `qwen` rows
+    of `qwen_width`, each row `width` wide with its mask in column `width`. `length` counts the text
+    rows (what prompts are encoded to); the image rows are packed in front of them (`pack_image`)."""
 
     byt5: int
     byt5_width: int
     qwen: int
     qwen_width: int
+    image: int = 0
+    image_width: int = 0
 
     @property
     def width(self) -> int:
-        return max(self.byt5_width, self.qwen_width)
+        return max(self.byt5_width, self.qwen_width, self.image_width)
 
     @property
     def length(self) -> int:
         return self.byt5 + self.qwen
 
     def to_dict(self) -> dict:
-        return {"byt5": self.byt5, "byt5_width": self.byt5_width, "qwen": self.qwen, "qwen_width": self.qwen_width}
+        return {"byt5": self.byt5, "byt5_width": self.byt5_width, "qwen": self.qwen, "qwen_width": self.qwen_width,
+                **({"image": self.image, "image_width": self.image_width} if self.image else {})}
 
 
-def packing_of(config, byt5_length: int = BYT5_LENGTH, qwen_length: int = QWEN_LENGTH) -> Packing:
+def packing_of(config, byt5_length: int = BYT5_LENGTH, qwen_length: int = QWEN_LENGTH, image_tokens: int = 0) -> Packing:
     get = config.get if isinstance(config, dict) else config.__getitem__
-    return Packing(byt5_length, int(get("text_embed_2_dim")), qwen_length, int(get("text_embed_dim")))
+    return Packing(byt5_length, int(get("text_embed_2_dim")), qwen_length, int(get("text_embed_dim")), image_tokens,
+                   int(get("image_embed_dim")) if image_tokens else 0)
 
 
-def pack(qwen: torch.Tensor, qwen_mask: torch.Tensor, byt5: torch.Tensor, byt5_mask: torch.Tensor) -> torch.Tensor:
-    """(B, 256 + 1000, width + 1): the glyph-text rows, then the Qwen rows, zero-padded to one width,
-    each with its mask (1 valid, 0 padding) in the last column."""
-    width = max(qwen.shape[-1], byt5.shape[-1])
+def pack(qwen: torch.Tensor, qwen_mask: torch.Tensor, byt5: torch.Tensor, byt5_mask: torch.Tensor,
+         width: int | None = None) -> torch.Tensor:
+    """(B, 256 + 1000, width + 1): the glyph-text rows, then the Qwen rows, zero-padded to one width
+    (`width`: the packing's, at least the two texts'), each with its mask (1 valid, 0 padding) in the
+    last column."""
+    width = max(qwen.shape[-1], byt5.shape[-1], width or 0)
     rows = []
     for states, mask in ((byt5, byt5_mask), (qwen, qwen_mask)):
         states = F.pad(states.float(), (0, width - states.shape[-1]))
@@ -97,21 +106,37 @@ def pack(qwen: torch.Tensor, qwen_mask: torch.Tensor, byt5: torch.Tensor, byt5_m
     return torch.cat(rows, dim=1)
 
 
+def pack_image(context: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """The packed text `context` (B, T, D + 1) with the image states (B, I, W) in front, each row valid."""
+    width = context.shape[-1] - 1
+    rows = torch.cat([F.pad(states.to(context), (0, width - states.shape[-1])),
+                      torch.ones(*states.shape[:2], 1, dtype=context.dtype, device=context.device)], dim=-1)
+    return torch.cat([rows, context], dim=1)
+
+
 def unpack(context: torch.Tensor, packing: Packing):
-    """(qwen, qwen_mask, byt5, byt5_mask) of a packed context (masks as booleans)."""
+    """(qwen, qwen_mask, byt5, byt5_mask, image or None, image_mask or None) of a packed context
+    (masks as booleans)."""
     mask = context[..., -1] > 0.5
-    byt5 = context[:, :packing.byt5, :packing.byt5_width]
-    qwen = context[:, packing.byt5:packing.length, :packing.qwen_width]
-    return qwen, mask[:, packing.byt5:packing.length], byt5, mask[:, :packing.byt5]
+    start = packing.image
+    byt5 = context[:, start:start + packing.byt5, :packing.byt5_width]
+    qwen = context[:, start + packing.byt5:start + packing.length, :packing.qwen_width]
+    image = context[:, :start, :packing.image_width] if start else None
+    return (qwen, mask[:, start + packing.byt5:start + packing.length], byt5, mask[:, start:start + packing.byt5],
+            image, mask[:, :start] if start else None)
 
 
 def example_mask(context: torch.Tensor, packing: Packing) -> torch.Tensor:
     """`context` with its mask column as a tokenizer pads: in batch row b of B, the first
-    (b + 1) / (B + 1) of the glyph rows and of the Qwen rows valid, the others padding (zeroed)."""
+    (b + 1) / (B + 1) of the glyph rows and of the Qwen rows valid, the others padding (zeroed);
+    image rows (image-to-video) all valid, zero past the image width."""
     batch = context.shape[0]
     out = context.clone()
+    images = packing.image
+    out[:, :images, -1] = 1.0
+    out[:, :images, packing.image_width:-1] = 0.0
     for row in range(batch):
-        for start, count in ((0, packing.byt5), (packing.byt5, packing.qwen)):
+        for start, count in ((images, packing.byt5), (images + packing.byt5, packing.qwen)):
             valid = max(1, count * (row + 1) // (batch + 1))
             out[row, start:start + count, -1] = 0.0
             out[row, start:start + valid, -1] = 1.0
@@ -209,7 +234,7 @@ def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing
     if missing:  # text-to-video: zero condition latents and mask
         sample = torch.cat([sample, sample.new_zeros(batch, missing, frames, height, width)], dim=1)
     t = torch.as_tensor(timestep, device=sample.device).reshape(-1).to(sample.dtype).expand(batch)
-    qwen, qwen_mask, byt5, byt5_mask = unpack(encoder_hidden_states.to(sample.dtype), packing)
+    qwen, qwen_mask, byt5, byt5_mask, image, image_mask = unpack(encoder_hidden_states.to(sample.dtype), packing)
     rotary = denoiser.rope(sample)
     temb = denoiser.time_embed(t)
     hidden = denoiser.x_embedder(sample)
@@ -217,9 +242,13 @@ def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing
     qwen = _refine(denoiser.context_embedder, qwen, qwen_mask, t) + kinds[0]
     byt5 = denoiser.context_embedder_2(byt5) + kinds[1]
     zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-    context = torch.cat([torch.where(byt5_mask.unsqueeze(-1), byt5, zero), torch.where(qwen_mask.unsqueeze(-1), qwen, zero)],
-                        dim=1)
-    bias = key_bias(torch.cat([byt5_mask, qwen_mask], dim=1), hidden.shape[1], hidden.dtype)
+    parts = [torch.where(byt5_mask.unsqueeze(-1), byt5, zero), torch.where(qwen_mask.unsqueeze(-1), qwen, zero)]
+    masks = [byt5_mask, qwen_mask]
+    if image is not None:  # image-to-video: the image encoder's states, projected, in front
+        parts.insert(0, denoiser.image_embedder(image) + kinds[2])
+        masks.insert(0, image_mask)
+    context = torch.cat(parts, dim=1)
+    bias = key_bias(torch.cat(masks, dim=1), hidden.shape[1], hidden.dtype)
     blocks = denoiser.transformer_blocks
     originals = [block.attn.processor for block in blocks]
     try:
@@ -239,8 +268,10 @@ def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing
 
 
 @torch.no_grad()
-def encode_texts(tokenizer, text_encoder, glyph_tokenizer, glyph_encoder, prompts: list[str], device) -> torch.Tensor:
-    """(B, 1256, width + 1) packed contexts of `prompts` (fp32, on the host), each encoded exactly as
+def encode_texts(tokenizer, text_encoder, glyph_tokenizer, glyph_encoder, prompts: list[str], device,
+                 width: int | None = None) -> torch.Tensor:
+    """(B, 1256, width + 1) packed contexts of `prompts` (fp32, on the host; `width`: the packing's),
+    each encoded exactly as
     `HunyuanVideo15Pipeline.encode_prompt` encodes it, by the pipeline's own static methods:
     Qwen2.5-VL's third-last hidden states behind its chat template (the template's first 108 tokens
     cropped), ByT5 on the glyph text the prompt quotes (all padding when it quotes none)."""
@@ -251,7 +282,7 @@ def encode_texts(tokenizer, text_encoder, glyph_tokenizer, glyph_encoder, prompt
         tokenizer_max_length=QWEN_LENGTH, system_message=_system_message(), crop_start=QWEN_CROP)
     byt5, byt5_mask = Pipeline._get_byt5_prompt_embeds(tokenizer=glyph_tokenizer, text_encoder=glyph_encoder,
                                                        prompt=list(prompts), device=device, tokenizer_max_length=BYT5_LENGTH)
-    return pack(qwen, qwen_mask, byt5, byt5_mask).cpu()
+    return pack(qwen, qwen_mask, byt5, byt5_mask, width).cpu()
 
 
 def encode(model, prompts: list[str], negative: list[str]):
@@ -259,7 +290,39 @@ def encode(model, prompts: list[str], negative: list[str]):
     pipe = model.pipeline
     device = next(pipe.text_encoder.parameters()).device
     parts = (pipe.tokenizer, pipe.text_encoder, pipe.tokenizer_2, pipe.text_encoder_2)
-    return encode_texts(*parts, prompts, device), encode_texts(*parts, negative, device)
+    width = model.text_dim - 1
+    return encode_texts(*parts, prompts, device, width), encode_texts(*parts, negative, device, width)
+
+
+@torch.no_grad()
+def encode_images(images: list, frames: int, height: int, width: int, *, vae, image_encoder, feature_extractor,
+                  device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition (B, z + 1, F, h, w) fp32, image states (B, I, W) fp32) of one image per video, as
+    `HunyuanVideo15ImageToVideoPipeline` computes them with its own static methods: the image resized
+    and centre-cropped to the video, its VAE latents (the distribution's mode, times the scaling factor)
+    on the first latent frame and zeros after, a mask channel 1 on that frame; the image encoder's
+    last hidden states of the image."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline as Pipeline
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+
+    from ..errors import F3Error
+
+    if image_encoder is None or feature_extractor is None:
+        raise F3Error("this HunyuanVideo 1.5 image-to-video model needs the pipeline's image_encoder and "
+                      "feature_extractor; save the pipeline with them")
+    spatial, temporal = int(vae.spatial_compression_ratio), int(vae.temporal_compression_ratio)
+    processor = HunyuanVideo15ImageProcessor(vae_scale_factor=spatial, do_resize=False, do_convert_rgb=True)
+    latent_frames = (frames - 1) // temporal + 1
+    conditions, states = [], []
+    for image in images:
+        image = processor.resize(image, height=height, width=width, resize_mode="crop")
+        states.append(Pipeline._get_image_embeds(image_encoder, feature_extractor, image, device).float().cpu())
+        latents = Pipeline._get_image_latents(vae, processor, image, height, width, device).float().cpu()
+        condition = torch.zeros(1, latents.shape[1] + 1, latent_frames, *latents.shape[-2:])
+        condition[:, :-1, :1] = latents
+        condition[:, -1, 0] = 1.0
+        conditions.append(condition)
+    return torch.cat(conditions), torch.cat(states)
 
 
 def hashed_context(prompts: list[str], packing: Packing) -> torch.Tensor:
@@ -355,6 +418,35 @@ def build_tiny_hunyuan15():
         mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
         target_size=64, task_type="t2v").eval()
     return _pipeline(transformer, 32, 24, 4)
+
+
+def _vision(width: int, image_size: int, patch: int):
+    """(SigLIP image processor, SigLIP vision model) stand-ins: (image_size / patch)² states of `width`."""
+    import transformers
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                                                   num_attention_heads=2, image_size=image_size, patch_size=patch)).eval()
+    # the PIL processor where transformers has it: the default one wants torchvision, and says so
+    processor = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
+    return processor(size={"height": image_size, "width": image_size}), encoder
+
+
+def build_tiny_hunyuan15_i2v():
+    """HunyuanVideo 1.5 image-to-video on tiny-hunyuanvideo1.5's sizes: the image's latents and a mask
+    on channels (4 + 4 + 1 in), 16 SigLIP-style image states of 16 in front of the text."""
+    from diffusers import ClassifierFreeGuidance, HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Transformer3DModel
+
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
+        mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
+        target_size=64, task_type="i2v").eval()
+    tokenizer, encoder, glyph_tokenizer, glyph = _text(32, 24)
+    processor, vision = _vision(16, 32, 8)
+    return HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=encoder, tokenizer=tokenizer, transformer=transformer, vae=_vae(4), scheduler=scheduler(),
+        text_encoder_2=glyph, tokenizer_2=glyph_tokenizer, guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE),
+        image_encoder=vision, feature_extractor=processor)
 
 
 def build_arch_hunyuan15(scale: float):

@@ -13,6 +13,7 @@ from ..errors import F3Error
 from . import registry
 from .base import VideoModel, VideoShapes, cast_weights, fingerprint_modules
 from .families import BY_DENOISER_CLASS, BY_PIPELINE_CLASS, FAMILIES, Family, encode_hashed
+from .wan_i2v import ImageConditioning
 
 DEFAULT_FRAMES = 8
 # what a precision applies to: the denoiser(s) and the text encoder; the VAE stays fp32 (it decodes
@@ -157,7 +158,17 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         from . import hunyuan15
 
         hunyuan15.refuse_unsupported(denoiser.config, spec)
-        packing = hunyuan15.packing_of(denoiser.config)
+        image = any(cls.__name__ == hunyuan15.I2V_PIPELINE_CLASS for cls in type(pipe).__mro__)
+        tokens = 0
+        if image:
+            encoder, extractor = getattr(pipe, "image_encoder", None), getattr(pipe, "feature_extractor", None)
+            if encoder is None or extractor is None:
+                raise F3Error(f"{spec}: a HunyuanVideo15ImageToVideoPipeline needs its image_encoder and "
+                              "feature_extractor; save the pipeline with them")
+            tokens = (int(encoder.config.image_size) // int(encoder.config.patch_size)) ** 2  # SigLIP: patches only
+            conditioning = ImageConditioning(int(denoiser.config.in_channels) - int(denoiser.config.out_channels), tokens,
+                                            int(denoiser.config.image_embed_dim), family="hunyuanvideo15")
+        packing = hunyuan15.packing_of(denoiser.config, image_tokens=tokens)
         denoise_call = partial(hunyuan15.denoise, packing=packing)
         extra["context_mask"] = partial(hunyuan15.example_mask, packing=packing)
         extra["packing"] = packing.to_dict()
@@ -179,6 +190,8 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         "boundary_ratio": extra["boundary_ratio"]}
     if family.name == "wan" and (image or expand):  # one checkpoint called two ways is two models (its plans, programs)
         config["f3compile_call"] = {"image": image, "expand_timesteps": expand}
+    if family.name == "hunyuanvideo15" and image:
+        config["f3compile_call"] = {"image": True}
     image_encoder = getattr(pipe, "image_encoder", None) if conditioning is not None else None
     if conditioning is not None:
         extra["conditioning"] = conditioning.to_dict()
@@ -189,7 +202,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         latent_channels=latent_channels or int(first.config.in_channels), vae_scale_factor=vae_scale,
         text_length=length, text_dim=dim,
         fingerprint=("meta:" + fingerprint_modules(config)) if meta
-        else fingerprint_modules(config, denoiser, pipe.text_encoder, image_encoder),
+        else fingerprint_modules(config, denoiser, pipe.text_encoder, image_encoder, getattr(pipe, "text_encoder_2", None)),
         denoise_call=denoise_call, encode_call=family.encode, experts=experts,
         info={**extra, "pipeline_class": type(pipe).__name__, "denoiser_class": type(first).__name__,
               "text_encoder_class": type(pipe.text_encoder).__name__ if pipe.text_encoder is not None else None,

@@ -177,6 +177,9 @@ for _builtin in (
     Builtin("tiny-hunyuanvideo1.5", "hunyuanvideo15", "f3compile.models.hunyuan15:build_tiny_hunyuan15", (17, 64, 64),
             "HunyuanVideo15Transformer3DModel, 2 blocks of 4x16 heads, 1256 context tokens after the video (ByT5 + "
             "Qwen2.5-VL stand-ins, padding masked), VAE 4x16x16 (17 frames -> 5 latent frames of 4x4)", "tiny"),
+    Builtin("tiny-hunyuanvideo1.5-i2v", "hunyuanvideo15", "f3compile.models.hunyuan15:build_tiny_hunyuan15_i2v",
+            (17, 64, 64), "HunyuanVideo 1.5 image-to-video layout on tiny-hunyuanvideo1.5: the image's latents and a "
+            "mask on channels, 16 SigLIP-style image states before the text", "tiny"),
     Builtin("arch-hunyuanvideo1.5", "hunyuanvideo15", "f3compile.models.hunyuan15:build_arch_hunyuan15", (121, 480, 848),
             "HunyuanVideo 1.5 (54 blocks, 16x128 heads, 32 latent channels, VAE 4x16x16), 121 frames 480x848", "preset"),
     Builtin("tiny-cogvideo", "cogvideo", "f3compile.models.cogvideo:build_builtin", None,

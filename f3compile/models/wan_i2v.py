@@ -64,15 +64,40 @@ class ImageConditioning:
     tokens: int = 0  # image-encoder states packed before the text states (0: none)
     width: int = 0  # their width
     first_frame: bool = False  # Wan2.2 TI2V: the image's latents replace the first latent frame instead
+    family: str = "wan"  # whose pipeline encodes the image and packs its states (`encode`, `pack`)
 
     def to_dict(self) -> dict:
         return {"kind": "image", "channels": self.channels, "tokens": self.tokens, "width": self.width,
-                **({"first_frame": True} if self.first_frame else {})}
+                **({"first_frame": True} if self.first_frame else {}),
+                **({"family": self.family} if self.family != "wan" else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageConditioning":
         return cls(int(data["channels"]), int(data.get("tokens", 0)), int(data.get("width", 0)),
-                   bool(data.get("first_frame", False)))
+                   bool(data.get("first_frame", False)), str(data.get("family", "wan")))
+
+    def encode(self, images: list, frames: int, height: int, width: int, components: dict, device="cpu"):
+        """(condition, image states or None) of one image per video, by the family's pipeline methods
+        on the pipeline's `components` (vae, image_encoder, image_processor or feature_extractor)."""
+        if self.family == "hunyuanvideo15":
+            from .hunyuan15 import encode_images as encode_hunyuan
+
+            return encode_hunyuan(images, frames, height, width, vae=components["vae"],
+                                  image_encoder=components.get("image_encoder"),
+                                  feature_extractor=components.get("feature_extractor"), device=device)
+        return encode_images(images, frames, height, width, self, vae=components["vae"],
+                             image_processor=components.get("image_processor"),
+                             image_encoder=components.get("image_encoder"), device=device)
+
+    def pack(self, context: torch.Tensor, states: torch.Tensor | None) -> torch.Tensor:
+        """The context with the image states packed in, as the family's denoise takes them apart."""
+        if states is None:
+            return context
+        if self.family == "hunyuanvideo15":
+            from .hunyuan15 import pack_image
+
+            return pack_image(context, states)
+        return pack_context(context, states, self)
 
 
 def conditioning_of(transformer_config, image_encoder, expand_timesteps: bool = False) -> ImageConditioning:

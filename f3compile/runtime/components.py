@@ -12,9 +12,10 @@ from ..errors import F3Error
 
 # the second tokenizer and text encoder: HunyuanVideo 1.5's ByT5 for quoted glyph text
 COMPONENTS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae", "scheduler", "image_encoder",
-              "image_processor")
+              "image_processor", "feature_extractor")  # HunyuanVideo 1.5 calls its image processor feature_extractor
 TOKENIZERS = ("tokenizer", "tokenizer_2")
-TRANSFORMERS = (*TOKENIZERS, "text_encoder", "text_encoder_2", "image_encoder", "image_processor")  # transformers' classes
+TRANSFORMERS = (*TOKENIZERS, "text_encoder", "text_encoder_2", "image_encoder", "image_processor",
+                "feature_extractor")  # transformers' classes
 
 
 def save_components(model, directory: Path) -> dict:

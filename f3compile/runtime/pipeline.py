@@ -147,7 +147,8 @@ class Runtime:
                 for encoder in encoders:
                     encoder.to(self.device, self.dtype)
             parts = (self.component("tokenizer"), encoders[0], self.component("tokenizer_2"), encoders[1])
-            return encode_texts(*parts, prompts, device), encode_texts(*parts, negative, device)
+            width = int(self.manifest["text_encoder"]["hidden_size"]) - 1
+            return encode_texts(*parts, prompts, device, width), encode_texts(*parts, negative, device, width)
         finally:
             if on_device:
                 for encoder in encoders:
@@ -186,12 +187,13 @@ class Runtime:
     def encode_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(condition latents, image states) of one image (path or PIL) per prompt, with the build's
         own VAE, image processor and image encoder, as the source pipeline computes them."""
-        from ..models.wan_i2v import encode_images, load_images
+        from ..models.wan_i2v import load_images
 
         shapes = self.manifest["shapes"]
-        return encode_images(load_images(images), shapes["frames"], shapes["height"], shapes["width"], self.conditioning,
-                             vae=self.component("vae"), image_processor=self.component("image_processor"),
-                             image_encoder=self.component("image_encoder"))
+        components = {name: self.component(name) for name in ("vae", "image_encoder", "image_processor",
+                                                               "feature_extractor")}
+        return self.conditioning.encode(load_images(images), shapes["frames"], shapes["height"], shapes["width"],
+                                        components)
 
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
                  eta: float = 0.0, latents: torch.Tensor | None = None, progress: bool = False,
@@ -233,11 +235,8 @@ class Runtime:
             check_latents(latents, tuple(shape))
         cond, uncond = self.encode(prompts)
         if conditioning is not None:
-            from ..models.wan_i2v import pack_context
-
             condition, states = self.encode_images(images)
-            if states is not None:
-                cond, uncond = pack_context(cond, states, conditioning), pack_context(uncond, states, conditioning)
+            cond, uncond = conditioning.pack(cond, states), conditioning.pack(uncond, states)
             condition = condition.to(self.device)
         generator = torch.Generator().manual_seed(seed)
         # the noise is drawn on the CPU (the same video on every device), the loop runs on the device

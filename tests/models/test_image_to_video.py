@@ -1,6 +1,7 @@
-"""Wan image-to-video (`WanImageToVideoPipeline`: Wan2.1-I2V with CLIP image tokens, Wan2.2-I2V-A14B's
+"""Image-to-video: Wan (`WanImageToVideoPipeline`: Wan2.1-I2V with CLIP image tokens, Wan2.2-I2V-A14B's
 two experts, Wan2.2-TI2V-5B's per-token timesteps and first-frame image, also as text-to-video through
-`WanPipeline`): parity of dense builds with the diffusers pipeline from the same start latents and
+`WanPipeline`) and HunyuanVideo 1.5 (`HunyuanVideo15ImageToVideoPipeline`: the image's latents on
+channels, SigLIP states in front of the text in its joint attention): parity of dense builds with the diffusers pipeline from the same start latents and
 image, the conditioning image through calibrate, plan, compile, generate and apply, and refusals."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def images(tmp_path_factory):
     return paths, prompts
 
 
-@pytest.fixture(scope="module", params=["tiny-wan-i2v", "tiny-wan2.2-i2v", "tiny-wan2.2-ti2v"])
+@pytest.fixture(scope="module", params=["tiny-wan-i2v", "tiny-wan2.2-i2v", "tiny-wan2.2-ti2v", "tiny-hunyuanvideo1.5-i2v"])
 def saved(request, tmp_path_factory):
     """(builtin name, its pipeline, the pipeline written with save_pretrained)."""
     from f3compile.models.loading import build_builtin
@@ -49,11 +50,30 @@ def saved(request, tmp_path_factory):
     return request.param, pipe, directory
 
 
+def _hunyuan_shape(pipe, image, frames=9):
+    """The video shape HunyuanVideo15ImageToVideoPipeline picks for `image` (its aspect-ratio bucket
+    at the transformer's target size): what f3compile is calibrated and built at to match it."""
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        height, width = pipe.video_processor.calculate_default_height_width(opened.height, opened.width,
+                                                                            pipe.target_size)
+    return frames, int(height), int(width)
+
+
 def _pipeline_latents(pipe, image, start, steps=4, shape=(9, 32, 32)):
     from PIL import Image
 
     frames, height, width = shape
     given = {} if image is None else {"image": Image.open(image).convert("RGB")}
+    if type(pipe).__name__ == "HunyuanVideo15ImageToVideoPipeline":  # its size is the image's; guidance its guider's
+        assert shape == _hunyuan_shape(pipe, image, frames)
+        import copy
+
+        pipe = copy.copy(pipe)
+        pipe.guider = pipe.guider.new(guidance_scale=5.0)
+        return pipe(**given, prompt="a red circle", negative_prompt="", latents=start.clone(), num_inference_steps=steps,
+                    output_type="latent", num_frames=frames).frames
     return pipe(**given, prompt="a red circle", negative_prompt="", latents=start.clone(), num_inference_steps=steps,
                 guidance_scale=5.0, output_type="latent", num_frames=frames, height=height, width=width).frames
 
@@ -62,7 +82,14 @@ CONDITIONING = {  # builtin -> (latent channels, program sample channels, the ma
     "tiny-wan-i2v": (16, 36, {"kind": "image", "channels": 20, "tokens": 17, "width": 32}),  # CLIP: 4x4 patches + 1
     "tiny-wan2.2-i2v": (16, 36, {"kind": "image", "channels": 20, "tokens": 0, "width": 0}),
     "tiny-wan2.2-ti2v": (48, 48, {"kind": "image", "channels": 0, "tokens": 0, "width": 0, "first_frame": True}),
+    # the image's 4 latent channels and a mask; SigLIP: 4x4 patches, no class token
+    "tiny-hunyuanvideo1.5-i2v": (4, 9, {"kind": "image", "channels": 5, "tokens": 16, "width": 16,
+                                        "family": "hunyuanvideo15"}),
 }
+
+
+def _shape(name, pipe, images):
+    return _hunyuan_shape(pipe, images[0][0]) if "hunyuan" in name else SHAPES.get(name, (9, 32, 32))
 
 
 @pytest.mark.parametrize("variant", ["published", "flow-euler", "text-to-video"])
@@ -72,7 +99,7 @@ def test_dense_build_reproduces_the_pipeline(saved, images, tmp_path, variant):
     from f3compile.options import CompileOptions, Shapes
 
     name, pipe, directory = saved
-    shape = SHAPES.get(name, (9, 32, 32))
+    shape = _shape(name, pipe, images)
     if variant == "flow-euler":  # the scheduler WanImageToVideoPipeline declares
         if name != "tiny-wan-i2v":
             pytest.skip("one image-to-video model is enough for the second sampler")
@@ -117,11 +144,12 @@ def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
     import f3compile as f3
 
     name, pipe, directory = saved
-    if name != "tiny-wan-i2v":
-        pytest.skip("the verbs are shared by both image-to-video layouts: walked on the one with image tokens")
+    if name not in ("tiny-wan-i2v", "tiny-hunyuanvideo1.5-i2v"):
+        pytest.skip("the verbs are shared by the image-to-video layouts: walked on those with image tokens")
     (first, _), prompts = images
     calib, plan, build, video = tmp_path / "calib", tmp_path / "plan.json", tmp_path / "build", tmp_path / "v.gif"
-    shape = ("--frames", 9, "--height", 32, "--width", 32)
+    size = _shape(name, pipe, images)
+    shape = ("--frames", size[0], "--height", size[1], "--width", size[2])
     code, out, err = run(capsys, "calibrate", directory, "--prompts", prompts, "--steps", 3, *shape, "--no-heatmaps",
                          "-o", calib)
     assert code == 0, err
@@ -139,10 +167,11 @@ def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
                          "-o", video)
     assert code == 0 and video.stat().st_size > 0, err
 
-    start = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    latent = (3, size[1] // (16 if "hunyuan" in name else 8), size[2] // (16 if "hunyuan" in name else 8))
+    start = torch.randn(1, CONDITIONING[name][0], *latent, generator=torch.Generator().manual_seed(2))
     applied = f3.apply(pipe, plan)
     try:
-        inside = _pipeline_latents(pipe, first, start, steps=3)
+        inside = _pipeline_latents(pipe, first, start, steps=3, shape=size)
     finally:
         applied.remove()
     built = api.Runtime(build).generate("a red circle", steps=3, guidance_scale=5.0, latents=start, image=first)
@@ -189,8 +218,9 @@ def _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, plan):
 
 def test_a_bare_image_to_video_transformer_is_refused(saved, tmp_path, capsys):
     name, _, directory = saved
-    if name == "tiny-wan2.2-ti2v":
-        pytest.skip("a bare TI2V transformer (48 channels in and out, no image inputs) is a text-to-video one")
+    if name in ("tiny-wan2.2-ti2v", "tiny-hunyuanvideo1.5-i2v"):
+        pytest.skip("a bare TI2V transformer (48 channels in and out, no image inputs) is a text-to-video one; "
+                    "HunyuanVideo 1.5's text-to-video pipeline runs its image-to-video transformer too")
     code, out, err = run(capsys, "calibrate", directory / "transformer", "--prompts", __file__, "-o", tmp_path / "c")
     assert_one_line_error(code, err, "WanImageToVideoPipeline")
     assert not (tmp_path / "c").exists()
@@ -229,7 +259,7 @@ def test_the_ti2v_5b_preset_has_the_published_configuration():
 
 
 @pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline", "LTX2Pipeline",
-                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideo15ImageToVideoPipeline",
+                                      "SkyReelsV2DiffusionForcingPipeline", "HunyuanVideoPipeline",
                                       ["WanPipeline"]])  # a class name that is not a string
 def test_pipelines_f3compile_does_not_run_are_refused_naming_the_supported_ones(pipeline, tmp_path, capsys):
     """A directory of another video pipeline: one line naming the pipelines that load, exit 2, nothing
