@@ -97,7 +97,7 @@ def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: fl
 
 def has_published_components(model) -> bool:
     """Whether `model` is an unscaled preset counted with its published text encoder and VAE."""
-    return model.spec.startswith("builtin:arch-wan") and "width-scale" not in model.spec
+    return model.spec.startswith(("builtin:arch-wan", "builtin:arch-hunyuanvideo")) and "width-scale" not in model.spec
 
 
 def published_components(model) -> dict[str, torch.nn.Module]:
@@ -105,6 +105,8 @@ def published_components(model) -> dict[str, torch.nn.Module]:
     architecture preset, on the meta device (the preset runs with small stand-ins); {} for anything else."""
     if not has_published_components(model):
         return {}
+    if model.family == "hunyuanvideo15":
+        return _published_hunyuan15(model)
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKLWan
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
@@ -128,6 +130,32 @@ def published_components(model) -> dict[str, torch.nn.Module]:
     return {name: module.eval() for name, module in components.items()}
 
 
+def _published_hunyuan15(model) -> dict[str, torch.nn.Module]:
+    """HunyuanVideo 1.5's text encoders (Qwen2.5-VL-7B's language model, ByT5-small's encoder), its
+    VAE (diffusers' defaults are the published config) and, for image-to-video, SigLIP so400m's
+    vision tower (384 px, patch 14: 729 states), on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLHunyuanVideo15
+    from transformers import (Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, SiglipVisionConfig, SiglipVisionModel,
+                              T5Config, T5EncoderModel)
+
+    with init_empty_weights(include_buffers=True):
+        components = {
+            "text_encoder": Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+                vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4,
+                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})),
+            "text_encoder_2": T5EncoderModel(T5Config(vocab_size=384, d_model=1472, d_kv=64, d_ff=3584, num_layers=12,
+                                                      num_heads=6, feed_forward_proj="gated-gelu")),
+            "vae": AutoencoderKLHunyuanVideo15(),
+        }
+        if model.conditioning is not None:
+            components["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
+                hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384,
+                patch_size=14))
+    return {name: module.eval() for name, module in components.items()}
+
+
 def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cuda", stages: int | None = None,
             change: str = "sketch", target: str = "aoti") -> list[Prediction]:
     """Each verb's peak for `model` (built on the meta device in `precision`) at `shapes`, with
@@ -142,13 +170,18 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     units = find_temporal_units(model, shapes)
     published = published_components(model)
     text = published.get("text_encoder", model.text_encoder)
+    # a second text encoder (HunyuanVideo 1.5's ByT5) is loaded and run beside the first
+    second = published.get("text_encoder_2", getattr(model.pipeline, "text_encoder_2", None)
+                           if model.pipeline is not None else None)
     vae = published.get("vae", getattr(model.pipeline, "vae", None) if model.pipeline is not None else None)
     denoiser = weight_bytes(model.denoiser)
     if "text_encoder" in published:  # built in fp32: loaded in the run's precision
         from .models.base import cast_weights
 
-        cast_weights(text, dtype)
-    text_bytes = weight_bytes(text)
+        for encoder in (text, second):
+            if encoder is not None:
+                cast_weights(encoder, dtype)
+    text_bytes = weight_bytes(text) + (weight_bytes(second) if second is not None else 0)
     vae_bytes = weight_bytes(vae)
     # an image-to-video model's image encoder (CLIP) encodes each image on the host, in fp32
     image_encoder = published.get("image_encoder", getattr(model.pipeline, "image_encoder", None)

@@ -632,7 +632,8 @@ def test_cli_turns_bad_files_into_one_line_errors(env, tmp_path, capsys):
 MODEL_EXAMPLES = 40  # each example loads a tiny transformer from disk (about 0.2 s)
 
 
-@pytest.mark.parametrize("builtin", ["tiny-wan", "tiny-cogvideox", "tiny-wan-i2v"])
+@pytest.mark.parametrize("builtin", ["tiny-wan", "tiny-cogvideox", "tiny-wan-i2v", "tiny-hunyuanvideo1.5",
+                                     "tiny-hunyuanvideo1.5-i2v"])
 def test_fuzz_full_attention_transformer_configs(tmp_path_factory, builtin):
     """A bare transformer directory whose config.json is damaged (structurally or byte by byte) loads
     as a model that runs, or is refused with a one-line F3Error; never another exception. An

@@ -47,8 +47,11 @@ BYT5_LENGTH = 256  # its tokenizer_2_max_length
 PUBLISHED = dict(num_layers=54, num_attention_heads=16, attention_head_dim=128, mlp_ratio=4.0, num_refiner_layers=2,
                  text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, in_channels=65, out_channels=32,
                  rope_axes_dim=(16, 56, 56))
-FLOW_SHIFT = 5.0  # the 480p text-to-video shift of the published scheduler (7.0 at 720p)
-GUIDANCE = 6.0  # the published guider's guidance_scale
+# the official pipeline's defaults (Tencent-Hunyuan/HunyuanVideo-1.5 `hyvideo/pipelines/hunyuan_video_pipeline.py`:
+# flow_shift 7.0, guidance_scale 6.0; its 480p resolution bucket has base size 640, diffusers' `target_size`)
+FLOW_SHIFT = 7.0
+GUIDANCE = 6.0
+TARGET_SIZE = 640
 
 
 def _system_message() -> str:
@@ -353,8 +356,13 @@ def refuse_unsupported(config, where: str) -> None:
 
     get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
     if get("use_meanflow"):
-        raise F3Error(f"{where} is a MeanFlow model (use_meanflow: the super-resolution stage, which takes a second "
-                      "timestep); f3compile runs the HunyuanVideo 1.5 text-to-video transformers")
+        raise F3Error(f"{where} is a MeanFlow model (use_meanflow: step-distilled or super-resolution, which take a "
+                      "second timestep); f3compile runs the HunyuanVideo 1.5 text- and image-to-video transformers")
+    rope, head = get("rope_axes_dim"), get("attention_head_dim")
+    if isinstance(rope, (list, tuple)) and isinstance(head, int) and (
+            len(rope) != 3 or any(not isinstance(r, int) or r <= 0 or r % 2 for r in rope) or sum(rope) != head):
+        raise F3Error(f"{where}: rope_axes_dim {list(rope)} must be three positive even sizes adding up to "
+                      f"attention_head_dim {head}; fix the config or re-save the model with save_pretrained")
 
 
 def scheduler(shift: float = FLOW_SHIFT):
@@ -462,5 +470,5 @@ def build_arch_hunyuan15(scale: float):
     text, glyph, image = (_width(PUBLISHED[k], scale, 8) for k in ("text_embed_dim", "text_embed_2_dim", "image_embed_dim"))
     transformer = HunyuanVideo15Transformer3DModel(**{
         **PUBLISHED, "attention_head_dim": head_dim, "rope_axes_dim": rope, "text_embed_dim": text,
-        "text_embed_2_dim": glyph, "image_embed_dim": image, "target_size": 480, "task_type": "t2v"}).eval()
+        "text_embed_2_dim": glyph, "image_embed_dim": image, "target_size": TARGET_SIZE, "task_type": "t2v"}).eval()
     return _pipeline(transformer, text, glyph, 32, layers=3)

@@ -43,11 +43,10 @@ def _mixed_plan(stats, units):
     return dataclasses.replace(make_plan(stats, 0.5, "head"), stages=[stage])
 
 
-# Every granularity on tiny-unet3d (two stages with blocks); on the other families one stage that
-# mixes attention, head and frame pruning, and two stages on tiny-latte (the passes' own
-# family-specific checks are in tests/passes/test_passes.py, for every granularity and family).
-PRUNED_ONNX_CASES = [(g, s, "tiny-unet3d") for g, s in (("block", 2), ("attention", 1), ("head", 1), ("frame", 1))]
-PRUNED_ONNX_CASES += [("mixed", 1, name) for name in TINY if name != "tiny-unet3d"] + [("block", 2, "tiny-latte")]
+# On every family one stage that mixes attention, head and frame pruning (one export checks the three
+# granularities' removals), and two stages of whole blocks on tiny-unet3d and tiny-latte (the passes'
+# own checks are in tests/passes/test_passes.py, for every granularity and family, one at a time).
+PRUNED_ONNX_CASES = [("block", 2, "tiny-unet3d")] + [("mixed", 1, name) for name in TINY] + [("block", 2, "tiny-latte")]
 
 
 @pytest.mark.parametrize("granularity, stages, name", PRUNED_ONNX_CASES)

@@ -157,11 +157,13 @@ def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
     assert meta["images"]["count"] == 2 and meta["images"]["sha256"].startswith("sha256:")
     assert run(capsys, "plan", calib, "--granularity", "window", "--window", 0, "--ratio", 0.5, "--stages", 2,
                "-o", plan)[0] == 0
-    _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, tmp_path / "w1.json")
-    code, out, err = run(capsys, "plan", calib, "--search", "--prompts", prompts, "--max-error", 0.05, "--stages", 2,
-                         "--actions", "window", "--search-budget", 6, "-o", tmp_path / "search.json")
-    assert code == 0, err
-    assert json.loads((tmp_path / "search.json").read_text())["search"]["calls"] > 0
+    wan = name == "tiny-wan-i2v"  # what the two walks share (inspect, the search, the refusals) is walked once
+    if wan:
+        _inspect_says_what_windows_hide_of_the_first_frame(capsys, calib, tmp_path / "w1.json")
+        code, out, err = run(capsys, "plan", calib, "--search", "--prompts", prompts, "--max-error", 0.05, "--stages", 2,
+                             "--actions", "window", "--search-budget", 6, "-o", tmp_path / "search.json")
+        assert code == 0, err
+        assert json.loads((tmp_path / "search.json").read_text())["search"]["calls"] > 0
     assert run(capsys, "compile", directory, "--plan", plan, "-o", build)[0] == 0
     code, out, err = run(capsys, "generate", build, "--prompt", "a red circle", "--image", first, "--steps", 3,
                          "-o", video)
@@ -176,6 +178,8 @@ def test_image_prompts_through_every_verb(saved, images, tmp_path, capsys):
         applied.remove()
     built = api.Runtime(build).generate("a red circle", steps=3, guidance_scale=5.0, latents=start, image=first)
     assert rel(built, inside) <= EXACT
+    if not wan:
+        return
 
     # refusals: no image for an image-to-video build or calibration, a missing image, an image for text-to-video
     code, out, err = run(capsys, "generate", build, "--prompt", "a red circle", "-o", tmp_path / "no.gif")
