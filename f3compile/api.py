@@ -289,9 +289,10 @@ def inspect(plan: Any, model: Any = None, shapes: Shapes | None = None) -> str:
 
 
 def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precision: str = "bf16",
-                  device: str = "cuda", target: str = "aoti"):
+                  device: str = "cuda", target: str = "aoti", budget: float | None = None):
     """(predictions, context): each verb's predicted peak memory (`memory.Prediction`) for `plan` on
-    `model` at `shapes` in `precision`, counted on the meta device in seconds (`inspect --memory`).
+    `model` at `shapes` in `precision`, counted on the meta device in seconds (`inspect --memory`;
+    `budget`: the device's bytes, where `generate` decodes tile by tile if untiled would not fit).
     `model` is a builtin (an architecture preset at its published size, or a width-scaled one) or a
     pipeline directory, built from its configs without reading its weights."""
     from .devices import resolve_precision
@@ -311,7 +312,8 @@ def memory_report(plan: Any, model: Any, shapes: Shapes | None = None, *, precis
     meta = load_model(str(model), meta=True, precision=precision)  # a directory: its configs, no weights read
     shapes = shapes or Shapes()
     resolved = resolve_shapes(meta, shapes.frames, shapes.height, shapes.width)
-    return memory.report(read_plan(plan), meta, resolved, precision=precision, device=device, target=target)
+    return memory.report(read_plan(plan), meta, resolved, precision=precision, device=device, target=target,
+                         budget=None if budget is None else int(budget))
 
 
 def memory_text(predictions, title: str, budget: float | None = None) -> str:

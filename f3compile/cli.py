@@ -177,9 +177,9 @@ def _inspect_memory(args, shapes) -> None:
     if not args.model:
         raise F3Error("--memory needs --model (the model whose verbs are counted)")
     precision = args.precision or "bf16"
-    predictions, context = api.memory_report(args.plan, args.model, shapes, precision=precision,
-                                             device=args.device, target=args.target)
     budget = args.budget * 2**30 if args.budget else None
+    predictions, context = api.memory_report(args.plan, args.model, shapes, precision=precision,
+                                             device=args.device, target=args.target, budget=budget)
     if args.json:
         print(json.dumps({**context, "budget_bytes": budget, "verbs": [p.to_dict() for p in predictions]}, indent=1))
         return

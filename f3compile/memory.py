@@ -66,11 +66,14 @@ def call_peak(model, shapes, cfg: bool = True) -> int:
     return traced_peak(lambda: model.denoise_call(model.denoiser, *inputs), modules, list(inputs))[0]
 
 
-def decode_peak(vae: torch.nn.Module | None, model, shapes) -> int:
-    """Transient bytes of decoding one video at `shapes` with `vae` (0 without one)."""
+def decode_peak(vae: torch.nn.Module | None, model, shapes, tiled: bool = False) -> int | None:
+    """Transient bytes of decoding one video at `shapes` with `vae` (0 without one; `tiled`: with the
+    VAE's own tiling, None where it has none)."""
     if vae is None:
         return 0
-    return decode_bytes(vae, model.latent_shape(dataclasses.replace(shapes, batch=1)))
+    if tiled and not hasattr(vae, "enable_tiling"):
+        return None
+    return decode_bytes(vae, model.latent_shape(dataclasses.replace(shapes, batch=1)), tiled)
 
 
 def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: float = 1.0) -> dict[str, int]:
@@ -157,11 +160,13 @@ def _published_hunyuan15(model) -> dict[str, torch.nn.Module]:
 
 
 def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cuda", stages: int | None = None,
-            change: str = "sketch", target: str = "aoti") -> list[Prediction]:
+            change: str = "sketch", target: str = "aoti", budget: int | None = None) -> list[Prediction]:
     """Each verb's peak for `model` (built on the meta device in `precision`) at `shapes`, with
     `plan` (its stages and windowed units; None: a dense one-stage build). `device` cuda: what the
     GPU holds (the text encoder and VAE of `generate` on the host, as it runs them); cpu: everything
-    the process holds, as on a CPU-only machine."""
+    the process holds, as on a CPU-only machine. `budget` (bytes, the device's memory): `generate`
+    decodes tile by tile where the untiled decode would not fit beside its programs, as the runtime
+    decides on the device (without a budget the untiled decode is counted and the tiled one noted)."""
     from .devices import PRECISION_DTYPES
     from .models.discovery import find_temporal_units
 
@@ -215,14 +220,27 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
                     "windowed units' permuted weights": windowed * plan_stages}
     else:
         programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
-    decode = decode_peak(vae, model, shapes) + 4 * shapes.frames * shapes.height * shapes.width * 3
+    frames_bytes = 4 * shapes.frames * shapes.height * shapes.width * 3
+    untiled = decode_peak(vae, model, shapes)
+    decode = untiled + frames_bytes
     for prediction in (calibrate, search):
         prediction.host["VAE weights"] = vae_bytes
         if image_bytes:
             prediction.host["image encoder weights"] = image_bytes
     if on_gpu:  # the programs stay loaded; the text encoder, the loop and the VAE take turns beside them
-        phases = {"one denoiser call": call + sampling["latents and noise"],
-                  "the text encoder (while encoding)": text_bytes, "the VAE decoding untiled": vae_bytes + decode}
+        phases = {"one denoiser call": call + sampling["latents and noise"], "the text encoder (while encoding)": text_bytes}
+        decoding, tiled_note = "the VAE decoding untiled", None
+        free = None if budget is None else budget - sum(programs.values()) - vae_bytes
+        # the tiled decode matters where the untiled one is what generate peaks at (traced only then)
+        tiled = decode_peak(vae, model, shapes, tiled=True) if vae is not None and (
+            vae_bytes + decode > max(phases.values())) else None
+        if tiled is not None and tiled < untiled:
+            if free is not None and untiled > 0.9 * free:  # the runtime's own rule (`Runtime.decode`)
+                decoding, decode = "the VAE decoding tile by tile (untiled it would not fit)", tiled + frames_bytes
+            elif free is None:
+                tiled_note = (f"the VAE decodes tile by tile where untiled it would not fit beside the programs: "
+                              f"{(vae_bytes + tiled + frames_bytes) / GIB:.2f} GiB then (pass --budget to count it)")
+        phases[decoding] = vae_bytes + decode
         largest = max(phases, key=phases.get)
         generate = Prediction("generate", {**programs, largest: phases[largest]},
                               {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes,
@@ -230,6 +248,8 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         generate.notes.append(("the stage programs share their common weights" if target in ("torch", "aoti") else
                                "each stage's program holds its own weights") + "; beside them in turn: "
                               + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
+        if tiled_note:
+            generate.notes.append(tiled_note)
     else:  # one memory: everything loaded stays, the largest transient on top
         generate = Prediction("generate", {**programs, "text encoder weights": text_bytes, "VAE weights": vae_bytes,
                                            **({"image encoder weights": image_bytes} if image_bytes else {}),
@@ -291,7 +311,7 @@ def render(predictions: list[Prediction], title: str, budget: float | None = Non
 
 
 def report(plan, model, shapes, precision: str = "bf16", device: str = "cuda", target: str = "aoti",
-           change: str = "sketch") -> tuple[list[Prediction], dict[str, Any]]:
+           change: str = "sketch", budget: int | None = None) -> tuple[list[Prediction], dict[str, Any]]:
     """(predictions, what they were counted for) of `plan` on `model` (built on the meta device in
     `precision`); a plan made on another model is carried over by depth, as `inspect` does."""
     from .models.discovery import find_temporal_units
@@ -304,7 +324,7 @@ def report(plan, model, shapes, precision: str = "bf16", device: str = "cuda", t
     elif plan is not None and plan.model.get("fingerprint") != model.fingerprint:
         carried = plan.model.get("spec")
         plan = carry_over(plan, units, model.spec)
-    predictions = predict(model, shapes, plan, precision, device, change=change, target=target)
+    predictions = predict(model, shapes, plan, precision, device, change=change, target=target, budget=budget)
     context = {"model": model.spec, "frames": shapes.frames, "height": shapes.height, "width": shapes.width,
                "precision": precision, "device": device, "target": target, "residual_change": change,
                "stages": len(plan.stages) if plan is not None else 1, "carried_over_from": carried,

@@ -121,6 +121,38 @@ def test_the_traced_decode_is_what_a_real_decode_allocates():
     assert predicted == pytest.approx(oracle.peak, rel=0.05)
 
 
+def test_generate_decodes_tile_by_tile_where_untiled_would_not_fit():
+    """HunyuanVideo 1.5's VAE decodes the whole video at once: its tiled decode (traced, against a real
+    tiled decode) is what `generate` holds where the untiled one would not fit beside the programs in
+    the device's memory (`--budget`), as the runtime decides; without a budget it is noted."""
+    from f3compile.runtime.pipeline import vae_decode
+
+    model = load_model("builtin:tiny-hunyuanvideo1.5")
+    vae = model.pipeline.vae
+    shapes = VideoShapes(1, 5, 320, 320)  # over the VAE's 256-pixel tile
+    latents = torch.randn(model.latent_shape(shapes))
+    untiled = memory.decode_bytes(vae, tuple(latents.shape))
+    tiled = memory.decode_bytes(vae, tuple(latents.shape), tiled=True)
+    assert tiled < 0.75 * untiled and not vae.use_tiling  # the VAE itself is left untiled
+    vae.enable_tiling()
+    try:
+        oracle = _LiveBytes([*vae.parameters(), *vae.buffers(), latents])
+        with torch.no_grad(), oracle:
+            vae_decode(vae, latents)
+    finally:
+        vae.disable_tiling()
+    assert tiled == pytest.approx(oracle.peak, rel=0.05)
+
+    def generate(budget):
+        return memory.predict(model, shapes, device="cuda", budget=budget)[-1]
+
+    beside = memory.weight_bytes(model.denoiser) + memory.weight_bytes(vae)  # the programs and the VAE's weights
+    unknown, tight, roomy = generate(None), generate(beside + untiled), generate(beside + 2 * untiled)
+    assert any("tile by tile" in note and "--budget" in note for note in unknown.notes)
+    assert unknown.device_total == roomy.device_total > tight.device_total  # 0.9 of the free memory: tiled
+    assert any("tile by tile" in name for name in tight.device) and tight.device_total - tiled < untiled
+
+
 def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     """A 2-stage window plan compiled on tiny-wan: the torch runtime holds one copy of what the
     stages share plus each stage's regrouped attention weights, which the report's torch build

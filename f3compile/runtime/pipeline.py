@@ -355,12 +355,20 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
         raise F3Error(f"{path.name}: the output must end in .gif, .mp4 or .png")
 
 
-def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
-    """Transient bytes of `vae` decoding latents of `latent_shape` untiled, traced on a meta-device
-    copy of it (its weights in their dtype, nothing computed; `vae` itself is left as it is)."""
+def decode_bytes(vae: torch.nn.Module, latent_shape: tuple[int, ...], tiled: bool = False) -> int:
+    """Transient bytes of `vae` decoding latents of `latent_shape` untiled (`tiled`: with its own
+    tiling), traced on a meta-device copy of it (its weights in their dtype, nothing computed; `vae`
+    itself is left as it is)."""
     from ..tracing import meta_copy, traced_peak
 
     first = next(vae.parameters())
     meta = vae if first.is_meta else meta_copy(vae)
     latents = torch.zeros(latent_shape, device="meta", dtype=first.dtype)
-    return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
+    was = bool(getattr(meta, "use_tiling", False))
+    if tiled:
+        meta.enable_tiling()
+    try:
+        return traced_peak(lambda: vae_decode(meta, latents), [meta], [latents])[0]
+    finally:
+        if tiled and not was:
+            meta.disable_tiling()
