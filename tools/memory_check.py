@@ -68,7 +68,7 @@ def child(spec: str, shape: str, verb: str, work: Path) -> dict:
         latents = initial_latents(model.latent_shape(shapes), model.scheduler, generator, model.native_layout)
         with torch.no_grad():
             denoise_loop(model.denoise, model.scheduler, latents, cond, uncond, 2, 5.0, generator,
-                         layout=model.native_layout)
+                         layout=model.native_layout, family=model.family)
     elif verb == "export":
         from f3compile.options import CompileOptions, Shapes
 

@@ -305,10 +305,12 @@ def install(model, plan, units: list, *, pipeline=None) -> Applied:
     `pipeline`: the pipeline object whose scheduler marks the start of each sampling loop."""
     by_id = {unit.id: unit for unit in units}
     modules = dict(model.denoiser.named_modules())
-    for stage in plan.stages if model.family == "cogvideox" else ():
+    from ..models.base import JOINT_FAMILIES
+
+    for stage in plan.stages if model.family in JOINT_FAMILIES else ():
         for removed in (*stage.drop_blocks, *stage.reused_blocks, *stage.drop_attention):
             raise F3Error(f"{removed} has 2 outputs (text and video states); it cannot be removed or reused as a whole "
-                          "(plan CogVideoX with --granularity window or head)")
+                          "(plan this model with --granularity window or head)")
     for stage in plan.stages if model.experts else ():
         model.expert_for(stage.timesteps)  # refuses a stage that spans both experts, as compile does
     state = PlanState(plan, by_id, _stage_plans(plan, by_id), [dict(s.reuse) for s in plan.stages])

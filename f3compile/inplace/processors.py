@@ -138,6 +138,8 @@ class HunyuanProcessor(UnitProcessor):
     or handed in as it is (f3compile's own call passes the bias (B, 1, 1, T + N)); the context's output
     through its own projection `to_add_out`, over the kept heads' columns like `to_out.0`."""
 
+    takes_key_bias = True  # f3compile's own call hands it the (B, 1, 1, N) key bias (`hunyuan15.denoise`)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from ..models.hunyuan15 import JointProcessor, key_bias
 

@@ -325,6 +325,10 @@ class VideoModel:
         return sample, timestep, ehs
 
 
+# families whose transformer blocks return video and text states: a block is never removed or reused whole
+JOINT_FAMILIES = ("cogvideox", "hunyuanvideo15")
+
+
 class Prompt(str):
     """A prompt with the image an image-to-video model starts its video from (`image`: a path or a
     PIL image; None for text-to-video). It is the prompt text everywhere a string is expected."""

@@ -162,6 +162,8 @@ class JointProcessor:
     `project_context` False (the last block, whose context output nothing reads): the context's
     output is zeros instead of its projection."""
 
+    takes_key_bias = True
+
     def __init__(self, project_context: bool = True):
         self.project_context = project_context
 
@@ -199,8 +201,8 @@ _PROCESSOR, _LAST = JointProcessor(), JointProcessor(project_context=False)
 def _refine(embedder, states: torch.Tensor, mask: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
     """`HunyuanVideo15TokenRefiner.forward` with its mask on keys only (a padded query row sees the
     valid keys rather than none; every valid row is the same)."""
-    weights = mask.to(states.dtype).unsqueeze(-1)
-    pooled = (states * weights).sum(dim=1) / weights.sum(dim=1)
+    weights = mask.float().unsqueeze(-1)  # pooled in fp32, as diffusers pools it
+    pooled = ((states.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(states.dtype)
     temb = embedder.time_text_embed(timestep, pooled)
     hidden = embedder.proj_in(states)
     keys = mask.reshape(mask.shape[0], 1, 1, -1)
@@ -214,20 +216,23 @@ def denoise(denoiser, sample, timestep, encoder_hidden_states, *, packing: Packi
     condition channels), timestep (B,) or scalar, the packed context (B, T, D + 1) -> (B, 32, F, h, w).
 
     Called through the module (its `forward` this function for the call), so that what watches the
-    denoiser's calls sees this one (`apply` reads the timestep there)."""
-    previous = vars(denoiser).get("forward")
+    denoiser's calls sees this one (`apply` reads the timestep there); where accelerate has wrapped
+    the forward (model CPU offload, a device map), its wrapper stays and calls this function instead."""
+    # accelerate's hook calls `_old_forward` between moving the inputs and the outputs
+    slot = "_old_forward" if hasattr(denoiser, "_hf_hook") and hasattr(denoiser, "_old_forward") else "forward"
+    previous = vars(denoiser).get(slot)
 
     def forward(hidden_states, timestep, encoder_hidden_states):
         return _forward(denoiser, hidden_states, timestep, encoder_hidden_states, packing)
 
-    denoiser.forward = forward
+    setattr(denoiser, slot, forward)
     try:
         return denoiser(hidden_states=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
     finally:
         if previous is None:
-            del denoiser.forward
+            delattr(denoiser, slot)
         else:
-            denoiser.forward = previous
+            setattr(denoiser, slot, previous)
 
 
 def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing):
@@ -252,12 +257,21 @@ def _forward(denoiser, sample, timestep, encoder_hidden_states, packing: Packing
         masks.insert(0, image_mask)
     context = torch.cat(parts, dim=1)
     bias = key_bias(torch.cat(masks, dim=1), hidden.shape[1], hidden.dtype)
+    from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
+
+    from ..errors import F3Error
+
     blocks = denoiser.transformer_blocks
     originals = [block.attn.processor for block in blocks]
     try:
         for number, block in enumerate(blocks):  # diffusers' own processors (a plan `apply`d keeps its own)
-            if type(block.attn.processor).__name__ == "HunyuanVideo15AttnProcessor2_0":
+            processor = block.attn.processor
+            if isinstance(processor, HunyuanVideo15AttnProcessor2_0):
                 block.attn.processor = _PROCESSOR if number < len(blocks) - 1 else _LAST
+            elif not getattr(processor, "takes_key_bias", False):
+                raise F3Error(f"transformer_blocks.{number}.attn runs a {type(processor).__name__}; f3compile runs "
+                              "HunyuanVideo 1.5 with diffusers' own attention processor (reset it with "
+                              "pipe.transformer.set_attn_processor(HunyuanVideo15AttnProcessor2_0()))")
         for block in blocks:
             hidden, context = block(hidden, context, temb, bias, rotary)
     finally:

@@ -166,6 +166,9 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
                 raise F3Error(f"{spec}: a HunyuanVideo15ImageToVideoPipeline needs its image_encoder and "
                               "feature_extractor; save the pipeline with them")
             tokens = (int(encoder.config.image_size) // int(encoder.config.patch_size)) ** 2  # SigLIP: patches only
+            if int(denoiser.config.image_embed_dim) != int(encoder.config.hidden_size):
+                raise F3Error(f"{spec}: the image encoder's states are {encoder.config.hidden_size} wide, the "
+                              f"transformer's image_embed_dim {denoiser.config.image_embed_dim}; they must be one width")
             conditioning = ImageConditioning(int(denoiser.config.in_channels) - int(denoiser.config.out_channels), tokens,
                                             int(denoiser.config.image_embed_dim), family="hunyuanvideo15")
         packing = hunyuan15.packing_of(denoiser.config, image_tokens=tokens)

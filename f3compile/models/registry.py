@@ -175,8 +175,9 @@ for _builtin in (
     Builtin("arch-cogvideox-5b", "cogvideox", "f3compile.models.cogvideox:build_arch_cogvideox", (49, 480, 720),
             "CogVideoX-5B (42 layers, 48x64 heads, 3-D RoPE), 49 frames 480x720", "preset", {"size": "5b"}),
     Builtin("tiny-hunyuanvideo1.5", "hunyuanvideo15", "f3compile.models.hunyuan15:build_tiny_hunyuan15", (17, 64, 64),
-            "HunyuanVideo15Transformer3DModel, 2 blocks of 4x16 heads, 1256 context tokens after the video (ByT5 + "
-            "Qwen2.5-VL stand-ins, padding masked), VAE 4x16x16 (17 frames -> 5 latent frames of 4x4)", "tiny"),
+            "HunyuanVideo15Transformer3DModel, 2 blocks of 4x16 heads, 1256 context tokens (ByT5 + Qwen2.5-VL "
+            "stand-ins, padding masked) in its joint attention, VAE 4x16x16 (17 frames -> 5 latent frames of 4x4)",
+            "tiny"),
     Builtin("tiny-hunyuanvideo1.5-i2v", "hunyuanvideo15", "f3compile.models.hunyuan15:build_tiny_hunyuan15_i2v",
             (17, 64, 64), "HunyuanVideo 1.5 image-to-video layout on tiny-hunyuanvideo1.5: the image's latents and a "
             "mask on channels, 16 SigLIP-style image states before the text", "tiny"),

@@ -1,14 +1,19 @@
 """window_attention: windowed heads of a spatiotemporal attention attend only to nearby frames.
 
-A spatiotemporal unit's kernel runs on q, k, v (B, H, T + F·S, d): T text tokens first (CogVideoX;
-T = 0 for Wan), then F frames of S tokens, frame-major. A head with window W lets a video query of
-frame f see the keys of frames g with |f − g| ≤ W, plus every text key; text queries see all keys.
+A spatiotemporal unit's kernel runs on q, k, v (B, H, T + F·S, d): T text tokens first (CogVideoX,
+HunyuanVideo 1.5; T = 0 for Wan), then F frames of S tokens, frame-major. A head with window W lets a
+video query of frame f see the keys of frames g with |f − g| ≤ W, plus every text key; text queries
+see all keys. A kernel may carry an additive key bias (B, 1, 1, T + F·S) (HunyuanVideo 1.5's padded
+text keys at the dtype's lowest value, 0 on every other key): it goes with the keys, whole to the
+dense heads and the text queries, its text part to every frame's text keys; its video part is 0 by
+construction and not read. Any other mask is refused.
 
 Before: one attention over the whole sequence for every head.
 After:
   1. Heads are regrouped by window (dense heads, then W = 0, 1, …) by permuting the rows of the
-     q/k/v projections (weights, biases, and any per-channel q/k norm across heads: an RMS over all
-     heads is invariant to their order) and the columns of the output projection by the same
+     q/k/v projections (weights, biases, any per-channel q/k norm across heads — an RMS over all
+     heads is invariant to their order — and the text's own `add_*_proj` of a joint attention) and
+     the columns of the output projections (`to_out.0`, and the text's `to_add_out`) by the same
      permutation, so the groups are contiguous head ranges and nothing is reordered at run time.
   2. Each group runs its own dense attention, the outputs concatenated over heads:
      - dense: the original kernel on the group's heads;

@@ -598,7 +598,8 @@ def _window_plan(stats: CalibrationStats, ratio, granularity: str, window: int |
         raise F3Error(f"--keep-mass must be in [0, 1], got {keep_mass}")
     units = [unit for unit in stats.units if unit.spatiotemporal]
     if not units:
-        raise F3Error("--granularity window needs full 3-D attention (Wan, CogVideoX); this calibration has temporal "
+        raise F3Error("--granularity window needs full 3-D attention (Wan, CogVideoX, HunyuanVideo 1.5); this "
+                      "calibration has temporal "
                       "attention only: use block, attention, head or frame")
     if criterion == "random":
         criterion = f"random:{int(seed)}"

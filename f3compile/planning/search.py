@@ -317,9 +317,12 @@ def search_plan(
         raise F3Error(f"--max-error must be > 0, got {max_error}")
     if target_speedup is not None and not target_speedup >= 1.0:
         raise F3Error(f"--target-speedup must be >= 1, got {target_speedup}")
+    from ..models.base import JOINT_FAMILIES
+
     full = any(unit.spatiotemporal for unit in units)
+    joint = model.family in JOINT_FAMILIES  # blocks of video and text states: windows only
     if actions is None:
-        actions = FULL_ATTENTION_ACTIONS if full else ("drop", "reuse", "heads")
+        actions = ("window",) if joint else FULL_ATTENTION_ACTIONS if full else ("drop", "reuse", "heads")
     unknown = [a for a in actions if a not in ACTIONS]
     if unknown or not actions:
         raise F3Error(f"search actions must be among {', '.join(ACTIONS)}, got {', '.join(actions) or 'none'}")
@@ -331,8 +334,12 @@ def search_plan(
         raise F3Error(f"reuse periods must be distinct integers in [2, 64], got {', '.join(map(str, periods))}")
     if full and "heads" in actions:
         raise F3Error("--actions heads does not apply to full 3-D attention; use drop, reuse and window")
+    if joint and any(a in actions for a in ("drop", "reuse")):
+        raise F3Error(f"--actions drop and reuse do not apply to {model.family} (its blocks return text and video "
+                      "states); use window")
     if "window" in actions and not full:
-        raise F3Error("window actions need full 3-D attention (Wan, CogVideoX); this model has temporal attention")
+        raise F3Error("window actions need full 3-D attention (Wan, CogVideoX, HunyuanVideo 1.5); this model has "
+                      "temporal attention")
     if "window" in actions and not (windows and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0
                                                     for w in windows) and len(set(windows)) == len(windows)):
         raise F3Error(f"--windows must be distinct frame distances >= 0, got {', '.join(map(str, windows)) or 'none'}")

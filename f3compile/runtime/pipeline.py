@@ -143,9 +143,9 @@ class Runtime:
         on_device = self.device.type == "cuda"
         device = self.device if on_device else torch.device("cpu")
         try:
-            if on_device:
-                for encoder in encoders:
-                    encoder.to(self.device, self.dtype)
+            if on_device:  # ByT5 is a T5: an fp16 build encodes it in fp32, as the other T5-family encoders
+                encoders[0].to(self.device, self.dtype)
+                encoders[1].to(self.device, torch.float32 if self.dtype == torch.float16 else self.dtype)
             parts = (self.component("tokenizer"), encoders[0], self.component("tokenizer_2"), encoders[1])
             width = int(self.manifest["text_encoder"]["hidden_size"]) - 1
             return encode_texts(*parts, prompts, device, width), encode_texts(*parts, negative, device, width)

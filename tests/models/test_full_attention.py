@@ -5,6 +5,7 @@ whole CLI on the tiny builtins."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -49,8 +50,6 @@ def _pipeline_latents(pipe, prompt, start, steps, **kwargs):
     """Final latents (B, C, F, h, w) of the diffusers pipeline itself from `start` (B, C, F, h, w)."""
     generator = torch.Generator().manual_seed(0)  # the runtime's seed 0: a stochastic step draws the same noise
     if type(pipe).__name__ == "HunyuanVideo15Pipeline":  # guidance is its guider's
-        import copy
-
         pipe = copy.copy(pipe)
         pipe.guider = pipe.guider.new(guidance_scale=kwargs.pop("guidance_scale"))
     if type(pipe).__name__ == "CogVideoXPipeline":  # its latents are (B, F, C, h, w); T5 length as the transformer's
@@ -83,8 +82,6 @@ def _flow_scheduler(kind: str, **config):
 
 @pytest.mark.parametrize("scheduler", ["published", "dpm", "flow-euler", "flow-dpm"])
 def test_dense_build_reproduces_the_pipeline(name, saved, tmp_path, scheduler):
-    import copy
-
     from f3compile.options import CompileOptions, Shapes
 
     pipe, directory = saved
@@ -570,3 +567,21 @@ def test_search_with_window_actions_and_eager_windows_equal_the_program(name, wa
         assert rel(program(*inputs), eager) <= 1e-5
     with pytest.raises(F3Error, match="heads does not apply"):
         search_plan(wan, stats, PROMPTS[:1], cost, units, max_error=1.0, stages=1, actions=("heads",))
+    if wan.family != "wan":  # joint blocks return text and video: never dropped or reused whole, in a search or apply
+        with pytest.raises(F3Error, match="do not apply"):
+            search_plan(wan, stats, PROMPTS[:1], cost, units, max_error=1.0, stages=1, actions=("reuse",))
+        dropping = copy.deepcopy(plan)
+        dropping.stages[0].drop_blocks = [units[0].block]
+        with pytest.raises(F3Error, match="2 outputs"):
+            install(wan, dropping, units)
+    if wan.family == "hunyuanvideo15":  # another attention processor would get a mask it does not expect
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        attention = dict(wan.denoiser.named_modules())[units[0].id]
+        own = attention.processor
+        attention.processor = AttnProcessor2_0()
+        try:
+            with pytest.raises(F3Error, match="set_attn_processor"), torch.no_grad():
+                wan.denoise(*inputs)
+        finally:
+            attention.processor = own
