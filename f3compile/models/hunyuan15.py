@@ -1,5 +1,5 @@
-"""HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel` in `HunyuanVideo15Pipeline`): joint attention
-over the video tokens and the text tokens.
+"""HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel` in `HunyuanVideo15Pipeline` and
+`HunyuanVideo15ImageToVideoPipeline`): joint attention over the video tokens and the context tokens.
 
 Each block `transformer_blocks.i` holds `attn`, one self-attention over every video token of every
 latent frame (patch 1×1×1, flattened frame-major) together with the context tokens, which have their
@@ -19,13 +19,16 @@ the order of its forward, without the forward's reordering of valid tokens (data
 program cannot hold; the order of the keys does not change attention), and with the text refiner's
 mask on keys only (a padded query row attends the valid keys instead of none: finite in every
 backend, and never read). Text-to-video: the latents are followed by zero condition channels inside
-the program, and the image tokens, all masked for text-to-video, are left out.
+the program, and the image tokens, all masked for text-to-video, are left out. Image-to-video: the
+sampling loop appends the image's condition channels (its VAE latents on the first latent frame and a
+mask channel), and the image encoder's states are packed in front of the text rows (`pack_image`),
+both computed by the pipeline's own static methods (`encode_images`).
 
 The pipeline samples with `FlowMatchEulerDiscreteScheduler` on sigmas `linspace(1, 0, n + 1)[:-1]`
 (`sampling.FAMILY_SIGMAS`), the shift applied by the scheduler; classifier-free guidance by its guider
 (`guidance_scale`); latents are divided by the VAE's `scaling_factor` before decoding.
 
-The builders make the tiny test model (`builtin:tiny-hunyuanvideo1.5`) and the published
+The builders make the tiny test models (`builtin:tiny-hunyuanvideo1.5`, `-i2v`) and the published
 architecture with random weights (`builtin:arch-hunyuanvideo1.5`, width-scalable).
 """
 
@@ -41,9 +44,9 @@ I2V_PIPELINE_CLASS = "HunyuanVideo15ImageToVideoPipeline"
 DENOISER_CLASS = "HunyuanVideo15Transformer3DModel"
 QWEN_LENGTH, QWEN_CROP = 1000, 108  # the pipeline's tokenizer_max_length and template crop
 BYT5_LENGTH = 256  # its tokenizer_2_max_length
-# The published transformer (tencent/HunyuanVideo-1.5 transformer/480p_t2v/config.json, the defaults of
-# diffusers' class): 54 dual-stream blocks of 16 heads x 128, MLP ratio 4, two refiner blocks, text
-# 3584 (Qwen2.5-VL-7B), glyph text 1472 (ByT5-small), image 1152 (SigLIP), 32 latent channels.
+# The published transformer (the defaults of diffusers' class, which its docstring ties to
+# tencent/HunyuanVideo1.5): 54 dual-stream blocks of 16 heads x 128, MLP ratio 4, two refiner blocks,
+# text 3584 (Qwen2.5-VL-7B), glyph text 1472 (ByT5-small), image 1152 (SigLIP), 32 latent channels.
 PUBLISHED = dict(num_layers=54, num_attention_heads=16, attention_head_dim=128, mlp_ratio=4.0, num_refiner_layers=2,
                  text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, in_channels=65, out_channels=32,
                  rope_axes_dim=(16, 56, 56))
