@@ -76,6 +76,21 @@ def decode_peak(vae: torch.nn.Module | None, model, shapes, tiled: bool = False)
     return decode_bytes(vae, model.latent_shape(dataclasses.replace(shapes, batch=1)), tiled)
 
 
+def trajectory_step_bytes(model, shapes) -> int:
+    """Host bytes `plan --search` keeps per prompt and sampled step of the dense loop, where it measures
+    candidates: the loop's state before the step (the latents, and a copy of the scheduler: its fixed
+    tables and a multistep sampler's history of `solver_order` earlier outputs; its last sample is the
+    latents) and the latents after it, in fp32."""
+    import numpy as np
+
+    latent = 4 * int(torch.Size(model.latent_shape(dataclasses.replace(shapes, batch=1))).numel())
+    scheduler = model.scheduler
+    history = int(scheduler.config.get("solver_order", 1)) if hasattr(scheduler, "model_outputs") else 0
+    fixed = sum(value.numel() * value.element_size() if isinstance(value, torch.Tensor) else value.nbytes
+                for value in vars(scheduler).values() if isinstance(value, (torch.Tensor, np.ndarray)))
+    return (2 + history) * latent + fixed
+
+
 def recorder_extra(units, batch: int, change: str = "sketch", query_fraction: float = 1.0) -> dict[str, int]:
     """What the calibration recorder holds beyond a plain call (`calibration.recorder`): every
     block's residual of the previous step as its sketch (or whole, or none), one unit's fp32
@@ -204,6 +219,9 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
                                          **recorder_extra(units, 2 * shapes.batch, change)})
     search = Prediction("plan --search", {"denoiser weights": denoiser, "text encoder weights": text_bytes,
                                           "one denoiser call": call, **sampling})
+    search.notes.append(f"on the host besides, the dense trajectory it measures candidates on: "
+                        f"{trajectory_step_bytes(model, shapes) / 2**20:.1f} MiB per prompt and sampled step "
+                        "(at most every step of one loop)")
     # the torch build is `compile`'s programs (verified against the eager model); the others `export`'s artifacts
     export = Prediction("compile" if target == "torch" else "export", {"denoiser weights (capture and programs)": denoiser,
                                    "windowed units' permuted weights": windowed * plan_stages,

@@ -121,6 +121,42 @@ def test_the_traced_decode_is_what_a_real_decode_allocates():
     assert predicted == pytest.approx(oracle.peak, rel=0.05)
 
 
+def _tensor_bytes(obj, seen: set) -> int:
+    """Bytes of every tensor and array reachable from `obj` (each counted once)."""
+    import numpy as np
+
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return obj.numel() * obj.element_size() if isinstance(obj, torch.Tensor) else obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return sum(_tensor_bytes(v, seen) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuanvideo1.5"])
+def test_the_search_trajectory_per_step_is_what_a_loop_keeps(name):
+    """What `plan --search` keeps on the host per prompt and sampled step (a deep copy of the loop's
+    state before the step, and the latents after it), against those copies made in a real loop: a
+    multistep sampler's history (UniPC) and a sampler without one (FlowMatchEuler)."""
+    import copy
+
+    from f3compile.sampling import denoise_loop, initial_latents
+
+    model = load_model(f"builtin:{name}")
+    cond, uncond = model.encode_prompts(["a red circle"], [""])
+    generator = torch.Generator().manual_seed(0)
+    start = initial_latents(model.latent_shape(model.shapes), model.scheduler, generator, model.native_layout)
+    kept = []
+    denoise_loop(model.denoise, model.scheduler, start, cond, uncond, 4, 5.0, generator, layout=model.native_layout,
+                 family=model.family, on_state=lambda state: kept.append(copy.deepcopy(state)))
+    measured = max(_tensor_bytes(state, set()) for state in kept) + _tensor_bytes(start, set())  # and the latents after
+    assert memory.trajectory_step_bytes(model, model.shapes) == pytest.approx(measured, rel=0.05)
+
+
 def test_generate_decodes_tile_by_tile_where_untiled_would_not_fit():
     """HunyuanVideo 1.5's VAE decodes the whole video at once: its tiled decode (traced, against a real
     tiled decode) is what `generate` holds where the untiled one would not fit beside the programs in
