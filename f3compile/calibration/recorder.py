@@ -281,13 +281,12 @@ class AttentionRecorder:
         if query.ndim != 4 or query.shape[1] != unit.heads or query.shape[2] != unit.sequence:
             raise F3Error(f"{unit.id} ran an attention kernel on {tuple(query.shape)}, not (B, {unit.heads}, "
                           f"{unit.sequence}, d); calibrate at the shapes it was discovered at")
-        bias = None  # a key mask (HunyuanVideo 1.5's padded text: an additive (B, 1, 1, N) bias) goes with the keys
+        bias = None  # a key bias (HunyuanVideo 1.5's padded text: additive, (B, 1, 1, N)) goes with the keys
         if mask is not None:
-            if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
-                raise F3Error(f"{unit.id} ran its attention kernel with a {tuple(mask.shape)} mask; the recorder reads "
-                              "kernels without a mask or with a key mask (B, 1, 1, N)")
-            bias = mask.float() if mask.dtype != torch.bool else torch.zeros(mask.shape, device=mask.device).masked_fill(
-                ~mask, float("-inf"))
+            if mask.dtype == torch.bool or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+                raise F3Error(f"{unit.id} ran its attention kernel with a {tuple(mask.shape)} {mask.dtype} mask; the "
+                              "recorder reads kernels without a mask or with an additive key bias (B, 1, 1, N)")
+            bias = mask.float()
         scale = unit.head_dim ** -0.5 if scale is None else scale
         text, frames, tokens = unit.text_tokens, unit.frames, unit.tokens
         rows = rows.to(query.device)

@@ -43,13 +43,16 @@ class UnitProcessor:
         return attn.to_out[1](F.linear(hidden, self.out_weight(attn), bias))
 
 
+def _rows(linear, rows: int, hidden: torch.Tensor) -> torch.Tensor:
+    """`linear` over its first `rows` output rows only."""
+    if rows == linear.weight.shape[0]:
+        return linear(hidden)
+    return F.linear(hidden, linear.weight[:rows], None if linear.bias is None else linear.bias[:rows])
+
+
 def _value_rows(attn, kept: int, hidden: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The value projection of the first `kept` heads only (rows of the regrouped weight)."""
-    linear = attn.to_v
-    if kept * head_dim == linear.weight.shape[0]:
-        return linear(hidden)
-    bias = None if linear.bias is None else linear.bias[: kept * head_dim]
-    return F.linear(hidden, linear.weight[: kept * head_dim], bias)
+    return _rows(attn.to_v, kept * head_dim, hidden)
 
 
 def _rotate(hidden: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -141,7 +144,7 @@ class HunyuanProcessor(UnitProcessor):
     takes_key_bias = True  # f3compile's own call hands it the (B, 1, 1, N) key bias (`hunyuan15.denoise`)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from ..models.hunyuan15 import JointProcessor, key_bias
+        from ..models.hunyuan15 import JointProcessor, joint_qkv, key_bias
 
         dropped, regrouping, _ = self.plan()
         if dropped:
@@ -156,25 +159,8 @@ class HunyuanProcessor(UnitProcessor):
         if bias is None and attention_mask is not None:
             bias = key_bias(attention_mask.bool(), hidden_states.shape[1], hidden_states.dtype)
         d, kept = self.unit.head_dim, regrouping.kept
-
-        def heads(x):
-            return x.unflatten(2, (-1, d))
-
-        query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
-        if image_rotary_emb is not None:
-            from diffusers.models.embeddings import apply_rotary_emb
-
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        text_query, text_key = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            text_query = attn.norm_added_q(text_query)
-        if attn.norm_added_k is not None:
-            text_key = attn.norm_added_k(text_key)
-        value = heads(_value_rows(attn, kept, hidden_states, d))
-        text_value = heads(_value_rows(_Projection(attn.add_v_proj), kept, encoder_hidden_states, d))
-        query, key, value = (torch.cat([t, v], dim=1).transpose(1, 2)
-                             for t, v in ((text_query, query), (text_key, key), (text_value, value)))
+        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb, d,
+                                      value=lambda linear, x: _rows(linear, kept * d, x))
         frames = self.state.frames
         geometry = Geometry(text, frames, hidden_states.shape[1] // frames, d)
         out = grouped_attention(self.ops, query[:, :kept], key[:, :kept], value, regrouping, geometry, None, bias)
@@ -183,13 +169,6 @@ class HunyuanProcessor(UnitProcessor):
         projection = attn.to_add_out
         text_out = F.linear(text_out, self.state.out_weight(self.unit.id, projection.weight), projection.bias)
         return self.project_out(attn, out), text_out
-
-
-class _Projection:
-    """A linear layer seen as an attention's value projection (`_value_rows` reads `to_v`)."""
-
-    def __init__(self, linear):
-        self.to_v = linear
 
 
 class TemporalProcessor(UnitProcessor):

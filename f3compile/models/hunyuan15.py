@@ -99,6 +99,15 @@ def packing_of(config, byt5_length: int = BYT5_LENGTH, qwen_length: int = QWEN_L
                    int(get("image_embed_dim")) if image_tokens else 0)
 
 
+def calling(config, image_tokens: int = 0):
+    """(denoise call, example-context masking, the packing as a dict) of a transformer with `config`:
+    what a loaded model binds."""
+    from functools import partial
+
+    packing = packing_of(config, image_tokens=image_tokens)
+    return partial(denoise, packing=packing), partial(example_mask, packing=packing), packing.to_dict()
+
+
 def pack(qwen: torch.Tensor, qwen_mask: torch.Tensor, byt5: torch.Tensor, byt5_mask: torch.Tensor,
          width: int | None = None) -> torch.Tensor:
     """(B, 256 + 1000, width + 1): the glyph-text rows, then the Qwen rows, zero-padded to one width
@@ -158,6 +167,32 @@ def key_bias(mask: torch.Tensor, video: int, dtype: torch.dtype) -> torch.Tensor
     return F.pad(bias, (0, video)).reshape(mask.shape[0], 1, 1, -1)
 
 
+def joint_qkv(attn, hidden_states, context, rotary, head_dim: int, value=None):
+    """q, k, v (B, H, T + N, d) of a block's joint attention, the context first: the video's
+    projections (q and k normalised per head, rotary embeddings on them) and the context's own
+    (`add_*_proj`, normalised where the block has norms). `value(linear, x)` computes a value
+    projection (default: the whole of it; `apply` takes the kept heads' rows only)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    value = value or (lambda linear, x: linear(x))
+
+    def heads(x):
+        return x.unflatten(2, (-1, head_dim))
+
+    query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
+    if rotary is not None:
+        query = apply_rotary_emb(query, rotary, sequence_dim=1)
+        key = apply_rotary_emb(key, rotary, sequence_dim=1)
+    text_query, text_key = heads(attn.add_q_proj(context)), heads(attn.add_k_proj(context))
+    if attn.norm_added_q is not None:
+        text_query = attn.norm_added_q(text_query)
+    if attn.norm_added_k is not None:
+        text_key = attn.norm_added_k(text_key)
+    values = heads(value(attn.to_v, hidden_states)), heads(value(attn.add_v_proj, context))
+    return tuple(torch.cat([t, v], dim=1).transpose(1, 2)
+                 for t, v in ((text_query, query), (text_key, key), values[::-1]))
+
+
 class JointProcessor:
     """The blocks' attention as diffusers' `HunyuanVideo15AttnProcessor2_0` computes it for every
     non-padding query, over `cat([context, video])` with the additive key bias `attention_mask`
@@ -171,26 +206,9 @@ class JointProcessor:
         self.project_context = project_context
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        def heads(x):
-            return x.unflatten(2, (attn.heads, -1))
-
-        query, key = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states)))
-        value = heads(attn.to_v(hidden_states))
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        text_query = heads(attn.add_q_proj(encoder_hidden_states))
-        text_key = heads(attn.add_k_proj(encoder_hidden_states))
-        text_value = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            text_query = attn.norm_added_q(text_query)
-        if attn.norm_added_k is not None:
-            text_key = attn.norm_added_k(text_key)
+        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb,
+                                      attn.to_q.out_features // attn.heads)
         text = encoder_hidden_states.shape[1]
-        query, key, value = (torch.cat([t, v], dim=1).transpose(1, 2)
-                             for t, v in ((text_query, query), (text_key, key), (text_value, value)))
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         text_out, out = out[:, :text], out[:, text:]
@@ -424,25 +442,35 @@ def _vae(latents: int = 4):
                                        layers_per_block=1).eval()
 
 
-def _pipeline(transformer, text_width: int, glyph_width: int, latents: int, layers: int = 3):
-    from diffusers import ClassifierFreeGuidance, HunyuanVideo15Pipeline
+def _pipeline(transformer, text_width: int, glyph_width: int, latents: int, layers: int = 3, vision=None):
+    """The pipeline around `transformer` with stand-in text encoders and VAE; with `vision` ((processor,
+    encoder)), the image-to-video pipeline."""
+    from diffusers import ClassifierFreeGuidance, HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
 
     tokenizer, encoder, glyph_tokenizer, glyph = _text(text_width, glyph_width, layers)
-    return HunyuanVideo15Pipeline(text_encoder=encoder, tokenizer=tokenizer, transformer=transformer, vae=_vae(latents),
-                                  scheduler=scheduler(), text_encoder_2=glyph, tokenizer_2=glyph_tokenizer,
-                                  guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE))
+    parts = dict(text_encoder=encoder, tokenizer=tokenizer, transformer=transformer, vae=_vae(latents),
+                 scheduler=scheduler(), text_encoder_2=glyph, tokenizer_2=glyph_tokenizer,
+                 guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE))
+    if vision is None:
+        return HunyuanVideo15Pipeline(**parts)
+    processor, image_encoder = vision
+    return HunyuanVideo15ImageToVideoPipeline(**parts, image_encoder=image_encoder, feature_extractor=processor)
+
+
+def _tiny_transformer(task_type: str):
+    """2 blocks of 4 heads x 16, one refiner block, 4 latent channels, text 32 wide, glyph text 24,
+    image states 16."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
+        mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
+        target_size=64, task_type=task_type).eval()
 
 
 def build_tiny_hunyuan15():
-    """HunyuanVideo 1.5 text-to-video on tiny sizes: 2 blocks of 4 heads x 16, one refiner block,
-    4 latent channels, text 32 wide, glyph text 24."""
-    from diffusers import HunyuanVideo15Transformer3DModel
-
-    transformer = HunyuanVideo15Transformer3DModel(
-        in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
-        mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
-        target_size=64, task_type="t2v").eval()
-    return _pipeline(transformer, 32, 24, 4)
+    """HunyuanVideo 1.5 text-to-video on tiny sizes (`_tiny_transformer`)."""
+    return _pipeline(_tiny_transformer("t2v"), 32, 24, 4)
 
 
 def _vision(width: int, image_size: int, patch: int):
@@ -460,18 +488,7 @@ def _vision(width: int, image_size: int, patch: int):
 def build_tiny_hunyuan15_i2v():
     """HunyuanVideo 1.5 image-to-video on tiny-hunyuanvideo1.5's sizes: the image's latents and a mask
     on channels (4 + 4 + 1 in), 16 SigLIP-style image states of 16 in front of the text."""
-    from diffusers import ClassifierFreeGuidance, HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Transformer3DModel
-
-    transformer = HunyuanVideo15Transformer3DModel(
-        in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_refiner_layers=1,
-        mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=16, rope_axes_dim=(4, 6, 6),
-        target_size=64, task_type="i2v").eval()
-    tokenizer, encoder, glyph_tokenizer, glyph = _text(32, 24)
-    processor, vision = _vision(16, 32, 8)
-    return HunyuanVideo15ImageToVideoPipeline(
-        text_encoder=encoder, tokenizer=tokenizer, transformer=transformer, vae=_vae(4), scheduler=scheduler(),
-        text_encoder_2=glyph, tokenizer_2=glyph_tokenizer, guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE),
-        image_encoder=vision, feature_extractor=processor)
+    return _pipeline(_tiny_transformer("i2v"), 32, 24, 4, vision=_vision(16, 32, 8))
 
 
 def build_arch_hunyuan15(scale: float):

@@ -153,8 +153,6 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
         cogvideox.refuse_unsupported(denoiser.config, spec)
         temporal_scale, vae_scale = cogvideox.vae_scales(pipe.vae)
     elif family.name == "hunyuanvideo15":
-        from functools import partial
-
         from . import hunyuan15
 
         hunyuan15.refuse_unsupported(denoiser.config, spec)
@@ -171,10 +169,7 @@ def from_pipeline(pipe, spec: str, shapes: tuple[int, int, int] | None = None, m
                               f"transformer's image_embed_dim {denoiser.config.image_embed_dim}; they must be one width")
             conditioning = ImageConditioning(int(denoiser.config.in_channels) - int(denoiser.config.out_channels), tokens,
                                             int(denoiser.config.image_embed_dim), family="hunyuanvideo15")
-        packing = hunyuan15.packing_of(denoiser.config, image_tokens=tokens)
-        denoise_call = partial(hunyuan15.denoise, packing=packing)
-        extra["context_mask"] = partial(hunyuan15.example_mask, packing=packing)
-        extra["packing"] = packing.to_dict()
+        denoise_call, extra["context_mask"], extra["packing"] = hunyuan15.calling(denoiser.config, tokens)
         temporal_scale, vae_scale = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
         latent_channels = int(denoiser.config.out_channels)
     elif getattr(pipe, "vae", None) is not None:
@@ -301,17 +296,14 @@ def from_denoiser(denoiser: torch.nn.Module, spec: str, family: Family | None = 
         cogvideox.refuse_unsupported(denoiser.config, spec)
         scheduler, temporal_scale = cogvideox.scheduler(), 4
     elif family.name == "hunyuanvideo15":  # the published sampler, VAE strides 4x16x16 and 32 latent channels
-        from functools import partial
-
         from . import hunyuan15
 
         hunyuan15.refuse_unsupported(denoiser.config, spec)
         scheduler, temporal_scale, vae_scale = hunyuan15.scheduler(), 4, 16
-        packing = hunyuan15.packing_of(denoiser.config)
-        denoise_call, encode_call = partial(hunyuan15.denoise, packing=packing), hunyuan15.encode_hashed
+        denoise_call, context_mask, packing = hunyuan15.calling(denoiser.config)
+        encode_call = hunyuan15.encode_hashed
         latent_channels = int(denoiser.config.out_channels)
-        extra = {"packing": packing.to_dict()}
-        context_mask = partial(hunyuan15.example_mask, packing=packing)
+        extra = {"packing": packing}
     else:
         scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
