@@ -226,3 +226,21 @@ def test_a_plan_compiles_at_the_shape_it_was_calibrated_at():
     given = api.compile(model, plan, CompileOptions(shapes=Shapes(frames=13)))
     assert given.shapes == VideoShapes(1, 13, 48, 32)
     assert api.compile(model, None).shapes == model.shapes  # the dense model: its own shape
+
+
+def test_a_flow_matching_first_timestep_runs_the_first_stage():
+    """Flow-matching Euler's first timestep is t = 1000, above the 0-999 range plans divide: the
+    compiled loop (what `eval` runs) gives it to the first stage, as the plan and the runtime do;
+    a timestep inside no stage is still refused."""
+    from f3compile.compiler.compile import ProgramLoop
+    from f3compile.planning.plan import Stage
+
+    loop = object.__new__(ProgramLoop)  # two stages whose programs say which they are
+    loop.stages = [Stage(timesteps=(999, 500)), Stage(timesteps=(499, 100))]
+    loop.modules = [{(): lambda sample, t, context, k=k: sample * 0 + k} for k in (1.0, 2.0)]
+    loop.dtype = torch.float32
+    sample = torch.zeros(1, 2)
+    denoise_for = loop.denoise_for()
+    assert [float(denoise_for(t)(sample, t, sample)[0, 0]) for t in (1000, 999, 499)] == [1.0, 1.0, 2.0]
+    with pytest.raises(F3Error, match="outside every stage"):
+        loop.denoise_for()(50)

@@ -183,6 +183,7 @@ VARIANTS = {
                        ("transformer/config.json", {"ofs_embed_dim": 512}, "image-to-video"),
                        ("transformer/config.json", {"patch_size_t": 2}, "CogVideoX 1.5")] + MISMATCHED,
     "tiny-hunyuanvideo1.5": [("transformer/config.json", {"use_meanflow": True}, "MeanFlow"),
+                             ("transformer/config.json", {"rope_axes_dim": [4, 6, 8]}, "rope_axes_dim [4, 6, 8] must"),
                              ("model_index.json", {"scheduler": ["diffusers", "UniPCMultistepScheduler"]},
                               "scheduler UniPCMultistepScheduler is not supported with hunyuanvideo15"),
                              ] + MISMATCHED,
@@ -205,6 +206,33 @@ def test_unsupported_variants_are_refused_in_one_line(name, saved, tmp_path, cap
                              "--width", 32, "-o", tmp_path / "calib")
         assert_one_line_error(code, err, message)
         assert not (tmp_path / "calib").exists()
+
+
+def test_an_offloading_hook_on_the_transformer_still_runs(wan):
+    """accelerate wraps a transformer's forward for model CPU offload and device maps; HunyuanVideo 1.5's
+    call (the family's forward put in for the call) goes through that wrapper, and leaves it in place."""
+    if wan.family != "hunyuanvideo15":
+        pytest.skip("the other families call the transformer's own forward")
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    class Counting(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    inputs = wan.example_inputs(seed=4)
+    with torch.no_grad():
+        plain = wan.denoise(*inputs)
+    add_hook_to_module(wan.denoiser, Counting())
+    try:
+        wrapper = vars(wan.denoiser)["forward"]
+        with torch.no_grad():
+            hooked = wan.denoise(*inputs)
+        assert Counting.calls == 1 and torch.equal(hooked, plain) and vars(wan.denoiser)["forward"] is wrapper
+    finally:
+        remove_hook_from_module(wan.denoiser)
 
 
 # -- discovery ---------------------------------------------------------------------------------

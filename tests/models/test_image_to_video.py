@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from f3compile import api
+from f3compile import F3Error, api
 from f3compile.models import load_model
 from tests.helpers import assert_one_line_error, rel, run
 
@@ -228,6 +228,25 @@ def test_a_bare_image_to_video_transformer_is_refused(saved, tmp_path, capsys):
     code, out, err = run(capsys, "calibrate", directory / "transformer", "--prompts", __file__, "-o", tmp_path / "c")
     assert_one_line_error(code, err, "WanImageToVideoPipeline")
     assert not (tmp_path / "c").exists()
+
+
+def test_an_image_encoder_of_another_width_is_refused(saved):
+    """HunyuanVideo 1.5 projects the image encoder's states with its `image_embed_dim`: a pipeline
+    whose encoder is another width is refused in one line when it is loaded, not when it is called."""
+    import copy
+
+    from f3compile.models.hunyuan15 import _vision
+    from f3compile.models.loading import from_pipeline
+    from tests.helpers import assert_one_line
+
+    name, pipe, _ = saved
+    if name != "tiny-hunyuanvideo1.5-i2v":
+        pytest.skip("Wan's CLIP states are checked by the transformer's own image_dim")
+    other = copy.copy(pipe)
+    other.image_encoder = _vision(24, 32, 8)[1]
+    with pytest.raises(F3Error, match="must be one width") as caught:
+        from_pipeline(other, "pipe")
+    assert_one_line(caught.value)
 
 
 def test_the_i2v_14b_preset_has_the_published_configuration():
