@@ -181,7 +181,7 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     GPU holds (the text encoder and VAE of `generate` on the host, as it runs them); cpu: everything
     the process holds, as on a CPU-only machine. `budget` (bytes, the device's memory): `generate`
     decodes tile by tile where the untiled decode would not fit beside its programs, as the runtime
-    decides on the device (without a budget the untiled decode is counted and the tiled one noted)."""
+    decides on the device (without a budget the untiled decode is counted, and noted)."""
     from .devices import PRECISION_DTYPES
     from .models.discovery import find_temporal_units
 
@@ -249,15 +249,14 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         phases = {"one denoiser call": call + sampling["latents and noise"], "the text encoder (while encoding)": text_bytes}
         decoding, tiled_note = "the VAE decoding untiled", None
         free = None if budget is None else budget - sum(programs.values()) - vae_bytes
-        # the tiled decode matters where the untiled one is what generate peaks at (traced only then)
-        tiled = decode_peak(vae, model, shapes, tiled=True) if vae is not None and (
-            vae_bytes + decode > max(phases.values())) else None
-        if tiled is not None and tiled < untiled:
-            if free is not None and untiled > 0.9 * free:  # the runtime's own rule (`Runtime.decode`)
+        tiles = vae is not None and hasattr(vae, "enable_tiling") and vae_bytes + decode > max(phases.values())
+        if tiles and free is not None and untiled > 0.9 * free:  # the runtime's own rule (`Runtime.decode`)
+            tiled = decode_peak(vae, model, shapes, tiled=True)  # traced only here: a tiled trace takes long
+            if tiled < untiled:
                 decoding, decode = "the VAE decoding tile by tile (untiled it would not fit)", tiled + frames_bytes
-            elif free is None:
-                tiled_note = (f"the VAE decodes tile by tile where untiled it would not fit beside the programs: "
-                              f"{(vae_bytes + tiled + frames_bytes) / GIB:.2f} GiB then (pass --budget to count it)")
+        elif tiles and free is None:
+            tiled_note = ("the VAE decodes tile by tile where untiled it would not fit beside the programs "
+                          "(pass --budget to count that)")
         phases[decoding] = vae_bytes + decode
         largest = max(phases, key=phases.get)
         generate = Prediction("generate", {**programs, largest: phases[largest]},
