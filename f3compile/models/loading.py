@@ -220,7 +220,12 @@ def check_config_types(cls, config, where: str) -> None:
         return
     for name, parameter in inspect.signature(cls.__init__).parameters.items():
         default, value = parameter.default, config.get(name)
-        if name not in config or value is None or default is inspect.Parameter.empty or default is None:
+        if name not in config or default is inspect.Parameter.empty or default is None:
+            continue
+        if value is None and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise F3Error(f"{where}: {name} is null, where {cls.__name__} takes a number like {json.dumps(default)}; "
+                          "fix the config or re-save the model with save_pretrained")
+        if value is None:
             continue
         if isinstance(default, bool):
             fits = isinstance(value, bool)
