@@ -103,7 +103,7 @@ def _callables(backend: str, dense, pruned, work: Path):
         return ([wrap(stage.program) for stage in dense],
                 [{(): wrap(stage.program)} | {v.reused: wrap(v.program) for v in stage.reuse_programs} for stage in pruned])
     from .exporters import ExportConfig, export
-    from .runtime.backends import make_backend
+    from .runtime.backends import WeightPool, make_backend
 
     target = {"tensorrt": "trt", "aoti": "aoti"}.get(backend, "onnx")
     precision = pruned.precision
@@ -117,9 +117,11 @@ def _callables(backend: str, dense, pruned, work: Path):
         else:
             manifests[name] = export(compiled.model, compiled.plan, work / name, compiled.shapes, config)
     device = pruned.device
-    dense_calls = [make_backend(backend, work / "dense", s, device) for s in manifests["dense"]["stages"]]
-    pruned_calls = [{(): make_backend(backend, work / "pruned", s, device).run}
-                    | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device).run
+    pools = {"dense": WeightPool(), "pruned": WeightPool()}  # as the runtime loads each build
+    dense_calls = [make_backend(backend, work / "dense", s, device, pool=pools["dense"])
+                   for s in manifests["dense"]["stages"]]
+    pruned_calls = [{(): make_backend(backend, work / "pruned", s, device, pool=pools["pruned"]).run}
+                    | {tuple(p["reused"]): make_backend(backend, work / "pruned", p, device, pool=pools["pruned"]).run
                        for p in s.get("reuse", {}).get("programs", [])}
                     for s in manifests["pruned"]["stages"]]
     return dense_calls, pruned_calls

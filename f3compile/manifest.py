@@ -342,8 +342,12 @@ def load_manifest(directory: str | Path, check_hashes: bool = True, kind: str = 
 
 def check_files(directory: Path, files: list[tuple[str, dict]]) -> None:
     """Each (what, {path, sha256[, directory]}) exists under `directory` and has its sha256."""
+    checked = set()  # a file several entries share (a build's ONNX weights) is read once
     try:
         for what, entry in files:
+            if (entry["path"], entry["sha256"], bool(entry.get("directory"))) in checked:
+                continue
+            checked.add((entry["path"], entry["sha256"], bool(entry.get("directory"))))
             target = directory / entry["path"]
             shown = _name(str(target)) + (f" ({what})" if entry.get("directory") else "")
             exists = target.is_dir() if entry.get("directory") else target.is_file()

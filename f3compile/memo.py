@@ -9,7 +9,9 @@ only for inputs whose weights take at most `limit_bytes` (`F3COMPILE_CACHE_MB`, 
 every memo off), so a deployment-sized model is never held twice.
 
 What is kept is never modified afterwards: programs are only read (`ExportedProgram.module()`
-builds a new module each call) and file bytes are only written out.
+builds a new module each call), file bytes are only written out, and an ONNX graph kept as an
+onnx_ir model has its initializers swapped for external references only while it is saved
+(`exporters.onnx.WeightFile.write_graph`), and restored.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ class Memo:
             self._items.move_to_end(key)
         return value
 
+    def keeps(self, nbytes: int) -> bool:
+        """Whether a result computed from `nbytes` of weights would be kept (compute it only then)."""
+        return nbytes <= self.limit_bytes
+
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:
         """Keep `value` unless what it was computed from is larger than `limit_bytes`."""
-        if nbytes > self.limit_bytes:
+        if not self.keeps(nbytes):
             return
         self._items[key] = value
         while len(self._items) > self.entries:
@@ -55,5 +61,5 @@ def program_bytes(program) -> int:
 
 
 PROGRAMS = Memo()  # the compiler's captures and stage programs
-FILES = Memo()  # bytes of the .pt2 and .onnx files written for a program
+FILES = Memo()  # the .pt2 files' bytes and the ONNX graphs written for a program
 LOADED = Memo(entries=16)  # programs loaded from .pt2 files, by the file's sha256

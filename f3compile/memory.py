@@ -226,27 +226,33 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     export = Prediction("compile" if target == "torch" else "export", {"denoiser weights (capture and programs)": denoiser,
                                    "windowed units' permuted weights": windowed * plan_stages,
                                    "one denoiser call (verification)": call})
-    if target == "onnx":  # the graph is written from a model proto; onnxruntime verifies on the host
-        export.host["the ONNX graph's initializers"] = denoiser
+    # the pipeline's other components are loaded with the model (the build ships them), on the host
+    export.host["text encoder weights"] = text_bytes
+    if target == "onnx":  # initializers are written one at a time; onnxruntime verifies on the host
         export.host["onnxruntime session weights"] = denoiser
-        export.host["onnxruntime attention scores"] = _onnx_verification(units, shapes)
+        export.host["onnxruntime attention scores and their softmax"] = 2 * _onnx_verification(units, shapes)
         export.notes.append("onnxruntime on the CPU materialises every attention's scores")
     # the runtime's weight pool: one copy of what the stage programs have in common; an AOTI package
-    # computes with its stage program's tensors (exported without weights of its own)
-    if target in ("torch", "aoti"):
+    # computes with its stage program's tensors (exported without weights of its own); onnxruntime's
+    # CPU sessions with the build's one weight file, its CUDA sessions each with a copy of their own
+    shared = target in ("torch", "aoti") or not on_gpu
+    if shared:
         programs = {"stage programs' weights (shared)": denoiser,
                     "windowed units' permuted weights": windowed * plan_stages}
     else:
         programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
+    # onnxruntime runs attention as MatMul and Softmax: the scores and their softmax of one call at once
+    step, step_name = ((call + 2 * _onnx_verification(units, shapes), "one onnxruntime call (scores and softmax)")
+                       if target == "onnx" else (call, "one denoiser call"))
     frames_bytes = 4 * shapes.frames * shapes.height * shapes.width * 3
     untiled = decode_peak(vae, model, shapes)
     decode = untiled + frames_bytes
-    for prediction in (calibrate, search):
+    for prediction in (calibrate, search, export):
         prediction.host["VAE weights"] = vae_bytes
         if image_bytes:
             prediction.host["image encoder weights"] = image_bytes
     if on_gpu:  # the programs stay loaded; the text encoder, the loop and the VAE take turns beside them
-        phases = {"one denoiser call": call + sampling["latents and noise"], "the text encoder (while encoding)": text_bytes}
+        phases = {step_name: step + sampling["latents and noise"], "the text encoder (while encoding)": text_bytes}
         decoding, tiled_note = "the VAE decoding untiled", None
         free = None if budget is None else budget - sum(programs.values()) - vae_bytes
         tiles = vae is not None and hasattr(vae, "enable_tiling") and vae_bytes + decode > max(phases.values())
@@ -262,15 +268,15 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
         generate = Prediction("generate", {**programs, largest: phases[largest]},
                               {"text encoder weights (between turns)": text_bytes, "VAE weights (between turns)": vae_bytes,
                                **({"image encoder weights": image_bytes} if image_bytes else {})})
-        generate.notes.append(("the stage programs share their common weights" if target in ("torch", "aoti") else
-                               "each stage's program holds its own weights") + "; beside them in turn: "
+        generate.notes.append(("the stage programs share their common weights" if shared else
+                               "each stage's onnxruntime CUDA session holds its own weights") + "; beside them in turn: "
                               + ", ".join(f"{name} {size / GIB:.2f}" for name, size in phases.items()) + " GiB")
         if tiled_note:
             generate.notes.append(tiled_note)
     else:  # one memory: everything loaded stays, the largest transient on top
         generate = Prediction("generate", {**programs, "text encoder weights": text_bytes, "VAE weights": vae_bytes,
                                            **({"image encoder weights": image_bytes} if image_bytes else {}),
-                                           "one denoiser call": call, **sampling, "VAE decode": decode})
+                                           step_name: step, **sampling, "VAE decode": decode})
         for prediction in (calibrate, search, export):
             prediction.device.update(prediction.host)
             prediction.host = {}

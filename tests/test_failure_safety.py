@@ -92,7 +92,7 @@ def test_failed_verification_during_export_leaves_nothing(monkeypatch, capsys, t
         # positive control: the export is being written into a hidden directory beside the output
         hidden = hidden_beside(output)
         seen.append(hidden)
-        assert len(hidden) == 1 and (output.parent / hidden[0] / "stage0" / "denoiser.onnx").is_file()
+        assert len(hidden) == 1 and (output.parent / hidden[0] / "onnx" / "stage0.onnx").is_file()
         if failure == "raises":
             raise RuntimeError("verification crashed")
         result = real_compare(reference, candidate, feeds, precision)

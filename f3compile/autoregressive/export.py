@@ -5,6 +5,7 @@ that a runtime needs nothing else beside.
     BUILD/manifest.json
     BUILD/prefill.pt2, BUILD/decode.pt2          torch.export programs (always)
     BUILD/prefill.onnx, BUILD/decode.onnx        with --target onnx, checked by onnxruntime
+    BUILD/weights.onnx.data                      their initializers, each stored once for both
 
 The manifest names every input and output of both programs (the caches are `base_kv.L` then
 `plus_kv.L`: the prefill returns them as `present.X`; a decode step reads `past.X` and returns the
@@ -20,6 +21,7 @@ artifact — the prefill and the first frames' decode steps — and compares log
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +138,9 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
                     "decode": torch.export.export(decode, decode.example_inputs(), strict=False)}
     seconds = {"export": round(time.perf_counter() - started, 3)}
     eager: dict[str, PrefillProgram | DecodeProgram] = {"prefill": prefill, "decode": decode}
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output) as tmp, ExitStack() as closing:
         entries = {}
+        weights = None  # prefill and decode share their initializers: one weight file beside the graphs
         for name, program in exported.items():
             module = eager[name]
             inputs = module.example_inputs()
@@ -146,15 +149,19 @@ def build(model: CogVideoModel, plan, output: Path, target: str = "pt2", batch: 
             files = {"pt2": f"{name}.pt2"}
             torch.export.save(program, str(tmp / files["pt2"]))
             if target == "onnx":
-                from ..exporters.onnx import export_onnx
+                from ..exporters.onnx import WEIGHTS_FILE, WeightFile, export_onnx
 
+                if weights is None:
+                    weights = closing.enter_context(WeightFile(tmp / WEIGHTS_FILE))
                 started = time.perf_counter()
-                files["onnx"] = f"{name}.onnx"
-                export_onnx(program, inputs, tmp / files["onnx"], input_names=module.input_names(),
+                files["onnx"], files["onnx_data"] = f"{name}.onnx", WEIGHTS_FILE
+                export_onnx(program, inputs, tmp / files["onnx"], weights, input_names=module.input_names(),
                             output_names=module.output_names())
                 seconds[f"onnx_{name}"] = round(time.perf_counter() - started, 3)
             entries[name] = {"files": files, "inputs": _specs(module.input_names(), inputs),
                              "outputs": _specs(module.output_names(), outputs)}
+        if weights is not None:
+            weights.close()
         core = prefill.core
         for name, entry in entries.items():  # hashed before the verification reads them
             entry["files"] = {kind: {"path": path, "sha256": sha256_file(tmp / path)} for kind, path in entry["files"].items()}
@@ -210,8 +217,8 @@ class ProgramFile:
 class StepProgram:
     """programs.prefill / programs.decode: the torch.export program (and its ONNX) and its I/O."""
 
-    files: dict[str, ProgramFile] = key(check=lambda v: "pt2" in v and set(v) <= {"pt2", "onnx"},
-                                        message="files must name the pt2 (and onnx) program")
+    files: dict[str, ProgramFile] = key(check=lambda v: "pt2" in v and set(v) <= {"pt2", "onnx", "onnx_data"},
+                                        message="files must name the pt2 (and onnx, onnx_data) program")
     inputs: list[dict[str, Any]] = key(check=lambda v: all(isinstance(x.get("name"), str) for x in v),
                                        message="inputs must list named tensors")
     outputs: list[dict[str, Any]] = key(check=lambda v: all(isinstance(x.get("name"), str) for x in v),

@@ -173,7 +173,9 @@ def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
         Path(path).write_bytes(saved[1])
         return
     torch.export.save(program, str(path))
-    memo.FILES.put(key, (program, Path(path).read_bytes()), program_bytes(program))
+    nbytes = program_bytes(program)
+    if memo.FILES.keeps(nbytes):  # the file is read back only to be kept: never at deployment size
+        memo.FILES.put(key, (program, Path(path).read_bytes()), nbytes)
 
 
 def program_parameters(program: torch.export.ExportedProgram) -> int:

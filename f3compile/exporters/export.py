@@ -114,8 +114,9 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
     model, plan, shapes = compiled.model, compiled.plan, compiled.shapes
     units = {u.id: u for u in compiled.units}
     inputs = compiled.inputs()
-    scores = attention_scores_bytes(compiled.units, int(inputs[0].shape[0]))  # at most, one call's
-    with atomic_dir(output_dir) as tmp:
+    # onnxruntime's decomposed attention holds one call's scores and their softmax at once
+    scores = 2 * attention_scores_bytes(compiled.units, int(inputs[0].shape[0]))
+    with atomic_dir(output_dir) as tmp, _weight_file(config, tmp) as weights:
         stages = stage_entries(model, compiled, tmp, shapes, precision=config.precision)
         for entry, stage in zip(stages, compiled):
             stage_dir = tmp / f"stage{entry['index']}"
@@ -127,12 +128,18 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
                                  f"stage{entry['index']} reuse{number}", removed + list(variant.reused)))
             for program_entry, program, stem, label, removed_here in programs:
                 _build_program(program_entry, program, inputs, tmp, stage_dir, stem, label, removed_here,
-                               config, device, trt_info, progress, scores)
+                               config, device, trt_info, progress, scores, weights)
             (stage_dir / "verify.json").write_text(json.dumps({
                 "verify": entry["verify"], "audit": entry.get("audit"),
                 **({"reuse": [{"reused": p["reused"], "verify": p["verify"], "audit": p.get("audit")}
                               for p in entry["reuse"]["programs"]]} if "reuse" in entry else {}),
             }, indent=2) + "\n")
+        if weights is not None:  # every graph's initializers: one file, hashed once it is whole
+            weights.close()
+            data = {"path": weights.path.relative_to(tmp).as_posix(), "sha256": sha256_file(weights.path)}
+            for entry in stages:
+                for program_entry in [entry] + entry.get("reuse", {}).get("programs", []):
+                    program_entry["files"]["onnx_data"] = dict(data)
         extra = {"dynamic_batch": list(config.dynamic_batch)} if config.dynamic_batch else {}
         from ..runtime.components import save_components
 
@@ -147,6 +154,17 @@ def export(source, plan=None, output_dir: str | Path | None = None, shapes: Vide
     return manifest
 
 
+def _weight_file(config: ExportConfig, tmp: Path):
+    """The build's one ONNX weight file (`onnx/weights.onnx.data`), or nothing for an AOTI build."""
+    from contextlib import nullcontext
+
+    if config.target == "aoti":
+        return nullcontext()
+    from .onnx import WEIGHTS_FILE, WeightFile
+
+    return WeightFile(tmp / "onnx" / WEIGHTS_FILE)
+
+
 def _example_inputs(inputs: tuple, specs: list[dict]) -> tuple:
     """The standard example inputs plus zeros for a program's residual inputs."""
     import torch
@@ -158,7 +176,8 @@ def _example_inputs(inputs: tuple, specs: list[dict]) -> tuple:
 
 def _unverifiable(config: ExportConfig, device, scores: int, weights: int) -> str | None:
     """Why onnxruntime cannot verify this export where it would run (None: it can): a graph whose
-    attention scores (one call's (B, H, N, N) fp32, materialised by onnxruntime's kernels) and weights
+    attention scores (one call's (B, H, N, N) fp32 and their softmax, materialised by onnxruntime's
+    kernels) and weights
     would not fit in the memory free there. A deployment-size export then ships unverified by
     onnxruntime, saying so, instead of running out of memory."""
     from . import onnx as onnx_export
@@ -169,14 +188,15 @@ def _unverifiable(config: ExportConfig, device, scores: int, weights: int) -> st
         return None
     where = "the GPU" if providers[0] == "CUDAExecutionProvider" else "the host"
     gib = 2**30
-    return (f"onnxruntime ({providers[0]}) would hold {(scores + weights) / gib:.1f} GiB (one call's attention scores "
-            f"{scores / gib:.1f} GiB and the weights {weights / gib:.1f} GiB), more than the {free / gib:.1f} GiB free on "
+    return (f"onnxruntime ({providers[0]}) would hold {(scores + weights) / gib:.1f} GiB (one call's attention scores and "
+            f"their softmax {scores / gib:.1f} GiB and the weights {weights / gib:.1f} GiB), more than the {free / gib:.1f} GiB free on "
             f"{where}; verify with onnxruntime-gpu on a larger GPU, or export the same plan at a smaller "
             "--frames/--height/--width to verify its graph there")
 
 
 def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Path, stem: str, label: str,
-                   removed: list[str], config: ExportConfig, device, trt_info, progress: bool, scores: int = 0) -> None:
+                   removed: list[str], config: ExportConfig, device, trt_info, progress: bool, scores: int = 0,
+                   weights=None) -> None:
     """Build, audit and verify one program's artifacts; record them in its manifest `entry`."""
     from . import onnx as onnx_export
     from .trt_readiness import check_onnx, summary as readiness_summary
@@ -208,15 +228,13 @@ def _build_program(entry: dict, program, inputs: tuple, tmp: Path, stage_dir: Pa
                 raise F3Error(f"{label}: the AOTInductor package differs from the torch program "
                               f"(relative L2 {verify['aoti_vs_torch']['relative_l2_error']:.2e})")
     else:
-        onnx_path = stage_dir / f"{stem}.onnx"
+        # every graph beside the build's one weight file: stage0.onnx, stage0.reuse1.onnx, stage1.onnx, ...
+        onnx_path = weights.path.parent / f"{stage_dir.name}{stem[len('denoiser'):]}.onnx"
         if progress:
             print(f"{label}: exporting ONNX (opset {config.opset}, {config.precision})", flush=True)
-        onnx_export.export_onnx(program, _example_inputs(inputs, entry["inputs"]), onnx_path, opset=config.opset,
+        onnx_export.export_onnx(program, _example_inputs(inputs, entry["inputs"]), onnx_path, weights, opset=config.opset,
                                 input_names=input_names, output_names=output_names)
-        entry["files"]["onnx"] = {"path": f"{relative}/{onnx_path.name}", "sha256": sha256_file(onnx_path)}
-        data_file = onnx_path.with_name(onnx_path.name + ".data")
-        if data_file.exists():
-            entry["files"]["onnx_data"] = {"path": f"{relative}/{data_file.name}", "sha256": sha256_file(data_file)}
+        entry["files"]["onnx"] = {"path": onnx_path.relative_to(tmp).as_posix(), "sha256": sha256_file(onnx_path)}
         audit = onnx_export.audit_onnx(onnx_path, removed)
         audit["program_weight_bytes"] = int(sum(t.numel() * t.element_size() for t in program.state_dict.values()))
         audit["tensorrt_readiness"] = check_onnx(onnx_path)  # static: onnx-tensorrt's operator table

@@ -9,26 +9,96 @@ import torch
 from ..manifest import INPUT_NAMES, OUTPUT_NAMES
 
 DEFAULT_OPSET = 20  # parsed by onnxruntime and by TensorRT 10.x/11.x; >= 23 turns SDPA into one Attention node
-EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom for the graph
+INLINE_BYTES = 1024  # initializers smaller than this stay in the graph (shapes, scalars, norms' epsilons)
+WEIGHTS_FILE = "weights.onnx.data"  # a build's ONNX graphs keep their initializers in this one file
 
 
-def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path, opset: int = DEFAULT_OPSET,
-                input_names: list[str] | None = None, output_names: list[str] | None = None) -> None:
+class WeightFile:
+    """One external-data file for the ONNX graphs of a build, written as each graph is exported.
+
+    Every initializer of at least `INLINE_BYTES` is stored once: a tensor equal (dtype, shape and
+    bytes) to one already in the file is referenced where it lies. The stages of a plan differ only
+    in the weights their passes changed (a windowed attention's permuted q/k/v/out rows, pruned
+    heads), so a two-stage build holds about one copy of the weights on disk instead of two, and a
+    runtime can share one copy between its sessions (`runtime.backends.OnnxWeights`). Tensors of at
+    least 1 MiB start at 64 KiB offsets (the mapping granularity onnxruntime and Windows use), the
+    others at 64 bytes. Graphs and the file live in one folder: ONNX resolves `location` relative
+    to the graph and refuses paths that leave its folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "wb")
+        self._stored: dict[tuple, tuple[int, int]] = {}  # (dtype, shape, sha256) -> (offset, length)
+        self.size = 0
+
+    def _store(self, data: bytes, key: tuple) -> tuple[int, int]:
+        import hashlib
+
+        key = key + (hashlib.sha256(data).digest(),)
+        found = self._stored.get(key)
+        if found is None:
+            align = 65536 if len(data) >= 2**20 else 64
+            offset = -(-self.size // align) * align
+            self._handle.seek(offset)
+            self._handle.write(data)
+            self.size = offset + len(data)
+            found = self._stored[key] = (offset, len(data))
+        return found
+
+    def write_graph(self, model, path: Path) -> None:
+        """Save the onnx_ir `model` at `path` (in this file's folder), its initializers in this file.
+        The model's tensors are swapped for external references only while it is saved."""
+        import onnx_ir as ir
+
+        if Path(path).parent.resolve() != self.path.parent.resolve():
+            raise ValueError(f"{path} must be in {self.path.parent}, beside its weights")
+        swapped = []
+        try:
+            for value in model.graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or isinstance(tensor, (ir.ExternalTensor, ir.StringTensor)):
+                    continue
+                data = tensor.tobytes()
+                if len(data) < INLINE_BYTES:
+                    continue
+                offset, length = self._store(data, (tensor.dtype, tuple(tensor.shape)))
+                swapped.append((value, tensor))
+                value.const_value = ir.ExternalTensor(self.path.name, offset, length, tensor.dtype, shape=tensor.shape,
+                                                      name=value.name, base_dir=str(self.path.parent))
+            self._handle.flush()  # the graph is readable as soon as it is written
+            ir.save(model, str(path))
+        finally:
+            for value, tensor in swapped:
+                value.const_value = tensor
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "WeightFile":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path, weights: WeightFile,
+                opset: int = DEFAULT_OPSET, input_names: list[str] | None = None,
+                output_names: list[str] | None = None) -> None:
     """Write `program` as ONNX with the project's fixed I/O names (plus the residuals of temporal
-    reuse where given); external data when large."""
+    reuse where given), its initializers in `weights` (shared with the build's other graphs).
+    Tensors are written one at a time: no serialized copy of the whole model is ever held."""
     import logging
     import warnings
 
     from .. import memo
     from ..memo import program_bytes
 
-    weight_bytes = program_bytes(program)
-    external = weight_bytes > EXTERNAL_DATA_BYTES
     names = (tuple(input_names or INPUT_NAMES), tuple(output_names or OUTPUT_NAMES))
     key = ("onnx", id(program), opset, names, tuple((tuple(t.shape), str(t.dtype)) for t in inputs))
-    exported = None if external else memo.FILES.get(key)
-    if exported is not None and exported[0] is program:  # exported before: the same bytes (`memo.FILES`)
-        Path(path).write_bytes(exported[1])
+    exported = memo.FILES.get(key)
+    if exported is not None and exported[0] is program:  # exported before: the same graph (`memo.FILES`)
+        weights.write_graph(exported[1], path)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -39,9 +109,8 @@ def export_onnx(program: torch.export.ExportedProgram, inputs: tuple, path: Path
             opset_version=opset, verbose=False, optimize=False,
         )
         simplify(onnx_program.model)
-    onnx_program.save(str(path), external_data=external)
-    if not external:
-        memo.FILES.put(key, (program, Path(path).read_bytes()), weight_bytes)
+    weights.write_graph(onnx_program.model, path)
+    memo.FILES.put(key, (program, onnx_program.model), program_bytes(program))
 
 
 def simplify(model) -> None:
@@ -123,10 +192,8 @@ def audit_onnx(path: Path, removed_modules: list[str], prefix: str = "denoiser."
     """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=True)
-    initializer_bytes = 0
-    for init in model.graph.initializer:
-        initializer_bytes += onnx.numpy_helper.to_array(init).nbytes
+    model = onnx.load(str(path), load_external_data=False)  # the graph alone: sizes come from dims and dtypes
+    initializer_bytes = sum(initializer_nbytes(init) for init in model.graph.initializer)
     attention = sum(1 for n in model.graph.node if n.op_type in ("Softmax", "Attention"))
     removed = [f"'{prefix}{m}'" for m in removed_modules] + [f"'{prefix}{m}." for m in removed_modules]
     scopes = node_scopes(model.graph)
@@ -143,6 +210,17 @@ def audit_onnx(path: Path, removed_modules: list[str], prefix: str = "denoiser."
         "nodes_of_unknown_scope": unknown, "removed_modules_check": check,
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }
+
+
+def initializer_nbytes(init) -> int:
+    """Bytes of an initializer's values, read from its dims and dtype (its data may be external)."""
+    import math
+
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    if init.data_type == init.STRING:
+        return sum(len(item) for item in init.string_data)
+    return math.prod(init.dims) * tensor_dtype_to_np_dtype(init.data_type).itemsize
 
 
 def verification_providers(device) -> list[str]:
@@ -175,7 +253,18 @@ def available_bytes(providers: list[str], device) -> int:
 
 
 def onnxruntime_runner(path: Path, providers: list[str] | None = None):
-    """A Polygraphy runner over an onnxruntime session (CPU unless providers say otherwise)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    """A Polygraphy runner over an onnxruntime session (CPU unless providers say otherwise), made
+    when the runner activates. Its intermediate tensors are freed as they die, as torch frees
+    them (no arena, no preplanned block for the whole graph), so that a verification at a large
+    shape holds one call's activations rather than every intermediate of the graph at once."""
+    import onnxruntime
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(SessionFromOnnx(str(path), providers=providers or ["CPUExecutionProvider"]), name="onnxruntime")
+    from ..runtime.backends import session_options
+
+    providers = providers or ["CPUExecutionProvider"]
+
+    def session():
+        return onnxruntime.InferenceSession(str(path), session_options(providers), providers=providers)
+
+    return OnnxrtRunner(session, name="onnxruntime")

@@ -9,6 +9,7 @@ switching by timestep, reuse pattern by step) runs in the client or a BLS model 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -41,6 +42,15 @@ def _programs(base: str, stages: list[dict]):
             yield f"{base}_stage{stage['index']}_reuse{number}", program
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Triton loads each model from its own folder: every ONNX model of a build needs the build's
+    weight file beside it. A hard link keeps one copy on disk where the file system allows."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path, dynamic_batch: bool = False) -> list[str]:
     """Write one Triton model per stage program (a stage with temporal reuse has one per pattern of
     reused blocks, `<name>_stage<K>_reuse<N>`, whose residual I/O the client carries between steps);
@@ -56,9 +66,9 @@ def write_triton_repo(repo: Path, spec: str, stages: list[dict], build_dir: Path
         version_dir = repo / name / "1"
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(build_dir / source, version_dir / target)
-        data = build_dir / (source + ".data")
-        if target == "model.onnx" and data.exists():
-            shutil.copyfile(data, version_dir / data.name)
+        if target == "model.onnx" and "onnx_data" in files:  # beside the graph, as its initializers name it
+            data = build_dir / files["onnx_data"]["path"]
+            _link_or_copy(data, version_dir / data.name)
         (repo / name / "config.pbtxt").write_text(config_pbtxt(name, platform, stage["inputs"], stage["outputs"], dynamic_batch))
         names.append(name)
     return names

@@ -32,14 +32,18 @@ class _Backend:
 
 
 class WeightPool:
-    """The weights the torch programs of one build hold, shared: a program's tensor equal (name,
+    """The weights the programs of one build hold, shared: a torch program's tensor equal (name,
     dtype, shape and values) to one an earlier program of the build holds is replaced by it before
-    the program is placed on its device. The stages and reuse programs of a plan hold one copy of
-    what they have in common (a stage that regroups heads for its windows differs from the others
-    only in those attentions' q/k/v/o rows); `bytes` counts what the pool holds."""
+    the program is placed on its device; an ONNX graph's initializers come from the build's one
+    weight file, each stored tensor mapped once (`onnx_initializers`). The stages and reuse
+    programs of a plan hold one copy of what they have in common (a stage that regroups heads for
+    its windows differs from the others only in those attentions' q/k/v/o rows); `bytes` counts
+    what the pool holds."""
 
     def __init__(self) -> None:
         self._held: dict[tuple, list[torch.Tensor]] = {}
+        self._files: dict[Path, np.memmap] = {}
+        self._values: dict[tuple, object] = {}  # (file, offset, length, type, shape) -> OrtValue
 
     @staticmethod
     def _tables(program) -> list[dict]:
@@ -68,9 +72,42 @@ class WeightPool:
                     if not any(h is tensor for h in held):
                         held.append(tensor)
 
+    def onnx_initializers(self, path: Path) -> dict[str, object]:
+        """OrtValues for the external initializers of the ONNX graph at `path`, over a read-only
+        mapping of its weight file: one per stored tensor, whichever graphs reference it."""
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo
+        from onnx.helper import tensor_dtype_to_np_dtype
+        from onnxruntime import OrtValue
+
+        values = {}
+        for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = ExternalDataInfo(init)
+            if Path(info.location).name != info.location or info.length is None:
+                raise F3Error(f"{path}: initializer {init.name!r} lies in {info.location!r}, not beside the graph; "
+                              "export the build again with `f3compile export`")
+            file = (Path(path).parent / info.location).resolve()
+            shape = tuple(init.dims)
+            key = (file, info.offset, info.length, init.data_type, shape)
+            if key not in self._values:
+                if file not in self._files:
+                    self._files[file] = np.memmap(file, dtype=np.uint8, mode="r")
+                data = self._files[file][info.offset:info.offset + info.length]
+                if init.data_type == onnx.TensorProto.BFLOAT16:  # numpy has no bfloat16: its bits, typed by ONNX
+                    self._values[key] = OrtValue.ortvalue_from_numpy_with_onnx_type(
+                        data.view(np.uint16).reshape(shape), init.data_type)
+                else:
+                    self._values[key] = OrtValue.ortvalue_from_numpy(
+                        data.view(tensor_dtype_to_np_dtype(init.data_type)).reshape(shape))
+            values[init.name] = self._values[key]
+        return values
+
     @property
     def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for held in self._held.values() for t in held)
+        return (sum(t.numel() * t.element_size() for held in self._held.values() for t in held)
+                + sum(key[2] for key in self._values))
 
 
 class TorchBackend(_Backend):
@@ -121,16 +158,44 @@ class AotiBackend(_Backend):
         return list(output) if isinstance(output, (list, tuple)) else [output]
 
 
+def session_options(providers: list[str]):
+    """onnxruntime's options for a build's sessions. On the CPU no arena and no preplanned block:
+    intermediate tensors are freed when they die, as torch frees them, so each stage's session
+    does not keep its largest call's activations (gigabytes of attention scores at a few thousand
+    tokens) after it ran."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if providers[0] == "CPUExecutionProvider":
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+    return options
+
+
 class OnnxruntimeBackend(_Backend):
+    """An onnxruntime session over one ONNX graph (`session_options`). On the CPU the sessions of a
+    build compute with the initializers of `pool`: one mapping of the build's weight file, shared
+    by every stage, and not repacked per session (`session.disable_prepacking`: each session would
+    hold a packed copy of every matrix). With the CUDA provider each session copies its weights to
+    the GPU."""
+
     kind = "onnx"
 
-    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu")):
+    def __init__(self, path: Path, stage: dict, device: torch.device = torch.device("cpu"),
+                 pool: WeightPool | None = None):
         try:
             import onnxruntime
         except ImportError:
             raise F3Error("--backend onnxruntime needs onnxruntime: pip install onnxruntime") from None
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        options = session_options(providers)
+        self.initializers = {}  # kept alive with the session, which computes with them
+        if pool is not None and providers[0] == "CPUExecutionProvider":
+            self.initializers = pool.onnx_initializers(path)
+            for name, value in self.initializers.items():
+                options.add_initializer(name, value)
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         self.inputs = [(spec["name"], getattr(torch, spec["dtype"])) for spec in stage["inputs"]]
         self.outputs = [spec["name"] for spec in stage["outputs"]]
 
@@ -232,6 +297,6 @@ def make_backend(name: str, build: Path, stage: dict, device: str | torch.device
         hint = {"onnx": "f3compile export --target onnx", "trt": "f3compile export --target trt",
                 "aoti": "f3compile export --target aoti"}.get(cls.kind, "f3compile compile")
         raise F3Error(f"{label or 'stage' + str(stage['index'])} has no {cls.kind} artifact for --backend {name}; build it with `{hint}`")
-    if cls in (TorchBackend, AotiBackend):
-        return cls(build / entry["path"], stage, device, pool)
-    return cls(build / entry["path"], stage, device)
+    if cls is TensorrtBackend:
+        return cls(build / entry["path"], stage, device)
+    return cls(build / entry["path"], stage, device, pool)

@@ -172,8 +172,11 @@ def test_stages_that_prune_alike_share_one_program_and_one_onnx_export(calibrati
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exports.append(1) or original(*a, **k))
     manifest = api.export(compiled, config=ExportConfig(samples=1), output_dir=tmp_path / "build")
     assert len(exports) == 1 and len(manifest["stages"]) == 2
-    files = [tmp_path / "build" / f"stage{i}" / "denoiser.onnx" for i in (0, 1)]
+    files = [tmp_path / "build" / "onnx" / f"stage{i}.onnx" for i in (0, 1)]
     assert files[0].read_bytes() == files[1].read_bytes()
+    # one program, one copy of its weights in the build's ONNX weight file (two stages would be twice)
+    weights = (tmp_path / "build" / "onnx" / "weights.onnx.data").stat().st_size
+    assert weights < 1.2 * memo.program_bytes(compiled.stages[0].program)
     assert all(stage["verify"]["onnxruntime_vs_torch"]["passed"] for stage in manifest["stages"])
     assert [s["timesteps"] for s in manifest["stages"]] == [list(s.timesteps) for s in plan.stages]
 

@@ -74,7 +74,7 @@ def test_pruned_onnx_is_verified_and_smaller_by_the_plan(models, calibrations, d
             assert saved > 0
         verify_file = json.loads((tmp_path / "build" / f"stage{entry['index']}" / "verify.json").read_text())
         assert verify_file["audit"] == audit
-    assert load_manifest(tmp_path / "build")["stages"][0]["files"]["onnx"]["path"] == "stage0/denoiser.onnx"
+    assert load_manifest(tmp_path / "build")["stages"][0]["files"]["onnx"]["path"] == "onnx/stage0.onnx"
 
 
 def test_manifest_refuses_changed_artifacts_and_bad_documents(tmp_path, models):
@@ -95,7 +95,7 @@ def test_manifest_refuses_changed_artifacts_and_bad_documents(tmp_path, models):
     with pytest.raises(F3Error, match="inside the build directory"):
         validate_manifest(escaping)
     (build / "manifest.json").write_text(json.dumps(data))
-    with open(build / "stage0" / "denoiser.onnx", "ab") as handle:
+    with open(build / "onnx" / "stage0.onnx", "ab") as handle:
         handle.write(b"tampered")
     with pytest.raises(F3Error, match="does not match the sha256"):
         load_manifest(build)
@@ -108,7 +108,9 @@ def test_triton_repository_layout(models, tmp_path):
     assert 'name: "sample"' in config and "dims: [ 2, 4, 8, 8, 8 ]" in config and "TYPE_FP32" in config
     assert 'name: "noise_pred"' in config
     onnx_copy = tmp_path / "repo" / "tiny_latte_stage0" / "1" / "model.onnx"
-    assert onnx_copy.read_bytes() == (tmp_path / "build" / "stage0" / "denoiser.onnx").read_bytes()
+    assert onnx_copy.read_bytes() == (tmp_path / "build" / "onnx" / "stage0.onnx").read_bytes()
+    weights = onnx_copy.with_name("weights.onnx.data")  # beside the graph, which names it so
+    assert weights.read_bytes() == (tmp_path / "build" / "onnx" / "weights.onnx.data").read_bytes()
 
 
 def test_fp16_export_is_typed_in_the_graph(models, tmp_path):
@@ -124,7 +126,7 @@ def test_fp16_export_is_typed_in_the_graph(models, tmp_path):
     assert next(model.denoiser.parameters()).dtype == __import__("torch").float32
     stage = manifest["stages"][0]
     assert stage["precision"] == "fp16" and stage["verify"]["onnxruntime_vs_torch"]["passed"]
-    graph = onnx.load(str(tmp_path / "b" / "stage0" / "denoiser.onnx")).graph
+    graph = onnx.load(str(tmp_path / "b" / "onnx" / "stage0.onnx")).graph
     types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
     assert types["sample"] == onnx.TensorProto.FLOAT16 and types["timestep"] == onnx.TensorProto.FLOAT
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -138,14 +140,20 @@ def test_onnx_is_constant_folded_and_equals_the_unfolded_export(tmp_path):
     import torch
 
     import f3compile
-    from f3compile.exporters.onnx import export_onnx
+    from f3compile.exporters.onnx import WeightFile, export_onnx
     from f3compile.manifest import INPUT_NAMES, OUTPUT_NAMES
 
     compiled = f3compile.compile("builtin:tiny-latte")
     program, inputs = compiled.stages[0].program, compiled.inputs()
     torch.onnx.export(program, args=inputs, dynamo=True, opset_version=20, optimize=False, verbose=False,
                       input_names=INPUT_NAMES, output_names=OUTPUT_NAMES).save(str(tmp_path / "unfolded.onnx"))
-    export_onnx(program, inputs, tmp_path / "ours.onnx")
+    with WeightFile(tmp_path / "weights.data") as weights:
+        export_onnx(program, inputs, tmp_path / "ours.onnx", weights)
+        size = weights.size
+        export_onnx(program, inputs, tmp_path / "again.onnx", weights)  # the kept graph, written again
+    # every tensor the second graph holds is in the file already: stored once, referenced twice
+    assert weights.size == size == (tmp_path / "weights.data").stat().st_size
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
     graphs = {name: onnx.load(str(tmp_path / f"{name}.onnx")).graph for name in ("unfolded", "ours")}
     assert sum(node.op_type == "Constant" for node in graphs["unfolded"].node) > 0  # the check below can fail
     assert not [node for node in graphs["ours"].node if node.op_type == "Constant"]
@@ -218,7 +226,7 @@ def test_dynamic_batch_onnx_runs_other_batches(models, tmp_path):
     manifest = export(model, None, tmp_path / "b", config=ExportConfig(dynamic_batch=(2, 2, 8), samples=1,
                                                                       triton_repo=tmp_path / "repo"))
     assert manifest["dynamic_batch"] == [2, 2, 8]
-    session = onnxruntime.InferenceSession(str(tmp_path / "b" / "stage0" / "denoiser.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "b" / "onnx" / "stage0.onnx"))
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(6, 4, 8, 8, 8, generator=generator)
     timestep = torch.full((6,), 321.0)

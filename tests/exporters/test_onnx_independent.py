@@ -152,8 +152,8 @@ def test_export_refuses_a_graph_it_cannot_audit(models, calibrations, tmp_path, 
     assert removed
     real_export_onnx, before_stripping = onnx_export.export_onnx, []
 
-    def export_without_scopes(program, inputs, path, opset=onnx_export.DEFAULT_OPSET, **names):
-        real_export_onnx(program, inputs, path, opset=opset, **names)
+    def export_without_scopes(program, inputs, path, weights, opset=onnx_export.DEFAULT_OPSET, **names):
+        real_export_onnx(program, inputs, path, weights, opset=opset, **names)
         before_stripping.append(audit_onnx(path, removed))  # control: the real graph passes
         _stripped(path, path)
 

@@ -48,7 +48,7 @@ def test_dense_tiny_exports_are_tensorrt_ready(tiny_exports, name):
     assert report["table"]["source"] == "onnx/onnx-tensorrt docs/operators.md"
     assert re.fullmatch(r"[0-9a-f]{40}", report["table"]["commit"])
     # the file on disk gives the same answer as the record written during export
-    assert check_onnx(directory / "stage0" / "denoiser.onnx") == report
+    assert check_onnx(directory / "onnx" / "stage0.onnx") == report
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -56,7 +56,7 @@ def test_table_covers_the_tiny_graphs_and_counts_are_independent(tiny_exports, n
     import onnx
 
     directory, manifest = tiny_exports[name]
-    model = onnx.load(str(directory / "stage0" / "denoiser.onnx"))
+    model = onnx.load(str(directory / "onnx" / "stage0.onnx"))
     # no subgraphs or local functions here, so a flat count of node op_types is the whole graph
     assert not model.functions
     assert not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)

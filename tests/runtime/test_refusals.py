@@ -19,7 +19,6 @@ import torch
 from f3compile import F3Error
 from f3compile.compiler import compile_to_dir
 from f3compile.exporters import ExportConfig, export
-from f3compile.exporters import onnx as onnx_export
 from f3compile.manifest import load_manifest
 from f3compile.runtime import Runtime
 
@@ -31,11 +30,9 @@ GENERATE = ["--prompt", "a red circle", "--steps", "1", "--backend", "onnxruntim
 
 @pytest.fixture(scope="module")
 def dense_build(models, tmp_path_factory):
-    """A dense tiny-latte export carrying .pt2, .onnx and .onnx.data (external data forced)."""
+    """A dense tiny-latte export carrying .pt2, .onnx and the ONNX weight file."""
     directory = tmp_path_factory.mktemp("refusals") / "build"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # every initializer goes to denoiser.onnx.data
-        export(models["tiny-latte"], None, directory, config=ExportConfig(samples=1))
+    export(models["tiny-latte"], None, directory, config=ExportConfig(samples=1))
     return directory
 
 

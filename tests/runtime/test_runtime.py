@@ -96,6 +96,44 @@ def test_stage_switching_follows_the_plan(models, unet3d_builds):
     assert runtime.weights.bytes == held < sum(t.numel() * t.element_size() for t in [*first.values(), *second.values()])
 
 
+def test_onnx_stages_share_one_weight_file_and_one_mapping(unet3d_builds):
+    """Both stages' ONNX graphs keep their initializers in the build's one weight file, each distinct
+    tensor once; the runtime's CPU sessions compute with one mapping of it (a shared tensor is one
+    OrtValue in both sessions) and give what a plain onnxruntime session over the same graph gives."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    from f3compile.manifest import load_manifest
+
+    build = unet3d_builds[0] / "pruned"
+    stages = load_manifest(build)["stages"]
+    assert {stage["files"]["onnx_data"]["path"] for stage in stages} == {"onnx/weights.onnx.data"}
+    distinct, referenced = {}, 0  # read by onnx itself: every graph's initializers of 1 KiB or more
+    for stage in stages:
+        for init in onnx.load(str(build / stage["files"]["onnx"]["path"])).graph.initializer:
+            array = onnx.numpy_helper.to_array(init)
+            if array.nbytes >= 1024:
+                distinct[(array.dtype.str, array.shape, array.tobytes())] = array.nbytes
+                referenced += array.nbytes
+    size = (build / "onnx" / "weights.onnx.data").stat().st_size
+    assert all(nbytes < 2**20 for nbytes in distinct.values())  # tiny: 64-byte alignment only
+    assert sum(distinct.values()) <= size < sum(distinct.values()) + 64 * len(distinct)
+    assert size < 0.75 * referenced  # the stages share most of their weights
+    runtime = Runtime(build, backend="onnxruntime")
+    first, second = (stage.programs[()] for stage in runtime.stages)
+    assert runtime.weights.bytes == sum(distinct.values())
+    common = [name for name in first.initializers if name in second.initializers
+              and np.array_equal(first.initializers[name].numpy(), second.initializers[name].numpy())]
+    assert common and all(first.initializers[n] is second.initializers[n] for n in common)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(spec["shape"], generator=generator) if spec["dtype"] == "float32"
+              else torch.full(spec["shape"], 500, dtype=getattr(torch, spec["dtype"])) for spec in stages[1]["inputs"]]
+    plain = onnxruntime.InferenceSession(str(build / stages[1]["files"]["onnx"]["path"]))
+    expected = plain.run(None, {spec["name"]: t.numpy() for spec, t in zip(stages[1]["inputs"], inputs)})[0]
+    assert rel(second.run(*inputs)[0], torch.from_numpy(expected)) <= 1e-6
+
+
 @pytest.mark.parametrize("backend, suffix", [("torch", ".gif"), ("onnxruntime", ".png")])
 def test_generate_cli_writes_videos(capsys, models, unet3d_builds, tmp_path, backend, suffix):
     root, _ = unet3d_builds
