@@ -20,7 +20,7 @@ class WeightFile:
     bytes) to one already in the file is referenced where it lies. The stages of a plan differ only
     in the weights their passes changed (a windowed attention's permuted q/k/v/out rows, pruned
     heads), so a two-stage build holds about one copy of the weights on disk instead of two, and a
-    runtime can share one copy between its sessions (`runtime.backends.OnnxWeights`). Tensors of at
+    runtime can share one copy between its sessions (`runtime.backends.WeightPool`). Tensors of at
     least 1 MiB start at 64 KiB offsets (the mapping granularity onnxruntime and Windows use), the
     others at 64 bytes. Graphs and the file live in one folder: ONNX resolves `location` relative
     to the graph and refuses paths that leave its folder."""

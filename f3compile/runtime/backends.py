@@ -89,12 +89,12 @@ class WeightPool:
                 raise F3Error(f"{path}: initializer {init.name!r} lies in {info.location!r}, not beside the graph; "
                               "export the build again with `f3compile export`")
             file = (Path(path).parent / info.location).resolve()
-            shape = tuple(init.dims)
-            key = (file, info.offset, info.length, init.data_type, shape)
+            shape, offset = tuple(init.dims), info.offset or 0  # no offset: the file's start
+            key = (file, offset, info.length, init.data_type, shape)
             if key not in self._values:
                 if file not in self._files:
                     self._files[file] = np.memmap(file, dtype=np.uint8, mode="r")
-                data = self._files[file][info.offset:info.offset + info.length]
+                data = self._files[file][offset:offset + info.length]
                 if init.data_type == onnx.TensorProto.BFLOAT16:  # numpy has no bfloat16: its bits, typed by ONNX
                     self._values[key] = OrtValue.ortvalue_from_numpy_with_onnx_type(
                         data.view(np.uint16).reshape(shape), init.data_type)
