@@ -159,10 +159,11 @@ class AotiBackend(_Backend):
 
 
 def session_options(providers: list[str]):
-    """onnxruntime's options for a build's sessions. On the CPU no arena and no preplanned block:
-    intermediate tensors are freed when they die, as torch frees them, so each stage's session
-    does not keep its largest call's activations (gigabytes of attention scores at a few thousand
-    tokens) after it ran."""
+    """onnxruntime's options for a build's sessions, loaded side by side. On the CPU no arena and no
+    preplanned block: intermediate tensors are freed when they die, as torch frees them, so each
+    stage's session does not keep its largest call's activations (gigabytes of attention scores at
+    a few thousand tokens) after it ran. On small graphs the arena is faster (`tools/onnx_weight_sharing.py`
+    measures both at the sizes where memory matters)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
