@@ -314,8 +314,8 @@ ONNXRUNTIME_SCORE_COPIES = 1.5  # measured, see `_onnx_verification`
 def _onnx_verification(units, shapes) -> int:
     """onnxruntime's attention (MatMul, then Softmax) beside one call's other activations: the scores
     of one full 3-D attention call, (B, H, N, N) fp32, and part of their softmax. Counting 2 copies
-    over-predicted a verified ONNX export on the CPU at 4,725 tokens by 1.54x; 1.5 copies keep it
-    within 0.75-1.18x of the measured peak from 600 to 4,725 tokens (`tools/memory_check.py`,
+    over-predicted a verified ONNX export on the CPU at 4,725 tokens by 1.47x; 1.5 copies keep it
+    within 0.74-1.13x of the measured peak from 600 to 4,725 tokens (`tools/memory_check.py`,
     docs/BENCHMARKS.md). The export's own guard (`exporters.export._unverifiable`) counts 2, the
     most MatMul and Softmax can hold at once."""
     from .models.base import attention_scores_bytes

@@ -193,7 +193,8 @@ def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     """A 2-stage window plan compiled on tiny-wan: the torch runtime holds one copy of what the
     stages share plus each stage's regrouped attention weights, which the report's torch build
     counts from above (within the windowed units' copies); an ONNX build counts a copy per stage
-    (each onnxruntime session holds its own initializers)."""
+    on a GPU (each onnxruntime CUDA session holds its own initializers) and the shared copy on the
+    CPU (the sessions share one mapping of the build's weight file)."""
     from f3compile import api
     from f3compile.calibration import CalibrationConfig
     from f3compile.compiler import compile_to_dir
@@ -213,6 +214,9 @@ def test_generate_counts_the_weights_the_runtime_pool_holds(tmp_path):
     assert shared == denoiser and permuted > 0
     assert denoiser < held <= shared + permuted  # more than one copy (the stages differ), at most what is predicted
     assert onnx_build.device["2 stage program(s)' weights"] == 2 * denoiser
+    onnx_cpu = memory.predict(meta, model.shapes, plan, precision="fp32", target="onnx", device="cpu")[3]
+    assert (onnx_cpu.device["stage programs' weights (shared)"], onnx_cpu.device["windowed units' permuted weights"]) \
+        == (shared, permuted) and "2 stage program(s)' weights" not in onnx_cpu.device
 
 
 def test_a_pipeline_directory_is_counted_from_its_configs(tmp_path):

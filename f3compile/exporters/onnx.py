@@ -57,8 +57,11 @@ class WeightFile:
         try:
             for value in model.graph.initializers.values():
                 tensor = value.const_value
-                if tensor is None or isinstance(tensor, (ir.ExternalTensor, ir.StringTensor)):
+                if tensor is None or isinstance(tensor, ir.StringTensor):
                     continue
+                if isinstance(tensor, ir.ExternalTensor):  # it would name a file the build does not hash
+                    raise ValueError(f"initializer {value.name!r} already lies in {tensor.location}; "
+                                     "a build's graphs take their initializers from its one weight file")
                 data = tensor.tobytes()
                 if len(data) < INLINE_BYTES:
                     continue

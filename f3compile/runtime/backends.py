@@ -190,13 +190,14 @@ class OnnxruntimeBackend(_Backend):
             raise F3Error("--backend onnxruntime needs onnxruntime: pip install onnxruntime") from None
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
         options = session_options(providers)
-        self.initializers = {}  # kept alive with the session, which computes with them
+        initializers = {}
         if pool is not None and providers[0] == "CPUExecutionProvider":
-            self.initializers = pool.onnx_initializers(path)
-            for name, value in self.initializers.items():
+            initializers = pool.onnx_initializers(path)
+            for name, value in initializers.items():
                 options.add_initializer(name, value)
             options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        self.initializers = initializers  # set after the session: released after it, which computes with them
         self.inputs = [(spec["name"], getattr(torch, spec["dtype"])) for spec in stage["inputs"]]
         self.outputs = [spec["name"] for spec in stage["outputs"]]
 
