@@ -228,9 +228,10 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
                                    "one denoiser call (verification)": call})
     # the pipeline's other components are loaded with the model (the build ships them), on the host
     export.host["text encoder weights"] = text_bytes
+    onnx_attention = _onnxruntime_attention(units, shapes) if target == "onnx" else 0
     if target == "onnx":  # initializers are written one at a time; onnxruntime verifies on the host
         export.host["onnxruntime session weights"] = denoiser
-        export.host["onnxruntime attention scores and their softmax"] = _onnx_verification(units, shapes)
+        export.host["onnxruntime attention scores and their softmax"] = onnx_attention
         export.notes.append("onnxruntime on the CPU materialises every attention's scores")
     # the runtime's weight pool: one copy of what the stage programs have in common; an AOTI package
     # computes with its stage program's tensors (exported without weights of its own); onnxruntime's
@@ -242,7 +243,7 @@ def predict(model, shapes, plan=None, precision: str = "bf16", device: str = "cu
     else:
         programs = {f"{plan_stages} stage program(s)' weights": denoiser * plan_stages}
     # onnxruntime runs attention as MatMul and Softmax: the scores and their softmax of one call at once
-    step, step_name = ((call + _onnx_verification(units, shapes), "one onnxruntime call (scores and softmax)")
+    step, step_name = ((call + onnx_attention, "one onnxruntime call (scores and softmax)")
                        if target == "onnx" else (call, "one denoiser call"))
     frames_bytes = 4 * shapes.frames * shapes.height * shapes.width * 3
     untiled = decode_peak(vae, model, shapes)
@@ -308,10 +309,10 @@ def _windowed_bytes(model, plan, units) -> int:
     return most
 
 
-ONNXRUNTIME_SCORE_COPIES = 1.5  # measured, see `_onnx_verification`
+ONNXRUNTIME_SCORE_COPIES = 1.5  # measured, see `_onnxruntime_attention`
 
 
-def _onnx_verification(units, shapes) -> int:
+def _onnxruntime_attention(units, shapes) -> int:
     """onnxruntime's attention (MatMul, then Softmax) beside one call's other activations: the scores
     of one full 3-D attention call, (B, H, N, N) fp32, and part of their softmax. Counting 2 copies
     over-predicted a verified ONNX export on the CPU at 4,725 tokens by 1.47x; 1.5 copies keep it

@@ -181,6 +181,24 @@ def test_stages_that_prune_alike_share_one_program_and_one_onnx_export(calibrati
     assert [s["timesteps"] for s in manifest["stages"]] == [list(s.timesteps) for s in plan.stages]
 
 
+def test_a_program_the_memo_will_not_keep_is_not_read_back(tmp_path, monkeypatch):
+    """`save_program` reads a written .pt2 back only to keep its bytes: a program above the memo's
+    limit (every deployment-sized one) is written and never read again (at 14B, a second 28 GB)."""
+    from pathlib import Path
+
+    from f3compile.compiler.compile import save_program
+
+    program = torch.export.export(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+    reads, real = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    monkeypatch.setattr(memo, "FILES", Memo(limit_bytes=0))
+    save_program(program, tmp_path / "big.pt2")
+    assert (tmp_path / "big.pt2").stat().st_size > 0 and reads == []
+    monkeypatch.setattr(memo, "FILES", Memo())  # control: a program the memo keeps is read back once
+    save_program(program, tmp_path / "small.pt2")
+    assert reads == [tmp_path / "small.pt2"]
+
+
 def test_weights_edited_after_loading_are_captured_anew(calibrations, monkeypatch):
     """The cache is keyed by the fingerprint of the weights the model was loaded with; once they are
     edited in place, the next compile captures and rewrites the model as it is now (a pruned

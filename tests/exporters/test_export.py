@@ -154,6 +154,12 @@ def test_onnx_is_constant_folded_and_equals_the_unfolded_export(tmp_path):
     # every tensor the second graph holds is in the file already: stored once, referenced twice
     assert weights.size == size == (tmp_path / "weights.data").stat().st_size
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "ours.onnx").read_bytes()
+    # a graph whose initializers already lie in some file is refused: the build would not hash that file
+    import onnx_ir as ir
+
+    (tmp_path / "other").mkdir()
+    with WeightFile(tmp_path / "other" / "weights.data") as other, pytest.raises(ValueError, match="already lies in"):
+        other.write_graph(ir.load(str(tmp_path / "ours.onnx")), tmp_path / "other" / "ours.onnx")
     graphs = {name: onnx.load(str(tmp_path / f"{name}.onnx")).graph for name in ("unfolded", "ours")}
     assert sum(node.op_type == "Constant" for node in graphs["unfolded"].node) > 0  # the check below can fail
     assert not [node for node in graphs["ours"].node if node.op_type == "Constant"]
