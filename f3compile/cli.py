@@ -111,7 +111,11 @@ def cmd_plan(args) -> None:
     plan = api.plan(args.calibration, options, model=args.model, prompts=args.prompts,
                     log=print if writer else None)
     if plan.search is not None:
-        what = (f"searched, {len(plan.search['accepted'])} accepted step(s), error {plan.search['error']:.4f}, "
+        accepted = plan.search["accepted"]
+        moves = sum(1 for step in accepted if not step.get("exchange"))
+        kept = sum(1 for step in accepted if step.get("exchange") and step["error"] is not None)  # one per exchange
+        what = (f"searched, {moves} accepted step(s)" + (f", {kept} exchange(s) kept" if kept else "")
+                + f", error {plan.search['error']:.4f}, "
                 f"FLOP-predicted {plan.search['predicted_speedup']:.3f}x, "
                 f"{plan.search['calls'] / plan.search['loop_calls']:.1f} sampling loops of denoiser calls per prompt")
     elif plan.budget is not None:

@@ -259,6 +259,7 @@ class SearchStepDocument:
     error: float | None = key(message=_STEP)
     predicted_speedup: float = key(message=_STEP)
     estimate: float = key(optional=True, check=lambda v: v >= 0, message=_STEP)
+    exchange: bool = key(optional=True, message=_STEP)  # a change of an exchange, after the ranking's moves
 
 
 @dataclass

@@ -23,10 +23,15 @@ loops per prompt, 20 by default, whatever the model's blocks and actions):
 4. whole sampling loops confirm them, measured together with what is accepted: 1, 2, 4, ... more
    moves while the error stays within `max_error` (with a target speedup, first the fewest that
    reach it), then a bisection finds the longest run of them that does; the move after it is
-   skipped and the search goes on from there, while the budget lasts.
+   skipped and the search goes on from there, while the budget lasts;
+5. exchanges, with the budget left: the plans one or two (stage, block) pairs away from the
+   accepted one (an action given up or set to another), least estimated change of error first, each
+   measured whole and kept when better (`_exchanges`): less error at the target (without one, at no
+   lower predicted speedup), or more predicted speedup within `max_error` without a target.
 
 Every accepted step is reported with its estimate, the predicted speedup and, where the plan up
-to it was measured whole, its measured error; the plan's final error is always measured. All of it
+to it was measured whole, its measured error (an exchange's changes follow the moves, marked, the
+error on the last); replayed in order they give the plan, whose final error is always measured. All of it
 is recorded in the plan (`search`, with the denoiser calls spent per prompt), so the plan carries a
 known deviation for any model: no probe, no labels. The search runs offline once; the plan it writes
 is static like every other plan. Under torchrun the ranks split the prompts (`_Runner`); the
@@ -56,6 +61,7 @@ from .schedule import predicted_speedup
 DEFAULT_BUDGET = 20.0  # denoiser calls per prompt, in sampling loops: the dense one, the estimates, the measured plans
 ACTIONS = ("drop", "reuse", "heads", "window")
 FULL_ATTENTION_ACTIONS = ("drop", "reuse", "window")  # head pruning is not defined for full 3-D attention here
+DENSE = "dense"  # an exchange's step that leaves a (stage, block) without an action
 
 
 @dataclass
@@ -66,11 +72,13 @@ class Step:
     error: float | None  # measured on the final latents with every step up to this one; None: not measured
     predicted_speedup: float
     estimate: float = 0.0  # the action's error alone, estimated on the dense trajectory
+    exchange: bool = False  # one of the (one or two) changes of an exchange, not a move of the ranking
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "block": self.block, "action": self.action,
                 "error": None if self.error is None else round(self.error, 6),
-                "predicted_speedup": round(self.predicted_speedup, 6), "estimate": round(self.estimate, 6)}
+                "predicted_speedup": round(self.predicted_speedup, 6), "estimate": round(self.estimate, 6),
+                **({"exchange": True} if self.exchange else {})}
 
 
 def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], head_order: dict[str, list[int]],
@@ -83,6 +91,8 @@ def _apply(stage: Stage, block: str, action: str, units: list[TemporalUnit], hea
         if unit.block == block:
             stage.prune_heads.pop(unit.id, None)
             stage.windows.pop(unit.id, None)
+    if action == DENSE:  # an exchange gave the block's action up
+        return
     if action.startswith("window:"):  # every head of the block's attention within ±W frames
         window = int(action.split(":", 1)[1])
         for unit in units:
@@ -291,6 +301,27 @@ def _sampling(candidates: list, groups: list[list[int]], loop: int, budget: floa
     return 1, kept, len(candidates) - len(kept)
 
 
+def _exchanges(assign: dict, options: dict, order: Callable) -> list[tuple[float, float, tuple]]:
+    """The plans one or two (stage, block) pairs away from `assign` ((stage, block) -> action; `options`:
+    (stage, block) -> action -> (estimated error alone, FLOP-speedup gained alone)), each as (the
+    estimated change of error, the change of the share of the dense FLOPs removed, its changes
+    ((stage, block), action or DENSE)): the least estimated error first, then the most FLOPs removed."""
+    def estimate(pair, action):
+        return 0.0 if action == DENSE else options[pair][action][0]
+
+    def share(pair, action):  # of the dense FLOPs, what the action removes (FLOPs removed add up)
+        return 0.0 if action == DENSE else 1.0 - 1.0 / (1.0 + options[pair][action][1])
+
+    changes = [(pair, action, estimate(pair, action) - estimate(pair, assign.get(pair, DENSE)),
+                share(pair, action) - share(pair, assign.get(pair, DENSE)))
+               for pair in sorted(options, key=order) for action in (DENSE, *options[pair])
+               if action != assign.get(pair, DENSE)]
+    found = [(d, r, ((pair, action),)) for pair, action, d, r in changes]
+    found += [(d1 + d2, r1 + r2, ((p1, a1), (p2, a2)))
+              for i, (p1, a1, d1, r1) in enumerate(changes) for p2, a2, d2, r2 in changes[i + 1:] if p2 != p1]
+    return sorted(found, key=lambda c: (c[0], -c[1]))
+
+
 def search_plan(
     model: VideoModel,
     stats: CalibrationStats,
@@ -493,6 +524,76 @@ def search_plan(
         log(f"accept: stage {number} {action:<5} {block}: estimated error {estimate:.4f}, "
             f"predicted {steps[-1].predicted_speedup:.3f}x"
             + (f", measured {steps[-1].error:.4f}" if steps[-1].error is not None else ""))
+
+    # exchanges, with the budget the moves left: the plans one or two (stage, block) pairs away from
+    # the accepted one, the least estimated error first, each measured whole and kept when it is
+    # better: less error at the target (or, without one, at no lower predicted speedup), or more
+    # predicted speedup within --max-error without a target
+    options: dict = {}
+    for _, number, block, action, estimate, _gain in singles:
+        options.setdefault((number, block), {})[action] = (estimate, _gain)
+    assign = {moves[index][:2]: moves[index][2] for index in chosen}  # the last action of each pair holds
+    error = errors[tuple(chosen)]
+    seen = {frozenset(assign.items())}
+
+    def plan_from(pairs: dict) -> PruningPlan:
+        trial = base
+        for (number, block), action in pairs.items():
+            trial = with_action(trial, number, block, action)
+        return trial
+
+    def better(candidate: float, speedup: float) -> bool:
+        if max_error is not None and candidate > max_error:
+            return False
+        if target_speedup is not None:
+            return speedup >= target_speedup and (reached < target_speedup or candidate < error)
+        return speedup > reached + 1e-9 or candidate < error
+
+    def removed_share(pairs: dict) -> float:  # of the dense FLOPs, what the actions remove
+        return sum(1.0 - 1.0 / (1.0 + options[pair][action][1]) for pair, action in pairs.items())
+
+    removed = removed_share(assign)
+    while affordable():
+        need = target_speedup if target_speedup is not None else reached
+        trial = None
+        for _, more, changes in _exchanges(assign, options, lambda pair: (pair[0], blocks.index(pair[1]))):
+            pairs = dict(assign)
+            for pair, action in changes:
+                if action == DENSE:
+                    pairs.pop(pair)
+                else:
+                    pairs[pair] = action
+            state = frozenset(pairs.items())
+            # FLOPs removed add up: a plan below the speedup it needs is not built
+            if state in seen or 1.0 / max(1e-9, 1.0 - removed - more) < need - 1e-6:
+                continue
+            seen.add(state)
+            candidate = plan_from(pairs)
+            speedup = predicted_speedup(candidate, cost)
+            if speedup >= need - 1e-9:
+                trial = (changes, pairs, candidate, speedup)
+                break
+        if trial is None:
+            break
+        changes, pairs, candidate, speedup = trial
+        measured = runner.error(candidate)
+        described = ", ".join(f"stage {number} {block} {assign.get((number, block), DENSE)} -> {action}"
+                              for (number, block), action in changes)
+        log(f"exchange: {described}: error {measured:.4f}, predicted {speedup:.3f}x")
+        if not better(measured, speedup):
+            continue
+        for count, ((number, block), action) in enumerate(changes, 1):
+            if action == DENSE:
+                assign.pop((number, block))
+            else:
+                assign[(number, block)] = action
+            last = count == len(changes)  # only the whole exchange was measured
+            steps.append(Step(number, block, action, measured if last else None,
+                              speedup if last else predicted_speedup(plan_from(assign), cost),
+                              0.0 if action == DENSE else options[(number, block)][action][0], exchange=True))
+        removed = removed_share(assign)
+        error, reached, plan = measured, speedup, candidate
+        log(f"accept: {described}: error {error:.4f}, predicted {reached:.3f}x")
     if target_speedup is not None and reached < target_speedup:
         within = f" within --max-error {max_error:g}" if max_error is not None else ""
         if spent:
@@ -505,8 +606,8 @@ def search_plan(
         order = [u.id for u in units]
         stage.prune_heads = {u: stage.prune_heads[u] for u in sorted(stage.prune_heads, key=order.index)}
         stage.windows = {u: stage.windows[u] for u in sorted(stage.windows, key=order.index)}
-    final_error = errors[tuple(chosen)]
-    plan.ratio = [round(sum(1 for pair in decided if pair[0] == n) / len(blocks), 6) for n in range(stages)]
+    final_error = error
+    plan.ratio = [round(sum(1 for pair in assign if pair[0] == n) / len(blocks), 6) for n in range(stages)]
     plan.search = {
         "max_error": max_error, "target_speedup": target_speedup,
         "actions": list(actions),

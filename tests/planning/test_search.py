@@ -63,6 +63,31 @@ def compiled_error(model, stats, plan) -> float:
     return sum(errors) / len(errors)
 
 
+def replayed(steps) -> dict:
+    """(stage, block) -> action after every recorded step in order (a step sets its pair's action;
+    "dense" leaves the pair without one)."""
+    actions = {}
+    for step in steps:
+        actions[(step.stage, step.block)] = step.action
+    return {pair: action for pair, action in actions.items() if action != "dense"}
+
+
+def actions_in(plan, units) -> dict:
+    """(stage, block) -> action, read from the plan's stages."""
+    found = {}
+    for number, stage in enumerate(plan.stages):
+        for block in stage.drop_blocks:
+            found[(number, block)] = "drop"
+        for block, period in stage.reuse.items():
+            found[(number, block)] = f"reuse:{period}"
+        for unit in units:
+            if unit.id in stage.prune_heads:
+                found[(number, unit.block)] = "heads"
+            if unit.id in stage.windows:
+                found[(number, unit.block)] = f"window:{stage.windows[unit.id][0]}"
+    return found
+
+
 @pytest.mark.slow
 # tiny-latte, two stages; a UNet family (Tune-A-Video's) is searched through the CLI below
 @pytest.mark.parametrize("name, stages", [("tiny-latte", 2)])
@@ -74,10 +99,12 @@ def test_search_stays_within_the_bound_and_records_the_true_error(models, calibr
     plan, steps = search_plan(model, stats, PROMPTS, cost, units, max_error=bound, stages=stages)
     assert steps, "nothing was within the bound: the test needs a looser bound"
     assert all(step.error is None or step.error <= bound for step in steps)
-    assert [s.predicted_speedup for s in steps] == sorted(s.predicted_speedup for s in steps)
+    moves = [s for s in steps if not s.exchange]  # the ranking's moves, before any exchange
+    assert [s.predicted_speedup for s in moves] == sorted(s.predicted_speedup for s in moves)
+    assert len({(s.stage, s.block) for s in moves}) == len(moves)  # one action per (stage, block)
     assert plan.search["calls"] <= 20 * plan.search["loop_calls"]
     assert plan.search["error"] == pytest.approx(steps[-1].error, abs=1e-6)
-    assert len({(s.stage, s.block) for s in steps}) == len(steps)  # one action per (stage, block)
+    assert replayed(steps) == actions_in(plan, units)  # the recorded path is the plan
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
     from f3compile.planning.schedule import predicted_speedup
 
@@ -108,8 +135,9 @@ def test_search_to_a_target_speedup(models, calibrations):
     target = 1 + 0.6 * (predicted_speedup(make_plan(stats, 1.0, "block", stages=2), cost) - 1)
     plan, steps = search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, stages=2, actions=("drop",))
     assert plan.search["predicted_speedup"] >= target > 1.0
-    assert all(s.action == "drop" for s in steps) and not any(stage.prune_heads for stage in plan.stages)
-    assert len(steps) > 1 and steps[-2].predicted_speedup < target  # stops as soon as it is reached
+    assert all(s.action in ("drop", "dense") for s in steps) and not any(stage.prune_heads for stage in plan.stages)
+    moves = [s for s in steps if not s.exchange]
+    assert len(moves) > 1 and moves[-2].predicted_speedup < target  # the moves stop as soon as it is reached
     with pytest.raises(F3Error, match="out of reach"):
         search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, max_error=1e-9, stages=2)
     with pytest.raises(F3Error, match="needs --max-error"):
@@ -136,7 +164,7 @@ def test_a_target_beyond_the_gentlest_actions_upgrades_them(models, calibrations
     assert upgraded, [s.to_dict() for s in steps]
     stage = plan.stages[0]
     assert not set(stage.drop_blocks) & set(stage.reuse)
-    assert plan.ratio == [1.0]  # both blocks decided, counted once each
+    assert plan.ratio == [len(actions_in(plan, units)) / len(stats.blocks)]  # each decided block counted once
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
 
 
@@ -160,6 +188,27 @@ def test_longer_reuse_periods_come_before_dropping(models, calibrations):
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
     with pytest.raises(F3Error, match="distinct integers"):
         search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, actions=("reuse",), reuse_periods=(2, 1))
+
+
+def test_exchanges_spend_the_budget_left_on_a_better_plan(models, calibrations):
+    """With a target, the moves reach it in a few loops; the budget left measures exchanges of one or
+    two (stage, block) actions, and each one kept lowers the measured error at the target: the plan
+    ends with less error than the moves reached, its recorded error is the compiled one, and its
+    recorded path replays to it."""
+    model, (_, stats) = models["tiny-latte"], calibrations["tiny-latte"]
+    units = find_temporal_units(model)
+    cost = ModelCost.measure(model, units)
+    plan, steps = search_plan(model, stats, PROMPTS, cost, units, target_speedup=1.1, stages=2)
+    moves = [s for s in steps if not s.exchange]
+    kept = [s.error for s in steps if s.exchange and s.error is not None]  # the last change of each exchange
+    assert kept, [s.to_dict() for s in steps]
+    assert moves[-1].error is not None and [moves[-1].error, *kept] == sorted([moves[-1].error, *kept], reverse=True)
+    assert len(set(kept)) == len(kept) and kept[-1] < moves[-1].error
+    assert plan.search["error"] == pytest.approx(kept[-1], abs=1e-6) and plan.search["predicted_speedup"] >= 1.1
+    assert all(s.predicted_speedup >= 1.1 for s in steps if s.exchange and s.error is not None)
+    assert replayed(steps) == actions_in(plan, units)
+    assert plan.search["calls"] <= 20 * plan.search["loop_calls"]
+    assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
 
 
 @pytest.mark.slow
