@@ -33,12 +33,22 @@ ADAPT = [  # (the previous source, what it becomes): each must occur exactly onc
 ]
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def previous_module(rev: str) -> types.ModuleType:
-    source = subprocess.run(["git", "show", f"{rev}:f3compile/planning/search.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    shown = subprocess.run(["git", "show", f"{rev}:f3compile/planning/search.py"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if shown.returncode != 0:  # a shallow clone, or a revision this history does not hold
+        why = (shown.stderr.strip().splitlines() or ["no output"])[-1]
+        fail(f"git cannot show the search at {rev} ({why}); run this in a clone with the repository's history "
+             "(git fetch --unshallow)")
+    source = shown.stdout
     for old, new in ADAPT:
         if source.count(old) != 1:
-            raise SystemExit(f"error: the search at {rev} is not the one this tool adapts (missing: {old[:60]!r})")
+            fail(f"the search at {rev} is not the one this tool adapts (missing: {old[:60]!r}); pass --rev 09bd24e^")
         source = source.replace(old, new)
     module = types.ModuleType("f3compile.planning._previous_search")
     module.__package__ = "f3compile.planning"
