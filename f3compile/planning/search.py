@@ -532,9 +532,12 @@ def search_plan(
     options: dict = {}
     for _, number, block, action, estimate, _gain in singles:
         options.setdefault((number, block), {})[action] = (estimate, _gain)
-    assign = {moves[index][:2]: moves[index][2] for index in chosen}  # the last action of each pair holds
+    def assignment(indices) -> dict:  # (stage, block) -> action; the last move of each pair holds
+        return {moves[index][:2]: moves[index][2] for index in indices}
+
+    assign = assignment(chosen)
     error = errors[tuple(chosen)]
-    seen = {frozenset(assign.items())}
+    seen = {frozenset(assignment(key).items()) for key in errors}  # every plan the moves measured
 
     def plan_from(pairs: dict) -> PruningPlan:
         trial = base
@@ -554,9 +557,13 @@ def search_plan(
 
     removed = removed_share(assign)
     while affordable():
+        if target_speedup is not None and reached >= target_speedup and error <= 0.0:
+            break  # the target holds without error: nothing measures better
         need = target_speedup if target_speedup is not None else reached
         trial = None
         for _, more, changes in _exchanges(assign, options, lambda pair: (pair[0], blocks.index(pair[1]))):
+            if 1.0 / max(1e-9, 1.0 - removed - more) < need - 1e-6:
+                continue  # FLOPs removed add up: a plan below the speedup it needs is not built
             pairs = dict(assign)
             for pair, action in changes:
                 if action == DENSE:
@@ -564,8 +571,7 @@ def search_plan(
                 else:
                     pairs[pair] = action
             state = frozenset(pairs.items())
-            # FLOPs removed add up: a plan below the speedup it needs is not built
-            if state in seen or 1.0 / max(1e-9, 1.0 - removed - more) < need - 1e-6:
+            if state in seen:
                 continue
             seen.add(state)
             candidate = plan_from(pairs)
@@ -594,6 +600,7 @@ def search_plan(
         removed = removed_share(assign)
         error, reached, plan = measured, speedup, candidate
         log(f"accept: {described}: error {error:.4f}, predicted {reached:.3f}x")
+    spent = spent or not affordable()
     if target_speedup is not None and reached < target_speedup:
         within = f" within --max-error {max_error:g}" if max_error is not None else ""
         if spent:

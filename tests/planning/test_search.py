@@ -164,7 +164,8 @@ def test_a_target_beyond_the_gentlest_actions_upgrades_them(models, calibrations
     assert upgraded, [s.to_dict() for s in steps]
     stage = plan.stages[0]
     assert not set(stage.drop_blocks) & set(stage.reuse)
-    assert plan.ratio == [len(actions_in(plan, units)) / len(stats.blocks)]  # each decided block counted once
+    assert plan.ratio == [1.0]  # both blocks decided, counted once each
+    assert plan.ratio == [len(actions_in(plan, units)) / len(stats.blocks)]
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
 
 
@@ -188,6 +189,42 @@ def test_longer_reuse_periods_come_before_dropping(models, calibrations):
     assert compiled_error(model, stats, plan) == pytest.approx(plan.search["error"], rel=REL_RECORDED, abs=1e-7)
     with pytest.raises(F3Error, match="distinct integers"):
         search_plan(model, stats, PROMPTS, cost, units, target_speedup=target, actions=("reuse",), reuse_periods=(2, 1))
+
+
+def test_exchanges_are_every_plan_one_or_two_pairs_away_least_estimated_error_first():
+    """Written out by hand for two (stage, block) pairs, one holding an action: every change of one
+    pair and of both (never two changes to one pair), each with its estimated change of error and of
+    the share of FLOPs removed, in order of the first, then the most removed; "dense" gives an action
+    up, and applied it leaves the block without one."""
+    from f3compile.planning.plan import Stage
+    from f3compile.planning.search import DENSE, _apply, _exchanges
+
+    a, b = (0, "x"), (0, "y")
+    options = {a: {"drop": (0.4, 1.0), "reuse:2": (0.1, 0.25)}, b: {"drop": (0.3, 1.0)}}  # (estimate, gain)
+    share = {"drop": 0.5, "reuse:2": 0.2, DENSE: 0.0}  # 1 - 1 / (1 + gain)
+    estimate = {a: {"drop": 0.4, "reuse:2": 0.1, DENSE: 0.0}, b: {"drop": 0.3, DENSE: 0.0}}
+    assign = {a: "reuse:2"}
+    singles = [((a, "drop"),), ((a, DENSE),), ((b, "drop"),)]
+    expected = [(estimate[p][x] - estimate[p][assign.get(p, DENSE)], share[x] - share[assign.get(p, DENSE)], c)
+                for c in singles for p, x in c]
+    for (p1, x1), (p2, x2) in [((a, "drop"), (b, "drop")), ((a, DENSE), (b, "drop"))]:
+        expected.append((estimate[a][x1] - 0.1 + estimate[b][x2], share[x1] - 0.2 + share[x2], ((p1, x1), (p2, x2))))
+    found = _exchanges(assign, options, order=lambda pair: pair)
+    assert sorted(c[2] for c in found) == sorted(c[2] for c in expected)
+    numbers = {c[2]: c[:2] for c in found}
+    assert all(numbers[c[2]] == pytest.approx(c[:2]) for c in expected)
+    assert [c[2] for c in found] == [c[2] for c in sorted(expected, key=lambda c: (round(c[0], 9), -c[1]))]
+    from types import SimpleNamespace
+
+    units = [SimpleNamespace(block=block, id=f"{block}.attn", heads=2) for block in ("x", "y", "z")]
+    order = {unit.id: [1, 0] for unit in units}
+    stage = Stage(timesteps=(999, 0), drop_blocks=["x"], reuse={"y": 2}, prune_heads={"z.attn": [1]})
+    _apply(stage, "x", DENSE, units, order)
+    _apply(stage, "y", DENSE, units, order)
+    _apply(stage, "z", DENSE, units, order)
+    assert stage.drop_blocks == [] and stage.reuse == {} and stage.prune_heads == {} and not stage.windows
+    _apply(stage, "z", "heads", units, order)  # the control: an action does set something here
+    assert stage.prune_heads == {"z.attn": [1]}
 
 
 def test_exchanges_spend_the_budget_left_on_a_better_plan(models, calibrations):
@@ -222,6 +259,10 @@ def test_search_from_the_cli(capsys, tmp_path, calibrations):
     assert code == 0, err
     assert "alone: stage 0" in out and "searched" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
+    steps = plan["search"]["accepted"]
+    moves = sum(1 for step in steps if not step.get("exchange"))
+    kept = sum(1 for step in steps if step.get("exchange") and step["error"] is not None)
+    assert f"searched, {moves} accepted step(s)" + (f", {kept} exchange(s) kept" if kept else "") + ", error" in out
     assert plan["search"]["max_error"] == 0.1 and plan["search"]["prompts"] == 2
     assert all(step["error"] is None or step["error"] <= 0.1 for step in plan["search"]["accepted"])
     assert plan["search"]["error"] <= 0.1
