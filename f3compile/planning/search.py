@@ -530,8 +530,9 @@ def search_plan(
     # better: less error at the target (or, without one, at no lower predicted speedup), or more
     # predicted speedup within --max-error without a target
     options: dict = {}
-    for _, number, block, action, estimate, _gain in singles:
-        options.setdefault((number, block), {})[action] = (estimate, _gain)
+    for _, number, block, action, estimate, gain in singles:
+        options.setdefault((number, block), {})[action] = (estimate, gain)
+
     def assignment(indices) -> dict:  # (stage, block) -> action; the last move of each pair holds
         return {moves[index][:2]: moves[index][2] for index in indices}
 
