@@ -301,6 +301,12 @@ def _sampling(candidates: list, groups: list[list[int]], loop: int, budget: floa
     return 1, kept, len(candidates) - len(kept)
 
 
+def _share(options: dict, pair: tuple, action: str) -> float:
+    """Of the dense FLOPs, the share `action` removes at `pair` alone (FLOP-speedup gained g: 1 - 1/(1 + g));
+    FLOPs removed by the actions of different pairs add up."""
+    return 0.0 if action == DENSE else 1.0 - 1.0 / (1.0 + options[pair][action][1])
+
+
 def _exchanges(assign: dict, options: dict, order: Callable) -> list[tuple[float, float, tuple]]:
     """The plans one or two (stage, block) pairs away from `assign` ((stage, block) -> action; `options`:
     (stage, block) -> action -> (estimated error alone, FLOP-speedup gained alone)), each as (the
@@ -309,11 +315,8 @@ def _exchanges(assign: dict, options: dict, order: Callable) -> list[tuple[float
     def estimate(pair, action):
         return 0.0 if action == DENSE else options[pair][action][0]
 
-    def share(pair, action):  # of the dense FLOPs, what the action removes (FLOPs removed add up)
-        return 0.0 if action == DENSE else 1.0 - 1.0 / (1.0 + options[pair][action][1])
-
     changes = [(pair, action, estimate(pair, action) - estimate(pair, assign.get(pair, DENSE)),
-                share(pair, action) - share(pair, assign.get(pair, DENSE)))
+                _share(options, pair, action) - _share(options, pair, assign.get(pair, DENSE)))
                for pair in sorted(options, key=order) for action in (DENSE, *options[pair])
                if action != assign.get(pair, DENSE)]
     found = [(d, r, ((pair, action),)) for pair, action, d, r in changes]
@@ -554,7 +557,7 @@ def search_plan(
         return speedup > reached + 1e-9 or candidate < error
 
     def removed_share(pairs: dict) -> float:  # of the dense FLOPs, what the actions remove
-        return sum(1.0 - 1.0 / (1.0 + options[pair][action][1]) for pair, action in pairs.items())
+        return sum(_share(options, pair, action) for pair, action in pairs.items())
 
     removed = removed_share(assign)
     while affordable():
